@@ -1,0 +1,185 @@
+"""The contracts every unit speaks: S3 keys, the manifest, run states and site messages."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from imaging_ai.errors import ContractError
+
+MANIFEST_SCHEMA_VERSION: Final = "1.0"
+MANIFEST_NAME = "manifest.json.enc"
+RESULT_NAMES = ("sr.dcm", "seg.dcm", "report.bundle.json")
+
+# A DICOM UID (PS3.5 9.1): digits and dots, no leading zero per component, at most 64 chars.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# Site codes appear in S3 keys, queue names and IAM policies: keep them boring.
+_SITE = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_uid(value: str) -> str:
+    if len(value) > 64 or not _UID.match(value):
+        raise ContractError("not a DICOM UID")
+    return value
+
+
+def check_site(value: str) -> str:
+    if not _SITE.match(value):
+        raise ContractError("site must be 3-32 chars of a-z, 0-9 and '-'")
+    return value
+
+
+def check_run_id(value: str) -> str:
+    if not _RUN_ID.match(value):
+        raise ContractError("run id must be 1-64 chars of A-Z, a-z, 0-9, '_' and '-'")
+    return value
+
+
+# ---- S3 keys -------------------------------------------------------------------------------
+
+
+def series_key(site: str, pseudo_study_uid: str, pseudo_series_uid: str) -> str:
+    return (
+        f"incoming/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{check_uid(pseudo_series_uid)}.tar.enc"
+    )
+
+
+def manifest_key(site: str, pseudo_study_uid: str) -> str:
+    return f"incoming/{check_site(site)}/{check_uid(pseudo_study_uid)}/{MANIFEST_NAME}"
+
+
+def preprocessed_key(site: str, pseudo_study_uid: str, run_id: str) -> str:
+    return (
+        f"preprocessed/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{check_run_id(run_id)}/input.npz"
+    )
+
+
+def inference_output_prefix(site: str, pseudo_study_uid: str, run_id: str) -> str:
+    return (
+        f"inference-output/{check_site(site)}/{check_uid(pseudo_study_uid)}/{check_run_id(run_id)}/"
+    )
+
+
+def result_key(site: str, pseudo_study_uid: str, run_id: str, name: str) -> str:
+    if name not in RESULT_NAMES:
+        raise ContractError("unknown result object name")
+    return (
+        f"results/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{check_run_id(run_id)}/{name}.enc"
+    )
+
+
+def parse_manifest_key(key: str) -> tuple[str, str]:
+    """Return (site, pseudo_study_uid) of a manifest key, or raise ContractError."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "incoming" or parts[3] != MANIFEST_NAME:
+        raise ContractError("not a manifest key")
+    return check_site(parts[1]), check_uid(parts[2])
+
+
+def encryption_context(site: str, pseudo_study_uid: str) -> dict[str, str]:
+    """The AWS Encryption SDK context bound to every object of a study, checked on decrypt."""
+    return {"site": check_site(site), "pseudo_study_uid": check_uid(pseudo_study_uid)}
+
+
+# ---- Manifest ------------------------------------------------------------------------------
+
+
+class ManifestInstance(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    sop_instance_uid: str
+    sop_class_uid: str
+
+    _check = field_validator("sop_instance_uid", "sop_class_uid")(check_uid)
+
+
+class ManifestSeries(BaseModel):
+    """One encrypted tar object per series, with its integrity figures."""
+
+    model_config = ConfigDict(frozen=True)
+    pseudo_series_uid: str
+    modality: str
+    object_key: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the encrypted object as stored
+    size_bytes: int = Field(ge=0)
+    instances: list[ManifestInstance]
+
+    _check = field_validator("pseudo_series_uid")(check_uid)
+
+
+class DeidRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    profile: str = "PS3.15 Annex E Basic Application Level Confidentiality Profile"
+    table_edition: str
+    options: list[str]
+    method_codes: list[str]  # CID 7050 code values, e.g. "113100"
+
+
+class Manifest(BaseModel):
+    """The commit marker of an upload: written last; the only object that starts processing."""
+
+    model_config = ConfigDict(frozen=True)
+    schema_version: Literal["1.0"] = "1.0"
+    site: str
+    pseudo_study_uid: str
+    run_id: str
+    model_name: str
+    series: list[ManifestSeries]
+    deidentification: DeidRecord
+    forwarder_version: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # A re-run after late instances names the run it revises, so its SR can point back.
+    revises_run_id: str | None = None
+
+    _check_site = field_validator("site")(check_site)
+    _check_uid = field_validator("pseudo_study_uid")(check_uid)
+    _check_run = field_validator("run_id")(check_run_id)
+
+
+# ---- Run state -----------------------------------------------------------------------------
+
+
+class Stage(StrEnum):
+    RECEIVED = "RECEIVED"
+    PREPROCESSED = "PREPROCESSED"
+    INFERRING = "INFERRING"
+    REPORTED = "REPORTED"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
+
+# Allowed forward moves; FAILED is reachable from any non-terminal stage.
+NEXT_STAGE: dict[Stage, Stage] = {
+    Stage.RECEIVED: Stage.PREPROCESSED,
+    Stage.PREPROCESSED: Stage.INFERRING,
+    Stage.INFERRING: Stage.REPORTED,
+    Stage.REPORTED: Stage.DELIVERED,
+}
+
+
+# ---- Messages to the site ------------------------------------------------------------------
+
+
+class SiteResultMessage(BaseModel):
+    """What the cloud tells a site on its results queue: results ready, or a failure."""
+
+    model_config = ConfigDict(frozen=True)
+    schema_version: Literal["1.0"] = "1.0"
+    kind: Literal["RESULT_READY", "FAILED"]
+    site: str
+    pseudo_study_uid: str
+    run_id: str
+    result_keys: dict[str, str] = Field(default_factory=dict)  # name -> S3 key
+    reason: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+
+    _check_site = field_validator("site")(check_site)
+    _check_uid = field_validator("pseudo_study_uid")(check_uid)
