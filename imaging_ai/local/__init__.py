@@ -1,0 +1,1 @@
+"""The embedded default: every cloud part of the pipeline running on one machine, on loopback."""
