@@ -183,3 +183,29 @@ class SiteResultMessage(BaseModel):
 
     _check_site = field_validator("site")(check_site)
     _check_uid = field_validator("pseudo_study_uid")(check_uid)
+
+
+def model_card_key(model_name: str) -> str:
+    """Where the Lambdas read a deployed model's `model.json` in the data bucket."""
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", model_name):
+        raise ContractError("model name must be 1-63 chars of A-Z, a-z, 0-9, '.', '_' and '-'")
+    return f"models/{model_name}/model.json"
+
+
+# ---- Names shared by the local runtime and the CDK stack ----------------------------------
+
+LOCAL_NAMES = {
+    "data_bucket": "imaging-ai-data",
+    "state_table": "imaging-ai-state",
+    "preprocess_queue": "imaging-ai-preprocess",
+    "preprocess_dlq": "imaging-ai-preprocess-dlq",
+    "postprocess_queue": "imaging-ai-postprocess",
+    "postprocess_dlq": "imaging-ai-postprocess-dlq",
+    "inference_success_topic": "imaging-ai-inference-success",
+    "inference_error_topic": "imaging-ai-inference-error",
+    "endpoint_name": "imaging-ai-demo",
+}
+
+
+def site_results_queue_name(site: str) -> str:
+    return f"imaging-ai-results-{check_site(site)}"
