@@ -1,0 +1,243 @@
+"""A local SageMaker asynchronous endpoint: the real InvokeEndpointAsync API in front of our server.
+
+moto answers InvokeEndpointAsync with canned data, so the embedded default points
+`AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME` here instead. Like SageMaker, this reads the request from
+the S3 InputLocation, POSTs it to the inference container's `/invocations`, writes the response
+to the endpoint's S3 output path and publishes the async notification to the success or error
+SNS topic. Unmodified boto3 code in the preprocess Lambda cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from imaging_ai.async_inference import (
+    AsyncInferenceNotification,
+    AsyncRequestParameters,
+    AsyncResponseParameters,
+)
+from imaging_ai.aws import client
+from imaging_ai.logs import get_logger
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AsyncEndpointConfig:
+    """What a SageMaker EndpointConfig's AsyncInferenceConfig would say."""
+
+    endpoint_name: str
+    inference_url: str  # base URL of the container's server, e.g. http://127.0.0.1:8080
+    s3_output_path: str  # s3://bucket/inference-output
+    s3_failure_path: str  # s3://bucket/inference-failure
+    success_topic_arn: str
+    error_topic_arn: str
+    invocation_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class _Job:
+    inference_id: str
+    input_location: str
+    output_location: str
+    failure_location: str
+    content_type: str
+    received_time: str
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError("not an s3:// URI")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class AsyncEndpoint:
+    """The sagemaker-runtime REST protocol over HTTP, plus one worker (one instance)."""
+
+    def __init__(self, config: AsyncEndpointConfig, host: str = "127.0.0.1", port: int = 0):
+        self.config = config
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, name="async-endpoint-http"),
+            threading.Thread(target=self._work, name="async-endpoint-worker"),
+        ]
+        self.completed = 0
+        self.failed = 0
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> AsyncEndpoint:
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._server.shutdown()
+        self._server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    # -- request side ------------------------------------------------------------------------
+
+    def _accept(
+        self, endpoint_name: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], Any]:
+        if endpoint_name != self.config.endpoint_name:
+            return 400, {}, {"message": f"Endpoint {endpoint_name} not found."}
+        input_location = headers.get("x-amzn-sagemaker-inputlocation", "")
+        try:
+            _split_s3(input_location)
+        except ValueError:
+            return 400, {}, {"message": "InputLocation must be an s3:// URI"}
+        inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
+        extension = headers.get("x-amzn-sagemaker-s3outputpathextension", "").strip("/")
+        out_base = self.config.s3_output_path.rstrip("/")
+        fail_base = self.config.s3_failure_path.rstrip("/")
+        if extension:
+            out_base, fail_base = f"{out_base}/{extension}", f"{fail_base}/{extension}"
+        job = _Job(
+            inference_id=inference_id,
+            input_location=input_location,
+            output_location=f"{out_base}/{inference_id}.out",
+            failure_location=f"{fail_base}/{inference_id}-error.out",
+            content_type=headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
+            received_time=_now(),
+        )
+        self._jobs.put(job)
+        logger.info("async_invocation_queued", inference_id=inference_id)
+        reply_headers = {
+            "X-Amzn-SageMaker-OutputLocation": job.output_location,
+            "X-Amzn-SageMaker-FailureLocation": job.failure_location,
+        }
+        return 202, reply_headers, {"InferenceId": inference_id}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                parts = urlparse(self.path).path.strip("/").split("/")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                if len(parts) != 3 or parts[0] != "endpoints" or parts[2] != "async-invocations":
+                    self._reply(404, {}, {"message": "unknown operation"})
+                    return
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, extra, body = endpoint._accept(unquote(parts[1]), headers)
+                self._reply(status, extra, body)
+
+            def _reply(self, status: int, headers: dict[str, str], body: Any) -> None:
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                if status >= 400:
+                    self.send_header("x-amzn-ErrorType", "ValidationError")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # requests are logged by the worker, with fields
+
+        return Handler
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._run(job)
+            except Exception as error:  # every failure must end in a notification
+                self._fail(job, f"InternalFailure: {type(error).__name__}")
+
+    def _run(self, job: _Job) -> None:
+        s3 = client("s3")
+        bucket, key = _split_s3(job.input_location)
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        response = requests.post(
+            f"{self.config.inference_url}/invocations",
+            data=body,
+            headers={"Content-Type": job.content_type},
+            timeout=self.config.invocation_timeout_s,
+        )
+        if response.status_code != HTTPStatus.OK:
+            # SageMaker reports the container's own status and message as a ClientError.
+            reason = response.text[:512]
+            self._fail(
+                job,
+                f"ClientError: Received client error ({response.status_code}) from primary "
+                f'with message "{reason}"',
+                response.content,
+            )
+            return
+        out_bucket, out_key = _split_s3(job.output_location)
+        s3.put_object(
+            Bucket=out_bucket,
+            Key=out_key,
+            Body=response.content,
+            ContentType=response.headers.get("Content-Type", "application/octet-stream"),
+        )
+        self.completed += 1
+        self._notify(job, "Completed")
+
+    def _fail(self, job: _Job, reason: str, body: bytes = b"") -> None:
+        self.failed += 1
+        bucket, key = _split_s3(job.failure_location)
+        try:
+            client("s3").put_object(Bucket=bucket, Key=key, Body=body or reason.encode())
+        finally:
+            self._notify(job, "Failed", reason)
+
+    def _notify(self, job: _Job, status: str, reason: str | None = None) -> None:
+        notification = AsyncInferenceNotification(
+            aws_region=client("sns").meta.region_name,
+            event_time=_now(),
+            received_time=job.received_time,
+            invocation_status="Completed" if status == "Completed" else "Failed",
+            failure_reason=reason,
+            request_parameters=AsyncRequestParameters(
+                content_type=job.content_type,
+                endpoint_name=self.config.endpoint_name,
+                input_location=job.input_location,
+            ),
+            response_parameters=AsyncResponseParameters(
+                content_type="application/x-npz",
+                output_location=job.output_location if status == "Completed" else None,
+                failure_location=job.failure_location if status != "Completed" else None,
+            ),
+            inference_id=job.inference_id,
+        )
+        topic = (
+            self.config.success_topic_arn if status == "Completed" else self.config.error_topic_arn
+        )
+        client("sns").publish(
+            TopicArn=topic,
+            Message=notification.model_dump_json(by_alias=True, exclude_none=True),
+        )
+        logger.info("async_invocation_ended", inference_id=job.inference_id, status=status)

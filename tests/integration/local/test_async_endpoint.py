@@ -1,0 +1,113 @@
+"""The local async endpoint speaks InvokeEndpointAsync to unmodified boto3 and notifies via SNS."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from imaging_ai.aws import client, reset_clients
+from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
+
+BUCKET = "endpoint-test"
+
+
+class _Container(BaseHTTPRequestHandler):
+    """A stand-in container for the emulator's own contract: it reverses bytes, or fails."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if body.startswith(b"bad"):
+            self.send_response(400)
+            self.end_headers()
+            self.wfile.write(b"input is not an npz payload")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-npz")
+        self.end_headers()
+        self.wfile.write(body[::-1])
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def endpoint(aws: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AsyncEndpoint, str]]:
+    container = ThreadingHTTPServer(("127.0.0.1", 0), _Container)
+    threading.Thread(target=container.serve_forever, daemon=True).start()
+    s3, sns, sqs = client("s3"), client("sns"), client("sqs")
+    s3.create_bucket(Bucket=BUCKET)
+    queue_url = sqs.create_queue(QueueName="notifications")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    topics = [sns.create_topic(Name=name)["TopicArn"] for name in ("ok", "error")]
+    for topic in topics:
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    config = AsyncEndpointConfig(
+        endpoint_name="demo",
+        inference_url=f"http://127.0.0.1:{container.server_address[1]}",
+        s3_output_path=f"s3://{BUCKET}/inference-output",
+        s3_failure_path=f"s3://{BUCKET}/inference-failure",
+        success_topic_arn=topics[0],
+        error_topic_arn=topics[1],
+    )
+    emulator = AsyncEndpoint(config).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", emulator.url)
+    reset_clients()
+    yield emulator, queue_url
+    emulator.stop()
+    container.shutdown()
+
+
+def _notification(queue_url: str) -> dict[str, Any]:
+    messages = client("sqs").receive_message(QueueUrl=queue_url, WaitTimeSeconds=10)["Messages"]
+    return dict(json.loads(json.loads(messages[0]["Body"])["Message"]))
+
+
+def test_completed_invocation_writes_output_and_notifies(
+    endpoint: tuple[AsyncEndpoint, str],
+) -> None:
+    _, queue_url = endpoint
+    # Given an input object in S3
+    client("s3").put_object(Bucket=BUCKET, Key="preprocessed/in.npz", Body=b"abc")
+    # When boto3 invokes the endpoint asynchronously with an output path extension
+    reply = client("sagemaker-runtime").invoke_endpoint_async(
+        EndpointName="demo",
+        InputLocation=f"s3://{BUCKET}/preprocessed/in.npz",
+        ContentType="application/x-npz",
+        InferenceId="run-1",
+        S3OutputPathExtension="site-a/run-1",
+    )
+    # Then the reply names the output location and the success topic tells the same place
+    assert reply["InferenceId"] == "run-1"
+    expected = f"s3://{BUCKET}/inference-output/site-a/run-1/run-1.out"
+    assert reply["OutputLocation"] == expected
+    notification = _notification(queue_url)
+    assert notification["invocationStatus"] == "Completed"
+    assert notification["responseParameters"]["outputLocation"] == expected
+    output = client("s3").get_object(Bucket=BUCKET, Key="inference-output/site-a/run-1/run-1.out")
+    assert output["Body"].read() == b"cba"
+
+
+def test_container_error_becomes_failed_notification(endpoint: tuple[AsyncEndpoint, str]) -> None:
+    _, queue_url = endpoint
+    client("s3").put_object(Bucket=BUCKET, Key="preprocessed/bad.npz", Body=b"bad input")
+    client("sagemaker-runtime").invoke_endpoint_async(
+        EndpointName="demo", InputLocation=f"s3://{BUCKET}/preprocessed/bad.npz"
+    )
+    notification = _notification(queue_url)
+    assert notification["invocationStatus"] == "Failed"
+    assert "(400)" in notification["failureReason"]
+    assert "not an npz" in notification["failureReason"]
+
+
+def test_unknown_endpoint_is_refused(endpoint: tuple[AsyncEndpoint, str]) -> None:
+    with pytest.raises(client("sagemaker-runtime").exceptions.ValidationError):
+        client("sagemaker-runtime").invoke_endpoint_async(
+            EndpointName="other", InputLocation=f"s3://{BUCKET}/x"
+        )
