@@ -45,6 +45,19 @@ class FakePatient:
     requested_procedure_id: str = "RP-88231-LUNG"
     private_note: str = "PT DOE JANE MRN-4711-0815 CALL 555-0134"
 
+    def phi_by_field(self) -> dict[str, str]:
+        """Identifying fields by name (dates and sex excluded: not unique enough to search for)."""
+        fields = {
+            name: value
+            for name, value in vars(self).items()
+            if name not in {"sex", "age", "study_date", "study_time"}
+        }
+        for field_name in ("patient_name", "referring_physician", "performing_physician"):
+            for index, part in enumerate(fields[field_name].split("^")):
+                if len(part) >= 4:
+                    fields[f"{field_name}[{index}]"] = part
+        return fields
+
     def phi_values(self) -> list[str]:
         """Every fake identifying string, in the forms a leak would take (names split too)."""
         values = [
