@@ -1,0 +1,1 @@
+"""The SageMaker inference container: its server and the demo model."""

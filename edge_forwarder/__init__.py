@@ -1,0 +1,1 @@
+"""Edge forwarder: the on-prem unit that receives, de-identifies, uploads and delivers studies."""

@@ -1,0 +1,1 @@
+"""Lambda functions of the cloud side: preprocess, postprocess and failure handling."""
