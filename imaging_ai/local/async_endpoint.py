@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -70,8 +71,15 @@ def _now() -> str:
 class AsyncEndpoint:
     """The sagemaker-runtime REST protocol over HTTP, plus one worker (one instance)."""
 
-    def __init__(self, config: AsyncEndpointConfig, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        config: AsyncEndpointConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_result: Callable[[str, str], None] | None = None,
+    ):
         self.config = config
+        self._on_result = on_result  # (inference_id, "Completed" | "Failed"), for timelines
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
@@ -241,3 +249,5 @@ class AsyncEndpoint:
             Message=notification.model_dump_json(by_alias=True, exclude_none=True),
         )
         logger.info("async_invocation_ended", inference_id=job.inference_id, status=status)
+        if self._on_result:
+            self._on_result(job.inference_id, status)

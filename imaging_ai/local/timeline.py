@@ -1,0 +1,82 @@
+"""A study's live timeline across edge and cloud stages, printed as it happens."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# The order a user reads; each stage is recorded once, the first time it is seen.
+STAGES = (
+    "received",
+    "complete",
+    "deidentified",
+    "uploaded",
+    "preprocessed",
+    "inferred",
+    "reported",
+    "results_received",
+    "delivered_pacs",
+    "delivered_ehr",
+)
+
+DESCRIPTIONS = {
+    "received": "first instance stored durably by the edge C-STORE SCP",
+    "complete": "study complete (quiet timer expired), routed to a model",
+    "deidentified": "de-identified on the edge, crosswalk kept on-prem",
+    "uploaded": "encrypted series + manifest (commit marker) in S3",
+    "preprocessed": "Lambda built the model-ready volume and invoked the endpoint",
+    "inferred": "inference server segmented and measured (async endpoint)",
+    "reported": "Lambda wrote SEG + SR + FHIR Bundle, encrypted, told the site",
+    "results_received": "edge fetched and decrypted the results",
+    "delivered_pacs": "re-identified SR + SEG stored in the PACS",
+    "delivered_ehr": "re-identified FHIR Bundle accepted by the EHR",
+    "failed": "FAILED",
+}
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
+    events: dict[str, float] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    printer: Callable[[str], None] | None = print
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _changed: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._changed = threading.Condition(self._lock)
+
+    def record(self, stage: str, detail: str = "") -> None:
+        with self._changed:
+            if stage in self.events:
+                return
+            self.events[stage] = time.monotonic() - self.started
+            self.details[stage] = detail
+            self._changed.notify_all()
+        if self.printer:
+            text = DESCRIPTIONS.get(stage, stage)
+            suffix = f"  ({detail})" if detail else ""
+            self.printer(f"  {self.events[stage]:7.1f} s  {stage:<17} {text}{suffix}")
+
+    def wait_for(self, stages: tuple[str, ...], timeout_s: float) -> bool:
+        """Block until every stage is recorded, or FAILED is, or the time is up."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not all(s in self.events for s in stages) and "failed" not in self.events:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return "failed" not in self.events
+
+    def durations(self) -> list[tuple[str, float]]:
+        """Seconds each stage took since the previous recorded one, in pipeline order."""
+        rows: list[tuple[str, float]] = []
+        previous = 0.0
+        for stage in (*STAGES, "failed"):
+            if stage in self.events:
+                rows.append((stage, self.events[stage] - previous))
+                previous = self.events[stage]
+        return rows
