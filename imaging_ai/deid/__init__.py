@@ -1,0 +1,28 @@
+"""PS3.15 Annex E de-identification of DICOM instances, driven by the shipped Table E.1-1."""
+
+from imaging_ai.deid.engine import (
+    BURNED_IN_RISK_SOP_CLASSES,
+    Deidentifier,
+    DeidError,
+    DeidOptions,
+    DeidResult,
+    OriginalIdentifiers,
+    PseudoIdentifiers,
+    QuarantineReason,
+)
+from imaging_ai.deid.table import TABLE_EDITION, Action, resolve_actions, table_rows
+
+__all__ = [
+    "BURNED_IN_RISK_SOP_CLASSES",
+    "TABLE_EDITION",
+    "Action",
+    "DeidError",
+    "DeidOptions",
+    "DeidResult",
+    "Deidentifier",
+    "OriginalIdentifiers",
+    "PseudoIdentifiers",
+    "QuarantineReason",
+    "resolve_actions",
+    "table_rows",
+]

@@ -1,0 +1,732 @@
+"""PS3.15 Annex E de-identification: headers rewritten from the table, pixel data streamed as is."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from enum import StrEnum
+from typing import Final
+
+import pydicom
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from imaging_ai.deid.codec import (
+    ITEM_DELIMITER,
+    ITEM_START_UNDEFINED,
+    SEQUENCE_DELIMITER,
+    TEXT_VRS,
+    CodecError,
+    Element,
+    encode_element,
+    iter_elements,
+    iter_items,
+    sequence_header,
+)
+from imaging_ai.deid.table import TABLE_EDITION, Action, resolve_actions
+from imaging_ai.errors import PipelineError
+
+IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1445.1"  # this project's root, see README
+IMPLEMENTATION_VERSION_NAME: Final = b"IMAGING_AI_01"
+IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
+_NEEDS_FULL_DECODE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflate, BE
+
+# SOP classes whose pixels often carry burned-in text: secondary capture and ultrasound.
+BURNED_IN_RISK_SOP_CLASSES: Final = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+        "1.2.840.10008.5.1.4.1.1.6.1",
+        "1.2.840.10008.5.1.4.1.1.6.2",
+        "1.2.840.10008.5.1.4.1.1.3.1",
+    }
+)
+
+# Tags read while rewriting (originals for the crosswalk, and context for the rules).
+T_SPECIFIC_CHARSET = 0x00080005
+T_SOP_CLASS = 0x00080016
+T_SOP_INSTANCE = 0x00080018
+T_STUDY_DATE = 0x00080020
+T_STUDY_TIME = 0x00080030
+T_ACCESSION = 0x00080050
+T_MODALITY = 0x00080060
+T_INSTITUTION = 0x00080080
+T_REFERRING = 0x00080090
+T_PERFORMING = 0x00081050
+T_OPERATORS = 0x00081070
+T_PATIENT_NAME = 0x00100010
+T_PATIENT_ID = 0x00100020
+T_BIRTH_DATE = 0x00100030
+T_SEX = 0x00100040
+T_STUDY_UID = 0x0020000D
+T_SERIES_UID = 0x0020000E
+T_FRAME_OF_REFERENCE = 0x00200052
+T_BURNED_IN = 0x00280301
+T_MEDIA_SOP_INSTANCE = 0x00020003
+T_TRANSFER_SYNTAX = 0x00020010
+T_MEDIA_SOP_CLASS = 0x00020002
+_PATIENT_IDENTITY_REMOVED = 0x00120062
+_DEID_METHOD = 0x00120063
+_DEID_METHOD_CODES = 0x00120064
+_LONGITUDINAL_MODIFIED = 0x00280303
+_ADDED_TAGS = frozenset(
+    {_PATIENT_IDENTITY_REMOVED, _DEID_METHOD, _DEID_METHOD_CODES, _LONGITUDINAL_MODIFIED}
+)
+# Values read before the rewrite: the patient ID keys the date shift; the rest feed Clean.
+_PRESCAN_TAGS = frozenset(
+    {
+        T_ACCESSION,
+        T_INSTITUTION,
+        T_REFERRING,
+        T_PERFORMING,
+        T_OPERATORS,
+        T_PATIENT_NAME,
+        T_PATIENT_ID,
+        T_BIRTH_DATE,
+    }
+)
+_ORIGINAL_TAGS = _PRESCAN_TAGS | {
+    T_SPECIFIC_CHARSET,
+    T_SOP_CLASS,
+    T_SOP_INSTANCE,
+    T_STUDY_DATE,
+    T_STUDY_TIME,
+    T_MODALITY,
+    T_SEX,
+    T_STUDY_UID,
+    T_SERIES_UID,
+    T_FRAME_OF_REFERENCE,
+    T_BURNED_IN,
+}
+_REQUIRED = (
+    (T_SOP_CLASS, "SOPClassUID"),
+    (T_SOP_INSTANCE, "SOPInstanceUID"),
+    (T_STUDY_UID, "StudyInstanceUID"),
+    (T_SERIES_UID, "SeriesInstanceUID"),
+)
+
+_DUMMY_TEXT: dict[bytes, bytes] = {
+    b"AE": b"ANONYMOUS",
+    b"AS": b"000Y",
+    b"CS": b"ANONYMIZED",
+    b"DA": b"19000101",
+    b"DT": b"19000101000000",
+    b"TM": b"000000",
+    b"DS": b"0",
+    b"IS": b"0",
+    b"UR": b"",
+}
+_BINARY_WIDTH = {
+    b"US": 2,
+    b"SS": 2,
+    b"UL": 4,
+    b"SL": 4,
+    b"FL": 4,
+    b"FD": 8,
+    b"AT": 4,
+    b"SV": 8,
+    b"UV": 8,
+}
+_DIGIT_RUN = re.compile(rb"\d{5,}|\d{3}[-. ]\d{4}")
+
+
+class QuarantineReason(StrEnum):
+    """Why an instance is held back on the edge instead of being de-identified and sent."""
+
+    BURNED_IN_ANNOTATION = "burned_in_annotation"
+    BURNED_IN_RISK_SOP_CLASS = "burned_in_risk_sop_class"
+    MISSING_ATTRIBUTE = "missing_attribute"
+    UNDECODABLE = "undecodable"
+
+
+class DeidError(PipelineError):
+    """An instance cannot be de-identified safely; it is quarantined with `reason`.
+
+    The message names attributes only, never a value.
+    """
+
+    def __init__(self, reason: QuarantineReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DeidOptions:
+    """PS3.15 options; the defaults are the safe profile the forwarder ships."""
+
+    retain_longitudinal_temporal_modified_dates: bool = True  # consistent per-patient shift
+    retain_patient_characteristics: bool = True
+    retain_device_identity: bool = False
+    clean_descriptors: bool = True
+    retain_safe_private: bool = False
+    safe_private_allow_list: tuple[tuple[str, int], ...] = ()  # (private creator, element)
+    retain_institution_identity: bool = False
+    quarantine_burned_in: bool = True
+    # SOP classes a site has checked for burned-in text and lets through (e.g. its own SC).
+    allowed_burned_in_risk_sop_classes: tuple[str, ...] = ()
+
+    def enabled_option_keys(self) -> frozenset[str]:
+        keys = set()
+        if self.retain_longitudinal_temporal_modified_dates:
+            keys.add("mod")
+        if self.retain_patient_characteristics:
+            keys.add("pat")
+        if self.retain_device_identity:
+            keys.add("dev")
+        if self.clean_descriptors:
+            keys.add("desc")
+        if self.retain_institution_identity:
+            keys.add("inst")
+        return frozenset(keys)
+
+    def method_codes(self) -> list[tuple[str, str]]:
+        """CID 7050 codes (DCM) for the profile and every option applied."""
+        codes = [("113100", "Basic Application Confidentiality Profile")]
+        if self.clean_descriptors:
+            codes.append(("113105", "Clean Descriptors Option"))
+        if self.retain_longitudinal_temporal_modified_dates:
+            codes.append(
+                ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+            )
+        if self.retain_patient_characteristics:
+            codes.append(("113108", "Retain Patient Characteristics Option"))
+        if self.retain_device_identity:
+            codes.append(("113109", "Retain Device Identity Option"))
+        if self.retain_safe_private:
+            codes.append(("113111", "Retain Safe Private Option"))
+        if self.retain_institution_identity:
+            codes.append(("113112", "Retain Institution Identity Option"))
+        return codes
+
+    def option_names(self) -> list[str]:
+        return [meaning for code, meaning in self.method_codes() if code != "113100"]
+
+
+@dataclass(frozen=True)
+class OriginalIdentifiers:
+    """What the crosswalk needs to put an instance back: PHI, kept on the edge only."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    frame_of_reference_uid: str | None
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str
+    patient_sex: str
+    accession_number: str
+    study_date: str
+    study_time: str
+
+
+@dataclass(frozen=True)
+class PseudoIdentifiers:
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    frame_of_reference_uid: str | None
+    patient_id: str
+    patient_name: str
+    date_shift_days: int
+    study_date: str
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    dataset_bytes: bytes  # the de-identified DICOM Part 10 file
+    original: OriginalIdentifiers
+    pseudo: PseudoIdentifiers
+    sop_class_uid: str
+    modality: str
+    transfer_syntax_uid: str = ExplicitVRLittleEndian
+    table_edition: str = TABLE_EDITION
+    method_codes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Context:
+    """Per-instance state of one rewrite."""
+
+    implicit: bool
+    encodings: list[str]
+    shift_days: int
+    scrub_tokens: list[bytes]
+    patient_id: str = ""
+    originals: dict[int, bytes] = field(default_factory=dict)
+
+
+def _text(value: bytes) -> str:
+    return value.rstrip(b"\x00 ").decode("ascii", errors="replace")
+
+
+class Deidentifier:
+    """De-identify DICOM instances under one site secret, deterministically.
+
+    Parameters
+    ----------
+    site_secret
+        Key of every HMAC pseudonym: the same input gives the same pseudonym across runs
+        and machines of one site, and pseudonyms cannot be reversed without it.
+    options
+        The PS3.15 options applied; see `DeidOptions`.
+    """
+
+    def __init__(self, site_secret: bytes, options: DeidOptions = DeidOptions()) -> None:
+        if len(site_secret) < 16:
+            raise PipelineError("site secret must be at least 16 bytes")
+        self._secret = site_secret
+        self.options = options
+        self._actions = resolve_actions(options.enabled_option_keys())
+        self._safe_private = {
+            (c.strip().upper(), e & 0xFF) for c, e in options.safe_private_allow_list
+        }
+        self._safe_creators = {c for c, _ in self._safe_private}
+        self._uid_cache: dict[str, str] = {}
+        self._codes = options.method_codes()
+        self._method_suffix = self._encode_method_elements()
+
+    # ---- pseudonyms ---------------------------------------------------------------------
+
+    def _mac(self, purpose: bytes, value: str) -> bytes:
+        return hmac.new(
+            self._secret, purpose + b"\x00" + value.encode("utf-8"), hashlib.sha256
+        ).digest()
+
+    def pseudo_uid(self, uid: str) -> str:
+        """A keyed HMAC of the UID as a "2.25." UUID-derived UID (PS3.5 B.2), at most 44 chars."""
+        cached = self._uid_cache.get(uid)
+        if cached is None:
+            cached = "2.25." + str(int.from_bytes(self._mac(b"uid", uid)[:16], "big"))
+            if len(self._uid_cache) > 100_000:
+                self._uid_cache.clear()
+            self._uid_cache[uid] = cached
+        return cached
+
+    def pseudo_patient_id(self, patient_id: str) -> str:
+        digest = base64.b32encode(self._mac(b"patient", patient_id)[:10]).decode("ascii")
+        return f"ANON-{digest}"
+
+    def date_shift_days(self, patient_id: str) -> int:
+        """A per-patient shift of 1 to 3650 days into the past, the same for every study."""
+        return -(1 + int.from_bytes(self._mac(b"date", patient_id)[:4], "big") % 3650)
+
+    # ---- entry points -------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset) -> DeidResult:
+        """De-identify a decoded data set; the input is not changed."""
+        buffer = io.BytesIO()
+        meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
+        if "TransferSyntaxUID" not in meta:
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        original_meta = getattr(ds, "file_meta", None)
+        try:
+            ds.file_meta = meta
+            ds.save_as(buffer, enforce_file_format=True)
+        except Exception as exc:
+            raise DeidError(QuarantineReason.UNDECODABLE, "data set cannot be encoded") from exc
+        finally:
+            if original_meta is None:
+                del ds.file_meta
+            else:
+                ds.file_meta = original_meta
+        return self.deidentify_bytes(buffer.getvalue())
+
+    def deidentify_bytes(self, part10: bytes) -> DeidResult:
+        """The fast path: walk and rewrite the header, copy the pixel data bytes untouched."""
+        try:
+            return self._deidentify_bytes(part10)
+        except DeidError:
+            raise
+        except (CodecError, ValueError, IndexError, KeyError, OverflowError) as exc:
+            raise DeidError(QuarantineReason.UNDECODABLE, type(exc).__name__) from exc
+
+    # ---- the rewrite --------------------------------------------------------------------
+
+    def _deidentify_bytes(self, part10: bytes) -> DeidResult:
+        buf = memoryview(part10)
+        if len(buf) < 132 + 12 or bytes(buf[128:132]) != b"DICM":
+            return self._deidentify_bytes(_reencode(part10))
+        meta: dict[int, bytes] = {}
+        pos = 132
+        for element in iter_elements(buf, 132, len(buf), False):
+            if element.tag >> 16 != 0x0002:
+                break
+            meta[element.tag] = bytes(buf[element.value_start : element.end])
+            pos = element.end
+        transfer_syntax = _text(meta.get(T_TRANSFER_SYNTAX, b""))
+        if not transfer_syntax:
+            raise DeidError(QuarantineReason.UNDECODABLE, "file meta has no TransferSyntaxUID")
+        if transfer_syntax in _NEEDS_FULL_DECODE:
+            # Deflated and big endian data sets are re-encoded losslessly as explicit little
+            # endian; every other syntax (compressed ones included) passes through as sent.
+            return self._deidentify_bytes(_reencode(part10))
+        implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
+
+        prescan = _prescan(buf, pos, implicit)
+        patient_id = _text(prescan.get(T_PATIENT_ID, b""))
+        ctx = _Context(
+            implicit=implicit,
+            encodings=_encodings(prescan.get(T_SPECIFIC_CHARSET, b"")),
+            shift_days=self.date_shift_days(patient_id),
+            scrub_tokens=_scrub_tokens(prescan),
+            patient_id=patient_id,
+        )
+        body = self._rewrite(buf, pos, len(buf), ctx, top_level=True)
+        originals = ctx.originals
+        for tag, keyword in _REQUIRED:
+            if not _text(originals.get(tag, b"")):
+                raise DeidError(QuarantineReason.MISSING_ATTRIBUTE, keyword)
+        sop_class = _text(originals[T_SOP_CLASS])
+        self._check_burned_in(sop_class, _text(originals.get(T_BURNED_IN, b"")))
+
+        original = OriginalIdentifiers(
+            study_instance_uid=_text(originals[T_STUDY_UID]),
+            series_instance_uid=_text(originals[T_SERIES_UID]),
+            sop_instance_uid=_text(originals[T_SOP_INSTANCE]),
+            frame_of_reference_uid=_text(originals.get(T_FRAME_OF_REFERENCE, b"")) or None,
+            patient_id=patient_id,
+            patient_name=_decode_person_name(originals.get(T_PATIENT_NAME, b""), ctx.encodings),
+            patient_birth_date=_text(originals.get(T_BIRTH_DATE, b"")),
+            patient_sex=_text(originals.get(T_SEX, b"")),
+            accession_number=_text(originals.get(T_ACCESSION, b"")),
+            study_date=_text(originals.get(T_STUDY_DATE, b"")),
+            study_time=_text(originals.get(T_STUDY_TIME, b"")),
+        )
+        pseudo_patient = self.pseudo_patient_id(patient_id)
+        pseudo = PseudoIdentifiers(
+            study_instance_uid=self.pseudo_uid(original.study_instance_uid),
+            series_instance_uid=self.pseudo_uid(original.series_instance_uid),
+            sop_instance_uid=self.pseudo_uid(original.sop_instance_uid),
+            frame_of_reference_uid=(
+                self.pseudo_uid(original.frame_of_reference_uid)
+                if original.frame_of_reference_uid
+                else None
+            ),
+            patient_id=pseudo_patient,
+            patient_name=pseudo_patient,
+            date_shift_days=ctx.shift_days,
+            study_date=_shift_dates(original.study_date.encode(), ctx.shift_days).decode()
+            if self.options.retain_longitudinal_temporal_modified_dates
+            else "",
+        )
+        header = self._file_meta(meta, sop_class, pseudo.sop_instance_uid, transfer_syntax)
+        return DeidResult(
+            dataset_bytes=header + b"".join(body),
+            original=original,
+            pseudo=pseudo,
+            sop_class_uid=sop_class,
+            modality=_text(originals.get(T_MODALITY, b"")),
+            transfer_syntax_uid=transfer_syntax,
+            method_codes=tuple(code for code, _ in self._codes),
+        )
+
+    def _check_burned_in(self, sop_class: str, burned_in: str) -> None:
+        if not self.options.quarantine_burned_in:
+            return
+        allowed = sop_class in self.options.allowed_burned_in_risk_sop_classes
+        if burned_in.upper() == "YES" and not allowed:
+            raise DeidError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
+        if sop_class in BURNED_IN_RISK_SOP_CLASSES and not allowed:
+            raise DeidError(QuarantineReason.BURNED_IN_RISK_SOP_CLASS, "SOPClassUID")
+
+    def _rewrite(
+        self, buf: memoryview, start: int, end: int, ctx: _Context, top_level: bool
+    ) -> list[bytes | memoryview]:
+        out: list[bytes | memoryview] = []
+        for element in iter_elements(buf, start, end, ctx.implicit):
+            tag = element.tag
+            if top_level:
+                if tag in _ORIGINAL_TAGS:
+                    ctx.originals[tag] = bytes(buf[element.value_start : element.end])
+                if tag in _ADDED_TAGS:
+                    continue
+            group = tag >> 16
+            if group & 1:
+                piece: bytes | memoryview | None = self._private(buf, element, ctx)
+            elif tag & 0xFFFF == 0 or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+                # Group lengths are retired; curves and overlays may carry drawn-in identifiers.
+                piece = None
+            else:
+                piece = self._apply(buf, element, ctx)
+            if piece is not None:
+                out.append(piece)
+        if top_level:
+            out = self._insert_method_elements(out, ctx.implicit)
+        return out
+
+    def _insert_method_elements(
+        self, pieces: list[bytes | memoryview], implicit: bool
+    ) -> list[bytes | memoryview]:
+        """Put PatientIdentityRemoved & co. among the pieces in tag order."""
+        additions = self._method_suffix[implicit]
+        merged: list[bytes | memoryview] = []
+        pending = sorted(additions.items())
+        for piece in pieces:
+            tag = _piece_tag(piece)
+            while pending and pending[0][0] < tag:
+                merged.append(pending.pop(0)[1])
+            merged.append(piece)
+        merged.extend(piece for _, piece in pending)
+        return merged
+
+    def _encode_method_elements(self) -> dict[bool, dict[int, bytes]]:
+        encoded: dict[bool, dict[int, bytes]] = {}
+        method = "PS3.15 E.1-1 " + TABLE_EDITION + " Basic Profile"
+        if self.options.option_names():
+            method += " + " + ", ".join(self.options.option_names())
+        for implicit in (False, True):
+            parts = {
+                _PATIENT_IDENTITY_REMOVED: encode_element(
+                    _PATIENT_IDENTITY_REMOVED, b"CS", b"YES", implicit
+                ),
+                _DEID_METHOD: encode_element(
+                    _DEID_METHOD, b"LO", method[:64].encode("ascii"), implicit
+                ),
+            }
+            items = b""
+            for code, meaning in self._codes:
+                item = (
+                    encode_element(0x00080100, b"SH", code.encode(), implicit)
+                    + encode_element(0x00080102, b"SH", b"DCM", implicit)
+                    + encode_element(0x00080104, b"LO", meaning[:64].encode(), implicit)
+                )
+                items += ITEM_START_UNDEFINED + item + ITEM_DELIMITER
+            parts[_DEID_METHOD_CODES] = (
+                sequence_header(_DEID_METHOD_CODES, b"SQ", implicit) + items + SEQUENCE_DELIMITER
+            )
+            if self.options.retain_longitudinal_temporal_modified_dates:
+                parts[_LONGITUDINAL_MODIFIED] = encode_element(
+                    _LONGITUDINAL_MODIFIED, b"CS", b"MODIFIED", implicit
+                )
+            encoded[implicit] = parts
+        return encoded
+
+    def _private(self, buf: memoryview, element: Element, ctx: _Context) -> memoryview | None:
+        if not self.options.retain_safe_private or not self._safe_private:
+            return None
+        tag = element.tag
+        low = tag & 0xFFFF
+        if 0x0010 <= low <= 0x00FF:
+            creator = _text(bytes(buf[element.value_start : element.end])).strip().upper()
+            ctx.originals[tag] = creator.encode()
+            return buf[element.start : element.end] if creator in self._safe_creators else None
+        if low < 0x1000:
+            return None
+        creator_tag = (tag & 0xFFFF0000) | (low >> 8)
+        creator = ctx.originals.get(creator_tag, b"").decode("ascii", "replace")
+        if (creator, low & 0xFF) in self._safe_private:
+            return buf[element.start : element.end]
+        return None
+
+    def _vr(self, element: Element) -> bytes:
+        if element.vr is not None:
+            return element.vr
+        try:
+            return dictionary_VR(element.tag).split(" ")[0].encode("ascii")
+        except KeyError:
+            return b"UN"
+
+    def _apply(self, buf: memoryview, element: Element, ctx: _Context) -> bytes | memoryview | None:
+        tag = element.tag
+        action = self._actions.get(tag)
+        if tag in (T_PATIENT_ID, T_PATIENT_NAME):
+            # Both carry the patient pseudonym so a PACS lists the de-identified patient once.
+            text = _text(bytes(buf[element.value_start : element.end]))
+            vr = b"LO" if tag == T_PATIENT_ID else b"PN"
+            key = ctx.patient_id if tag == T_PATIENT_NAME else text
+            pseudo = self.pseudo_patient_id(key).encode("ascii") if text else b""
+            return encode_element(tag, vr, pseudo, ctx.implicit)
+        vr = self._vr(element)
+        if action is None or action is Action.KEEP:
+            if vr == b"SQ" or (element.vr == b"UN" and element.length == 0xFFFFFFFF):
+                return self._sequence(buf, element, ctx, vr)
+            return buf[element.start : element.end]
+        if action is Action.REMOVE:
+            return None
+        if vr == b"SQ":
+            if action in (Action.CLEAN, Action.REMAP_UID):
+                return self._sequence(buf, element, ctx, vr)
+            # Z, and D: an empty sequence; a dummy item could only repeat attribute names.
+            return sequence_header(tag, vr, ctx.implicit, 0)
+        value = bytes(buf[element.value_start : element.end])
+        if action is Action.EMPTY:
+            return encode_element(tag, vr, b"", ctx.implicit)
+        if action is Action.REMAP_UID or (action is Action.DUMMY and vr == b"UI"):
+            return encode_element(tag, vr, self._remap_uids(value), ctx.implicit)
+        if action is Action.DUMMY:
+            return encode_element(tag, vr, _dummy(vr), ctx.implicit)
+        return self._clean(tag, vr, value, ctx)
+
+    def _clean(self, tag: int, vr: bytes, value: bytes, ctx: _Context) -> bytes | None:
+        if vr == b"DA" or vr == b"DT":
+            return encode_element(tag, vr, _shift_dates(value, ctx.shift_days), ctx.implicit)
+        if vr == b"TM":
+            return encode_element(tag, vr, value, ctx.implicit)
+        if vr == b"AE":
+            return encode_element(tag, vr, _dummy(vr), ctx.implicit)
+        if vr in TEXT_VRS:
+            return encode_element(tag, vr, _scrub(value, ctx.scrub_tokens), ctx.implicit)
+        return encode_element(tag, vr, _dummy(vr), ctx.implicit)
+
+    def _remap_uids(self, value: bytes) -> bytes:
+        uids = [_text(part) for part in value.split(b"\\")]
+        return "\\".join(self.pseudo_uid(uid) if uid else "" for uid in uids).encode("ascii")
+
+    def _sequence(self, buf: memoryview, element: Element, ctx: _Context, vr: bytes) -> bytes:
+        # Undefined-length UN is an implicit VR sequence whatever the data set's syntax.
+        implicit_items = ctx.implicit or element.vr == b"UN"
+        item_ctx = (
+            ctx
+            if implicit_items == ctx.implicit
+            else _Context(
+                implicit=True,
+                encodings=ctx.encodings,
+                shift_days=ctx.shift_days,
+                scrub_tokens=ctx.scrub_tokens,
+                patient_id=ctx.patient_id,
+            )
+        )
+        parts = [sequence_header(element.tag, vr, ctx.implicit)]
+        for start, end in iter_items(buf, element, implicit_items):
+            parts.append(ITEM_START_UNDEFINED)
+            parts.extend(bytes(p) for p in self._rewrite(buf, start, end, item_ctx, False))
+            parts.append(ITEM_DELIMITER)
+        parts.append(SEQUENCE_DELIMITER)
+        return b"".join(parts)
+
+    def _file_meta(
+        self, meta: dict[int, bytes], sop_class: str, pseudo_instance: str, transfer_syntax: str
+    ) -> bytes:
+        elements = (
+            encode_element(0x00020001, b"OB", b"\x00\x01", False)
+            + encode_element(0x00020002, b"UI", sop_class.encode("ascii"), False)
+            + encode_element(0x00020003, b"UI", pseudo_instance.encode("ascii"), False)
+            + encode_element(0x00020010, b"UI", transfer_syntax.encode("ascii"), False)
+            + encode_element(0x00020012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii"), False)
+            + encode_element(0x00020013, b"SH", IMPLEMENTATION_VERSION_NAME, False)
+        )
+        length = encode_element(0x00020000, b"UL", len(elements).to_bytes(4, "little"), False)
+        return b"\x00" * 128 + b"DICM" + length + elements
+
+
+def _piece_tag(piece: bytes | memoryview) -> int:
+    group = piece[0] | (piece[1] << 8)
+    element = piece[2] | (piece[3] << 8)
+    return (group << 16) | element
+
+
+def _prescan(buf: memoryview, pos: int, implicit: bool) -> dict[int, bytes]:
+    """Read the few values needed before rewriting (they precede group 0x0011)."""
+    found: dict[int, bytes] = {}
+    for element in iter_elements(buf, pos, len(buf), implicit):
+        if element.tag > T_BIRTH_DATE:
+            break
+        if element.tag in _PRESCAN_TAGS or element.tag == T_SPECIFIC_CHARSET:
+            found[element.tag] = bytes(buf[element.value_start : element.end])
+    return found
+
+
+def _encodings(value: bytes) -> list[str]:
+    names = [_text(part) for part in value.split(b"\\")] if value else []
+    return pydicom.charset.convert_encodings([n for n in names] or ["ISO_IR 6"])
+
+
+def _decode_person_name(value: bytes, encodings: list[str]) -> str:
+    if not value:
+        return ""
+    try:
+        return str(pydicom.charset.decode_bytes(value.rstrip(b"\x00 "), encodings, {0x5E, 0x3D}))
+    except (LookupError, ValueError):
+        return value.rstrip(b"\x00 ").decode("latin-1")
+
+
+def _scrub_tokens(prescan: dict[int, bytes]) -> list[bytes]:
+    """Identifying strings that Clean removes from descriptors of the same instance."""
+    tokens: set[bytes] = set()
+    for tag in _PRESCAN_TAGS:
+        value = prescan.get(tag, b"").rstrip(b"\x00 ")
+        if not value:
+            continue
+        tokens.add(value.upper())
+        for part in re.split(rb"[\^=\\ ,]+", value):
+            if len(part) >= 3:
+                tokens.add(part.upper())
+    return sorted(tokens, key=len, reverse=True)
+
+
+def _scrub(value: bytes, tokens: Iterable[bytes]) -> bytes:
+    """Clean a descriptor: drop this instance's identifiers and long numbers, keep the rest."""
+    if any(byte >= 0x80 for byte in value):
+        return b"CLEANED"  # a multi-byte character set cannot be scrubbed token by token
+    cleaned = value.rstrip(b"\x00 ")
+    upper = cleaned.upper()
+    for token in tokens:
+        index = upper.find(token)
+        while index >= 0:
+            cleaned = cleaned[:index] + b"*" * len(token) + cleaned[index + len(token) :]
+            upper = cleaned.upper()
+            index = upper.find(token)
+    return _DIGIT_RUN.sub(lambda m: b"*" * len(m.group(0)), cleaned)
+
+
+def _shift_one(value: bytes, days: int) -> bytes:
+    text = value.decode("ascii").strip()
+    if len(text) < 8 or not text[:8].isdigit():
+        return b""  # unparseable or partial dates cannot be shifted, so they are dropped
+    shifted = date(int(text[:4]), int(text[4:6]), int(text[6:8])) + timedelta(days=days)
+    return (shifted.strftime("%Y%m%d") + text[8:]).encode("ascii")
+
+
+def _shift_dates(value: bytes, days: int) -> bytes:
+    """Shift every date of a DA/DT value (multi-valued and ranges too) by `days`."""
+    out = []
+    for part in value.rstrip(b"\x00 ").split(b"\\"):
+        bounds = part.split(b"-", 1) if len(part) > 14 or part.count(b"-") else [part]
+        out.append(b"-".join(_shift_one(p, days) if p else b"" for p in bounds))
+    return b"\\".join(out)
+
+
+def _dummy(vr: bytes) -> bytes:
+    if vr in _DUMMY_TEXT:
+        return _DUMMY_TEXT[vr]
+    if vr in _BINARY_WIDTH:
+        return b"\x00" * _BINARY_WIDTH[vr]
+    if vr in TEXT_VRS:
+        return b"ANONYMIZED"
+    return b"\x00\x00"
+
+
+def _reencode(part10: bytes) -> bytes:
+    """Decode with pydicom and re-encode as explicit VR little endian Part 10."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(part10), force=True)
+        meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if "SOPClassUID" in ds:
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.file_meta = meta
+        if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
+            raise DeidError(QuarantineReason.UNDECODABLE, "compressed pixel data needs Part 10")
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+    except DeidError:
+        raise
+    except Exception as exc:
+        raise DeidError(QuarantineReason.UNDECODABLE, "not a DICOM data set") from exc
+    data = out.getvalue()
+    if data[128:132] != b"DICM":
+        raise DeidError(QuarantineReason.UNDECODABLE, "not a DICOM data set")
+    return data
