@@ -1,0 +1,100 @@
+"""One call from a run's label map and findings to the SEG, SR and FHIR Bundle it delivers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+
+from imaging_ai.contracts import check_run_id
+from imaging_ai.errors import ContractError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.results.fhir import build_bundle
+from imaging_ai.results.seg import build_segmentation
+from imaging_ai.results.sr import build_structured_report
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """What postprocessing writes for one run (all with the pseudonymous identifiers)."""
+
+    seg: pydicom.Dataset
+    sr: pydicom.Dataset
+    bundle: dict[str, Any]
+
+
+def _check_inputs(
+    source_headers: list[pydicom.Dataset],
+    labels: npt.NDArray[np.uint8],
+    output: ModelOutputMeta,
+    card: ModelCard,
+) -> None:
+    if not source_headers:
+        raise ContractError("no source headers")
+    if (output.model_name, output.model_version, output.weights_sha256) != (
+        card.name,
+        card.version,
+        card.weights_sha256,
+    ):
+        raise ContractError("model output was made by another model than the card describes")
+    study_uids = {str(ds.StudyInstanceUID) for ds in source_headers}
+    series_uids = {str(ds.SeriesInstanceUID) for ds in source_headers}
+    if len(study_uids) != 1 or len(series_uids) != 1:
+        raise ContractError("source headers must be one series of one study")
+    if study_uids != {output.input.pseudo_study_uid} or series_uids != {
+        output.input.pseudo_series_uid
+    }:
+        raise ContractError("source headers are not the series the model output describes")
+    if output.input.sop_instance_uids and output.input.sop_instance_uids != [
+        str(ds.SOPInstanceUID) for ds in source_headers
+    ]:
+        raise ContractError("source headers are not in the model input's volume order")
+    if labels.dtype != np.uint8 or labels.shape != output.input.source_geometry.shape:
+        raise ContractError("label map must be uint8 on the source geometry")
+    for finding in output.findings:
+        card.label(finding.label_value)
+
+
+def build_results(
+    source_headers: list[pydicom.Dataset],
+    labels: npt.NDArray[np.uint8],
+    output: ModelOutputMeta,
+    card: ModelCard,
+    run_id: str,
+    predecessor_sr: pydicom.Dataset | None = None,
+) -> ResultObjects:
+    """Build the SEG, the TID 1500 SR and the FHIR R4 transaction Bundle of one run.
+
+    Parameters
+    ----------
+    source_headers: list[pydicom.Dataset]
+        De-identified source CT slices in volume order (PixelData may be absent).
+    labels: numpy.ndarray
+        uint8 label map on the source grid (slice, row, column); values are model label values.
+    output: imaging_ai.model_io.ModelOutputMeta
+        Findings and measurements from the inference server.
+    card: imaging_ai.model_card.ModelCard
+        The model contract (label codes, name, version, weights hash, disclaimer flag).
+    run_id: str
+        The run these results belong to; the same run always yields the same UIDs.
+    predecessor_sr: pydicom.Dataset | None, optional
+        The SR this run revises (late-instance re-run).
+
+    Returns
+    -------
+    ResultObjects
+        SEG, SR and Bundle, carrying the pseudonymous UIDs of the input.
+    """
+    check_run_id(run_id)
+    _check_inputs(source_headers, labels, output, card)
+    now = datetime.now(UTC)
+    study_uid = str(source_headers[0].StudyInstanceUID)
+    seg = build_segmentation(source_headers, labels, card, study_uid, run_id)
+    sr = build_structured_report(source_headers, seg, output, card, run_id, predecessor_sr, now)
+    bundle = build_bundle(source_headers, output, card, run_id, sr, now)
+    return ResultObjects(seg=seg, sr=sr, bundle=bundle)

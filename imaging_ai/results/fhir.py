@@ -1,0 +1,241 @@
+"""FHIR R4 transaction Bundle mirroring the SR: DiagnosticReport, Observations, Device, study."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import pydicom
+from fhir.resources.R4B.bundle import Bundle
+from pydantic import ValidationError
+from pydicom.sr.coding import Code
+
+from imaging_ai.errors import ContractError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.results import codes
+from imaging_ai.results.sr import (
+    measurement_value,
+    procedure_reported,
+    tracking_identifier,
+    tracking_uid,
+)
+
+PSEUDO_PATIENT_SYSTEM: Final = "urn:imaging-ai:pseudo-patient-id"
+DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
+WEIGHTS_SYSTEM: Final = "urn:imaging-ai:weights-sha256"
+TRACKING_UID_SYSTEM: Final = "urn:imaging-ai:tracking-uid"
+DCM_SYSTEM: Final = codes.FHIR_SYSTEMS["DCM"]
+
+
+def _urn(pseudo_study_uid: str, run_id: str, *role: str) -> str:
+    # Deterministic: a redelivered run produces the same Bundle, entry for entry.
+    return "urn:uuid:" + str(
+        uuid.uuid5(uuid.NAMESPACE_OID, "/".join([pseudo_study_uid, run_id, *role]))
+    )
+
+
+def _concept(code: Code) -> dict[str, Any]:
+    return {"coding": [codes.fhir_coding(code)], "text": code.meaning}
+
+
+def _effective(first: pydicom.Dataset, issued: datetime) -> str:
+    """Study date (and time where an offset is known) as a FHIR dateTime."""
+    date = str(first.get("StudyDate", "") or "")
+    if len(date) != 8 or not date.isdigit():
+        return issued.strftime("%Y-%m-%dT%H:%M:%SZ")
+    day = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    time = str(first.get("StudyTime", "") or "").split(".")[0]
+    offset = str(first.get("TimezoneOffsetFromUTC", "") or "")
+    # FHIR needs an offset once a time is given; without one, the date alone is honest.
+    if len(time) >= 4 and len(offset) == 5 and offset[0] in "+-":
+        seconds = time[4:6] or "00"
+        return f"{day}T{time[:2]}:{time[2:4]}:{seconds}{offset[:3]}:{offset[3:]}"
+    return day
+
+
+def build_bundle(
+    source_headers: Sequence[pydicom.Dataset],
+    output: ModelOutputMeta,
+    card: ModelCard,
+    run_id: str,
+    sr: pydicom.Dataset,
+    issued: datetime | None = None,
+) -> dict[str, Any]:
+    """Build the R4 transaction Bundle of one run, one Observation per SR measurement.
+
+    Parameters
+    ----------
+    source_headers: Sequence[pydicom.Dataset]
+        De-identified source slices; give the pseudonymous patient and study identifiers.
+    output: imaging_ai.model_io.ModelOutputMeta
+        The findings the SR reports; the Bundle states the same figures.
+    card: imaging_ai.model_card.ModelCard
+        The model contract (label codes, Device name, version and weights hash).
+    run_id: str
+        The run; the same run always gives the same fullUrls.
+    sr: pydicom.Dataset
+        The SR of this run; its SOP Instance UID identifies the DiagnosticReport.
+    issued: datetime | None, optional
+        When the report was made (UTC); now by default.
+
+    Returns
+    -------
+    dict
+        R4 transaction Bundle JSON (checked against R4B models and our code checks).
+    """
+    issued = issued or datetime.now(UTC)
+    first = source_headers[0]
+    study_uid = str(first.StudyInstanceUID)
+    patient_id = str(first.get("PatientID", "") or "")
+    if not patient_id:
+        raise ContractError("source headers carry no pseudonymous PatientID")
+    urls = {
+        kind: _urn(study_uid, run_id, kind)
+        for kind in ("Patient", "ImagingStudy", "Organization", "Device", "DiagnosticReport")
+    }
+    subject = {"reference": urls["Patient"]}
+    study_ref = {"reference": urls["ImagingStudy"]}
+    device_ref = {"reference": urls["Device"], "display": f"{card.name} {card.version}"}
+    demo_note = [{"text": codes.NOT_FOR_CLINICAL_USE}] if card.not_for_clinical_use else []
+
+    patient = {
+        "resourceType": "Patient",
+        "identifier": [{"system": PSEUDO_PATIENT_SYSTEM, "value": patient_id}],
+    }
+    series = {
+        "uid": str(first.SeriesInstanceUID),
+        "modality": {"system": DCM_SYSTEM, "code": str(first.Modality)},
+        "numberOfInstances": len(source_headers),
+    }
+    imaging_study = {
+        "resourceType": "ImagingStudy",
+        "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}],
+        "status": "available",
+        "subject": subject,
+        "modality": [series["modality"]],
+        "numberOfSeries": 1,
+        "numberOfInstances": len(source_headers),
+        "series": [series],
+    }
+    organization = {"resourceType": "Organization", "active": True, "name": card.manufacturer}
+    device = {
+        "resourceType": "Device",
+        "identifier": [{"system": WEIGHTS_SYSTEM, "value": card.weights_sha256}],
+        "status": "active",
+        "manufacturer": card.manufacturer,
+        "deviceName": [{"name": card.name, "type": "model-name"}],
+        "modelNumber": card.version,
+        "version": [{"value": card.version}],
+        "owner": {"reference": urls["Organization"]},
+        "note": demo_note,
+    }
+
+    observations: list[tuple[str, dict[str, Any]]] = []
+    for finding in sorted(output.findings, key=lambda f: (f.label_value, f.component)):
+        label = card.label(finding.label_value)
+        track_uid = tracking_uid(study_uid, finding)
+        for key in card.measurements:
+            concept, unit = codes.MEASUREMENTS[key]
+            observation = {
+                "resourceType": "Observation",
+                "identifier": [
+                    {"system": TRACKING_UID_SYSTEM, "value": f"urn:oid:{track_uid}/{key}"}
+                ],
+                "status": "final",
+                "category": [
+                    {"coding": [{"system": codes.OBSERVATION_CATEGORY_SYSTEM, "code": "imaging"}]}
+                ],
+                "code": _concept(concept),
+                "subject": subject,
+                "effectiveDateTime": _effective(first, issued),
+                "issued": issued.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "valueQuantity": {
+                    "value": measurement_value(finding, key),
+                    "unit": unit.value,
+                    "system": codes.FHIR_SYSTEMS["UCUM"],
+                    "code": unit.value,
+                },
+                "bodySite": _concept(codes.check_card_code(label.finding_site)),
+                "derivedFrom": [study_ref],
+                "device": device_ref,
+                "note": [{"text": f"Tracking identifier: {tracking_identifier(card, finding)}"}],
+                # HL7 DICOM SR to FHIR: the group's finding type travels as a component.
+                "component": [
+                    {
+                        "code": _concept(codes.FINDING),
+                        "valueCodeableConcept": _concept(codes.check_card_code(label.type)),
+                    }
+                ],
+            }
+            observations.append(
+                (_urn(study_uid, run_id, "Observation", track_uid, key), observation)
+            )
+
+    conclusion = (
+        f"{card.name} {card.version} reports {len(output.findings)} finding(s)."
+        if output.findings
+        else f"{card.name} {card.version} reports no finding."
+    )
+    if card.not_for_clinical_use:
+        conclusion = f"{conclusion} {codes.NOT_FOR_CLINICAL_USE}"
+    report = {
+        "resourceType": "DiagnosticReport",
+        "identifier": [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr.SOPInstanceUID}"}],
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    codes.fhir_coding(codes.RADIOLOGY_CATEGORY),
+                    {"system": codes.DIAGNOSTIC_SERVICE_SYSTEM, "code": "RAD"},
+                ]
+            }
+        ],
+        # The imaging procedure (LOINC where mapped), the same concept as SR Procedure Reported.
+        "code": _concept(procedure_reported(source_headers)),
+        "subject": subject,
+        "effectiveDateTime": _effective(first, issued),
+        "issued": issued.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # R4 performer cannot be a Device: the organisation running the algorithm performs,
+        # the Device is named on every Observation and owned by that organisation.
+        "performer": [{"reference": urls["Organization"], "display": card.manufacturer}],
+        "imagingStudy": [study_ref],
+        "result": [{"reference": url} for url, _ in observations],
+        "conclusion": conclusion,
+    }
+
+    entries: list[tuple[str, dict[str, Any]]] = [
+        (urls["Patient"], patient),
+        (urls["ImagingStudy"], imaging_study),
+        (urls["Organization"], organization),
+        (urls["Device"], device),
+        *observations,
+        (urls["DiagnosticReport"], report),
+    ]
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": url,
+                "resource": {k: v for k, v in resource.items() if v != []},
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
+            for url, resource in entries
+        ],
+    }
+    check_bundle(bundle)
+    return bundle
+
+
+def check_bundle(bundle: dict[str, Any]) -> None:
+    """Raise ContractError when the Bundle is not valid R4(B) or carries a code we reject."""
+    try:
+        Bundle.model_validate(bundle)
+    except ValidationError as error:
+        raise ContractError(f"bundle is not valid FHIR: {error.error_count()} errors") from error
+    problems = codes.bundle_code_problems(bundle)
+    if problems:
+        raise ContractError("bundle codes rejected: " + "; ".join(problems))

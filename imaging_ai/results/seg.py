@@ -1,0 +1,114 @@
+"""DICOM Segmentation (BINARY) of a model's label map, one coded segment per model label."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+
+from imaging_ai.errors import ContractError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.results import codes
+from imaging_ai.results.uids import result_uid
+
+SEG_SERIES_NUMBER = 9100
+# CS value: upper case, digits, space and underscore, at most 16 characters.
+SEG_CONTENT_LABEL = "AI_SEGMENTATION"
+SEG_CONTENT_LABEL_DEMO = "DEMO_NOT_CLIN"
+
+
+def segment_number(card: ModelCard, label_value: int) -> int:
+    """The SEG segment number of a model label: its 1-based position in model.json."""
+    for number, label in enumerate(card.labels, start=1):
+        if label.value == label_value:
+            return number
+    raise ContractError(f"model has no label value {label_value}")
+
+
+def algorithm_identification(card: ModelCard) -> hd.AlgorithmIdentificationSequence:
+    """The SEG's algorithm identification: name, version, family, weights hash as parameter."""
+    return hd.AlgorithmIdentificationSequence(
+        name=card.name,
+        version=card.version,
+        family=codes.ARTIFICIAL_INTELLIGENCE,
+        source=card.manufacturer,
+        parameters={"weights_sha256": card.weights_sha256},
+    )
+
+
+def build_segmentation(
+    source_headers: Sequence[pydicom.Dataset],
+    labels: npt.NDArray[np.uint8],
+    card: ModelCard,
+    pseudo_study_uid: str,
+    run_id: str,
+) -> pydicom.Dataset:
+    """Build a BINARY Segmentation of `labels` referencing the source series.
+
+    Parameters
+    ----------
+    source_headers: Sequence[pydicom.Dataset]
+        De-identified source slices in volume order; pixel data may be absent.
+    labels: numpy.ndarray
+        uint8 label map (slice, row, column) on the source grid; values are model label values.
+    card: imaging_ai.model_card.ModelCard
+        The model contract; every label becomes one segment with its coded category and type.
+    pseudo_study_uid: str
+        Study Instance UID of the source (pseudonymous); seeds the result UIDs.
+    run_id: str
+        The run that produced `labels`; the same run always gives the same UIDs.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A highdicom Segmentation instance in the source frame of reference.
+    """
+    if labels.ndim != 3 or labels.shape[0] != len(source_headers):
+        raise ContractError("label map must be (slice, row, column) with one slice per header")
+    if labels.shape[1:] != (int(source_headers[0].Rows), int(source_headers[0].Columns)):
+        raise ContractError("label map rows and columns do not match the source headers")
+    unknown = set(np.unique(labels).tolist()) - {0} - {label.value for label in card.labels}
+    if unknown:
+        raise ContractError(f"label map holds values the model card does not name: {unknown}")
+
+    algorithm = algorithm_identification(card)
+    descriptions = []
+    for number, label in enumerate(card.labels, start=1):
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label.name[:64],
+                segmented_property_category=codes.check_card_code(label.category),
+                segmented_property_type=codes.check_card_code(label.type),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=result_uid(pseudo_study_uid, "segment", str(label.value)),
+                tracking_id=label.name[:64],
+                anatomic_regions=[codes.check_card_code(label.finding_site)],
+            )
+        )
+    masks = np.stack([labels == label.value for label in card.labels], axis=-1)
+    demo = card.not_for_clinical_use
+    seg = hd.seg.Segmentation(
+        source_images=list(source_headers),
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=result_uid(pseudo_study_uid, run_id, "seg-series"),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=result_uid(pseudo_study_uid, run_id, "seg"),
+        instance_number=1,
+        manufacturer=card.manufacturer[:64],
+        manufacturer_model_name=card.name[:64],
+        software_versions=card.version[:64],
+        device_serial_number=card.weights_sha256[:16],
+        content_label=SEG_CONTENT_LABEL_DEMO if demo else SEG_CONTENT_LABEL,
+        content_description=(codes.NOT_FOR_CLINICAL_USE_SHORT if demo else "AI segmentation"),
+        series_description=(
+            f"{card.name} SEG - {codes.NOT_FOR_CLINICAL_USE_SHORT}" if demo else f"{card.name} SEG"
+        )[:64],
+    )
+    return seg

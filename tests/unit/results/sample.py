@@ -1,0 +1,151 @@
+"""A small de-identified synthetic CT run (headers, label map, findings, card) for results tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+
+from imaging_ai.model_card import Code, Label, ModelCard
+from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.synthetic import write_ct_study
+
+SHAPE = (24, 128, 128)
+SPACING = (2.5, 2.5, 2.5)
+PSEUDO_PATIENT_ID = "PSEUDO-7F3A9C"
+
+
+@dataclass
+class SampleRun:
+    paths: list[Path]
+    headers: list[pydicom.Dataset]
+    labels: npt.NDArray[np.uint8]
+    output: ModelOutputMeta
+    card: ModelCard
+
+
+def demo_card() -> ModelCard:
+    return ModelCard(
+        name="lung-nodule-demo",
+        version="0.3.1",
+        description="Demo nodule segmenter",
+        weights_file="model.ts",
+        weights_sha256="ab" * 32,
+        labels=[
+            Label(
+                value=1,
+                name="Nodule",
+                category=Code(
+                    scheme="SCT", value="49755003", meaning="Morphologically Abnormal Structure"
+                ),
+                type=Code(scheme="SCT", value="27925004", meaning="Nodule"),
+                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung"),
+            ),
+            Label(
+                value=2,
+                name="Mass",
+                category=Code(
+                    scheme="SCT", value="49755003", meaning="Morphologically Abnormal Structure"
+                ),
+                type=Code(scheme="SCT", value="4147007", meaning="Mass"),
+                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung"),
+            ),
+        ],
+        input_spacing_mm=(1.5, 0.7, 0.7),
+        intensity_window_hu=(-1000.0, 400.0),
+        roi_size=(64, 96, 96),
+    )
+
+
+def _pseudonymize(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Stand-in for the edge de-identification: enough that no fake PHI reaches the results."""
+    ds.PatientName = "PSEUDO^7F3A9C"
+    ds.PatientID = PSEUDO_PATIENT_ID
+    ds.PatientBirthDate = ""
+    ds.AccessionNumber = ""
+    ds.StudyID = ""
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "PS3.15 Annex E Basic Profile (test stand-in)"
+    method = pydicom.Dataset()
+    method.CodeValue, method.CodingSchemeDesignator = "113100", "DCM"
+    method.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = [method]
+    ds.TimezoneOffsetFromUTC = "+0000"
+    for keyword in (
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "InstitutionName",
+        "InstitutionAddress",
+        "StationName",
+        "OtherPatientIDsSequence",
+        "RequestAttributesSequence",
+    ):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.ReferringPhysicianName = ""
+    ds.remove_private_tags()
+    return ds
+
+
+def make_sample_run(tmp: Path, run_id: str = "run-1", nodules: int = 2) -> SampleRun:
+    study = write_ct_study(
+        tmp / "ct", seed=11, shape=SHAPE, spacing_mm=SPACING, nodule_count=nodules
+    )
+    headers = []
+    for path in study.paths:
+        ds = _pseudonymize(pydicom.dcmread(path))
+        ds.save_as(path, enforce_file_format=True)  # pixels kept: the PACS test sends the CT
+        del ds.PixelData
+        headers.append(ds)
+    mask = study.phantom.nodule_mask
+    labels = np.zeros(SHAPE, dtype=np.uint8)
+    labels[mask > 0] = 1
+    voxel_mm3 = float(np.prod(SPACING))
+    geometry = VolumeGeometry(
+        shape=SHAPE,
+        spacing_mm=SPACING,
+        origin_mm=(
+            study.phantom.origin_mm[2],
+            study.phantom.origin_mm[1],
+            study.phantom.origin_mm[0],
+        ),
+    )
+    findings = []
+    for index, nodule in enumerate(study.phantom.nodules, start=1):
+        voxels = np.argwhere(mask == index)
+        centroid = geometry.voxel_to_patient(tuple(voxels.mean(axis=0)))
+        findings.append(
+            Finding(
+                label_value=1,
+                component=index,
+                voxel_count=len(voxels),
+                volume_mm3=len(voxels) * voxel_mm3,
+                longest_diameter_mm=nodule.diameter_mm,
+                centroid_mm=centroid,
+            )
+        )
+    card = demo_card()
+    meta_in = ModelInputMeta(
+        site="site-a",
+        pseudo_study_uid=str(headers[0].StudyInstanceUID),
+        pseudo_series_uid=str(headers[0].SeriesInstanceUID),
+        run_id=run_id,
+        model_name=card.name,
+        source_geometry=geometry,
+        model_geometry=geometry,
+        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
+    )
+    output = ModelOutputMeta(
+        input=meta_in,
+        model_name=card.name,
+        model_version=card.version,
+        weights_sha256=card.weights_sha256,
+        device="cpu",
+        inference_seconds=1.0,
+        findings=findings,
+    )
+    return SampleRun(paths=study.paths, headers=headers, labels=labels, output=output, card=card)

@@ -1,0 +1,86 @@
+"""The SEG: one coded segment per label, referencing the source series, BytesIO round trip."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from imaging_ai.errors import ContractError
+from imaging_ai.results import ResultObjects, build_results
+from tests.unit.results.sample import SampleRun
+
+
+def test_one_coded_segment_per_label(results: ResultObjects, sample_run: SampleRun) -> None:
+    # Given the model card's labels, When the SEG is built, Then each is a coded segment.
+    segments = results.seg.SegmentSequence
+    assert len(segments) == len(sample_run.card.labels)
+    for item, label in zip(segments, sample_run.card.labels, strict=True):
+        assert item.SegmentLabel == label.name
+        category = item.SegmentedPropertyCategoryCodeSequence[0]
+        kind = item.SegmentedPropertyTypeCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == (
+            label.category.value,
+            label.category.scheme,
+        )
+        assert (kind.CodeValue, kind.CodingSchemeDesignator) == (
+            label.type.value,
+            label.type.scheme,
+        )
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+
+
+def test_references_source_series_in_its_frame(
+    results: ResultObjects, sample_run: SampleRun
+) -> None:
+    first = sample_run.headers[0]
+    seg = results.seg
+    assert seg.StudyInstanceUID == first.StudyInstanceUID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert seg.PatientID == first.PatientID
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == first.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} <= {
+        ds.SOPInstanceUID for ds in sample_run.headers
+    }
+    assert "NOT FOR CLINICAL USE" in seg.SeriesDescription
+
+
+def test_bytesio_round_trip_keeps_the_mask(results: ResultObjects, sample_run: SampleRun) -> None:
+    buffer = io.BytesIO()
+    results.seg.save_as(buffer, enforce_file_format=True)
+    reread = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+    volume = reread.get_volume(combine_segments=True, relabel=True)
+    # The round-tripped SEG rebuilds the label map voxel for voxel (segment 1 = label 1).
+    assert int(volume.array.astype(bool).sum()) == int((sample_run.labels > 0).sum())
+    assert reread.SOPInstanceUID == results.seg.SOPInstanceUID
+
+
+def test_passes_dciodvfy(results: ResultObjects, tmp_path: Path) -> None:
+    path = tmp_path / "seg.dcm"
+    results.seg.save_as(path, enforce_file_format=True)
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
+    assert errors == []
+    assert report.returncode == 0
+
+
+def test_label_value_unknown_to_the_card_is_refused(sample_run: SampleRun) -> None:
+    labels = sample_run.labels.copy()
+    labels[0, 0, 0] = 9
+    with pytest.raises(ContractError, match="does not name"):
+        build_results(sample_run.headers, labels, sample_run.output, sample_run.card, "run-x")
+
+
+def test_same_run_gives_same_uids(results: ResultObjects, sample_run: SampleRun) -> None:
+    again = build_results(
+        sample_run.headers, sample_run.labels, sample_run.output, sample_run.card, "run-1"
+    )
+    assert again.seg.SOPInstanceUID == results.seg.SOPInstanceUID
+    assert again.sr.SOPInstanceUID == results.sr.SOPInstanceUID
+    assert np.array_equal(again.seg.pixel_array, results.seg.pixel_array)
