@@ -1,0 +1,311 @@
+"""`edge-forwarder` command line: run, status, send, retry, purge."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edge_forwarder.config import ForwarderConfig, load_config
+from edge_forwarder.observability import MetricsServer, configure_logging, log_event
+from edge_forwarder.transport.errors import ConfigError, ForwarderError
+from edge_forwarder.transport.journal import Journal
+
+
+def _pseudo_ids(result: Any) -> tuple[str, str, str]:
+    pseudo = result.pseudo
+
+    def pick(*names: str) -> str:
+        for name in names:
+            value = getattr(pseudo, name, None)
+            if value:
+                return str(value)
+        raise ForwarderError(f"de-identification result lacks {names[0]}")
+
+    return (
+        pick("study_instance_uid", "study_uid"),
+        pick("series_instance_uid", "series_uid"),
+        pick("sop_instance_uid", "instance_uid"),
+    )
+
+
+def build_service(config: ForwarderConfig) -> Any:
+    """Wire the real intake, de-identifier and crosswalk into the service."""
+    from edge_forwarder.crosswalk import CrosswalkVault
+    from edge_forwarder.intake import Intake, IntakeSettings
+    from edge_forwarder.service import DeliverySettings, ForwarderService
+    from edge_forwarder.transport.backoff import Backoff
+    from edge_forwarder.transport.wiring import (
+        build_ehr,
+        build_pacs,
+        build_parts,
+        build_poller,
+        build_uploader,
+        identity_from_crosswalk,
+    )
+    from imaging_ai.contracts import DeidRecord
+    from imaging_ai.deid import Deidentifier, DeidOptions
+
+    parts = build_parts(config)
+    options = DeidOptions(**config.deid.options)
+    deidentifier = Deidentifier(config.deid.site_secret.read(), options)
+    vault = CrosswalkVault(config.crosswalk.path, config.crosswalk.key.read())
+
+    def deid_record(result: Any) -> DeidRecord:
+        return DeidRecord(
+            table_edition=result.table_edition,
+            options=options.option_names(),
+            method_codes=list(result.method_codes) or [c for c, _ in options.method_codes()],
+        )
+
+    def lookup(pseudo_study_uid: str) -> Any:
+        entry = vault.study_by_pseudo(pseudo_study_uid)
+        return None if entry is None else identity_from_crosswalk(entry)
+
+    intake = Intake(IntakeSettings(**config.intake))
+    service = ForwarderService(
+        site=config.site,
+        state_dir=config.state_dir,
+        journal=parts.journal,
+        intake=intake,
+        deidentifier=deidentifier,
+        crosswalk=vault,
+        identity_lookup=lookup,
+        deid_record=deid_record,
+        pseudo_ids=_pseudo_ids,
+        uploader=build_uploader(config, parts),
+        poller=build_poller(config),
+        ehr=build_ehr(config),
+        delivery=DeliverySettings(
+            pacs=build_pacs(config),
+            pacs_attempts=config.pacs.max_attempts,
+            pacs_backoff=Backoff(config.pacs.retry_base_s, 60.0),
+            ehr_attempts=config.ehr.max_attempts,
+            ehr_backoff=Backoff(config.ehr.retry_base_s, 60.0),
+            patient_identifier_system=config.ehr.patient_identifier_system,
+            accession_identifier_system=config.ehr.accession_identifier_system,
+        ),
+        audit=parts.audit,
+        metrics=parts.metrics,
+        health=parts.health,
+        poll_interval_s=config.poll_interval_s,
+    )
+    return service, intake, parts
+
+
+def cmd_run(config: ForwarderConfig) -> int:
+    service, intake, parts = build_service(config)
+    metrics_server = None
+    if config.observability.metrics_port:
+        metrics_server = MetricsServer(
+            config.observability.metrics_host,
+            config.observability.metrics_port,
+            parts.metrics,
+            parts.health,
+        )
+        metrics_server.start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    intake.start()
+    service.start()
+    log_event("started", stage="started", endpoint=metrics_server.port if metrics_server else None)
+    stopping.wait()
+    log_event("stopping", stage="stopping")
+    service.stop()
+    intake.stop()
+    if metrics_server is not None:
+        metrics_server.stop()
+    parts.journal.close()
+    return 0
+
+
+def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> int:
+    journal = Journal(config.database_path)
+    runs = [r for r in journal.runs() if run_id is None or r.run_id == run_id]
+    if as_json:
+        out = [
+            {
+                "run_id": r.run_id,
+                "pseudo_study_uid": r.pseudo_study_uid,
+                "run_number": r.run_number,
+                "stage": r.stage,
+                "reason": r.reason,
+                "updated_at": r.updated_at,
+                "deliveries": [
+                    {
+                        "target": d.target,
+                        "state": d.state,
+                        "attempts": d.attempts,
+                        "last_error": d.last_error,
+                    }
+                    for d in journal.deliveries(run_id=r.run_id)
+                ],
+                "timeline": [
+                    {"at": at, "stage": stage, "detail": detail}
+                    for at, stage, detail in journal.timeline(r.run_id)
+                ],
+            }
+            for r in runs
+        ]
+        print(json.dumps(out, indent=2))
+        return 0
+    if not runs:
+        print("no studies yet")
+    for r in runs:
+        print(f"{r.run_id}  {r.stage:<16} study {r.pseudo_study_uid}  (updated {r.updated_at})")
+        if r.reason:
+            print(f"    reason: {r.reason}")
+        for d in journal.deliveries(run_id=r.run_id):
+            print(
+                f"    {d.target}: {d.state} after {d.attempts} attempt(s)"
+                + (f" - {d.last_error}" if d.last_error else "")
+            )
+        for at, stage, detail in journal.timeline(r.run_id):
+            print(f"    {at}  {stage}" + (f"  {detail}" if detail else ""))
+    return 0
+
+
+def cmd_send(folder: Path, host: str, port: int, ae_title: str, calling: str) -> int:
+    """C-STORE every DICOM file under `folder` (e.g. into the forwarder's own intake)."""
+    import pydicom
+    from pynetdicom import AE, StoragePresentationContexts
+    from tqdm import tqdm
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    ae = AE(ae_title=calling)
+    ae.requested_contexts = StoragePresentationContexts[:127]
+    assoc = ae.associate(host, port, ae_title=ae_title)
+    if not assoc.is_established:
+        print("association failed", file=sys.stderr)
+        return 2
+    failed = 0
+    try:
+        for path in tqdm(files, unit="file", desc="C-STORE"):
+            try:
+                dataset = pydicom.dcmread(path)
+            except Exception:
+                failed += 1
+                continue
+            status = assoc.send_c_store(dataset)
+            if not status or int(status.Status) not in (0x0000, 0xB000, 0xB007, 0xB006):
+                failed += 1
+    finally:
+        assoc.release()
+    print(f"sent {len(files) - failed} of {len(files)} file(s)")
+    return 1 if failed else 0
+
+
+def cmd_retry(config: ForwarderConfig, run_id: str | None, target: str | None, now: bool) -> int:
+    """Move dead-lettered deliveries back to PENDING (the running service picks them up)."""
+    from tqdm import tqdm
+
+    journal = Journal(config.database_path)
+    rows = [
+        d
+        for d in journal.deliveries(state="DEAD_LETTER")
+        if (run_id is None or d.run_id == run_id) and (target is None or d.target == target)
+    ]
+    for row in rows:
+        journal.set_delivery(row.run_id, row.target, "PENDING", last_error=row.last_error)
+        journal.note(row.run_id, f"retry_requested_{row.target}")
+    print(f"{len(rows)} delivery(ies) queued again")
+    if now and rows:
+        service, _intake, _parts = build_service(config)
+        for _ in tqdm(range(1), desc="delivering"):
+            service.deliver_pending()
+    return 0
+
+
+def cmd_purge(config: ForwarderConfig, older_than_days: float, dry_run: bool) -> int:
+    """Forget finished runs (delivered, failed, dead-lettered) older than the given age."""
+    from tqdm import tqdm
+
+    journal = Journal(config.database_path)
+    cutoff = (datetime.now(UTC) - timedelta(days=older_than_days)).isoformat()
+    finished = [
+        r
+        for r in journal.runs()
+        if r.updated_at < cutoff
+        and (r.stage in ("delivered", "FAILED") or r.stage.startswith("dead_letter"))
+    ]
+    if dry_run:
+        for r in finished:
+            print(f"would purge {r.run_id} ({r.stage})")
+        return 0
+    for r in tqdm(finished, unit="run", desc="purge"):
+        for folder in (
+            config.state_dir / "outbox" / r.run_id,
+            config.state_dir / "deliveries" / r.run_id,
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+        journal.delete_run(r.run_id)
+    print(f"purged {len(finished)} run(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge-forwarder", description=__doc__)
+    parser.add_argument("--config", type=Path, default=Path("/etc/edge-forwarder/config.toml"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the forwarder service")
+    status = sub.add_parser("status", help="per-study timeline")
+    status.add_argument("run_id", nargs="?")
+    status.add_argument("--json", action="store_true")
+    send = sub.add_parser("send", help="C-STORE a folder of DICOM files")
+    send.add_argument("folder", type=Path)
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=11112)
+    send.add_argument("--ae-title", default="EDGEFWD")
+    send.add_argument("--calling-ae-title", default="SENDER")
+    again = sub.add_parser("retry", help="re-queue dead-lettered deliveries")
+    again.add_argument("run_id", nargs="?")
+    again.add_argument("--target", choices=["pacs", "ehr"])
+    again.add_argument("--now", action="store_true", help="deliver now, in this process")
+    purge = sub.add_parser("purge", help="forget finished runs")
+    purge.add_argument("--older-than-days", type=float, default=30.0)
+    purge.add_argument("--dry-run", action="store_true")
+    # Also accept `--config` after the sub-command, as operators tend to type it.
+    for p in (status, send, again, purge, sub.choices["run"]):
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.command == "send":
+        return cmd_send(args.folder, args.host, args.port, args.ae_title, args.calling_ae_title)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(config.observability.log_level)
+    try:
+        if args.command == "run":
+            return cmd_run(config)
+        if args.command == "status":
+            return cmd_status(config, args.run_id, args.json)
+        if args.command == "retry":
+            return cmd_retry(config, args.run_id, args.target, args.now)
+        if args.command == "purge":
+            return cmd_purge(config, args.older_than_days, args.dry_run)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except ForwarderError as error:
+        log_event("fatal", logging.CRITICAL, error=type(error).__name__, reason=str(error))
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

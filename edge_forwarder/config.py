@@ -1,0 +1,214 @@
+"""The forwarder's validated TOML config file: one model composing every section."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_forwarder.transport.errors import ConfigError
+from imaging_ai.contracts import check_site, site_results_queue_name
+from imaging_ai.errors import ContractError
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Section):
+    """A secret read from a file (preferred: mode 0600) or an environment variable, as hex."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+    def read(self) -> bytes:
+        if self.file is not None:
+            text = self.file.read_text(encoding="ascii").strip()
+        else:
+            text = os.environ.get(str(self.env), "").strip()
+            if not text:
+                raise ConfigError(f"environment variable {self.env} is empty or unset")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise ConfigError("secret must be hex encoded") from None
+
+
+class DeidSection(_Section):
+    site_secret: SecretRef
+    # Passed to imaging_ai.deid.DeidOptions; that model validates the names.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CrosswalkSection(_Section):
+    path: Path
+    key: SecretRef
+
+
+class AwsSection(_Section):
+    bucket: str = Field(min_length=3, max_length=63)
+    kms_key_arn: str = Field(pattern=r"^arn:aws[a-z-]*:kms:")
+    model_name: str = "lung-nodule-ct"
+    # Default: the contract's per-site queue name, resolved to a URL at start.
+    results_queue_name: str | None = None
+    region: str | None = None
+
+
+class UploadSection(_Section):
+    # S3 refuses parts under 5 MiB (except the last one).
+    part_size_mib: int = Field(default=8, ge=5, le=512)
+    parallel_parts: int = Field(default=4, ge=1, le=32)
+    # 0 = unlimited; hospitals often cap the WAN share of a forwarder.
+    bandwidth_limit_mbps: float = Field(default=0.0, ge=0.0)
+    max_backoff_s: float = Field(default=60.0, gt=0.0)
+    base_backoff_s: float = Field(default=0.5, gt=0.0)
+
+
+class ResultsSection(_Section):
+    wait_time_s: int = Field(default=20, ge=0, le=20)
+    visibility_timeout_s: int = Field(default=300, ge=10)
+
+
+class PacsSection(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(min_length=1, max_length=16)
+    calling_ae_title: str = Field(default="EDGEFWD", min_length=1, max_length=16)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=2.0, ge=0.0)
+    timeout_s: float = Field(default=30.0, gt=0.0)
+
+
+class OAuth2Section(_Section):
+    """SMART backend services: client credentials, secret or private-key JWT assertion."""
+
+    token_url: str = Field(pattern=r"^https?://")
+    client_id: str
+    scope: str = "system/*.write"
+    client_secret: SecretRef | None = None
+    private_key_file: Path | None = None  # PEM, RS384 assertion (SMART backend services)
+    key_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> OAuth2Section:
+        if (self.client_secret is None) == (self.private_key_file is None):
+            raise ValueError("give exactly one of 'client_secret' or 'private_key_file'")
+        return self
+
+
+class EhrSection(_Section):
+    base_url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=2.0, ge=0.0)
+    # The hospital's MRN identifier system, written on the re-identified Patient.
+    patient_identifier_system: str = "urn:oid:2.16.840.1.113883.3.9999.1"
+    accession_identifier_system: str = "urn:oid:2.16.840.1.113883.3.9999.2"
+    oauth2: OAuth2Section | None = None
+
+
+class ObservabilitySection(_Section):
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0 = no HTTP endpoint
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    audit_log: Path | None = None  # default: <state_dir>/audit.jsonl
+
+
+class ForwarderConfig(_Section):
+    """The whole config file; `load_config` turns errors into messages that name the field."""
+
+    site: str
+    state_dir: Path
+    poll_interval_s: float = Field(default=2.0, gt=0.0)
+    intake: dict[str, Any] = Field(default_factory=dict)
+    deid: DeidSection
+    crosswalk: CrosswalkSection
+    aws: AwsSection
+    upload: UploadSection = UploadSection()
+    results: ResultsSection = ResultsSection()
+    pacs: PacsSection
+    ehr: EhrSection
+    observability: ObservabilitySection = ObservabilitySection()
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        try:
+            return check_site(value)
+        except ContractError as error:
+            raise ValueError(str(error)) from None
+
+    @property
+    def results_queue_name(self) -> str:
+        return self.aws.results_queue_name or site_results_queue_name(self.site)
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "forwarder.sqlite"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "outbox"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.observability.audit_log or self.state_dir / "audit.jsonl"
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per problem, `section.field: message`, never echoing the (maybe secret) value."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in item["loc"]) or "(file)"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> ForwarderConfig:
+    try:
+        return ForwarderConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error)) from None
+
+
+def load_config(path: Path) -> ForwarderConfig:
+    """Read and validate a TOML config file; relative paths resolve against its folder."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    return parse_config(_resolve_paths(data, path.parent.resolve()))
+
+
+_PATH_FIELDS = {
+    ("state_dir",),
+    ("crosswalk", "path"),
+    ("crosswalk", "key", "file"),
+    ("deid", "site_secret", "file"),
+    ("ehr", "oauth2", "private_key_file"),
+    ("ehr", "oauth2", "client_secret", "file"),
+    ("observability", "audit_log"),
+}
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    for field_path in _PATH_FIELDS:
+        node: Any = data
+        for part in field_path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        leaf = field_path[-1]
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = str(base / Path(node[leaf]).expanduser())
+    return data

@@ -1,0 +1,254 @@
+"""JSON logs without PHI, Prometheus /metrics + /healthz, and FHIR AuditEvent JSON lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LOGGER_NAME = "edge_forwarder"
+# Only these keyword fields reach a log line: pseudonyms, counts and stage names, never PHI.
+_ALLOWED_FIELDS = frozenset(
+    {
+        "stage",
+        "study_key",
+        "run_number",
+        "run_id",
+        "pseudo_study_uid",
+        "pseudo_series_uid",
+        "object_key",
+        "series_count",
+        "instance_count",
+        "bytes",
+        "parts",
+        "seconds",
+        "attempt",
+        "wait_s",
+        "target",
+        "status",
+        "reason",
+        "error",
+        "kind",
+        "name",
+        "config",
+        "endpoint",
+        "count",
+        "mib_per_s",
+        "resumed",
+        "http_status",
+    }
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event name, allowed keyword fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", {})
+        line.update({k: v for k, v in fields.items() if k in _ALLOWED_FIELDS})
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type only: an exception text from a third-party library may quote data.
+            line["exception"] = record.exc_info[0].__name__
+        return json.dumps(line, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger(LOGGER_NAME)
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    # pynetdicom logs dataset contents at DEBUG; keep it quiet.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log a named event with keyword fields (fields outside the allow-list are dropped)."""
+    logging.getLogger(LOGGER_NAME).log(level, event, extra={"fields": fields})
+
+
+class Metrics:
+    """The forwarder's Prometheus metrics, on a registry of its own (tests make many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.studies = Counter(
+            "edge_forwarder_studies_total", "Studies by stage reached", ["stage"], registry=r
+        )
+        self.uploaded_bytes = Counter(
+            "edge_forwarder_uploaded_bytes_total", "Encrypted bytes uploaded to S3", registry=r
+        )
+        self.upload_retries = Counter(
+            "edge_forwarder_upload_retries_total", "S3 calls retried after an error", registry=r
+        )
+        self.deliveries = Counter(
+            "edge_forwarder_deliveries_total",
+            "Deliveries by target and outcome",
+            ["target", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            "edge_forwarder_dead_letters", "Deliveries parked in dead-letter state", registry=r
+        )
+        self.backlog = Gauge(
+            "edge_forwarder_upload_backlog", "Studies prepared but not yet committed", registry=r
+        )
+        self.stage_seconds = Histogram(
+            "edge_forwarder_stage_seconds",
+            "Time spent per stage",
+            ["stage"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.last_loop = Gauge(
+            "edge_forwarder_last_loop_timestamp_seconds", "When the run loop last ran", registry=r
+        )
+
+
+class HealthState:
+    """What /healthz reports: the run loop ticks, and the age of the last tick."""
+
+    def __init__(self, stale_after_s: float = 120.0) -> None:
+        self.stale_after_s = stale_after_s
+        self._last_tick = time.monotonic()
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    def tick(self) -> None:
+        with self._lock:
+            self._last_tick = time.monotonic()
+
+    def snapshot(self) -> tuple[bool, dict[str, Any]]:
+        with self._lock:
+            age = time.monotonic() - self._last_tick
+        healthy = age < self.stale_after_s
+        return healthy, {"status": "ok" if healthy else "stale", "loop_age_s": round(age, 1)}
+
+
+class MetricsServer:
+    """A tiny HTTP server for /metrics and /healthz (bind to loopback unless scraped remotely)."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, health: HealthState) -> None:
+        registry, health_state = metrics.registry, health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+                elif self.path == "/healthz":
+                    ok, report = health_state.snapshot()
+                    body, status = json.dumps(report).encode(), 200 if ok else 503
+                    kind = "application/json"
+                else:
+                    body, status, kind = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # access logs would duplicate scrapes every 15 s
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# DICOM Audit Message (DCM) and HL7 codes used by IHE ATNA-style FHIR AuditEvents.
+_AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
+    # action: (type code, type display, subtype code, AuditEvent.action)
+    "deidentify": ("110109", "Order Record", "deidentify", "U"),
+    "upload": ("110106", "Export", "upload", "C"),
+    "reidentify": ("110109", "Order Record", "reidentify", "U"),
+    "export": ("110106", "Export", "export", "C"),
+}
+
+
+class AuditTrail:
+    """Append-only FHIR R4 AuditEvent JSON lines; entities named by pseudonym, never PHI."""
+
+    def __init__(self, path: Path, site: str, agent_name: str = "edge-forwarder") -> None:
+        self.path = path
+        self.site = site
+        self.agent_name = agent_name
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(
+        self,
+        action: str,
+        *,
+        pseudo_study_uid: str,
+        run_id: str | None = None,
+        outcome: str = "0",
+        destination: str | None = None,
+        detail: str | None = None,
+    ) -> dict[str, Any]:
+        type_code, type_display, subtype, crud = _AUDIT_TYPES[action]
+        entity: dict[str, Any] = {
+            "what": {
+                "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{pseudo_study_uid}"}
+            },
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                "code": "2",
+                "display": "System Object",
+            },
+        }
+        if run_id:
+            entity["detail"] = [{"type": "run_id", "valueString": run_id}]
+        event: dict[str, Any] = {
+            "resourceType": "AuditEvent",
+            "id": str(uuid.uuid4()),
+            "type": {
+                "system": "http://dicom.nema.org/resources/ontology/DCM",
+                "code": type_code,
+                "display": type_display,
+            },
+            "subtype": [{"system": "urn:edge-forwarder:audit", "code": subtype}],
+            "action": crud,
+            "recorded": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "outcome": outcome,
+            "agent": [
+                {
+                    "who": {"display": self.agent_name},
+                    "requestor": True,
+                    "network": {"address": self.site, "type": "5"},
+                }
+            ],
+            "source": {"site": self.site, "observer": {"display": self.agent_name}},
+            "entity": [entity],
+        }
+        if destination:
+            event["agent"].append({"who": {"display": destination}, "requestor": False})
+        if detail:
+            event["outcomeDesc"] = detail
+        with self._lock, self.path.open("a", encoding="utf-8") as sink:
+            sink.write(json.dumps(event) + "\n")
+        return event

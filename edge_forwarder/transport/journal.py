@@ -1,0 +1,303 @@
+"""The forwarder's durable journal (SQLite): per-study timeline, upload parts, deliveries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+# Stages a study run goes through on the edge, in order; FAILED / DEAD_LETTER end a run.
+STAGES = (
+    "received",
+    "complete",
+    "deidentified",
+    "prepared",
+    "uploaded",
+    "results_received",
+    "reidentified",
+    "delivered_pacs",
+    "delivered_ehr",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    run_number INTEGER NOT NULL,
+    pseudo_study_uid TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    reason TEXT,
+    spool_dir TEXT,
+    updated_at TEXT NOT NULL,
+    UNIQUE (study_key, run_number)
+);
+CREATE TABLE IF NOT EXISTS timeline (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    detail TEXT,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    object_key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spool_path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    upload_id TEXT,
+    parts TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT 'PENDING'
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    run_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    payload_dir TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, target)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    study_key: str
+    run_number: int
+    pseudo_study_uid: str
+    stage: str
+    reason: str | None
+    spool_dir: str | None
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class ObjectRow:
+    object_key: str
+    run_id: str
+    kind: str
+    spool_path: str
+    sha256: str
+    size_bytes: int
+    upload_id: str | None
+    parts: dict[int, dict[str, str]]
+    state: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    run_id: str
+    target: str
+    state: str
+    attempts: int
+    last_error: str | None
+    payload_dir: str | None
+    updated_at: str
+
+
+class Journal:
+    """Every write commits at once, so a kill -9 loses at most the step in flight."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _execute(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # ---- runs and timeline ----------------------------------------------------------------
+
+    def open_run(
+        self, run_id: str, study_key: str, run_number: int, pseudo_study_uid: str
+    ) -> RunRow:
+        self._execute(
+            "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid, stage,"
+            " updated_at) VALUES (?, ?, ?, ?, 'received', ?)",
+            (run_id, study_key, run_number, pseudo_study_uid, _now()),
+        )
+        run = self.run(run_id)
+        assert run is not None
+        return run
+
+    def run(self, run_id: str) -> RunRow | None:
+        rows = self._execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return RunRow(*rows[0]) if rows else None
+
+    def run_for(self, study_key: str, run_number: int) -> RunRow | None:
+        rows = self._execute(
+            "SELECT * FROM runs WHERE study_key = ? AND run_number = ?", (study_key, run_number)
+        )
+        return RunRow(*rows[0]) if rows else None
+
+    def runs(self, stage: str | None = None) -> list[RunRow]:
+        if stage is None:
+            rows = self._execute("SELECT * FROM runs ORDER BY updated_at")
+        else:
+            rows = self._execute("SELECT * FROM runs WHERE stage = ? ORDER BY updated_at", (stage,))
+        return [RunRow(*row) for row in rows]
+
+    def runs_of_study(self, pseudo_study_uid: str) -> list[RunRow]:
+        rows = self._execute(
+            "SELECT * FROM runs WHERE pseudo_study_uid = ? ORDER BY run_number", (pseudo_study_uid,)
+        )
+        return [RunRow(*row) for row in rows]
+
+    def set_spool_dir(self, run_id: str, spool_dir: Path) -> None:
+        self._execute("UPDATE runs SET spool_dir = ? WHERE run_id = ?", (str(spool_dir), run_id))
+
+    def advance(
+        self, run_id: str, stage: str, detail: str | None = None, reason: str | None = None
+    ) -> None:
+        """Record a stage in the run's timeline and make it the run's current stage."""
+        now = _now()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE runs SET stage = ?, reason = ?, updated_at = ? WHERE run_id = ?",
+                    (stage, reason, now, run_id),
+                )
+                self._db.execute(
+                    "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
+                    (run_id, stage, detail or reason, now),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def note(self, run_id: str, stage: str, detail: str | None = None) -> None:
+        """A timeline entry that does not change the run's stage (retries, warnings)."""
+        self._execute(
+            "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
+            (run_id, stage, detail, _now()),
+        )
+
+    def timeline(self, run_id: str) -> list[tuple[str, str, str | None]]:
+        rows = self._execute(
+            "SELECT at, stage, detail FROM timeline WHERE run_id = ? ORDER BY id", (run_id,)
+        )
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def delete_run(self, run_id: str) -> None:
+        for table in ("timeline", "objects", "deliveries", "runs"):
+            self._execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # noqa: S608
+
+    # ---- upload objects -------------------------------------------------------------------
+
+    def add_object(
+        self, object_key: str, run_id: str, kind: str, spool_path: Path, sha256: str, size: int
+    ) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO objects (object_key, run_id, kind, spool_path, sha256,"
+            " size_bytes) VALUES (?, ?, ?, ?, ?, ?)",
+            (object_key, run_id, kind, str(spool_path), sha256, size),
+        )
+
+    def objects(self, run_id: str) -> list[ObjectRow]:
+        rows = self._execute(
+            "SELECT object_key, run_id, kind, spool_path, sha256, size_bytes, upload_id, parts,"
+            " state FROM objects WHERE run_id = ? ORDER BY kind DESC, object_key",
+            (run_id,),
+        )
+        return [
+            ObjectRow(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                int(r[5]),
+                r[6],
+                {int(k): v for k, v in json.loads(r[7]).items()},
+                r[8],
+            )
+            for r in rows
+        ]
+
+    def set_upload_id(self, object_key: str, upload_id: str | None) -> None:
+        self._execute(
+            "UPDATE objects SET upload_id = ?, parts = '{}' WHERE object_key = ?",
+            (upload_id, object_key),
+        )
+
+    def record_part(self, object_key: str, number: int, etag: str, checksum: str) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (raw,) = self._db.execute(
+                    "SELECT parts FROM objects WHERE object_key = ?", (object_key,)
+                ).fetchone()
+                parts = json.loads(raw)
+                parts[str(number)] = {"etag": etag, "checksum": checksum}
+                self._db.execute(
+                    "UPDATE objects SET parts = ? WHERE object_key = ?",
+                    (json.dumps(parts), object_key),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def object_done(self, object_key: str) -> None:
+        self._execute("UPDATE objects SET state = 'DONE' WHERE object_key = ?", (object_key,))
+
+    # ---- deliveries -----------------------------------------------------------------------
+
+    def set_delivery(
+        self,
+        run_id: str,
+        target: str,
+        state: str,
+        *,
+        last_error: str | None = None,
+        payload_dir: Path | None = None,
+        attempts_delta: int = 0,
+    ) -> None:
+        now = _now()
+        self._execute(
+            "INSERT INTO deliveries (run_id, target, state, attempts, last_error, payload_dir,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, target) DO UPDATE SET"
+            " state = excluded.state, attempts = attempts + ?, last_error = excluded.last_error,"
+            " payload_dir = COALESCE(excluded.payload_dir, payload_dir),"
+            " updated_at = excluded.updated_at",
+            (
+                run_id,
+                target,
+                state,
+                attempts_delta,
+                last_error,
+                str(payload_dir) if payload_dir else None,
+                now,
+                attempts_delta,
+            ),
+        )
+
+    def deliveries(self, run_id: str | None = None, state: str | None = None) -> list[DeliveryRow]:
+        sql, args = "SELECT * FROM deliveries WHERE 1 = 1", list[Any]()
+        if run_id is not None:
+            sql, args = sql + " AND run_id = ?", [*args, run_id]
+        if state is not None:
+            sql, args = sql + " AND state = ?", [*args, state]
+        return [
+            DeliveryRow(*row) for row in self._execute(sql + " ORDER BY updated_at", tuple(args))
+        ]

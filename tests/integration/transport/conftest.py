@@ -1,0 +1,353 @@
+"""Real peers for transport tests: DCMTK storescp as PACS, a scripted loopback EHR, the cloud."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+
+from imaging_ai import envelope
+from imaging_ai.aws import client
+from imaging_ai.contracts import (
+    Manifest,
+    SiteResultMessage,
+    encryption_context,
+    manifest_key,
+    result_key,
+    site_results_queue_name,
+)
+from imaging_ai.local.moto_server import free_port
+from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.results import build_results
+from imaging_ai.synthetic import SyntheticStudy
+from tests.unit.results.sample import demo_card
+
+SITE = "site-a"
+BUCKET = "imaging-ai-data"
+STORESCP = shutil.which("storescp", path="/usr/bin") or "/usr/bin/storescp"
+
+
+@dataclass
+class Pacs:
+    port: int
+    ae_title: str
+    folder: Path
+    process: subprocess.Popen[bytes]
+
+    def received(self) -> list[pydicom.Dataset]:
+        return [pydicom.dcmread(p) for p in sorted(self.folder.glob("*")) if p.is_file()]
+
+
+def start_storescp(folder: Path, ae_title: str = "PACS", extra: list[str] | None = None) -> Pacs:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [STORESCP, "-aet", ae_title, "-od", str(folder), "+xa", *(extra or []), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    import socket
+
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return Pacs(port, ae_title, folder, process)
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("storescp did not start")
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[Pacs]:
+    peer = start_storescp(tmp_path / "pacs")
+    yield peer
+    peer.process.terminate()
+    peer.process.wait(10)
+
+
+@dataclass
+class Ehr:
+    """A loopback FHIR endpoint answering from a script of (status, body) pairs."""
+
+    url: str
+    script: list[tuple[int, dict[str, Any]]]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    token_requests: int = 0
+    token_ttl_s: int = 3600
+
+
+@pytest.fixture
+def ehr() -> Iterator[Ehr]:
+    state = Ehr(url="", script=[])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            body = self.rfile.read(length)
+            if self.path == "/token":
+                state.token_requests += 1
+                answer: dict[str, Any] = {
+                    "access_token": f"tok-{state.token_requests}",
+                    "token_type": "bearer",
+                    "expires_in": state.token_ttl_s,
+                }
+                status = 200
+                self.server_form = body  # type: ignore[attr-defined]
+            else:
+                state.received.append(json.loads(body))
+                state.headers.append(dict(self.headers))
+                status, answer = (
+                    state.script.pop(0)
+                    if state.script
+                    else (200, {"resourceType": "Bundle", "type": "transaction-response"})
+                )
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class CloudSide:
+    """The cloud half of the contract, played in the test: read the upload, answer results."""
+
+    key_arn: str
+    queue_url: str
+
+    def read_manifest(self, pseudo_study_uid: str) -> Manifest:
+        body = client("s3").get_object(Bucket=BUCKET, Key=manifest_key(SITE, pseudo_study_uid))
+        plain = envelope.decrypt_bytes(
+            body["Body"].read(), self.key_arn, encryption_context(SITE, pseudo_study_uid)
+        )
+        return Manifest.model_validate_json(plain)
+
+    def read_series(self, manifest: Manifest) -> list[pydicom.Dataset]:
+        datasets = []
+        context = encryption_context(SITE, manifest.pseudo_study_uid)
+        for series in manifest.series:
+            body = client("s3").get_object(Bucket=BUCKET, Key=series.object_key)["Body"].read()
+            plain = envelope.decrypt_bytes(body, self.key_arn, context)
+            with tarfile.open(fileobj=io.BytesIO(plain)) as archive:
+                for member in archive.getmembers():
+                    extracted = archive.extractfile(member)
+                    assert extracted is not None
+                    datasets.append(pydicom.dcmread(io.BytesIO(extracted.read())))
+        return datasets
+
+    def answer(self, manifest: Manifest, study: SyntheticStudy) -> SiteResultMessage:
+        """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site."""
+        headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
+        shape = (len(headers), int(headers[0].Rows), int(headers[0].Columns))
+        labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
+        spacing = study.phantom.spacing_mm
+        geometry = VolumeGeometry(
+            shape=shape,
+            spacing_mm=spacing,
+            origin_mm=(
+                study.phantom.origin_mm[2],
+                study.phantom.origin_mm[1],
+                study.phantom.origin_mm[0],
+            ),
+        )
+        card = demo_card()
+        findings = []
+        for index, nodule in enumerate(study.phantom.nodules, start=1):
+            voxels = np.argwhere(study.phantom.nodule_mask == index)
+            findings.append(
+                Finding(
+                    label_value=1,
+                    component=index,
+                    voxel_count=len(voxels),
+                    volume_mm3=len(voxels) * float(np.prod(spacing)),
+                    longest_diameter_mm=nodule.diameter_mm,
+                    centroid_mm=geometry.voxel_to_patient(tuple(voxels.mean(axis=0))),
+                )
+            )
+        output = ModelOutputMeta(
+            input=ModelInputMeta(
+                site=SITE,
+                pseudo_study_uid=manifest.pseudo_study_uid,
+                pseudo_series_uid=str(headers[0].SeriesInstanceUID),
+                run_id=manifest.run_id,
+                model_name=card.name,
+                source_geometry=geometry,
+                model_geometry=geometry,
+                sop_instance_uids=[str(d.SOPInstanceUID) for d in headers],
+            ),
+            model_name=card.name,
+            model_version=card.version,
+            weights_sha256=card.weights_sha256,
+            device="cpu",
+            inference_seconds=0.1,
+            findings=findings,
+        )
+        for d in headers:
+            del d.PixelData
+        objects = build_results(headers, labels, output, card, manifest.run_id)
+        context = encryption_context(SITE, manifest.pseudo_study_uid)
+        keys = {}
+        for name, data in (
+            ("sr.dcm", _part10(objects.sr)),
+            ("seg.dcm", _part10(objects.seg)),
+            ("report.bundle.json", json.dumps(objects.bundle).encode()),
+        ):
+            key = result_key(SITE, manifest.pseudo_study_uid, manifest.run_id, name)
+            client("s3").put_object(
+                Bucket=BUCKET, Key=key, Body=envelope.encrypt_bytes(data, self.key_arn, context)
+            )
+            keys[name] = key
+        message = SiteResultMessage(
+            kind="RESULT_READY",
+            site=SITE,
+            pseudo_study_uid=manifest.pseudo_study_uid,
+            run_id=manifest.run_id,
+            result_keys=keys,
+        )
+        client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=message.model_dump_json())
+        return message
+
+    def fail(self, pseudo_study_uid: str, run_id: str, reason: str) -> None:
+        message = SiteResultMessage(
+            kind="FAILED",
+            site=SITE,
+            pseudo_study_uid=pseudo_study_uid,
+            run_id=run_id,
+            reason=reason,
+        )
+        client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=message.model_dump_json())
+
+
+def _part10(dataset: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture
+def cloud(aws: object) -> CloudSide:
+    """Bucket, KMS key and the site's results queue on the moto server."""
+    client("s3").create_bucket(Bucket=BUCKET)
+    key_arn = str(client("kms").create_key()["KeyMetadata"]["Arn"])
+    queue_url = client("sqs").create_queue(QueueName=site_results_queue_name(SITE))["QueueUrl"]
+    return CloudSide(key_arn=key_arn, queue_url=str(queue_url))
+
+
+@dataclass
+class FakeCompleted:
+    study_key: str
+    run_number: int
+    route: str
+    series: dict[str, list[Path]]
+
+
+@dataclass
+class ListIntake:
+    """Stand-in for the intake's completed-study queue (tests hand studies in directly)."""
+
+    ready: list[FakeCompleted] = field(default_factory=list)
+    forwarded: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def poll_completed(self) -> list[FakeCompleted]:
+        done = {(k, n) for k, n in self.forwarded}
+        return [s for s in self.ready if (s.study_key, s.run_number) not in done]
+
+    def mark_forwarded(self, study_key: str, run_number: int) -> None:
+        self.forwarded.append((study_key, run_number))
+
+    def mark_failed(self, study_key: str, run_number: int, reason: str) -> None:
+        self.failed.append((study_key, run_number, reason))
+        self.ready = [
+            s for s in self.ready if (s.study_key, s.run_number) != (study_key, run_number)
+        ]
+
+
+def write_config(
+    tmp: Path,
+    cloud: CloudSide,
+    pacs_port: int,
+    ehr_url: str,
+    *,
+    extra: str = "",
+    upload: str = "",
+    pacs_ae: str = "PACS",
+) -> Path:
+    """A complete config file for the tests (secrets as hex files, as in production)."""
+    (tmp / "site.secret").write_text("11" * 32)
+    (tmp / "crosswalk.key").write_text("22" * 32)
+    path = tmp / "forwarder.toml"
+    path.write_text(
+        f"""
+site = "{SITE}"
+state_dir = "state"
+poll_interval_s = 0.2
+
+[intake]
+{extra}
+
+[deid]
+site_secret = {{ file = "site.secret" }}
+
+[crosswalk]
+path = "state/crosswalk.sqlite"
+key = {{ file = "crosswalk.key" }}
+
+[aws]
+bucket = "{BUCKET}"
+kms_key_arn = "{cloud.key_arn}"
+
+[upload]
+part_size_mib = 5
+parallel_parts = 3
+base_backoff_s = 0.05
+max_backoff_s = 0.5
+{upload}
+
+[results]
+wait_time_s = 1
+
+[pacs]
+host = "127.0.0.1"
+port = {pacs_port}
+ae_title = "{pacs_ae}"
+max_attempts = 3
+retry_base_s = 0.05
+
+[ehr]
+base_url = "{ehr_url}"
+max_attempts = 3
+retry_base_s = 0.05
+
+[observability]
+metrics_port = 0
+"""
+    )
+    return path
