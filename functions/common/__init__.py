@@ -1,0 +1,1 @@
+"""What the Lambda functions share: settings, observability, typed events and AWS adapters."""

@@ -1,0 +1,102 @@
+"""AWS adapters the services depend on: encrypted study objects in S3 and the site queues."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from functions.common.keys import split_s3_uri
+from imaging_ai import envelope
+from imaging_ai.contracts import SiteResultMessage, encryption_context
+from imaging_ai.errors import ContractError, IntegrityError
+
+
+class ObjectMissing(ContractError):
+    """An object the contract promises is not in the bucket."""
+
+
+class StudyObjectStore:
+    """The data bucket: envelope-encrypted study objects (context checked) and plain objects."""
+
+    def __init__(self, s3: Any, bucket: str, kms_key_arn: str) -> None:
+        self._s3 = s3
+        self.bucket = bucket
+        self._key_arn = kms_key_arn
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def read(self, key: str, bucket: str | None = None) -> bytes:
+        try:
+            response = self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
+                raise ObjectMissing("an expected object is missing from the bucket") from None
+            raise
+        return bytes(response["Body"].read())
+
+    def read_uri(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        return self.read(key, bucket=bucket)
+
+    def read_encrypted(
+        self,
+        key: str,
+        site: str,
+        pseudo_study_uid: str,
+        sha256: str | None = None,
+        size_bytes: int | None = None,
+    ) -> bytes:
+        """Fetch, check size and SHA-256 of the stored ciphertext when given, then decrypt."""
+        ciphertext = self.read(key)
+        if size_bytes is not None and len(ciphertext) != size_bytes:
+            raise IntegrityError("object size does not match the manifest")
+        if sha256 is not None and hashlib.sha256(ciphertext).hexdigest() != sha256:
+            raise IntegrityError("object SHA-256 does not match the manifest")
+        try:
+            return envelope.decrypt_bytes(
+                ciphertext, self._key_arn, encryption_context(site, pseudo_study_uid)
+            )
+        except IntegrityError:
+            raise
+        except Exception as error:
+            # The Encryption SDK raises its own errors for tampered or foreign ciphertext.
+            if type(error).__module__.startswith("aws_encryption_sdk"):
+                raise IntegrityError("object cannot be decrypted with this study's key") from None
+            raise
+
+    def write_encrypted(self, key: str, plaintext: bytes, site: str, pseudo_study_uid: str) -> None:
+        ciphertext = envelope.encrypt_bytes(
+            plaintext, self._key_arn, encryption_context(site, pseudo_study_uid)
+        )
+        self.write(key, ciphertext, "application/octet-stream")
+
+    def write(self, key: str, body: bytes, content_type: str) -> None:
+        self._s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentType=content_type,
+            ServerSideEncryption="aws:kms",
+            SSEKMSKeyId=self._key_arn,
+        )
+
+
+class SiteNotifier:
+    """Sends `SiteResultMessage`s to each site's results queue."""
+
+    def __init__(self, sqs: Any, queues: dict[str, str]) -> None:
+        self._sqs = sqs
+        self._queues = queues
+
+    def send(self, message: SiteResultMessage) -> None:
+        queue_url = self._queues.get(message.site)
+        if queue_url is None:
+            raise ContractError("no results queue is configured for this site")
+        self._sqs.send_message(
+            QueueUrl=queue_url,
+            MessageBody=message.model_dump_json(),
+            MessageAttributes={"kind": {"DataType": "String", "StringValue": message.kind}},
+        )

@@ -1,0 +1,27 @@
+"""Environment settings of the functions as models, read once per process."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every function reads (the CDK stack sets exactly these variables)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, frozen=True, extra="ignore")
+    data_bucket: str = Field(min_length=3)
+    state_table: str = Field(min_length=3)
+    kms_key_arn: str = Field(min_length=20)
+    # JSON {site: queue_url}; a site absent here cannot be told about its results.
+    site_results_queues: dict[str, str] = Field(default_factory=dict)
+    idempotency_table: str | None = None
+    powertools_service_name: str = "imaging-ai"
+
+    @property
+    def idempotency_table_name(self) -> str:
+        return self.idempotency_table or self.state_table
+
+
+class PreprocessSettings(CommonSettings):
+    endpoint_name: str = Field(min_length=1)

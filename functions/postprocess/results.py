@@ -1,0 +1,59 @@
+"""The one adapter between postprocess and the results library (`imaging_ai.results`)."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+
+from imaging_ai.errors import PipelineError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import ModelOutputMeta
+
+
+class ResultsBuilder(Protocol):
+    def __call__(
+        self,
+        source_headers: list[Dataset],
+        labels: npt.NDArray[np.uint8],
+        output: ModelOutputMeta,
+        card: ModelCard,
+        run_id: str,
+        predecessor_sr: Dataset | None,
+    ) -> dict[str, bytes]: ...
+
+
+def dataset_bytes(dataset: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def build_result_objects(
+    source_headers: list[Dataset],
+    labels: npt.NDArray[np.uint8],
+    output: ModelOutputMeta,
+    card: ModelCard,
+    run_id: str,
+    predecessor_sr: Dataset | None,
+) -> dict[str, bytes]:
+    """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
+    try:
+        # Imported by name so this unit builds before the results library lands.
+        results = importlib.import_module("imaging_ai.results")
+    except ImportError as error:
+        raise PipelineError("the results library (imaging_ai.results) is not installed") from error
+    objects = results.build_results(
+        source_headers, labels, output, card, run_id, predecessor_sr=predecessor_sr
+    )
+    return {
+        "sr.dcm": dataset_bytes(objects.sr),
+        "seg.dcm": dataset_bytes(objects.seg),
+        "report.bundle.json": json.dumps(objects.bundle, separators=(",", ":")).encode(),
+    }

@@ -1,0 +1,173 @@
+"""Postprocess one inference notification: results written, encrypted and announced, or FAILED."""
+
+from __future__ import annotations
+
+import io
+import json
+from enum import StrEnum
+
+import pydicom
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
+from pydicom.dataset import Dataset
+
+from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
+from functions.common.keys import parse_input_location, source_headers_key
+from functions.common.observability import logger, metrics, tracer
+from functions.postprocess.results import ResultsBuilder, build_result_objects
+from imaging_ai.async_inference import AsyncInferenceNotification
+from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
+from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import unpack_model_output
+from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
+
+
+class PostprocessOutcome(StrEnum):
+    DELIVERED = "DELIVERED"
+    DUPLICATE = "DUPLICATE"
+    FAILED = "FAILED"
+
+
+class RunNotReady(PipelineError):
+    """The result arrived before the run was recorded as INFERRING; retry later."""
+
+
+class PostprocessService:
+    def __init__(
+        self,
+        store: StudyObjectStore,
+        state: RunStateStore,
+        notifier: SiteNotifier,
+        results_builder: ResultsBuilder = build_result_objects,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._notifier = notifier
+        self._build = results_builder
+
+    @tracer.capture_method
+    def handle(self, notification: AsyncInferenceNotification) -> PostprocessOutcome:
+        site, study, run_id = parse_input_location(notification.request_parameters.input_location)
+        run = RunKey(site, study, run_id)
+        logger.append_keys(site=site, pseudo_study_uid=study, run_id=run_id)
+        current = self._state.get(run)
+        if current is None:
+            return self._fail(run, None, "inference result for a run that was never received")
+        if current.stage in (Stage.DELIVERED, Stage.FAILED):
+            logger.info("duplicate inference notification", stage=current.stage.value)
+            metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
+            return PostprocessOutcome.DUPLICATE
+        if notification.invocation_status == "Failed":
+            reason = notification.failure_reason or "no reason given"
+            return self._fail(run, current.model_name, f"inference failed: {reason[:300]}")
+        try:
+            if current.stage in (Stage.RECEIVED, Stage.PREPROCESSED):
+                raise RunNotReady("inference result arrived before the run was INFERRING")
+            keys = {name: result_key(site, study, run_id, name) for name in RESULT_NAMES}
+            model_version = current.attributes.get("model_version")
+            if current.stage == Stage.INFERRING:
+                model_version = self._report(notification, run, current, keys)
+            self._deliver(run, current.model_name, model_version, keys)
+        except StageConflict as conflict:
+            logger.info("another delivery advanced this run", stage=str(conflict.actual))
+            return PostprocessOutcome.DUPLICATE
+        except RunNotReady:
+            raise
+        except ContractError as error:
+            return self._fail(run, current.model_name, f"result refused: {error}")
+        metrics.add_metric(name="ResultsDelivered", unit=MetricUnit.Count, value=1)
+        return PostprocessOutcome.DELIVERED
+
+    @tracer.capture_method
+    def _report(
+        self,
+        notification: AsyncInferenceNotification,
+        run: RunKey,
+        current: RunState,
+        keys: dict[str, str],
+    ) -> str:
+        location = notification.response_parameters.output_location
+        if not location:
+            raise ContractError("completed notification has no output location")
+        labels, output = unpack_model_output(self._store.read_uri(location))
+        meta = output.input
+        if (meta.site, meta.pseudo_study_uid, meta.run_id) != (
+            run.site,
+            run.pseudo_study_uid,
+            run.run_id,
+        ):
+            raise ContractError("inference output belongs to another run")
+        card = self._model_card(output.model_name)
+        headers = self._source_headers(run)
+        if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
+            raise ContractError("stored source headers do not match the model input's slices")
+        predecessor = self._predecessor_sr(run, current.attributes.get("revises_run_id"))
+        objects = self._build(headers, labels, output, card, run.run_id, predecessor)
+        for name, key in keys.items():
+            self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
+        self._state.advance(
+            run,
+            Stage.REPORTED,
+            {"model_version": output.model_version, "findings": str(len(output.findings))},
+        )
+        metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
+        logger.info("results written", findings=len(output.findings))
+        return output.model_version
+
+    def _deliver(
+        self, run: RunKey, model_name: str | None, model_version: str | None, keys: dict[str, str]
+    ) -> None:
+        self._notifier.send(
+            SiteResultMessage(
+                kind="RESULT_READY",
+                site=run.site,
+                pseudo_study_uid=run.pseudo_study_uid,
+                run_id=run.run_id,
+                result_keys=keys,
+                model_name=model_name,
+                model_version=model_version,
+            )
+        )
+        self._state.advance(run, Stage.DELIVERED)
+
+    def _model_card(self, model_name: str) -> ModelCard:
+        try:
+            return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
+        except ValidationError:
+            raise ContractError("the model's model.json does not match its schema") from None
+
+    def _source_headers(self, run: RunKey) -> list[Dataset]:
+        payload = self._store.read_encrypted(
+            source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
+            run.site,
+            run.pseudo_study_uid,
+        )
+        return [Dataset.from_json(item) for item in json.loads(payload)]
+
+    def _predecessor_sr(self, run: RunKey, revises_run_id: str | None) -> Dataset | None:
+        if not revises_run_id:
+            return None
+        key = result_key(run.site, run.pseudo_study_uid, revises_run_id, "sr.dcm")
+        try:
+            payload = self._store.read_encrypted(key, run.site, run.pseudo_study_uid)
+        except ObjectMissing:
+            logger.warning("revised run has no SR; writing a fresh one", revises=revises_run_id)
+            return None
+        return pydicom.dcmread(io.BytesIO(payload))
+
+    def _fail(self, run: RunKey, model_name: str | None, reason: str) -> PostprocessOutcome:
+        logger.warning("run failed", reason=reason)
+        metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
+        if self._state.fail(run, reason, model_name):
+            self._notifier.send(
+                SiteResultMessage(
+                    kind="FAILED",
+                    site=run.site,
+                    pseudo_study_uid=run.pseudo_study_uid,
+                    run_id=run.run_id,
+                    reason=reason,
+                    model_name=model_name,
+                )
+            )
+        return PostprocessOutcome.FAILED

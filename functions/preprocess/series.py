@@ -1,0 +1,82 @@
+"""Choose the series a model asks for, unpack its tar, and refuse what is not de-identified."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from imaging_ai.contracts import Manifest, ManifestSeries, series_key
+from imaging_ai.errors import ContractError, IntegrityError
+from imaging_ai.model_card import SeriesSelection
+
+
+class RefusedStudy(ContractError):
+    """The study must not be processed; the reason goes to the site (no values, no PHI)."""
+
+
+def select_series(manifest: Manifest, selection: SeriesSelection) -> ManifestSeries:
+    """The largest series of the wanted modality whose SOP classes the model accepts."""
+    candidates = [
+        series
+        for series in manifest.series
+        if series.modality == selection.modality
+        and len(series.instances) >= selection.min_slices
+        and all(i.sop_class_uid in selection.sop_class_uids for i in series.instances)
+    ]
+    if not candidates:
+        raise RefusedStudy(
+            f"no series matches the model's selection (modality {selection.modality}, "
+            f"at least {selection.min_slices} instances of an accepted SOP class)"
+        )
+    chosen = max(candidates, key=lambda series: len(series.instances))
+    expected_key = series_key(manifest.site, manifest.pseudo_study_uid, chosen.pseudo_series_uid)
+    if chosen.object_key != expected_key:
+        raise IntegrityError("manifest names a series object outside its study's prefix")
+    return chosen
+
+
+def read_series_tar(payload: bytes) -> list[Dataset]:
+    """Every DICOM file of a series tar, in archive order."""
+    datasets: list[Dataset] = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                extracted = archive.extractfile(member)
+                if extracted is None:
+                    continue
+                with extracted:
+                    datasets.append(pydicom.dcmread(extracted))
+    except (tarfile.TarError, InvalidDicomError, EOFError) as error:
+        raise RefusedStudy(
+            f"series object is not a tar of DICOM files ({type(error).__name__})"
+        ) from None
+    return datasets
+
+
+def check_deidentified(datasets: list[Dataset]) -> None:
+    """Every instance must carry the PS3.15 markers the edge forwarder writes."""
+    for ds in datasets:
+        if str(ds.get("PatientIdentityRemoved", "")).upper() != "YES":
+            raise RefusedStudy("an instance lacks PatientIdentityRemoved=YES")
+        if not ds.get("DeidentificationMethodCodeSequence"):
+            raise RefusedStudy("an instance lacks DeidentificationMethodCodeSequence")
+
+
+def check_matches_manifest(
+    datasets: list[Dataset], manifest: Manifest, series: ManifestSeries
+) -> None:
+    expected = {instance.sop_instance_uid for instance in series.instances}
+    found = {str(ds.get("SOPInstanceUID", "")) for ds in datasets}
+    if found != expected or len(datasets) != len(expected):
+        raise IntegrityError("series content does not match the manifest's instance list")
+    for ds in datasets:
+        if str(ds.get("SeriesInstanceUID", "")) != series.pseudo_series_uid:
+            raise IntegrityError("an instance belongs to another series than the manifest says")
+        if str(ds.get("StudyInstanceUID", "")) != manifest.pseudo_study_uid:
+            raise IntegrityError("an instance belongs to another study than the manifest says")

@@ -1,0 +1,184 @@
+"""Preprocess a committed study: verify, select, build, resample, store, call the endpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
+
+from functions.common.adapters import SiteNotifier, StudyObjectStore
+from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
+from functions.common.observability import logger, metrics, tracer
+from functions.preprocess.adapters import AsyncEndpoint
+from functions.preprocess.series import (
+    check_deidentified,
+    check_matches_manifest,
+    read_series_tar,
+    select_series,
+)
+from imaging_ai.contracts import (
+    Manifest,
+    SiteResultMessage,
+    Stage,
+    model_card_key,
+    parse_manifest_key,
+    preprocessed_key,
+)
+from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import ModelInputMeta, pack_model_input
+from imaging_ai.state import RunKey, RunStateStore, StageConflict
+from imaging_ai.volume import build_volume, prepare_model_input
+
+
+class PreprocessOutcome(StrEnum):
+    SUBMITTED = "SUBMITTED"
+    DUPLICATE = "DUPLICATE"
+    REFUSED = "REFUSED"
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """Which manifest object an event announced."""
+
+    bucket: str
+    key: str
+    etag: str | None = None
+
+
+class PreprocessService:
+    def __init__(
+        self,
+        store: StudyObjectStore,
+        state: RunStateStore,
+        endpoint: AsyncEndpoint,
+        notifier: SiteNotifier,
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._endpoint = endpoint
+        self._notifier = notifier
+
+    @tracer.capture_method
+    def handle(self, ref: ManifestRef) -> PreprocessOutcome:
+        if ref.bucket != self._store.bucket:
+            raise ContractError("manifest event names another bucket")
+        site, pseudo_study_uid = parse_manifest_key(ref.key)
+        try:
+            manifest = self._read_manifest(ref.key, site, pseudo_study_uid)
+        except PipelineError as error:
+            run = RunKey(site, pseudo_study_uid, unreadable_manifest_run_id(ref.key, ref.etag))
+            return self._refuse(run, None, f"manifest refused: {error}")
+        run = RunKey(site, pseudo_study_uid, manifest.run_id)
+        logger.append_keys(site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id)
+
+        attributes = {"manifest_key": ref.key}
+        if manifest.revises_run_id:
+            attributes["revises_run_id"] = manifest.revises_run_id
+        if not self._state.start(run, manifest.model_name, attributes):
+            current = self._state.get(run)
+            stage = current.stage if current else None
+            if stage not in (Stage.RECEIVED, Stage.PREPROCESSED):
+                logger.info("duplicate manifest event", stage=str(stage))
+                metrics.add_metric(name="DuplicateManifestEvents", unit=MetricUnit.Count, value=1)
+                return PreprocessOutcome.DUPLICATE
+            logger.info("resuming a run left unfinished", stage=str(stage))
+        else:
+            current = None
+        try:
+            if current is None or current.stage == Stage.RECEIVED:
+                self._preprocess(manifest, run)
+                self._state.advance(run, Stage.PREPROCESSED)
+            location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
+            output_location = self._endpoint.invoke(location, inference_id(run.run_id))
+            self._state.advance(
+                run,
+                Stage.INFERRING,
+                {"inference_id": inference_id(run.run_id), "output_location": output_location},
+            )
+        except StageConflict as conflict:
+            # A concurrent delivery of the same event moved the run on first.
+            logger.info("another delivery advanced this run", stage=str(conflict.actual))
+            return PreprocessOutcome.DUPLICATE
+        except PipelineError as error:
+            return self._refuse(run, manifest.model_name, f"study refused: {error}")
+        metrics.add_metric(name="InferenceRequests", unit=MetricUnit.Count, value=1)
+        logger.info("model input written and inference requested")
+        return PreprocessOutcome.SUBMITTED
+
+    def _read_manifest(self, key: str, site: str, pseudo_study_uid: str) -> Manifest:
+        plaintext = self._store.read_encrypted(key, site, pseudo_study_uid)
+        try:
+            manifest = Manifest.model_validate_json(plaintext)
+        except ValidationError:
+            raise ContractError("manifest does not match the manifest schema") from None
+        if (manifest.site, manifest.pseudo_study_uid) != (site, pseudo_study_uid):
+            raise ContractError("manifest content names another site or study than its key")
+        return manifest
+
+    @tracer.capture_method
+    def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
+        card = self._model_card(manifest.model_name)
+        series = select_series(manifest, card.series_selection)
+        payload = self._store.read_encrypted(
+            series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
+        )
+        datasets = read_series_tar(payload)
+        del payload
+        check_deidentified(datasets)
+        check_matches_manifest(datasets, manifest, series)
+        volume = build_volume(datasets)
+        del datasets
+        image, grid = prepare_model_input(volume, card)
+        meta = ModelInputMeta(
+            site=run.site,
+            pseudo_study_uid=run.pseudo_study_uid,
+            pseudo_series_uid=series.pseudo_series_uid,
+            run_id=run.run_id,
+            model_name=card.name,
+            source_geometry=volume.geometry,
+            model_geometry=grid,
+            sop_instance_uids=volume.sop_instance_uids,
+        )
+        # Postprocess builds SEG/SR from these headers, so it never re-reads the series.
+        headers = json.dumps([ds.to_json_dict() for ds in volume.headers]).encode()
+        del volume
+        self._store.write_encrypted(
+            source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
+            headers,
+            run.site,
+            run.pseudo_study_uid,
+        )
+        self._store.write(
+            preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
+            pack_model_input(image, meta),
+            "application/x-npz",
+        )
+        metrics.add_metric(
+            name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
+        )
+
+    def _model_card(self, model_name: str) -> ModelCard:
+        try:
+            return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
+        except ValidationError:
+            raise ContractError("the model's model.json does not match its schema") from None
+
+    def _refuse(self, run: RunKey, model_name: str | None, reason: str) -> PreprocessOutcome:
+        logger.warning("study refused", reason=reason, run_id=run.run_id)
+        metrics.add_metric(name="StudiesRefused", unit=MetricUnit.Count, value=1)
+        if self._state.fail(run, reason, model_name):
+            self._notifier.send(
+                SiteResultMessage(
+                    kind="FAILED",
+                    site=run.site,
+                    pseudo_study_uid=run.pseudo_study_uid,
+                    run_id=run.run_id,
+                    reason=reason,
+                    model_name=model_name,
+                )
+            )
+        return PreprocessOutcome.REFUSED

@@ -1,0 +1,239 @@
+"""Feed SQS batches to Lambda handlers in-process, with Lambda's event shape and retry semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from imaging_ai.aws import client
+from imaging_ai.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+# Handlers by dotted path: the library never imports the deployable units statically.
+PREPROCESS_HANDLER = "functions.preprocess.handler.lambda_handler"
+POSTPROCESS_HANDLER = "functions.postprocess.handler.lambda_handler"
+FAILURE_HANDLER = "functions.failure.handler.lambda_handler"
+
+
+class DispatchError(PipelineError):
+    """A handler path cannot be resolved or returned an invalid batch response."""
+
+
+def load_handler(dotted_path: str) -> Handler:
+    """Resolve "package.module.function" to the function, as Lambda does with its handler."""
+    module_name, _, attribute = dotted_path.rpartition(".")
+    if not module_name:
+        raise DispatchError("handler must be a dotted path: package.module.function")
+    handler = getattr(importlib.import_module(module_name), attribute, None)
+    if not callable(handler):
+        raise DispatchError(f"{dotted_path} is not a callable handler")
+    return handler  # type: ignore[no-any-return]
+
+
+@dataclass
+class LambdaContext:
+    """The attributes of Lambda's context object that Powertools and our handlers read."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    timeout_s: float = 900.0
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = "local"
+    _started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self._started)) * 1000))
+
+
+def sqs_event(messages: Iterable[Mapping[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
+    """The event Lambda's SQS event source mapping passes for received messages."""
+    records = []
+    for message in messages:
+        attributes = dict(message.get("Attributes", {}))
+        records.append(
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": {
+                    "ApproximateReceiveCount": attributes.get("ApproximateReceiveCount", "1"),
+                    "SentTimestamp": attributes.get("SentTimestamp", str(int(time.time() * 1000))),
+                    "SenderId": attributes.get("SenderId", "AIDAIENQZJOLO23YVJ4VO"),
+                    "ApproximateFirstReceiveTimestamp": attributes.get(
+                        "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
+                    ),
+                },
+                "messageAttributes": {
+                    name: {
+                        "stringValue": value.get("StringValue"),
+                        "binaryValue": value.get("BinaryValue"),
+                        "stringListValues": [],
+                        "binaryListValues": [],
+                        "dataType": value["DataType"],
+                    }
+                    for name, value in message.get("MessageAttributes", {}).items()
+                },
+                "md5OfBody": message.get("MD5OfBody")
+                or hashlib.md5(message["Body"].encode(), usedforsecurity=False).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+        )
+    return {"Records": records}
+
+
+@dataclass
+class BatchOutcome:
+    received: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass
+class SqsDispatcher:
+    """One event source mapping: poll `queue_url`, invoke `handler`, delete what succeeded.
+
+    Like Lambda with `ReportBatchItemFailures`: a returned `batchItemFailures` list leaves
+    those messages on the queue and deletes the rest; a raised exception leaves the whole
+    batch. Left messages come back after the visibility timeout (`retry_delay_s` shortens it
+    locally) and the queue's redrive policy moves them to the DLQ after maxReceiveCount.
+    """
+
+    queue_url: str
+    handler: str
+    function_name: str
+    batch_size: int = 10
+    wait_time_s: int = 1
+    retry_delay_s: int | None = 0
+    _queue_arn: str | None = None
+
+    def poll_once(self) -> BatchOutcome:
+        sqs = client("sqs")
+        messages = sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=self.batch_size,
+            WaitTimeSeconds=self.wait_time_s,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages:
+            return BatchOutcome()
+        event = sqs_event(messages, self.queue_arn, sqs.meta.region_name)
+        failed_ids = self._invoke(event)
+        by_id = {message["MessageId"]: message for message in messages}
+        succeeded = [m for m in messages if m["MessageId"] not in failed_ids]
+        for start in range(0, len(succeeded), 10):
+            chunk = succeeded[start : start + 10]
+            sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
+                ],
+            )
+        if self.retry_delay_s is not None:
+            for message_id in failed_ids:
+                sqs.change_message_visibility(
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=by_id[message_id]["ReceiptHandle"],
+                    VisibilityTimeout=self.retry_delay_s,
+                )
+        return BatchOutcome(
+            received=len(messages), succeeded=len(succeeded), failed=len(failed_ids)
+        )
+
+    @property
+    def queue_arn(self) -> str:
+        if self._queue_arn is None:
+            attributes = client("sqs").get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+            )
+            self._queue_arn = str(attributes["Attributes"]["QueueArn"])
+        return self._queue_arn
+
+    def _invoke(self, event: dict[str, Any]) -> set[str]:
+        all_ids = {record["messageId"] for record in event["Records"]}
+        context = LambdaContext(function_name=self.function_name)
+        try:
+            response = load_handler(self.handler)(event, context)
+        except Exception:
+            # Lambda treats an unhandled error as a failure of the whole batch.
+            logger.exception("handler raised; whole batch stays on the queue")
+            return all_ids
+        if not isinstance(response, Mapping) or "batchItemFailures" not in response:
+            return set()
+        failures = response["batchItemFailures"] or []
+        failed = {str(item.get("itemIdentifier")) for item in failures}
+        if not failed <= all_ids:
+            # Lambda fails the whole batch when an identifier is unknown or empty.
+            return all_ids
+        return failed
+
+
+@dataclass
+class LocalEventSources:
+    """The four event source mappings of the stack, for the local runtime to drive."""
+
+    dispatchers: list[SqsDispatcher]
+
+    def drain(self, idle_polls: int = 2, timeout_s: float = 60.0) -> BatchOutcome:
+        """Poll every queue until all were empty `idle_polls` rounds in a row."""
+        total = BatchOutcome()
+        idle, deadline = 0, time.monotonic() + timeout_s
+        while idle < idle_polls and time.monotonic() < deadline:
+            round_received = 0
+            for dispatcher in self.dispatchers:
+                outcome = dispatcher.poll_once()
+                total.received += outcome.received
+                total.succeeded += outcome.succeeded
+                total.failed += outcome.failed
+                round_received += outcome.received
+            idle = idle + 1 if round_received == 0 else 0
+        return total
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            for dispatcher in self.dispatchers:
+                if stop.is_set():
+                    break
+                dispatcher.poll_once()
+
+
+def event_sources(
+    preprocess_queue_url: str,
+    preprocess_dlq_url: str,
+    postprocess_queue_url: str,
+    postprocess_dlq_url: str,
+    wait_time_s: int = 0,
+) -> LocalEventSources:
+    """Preprocess and postprocess on their queues; the failure handler on both DLQs."""
+    return LocalEventSources(
+        [
+            SqsDispatcher(
+                preprocess_queue_url, PREPROCESS_HANDLER, "preprocess", wait_time_s=wait_time_s
+            ),
+            SqsDispatcher(
+                postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess", wait_time_s=wait_time_s
+            ),
+            SqsDispatcher(preprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
+            SqsDispatcher(postprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
+        ]
+    )

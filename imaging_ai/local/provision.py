@@ -1,0 +1,262 @@
+"""Create, idempotently, every AWS resource the local runtime needs (moto, LocalStack or AWS)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from imaging_ai import state
+from imaging_ai.aws import client
+from imaging_ai.contracts import LOCAL_NAMES, MANIFEST_NAME, model_card_key, site_results_queue_name
+from imaging_ai.model_card import ModelCard
+
+KMS_ALIAS = "alias/imaging-ai-data"
+MANIFEST_RULE_NAME = "imaging-ai-manifest-created"
+MAX_RECEIVE_COUNT = 3
+QUEUE_VISIBILITY_TIMEOUT_S = 60
+# One rule pattern for the local stack and the CDK stack: only a study's commit marker counts.
+MANIFEST_KEY_WILDCARD = f"incoming/*/*/{MANIFEST_NAME}"
+_BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
+
+
+@dataclass(frozen=True)
+class QueuePair:
+    """A work queue with its dead-letter queue."""
+
+    url: str
+    arn: str
+    dlq_url: str
+    dlq_arn: str
+
+
+@dataclass(frozen=True)
+class LocalResources:
+    """Names, ARNs and URLs of what `provision()` made; enough to run and wire every handler."""
+
+    region: str
+    kms_key_arn: str
+    kms_alias: str
+    data_bucket: str
+    state_table: str
+    manifest_rule_arn: str
+    preprocess: QueuePair
+    postprocess: QueuePair
+    inference_success_topic_arn: str
+    inference_error_topic_arn: str
+    endpoint_name: str
+    site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
+
+    def function_environment(self, service_name: str = "imaging-ai") -> dict[str, str]:
+        """The environment variables the Lambda functions read (what the CDK stack sets)."""
+        return {
+            "DATA_BUCKET": self.data_bucket,
+            "STATE_TABLE": self.state_table,
+            "KMS_KEY_ARN": self.kms_key_arn,
+            "ENDPOINT_NAME": self.endpoint_name,
+            "SITE_RESULTS_QUEUES": json.dumps(self.site_results_queues, sort_keys=True),
+            "POWERTOOLS_SERVICE_NAME": service_name,
+            "POWERTOOLS_METRICS_NAMESPACE": "ImagingAI",
+        }
+
+
+def provision(
+    sites: Iterable[str],
+    model_cards: Sequence[ModelCard] = (),
+    max_receive_count: int = MAX_RECEIVE_COUNT,
+) -> LocalResources:
+    """Make (or find) every resource; safe to call again with more sites or model cards."""
+    region = client("sts").meta.region_name
+    key_arn = _kms_key()
+    bucket = LOCAL_NAMES["data_bucket"]
+    _bucket(bucket, key_arn, region)
+    preprocess = _queue_pair(
+        LOCAL_NAMES["preprocess_queue"], LOCAL_NAMES["preprocess_dlq"], max_receive_count
+    )
+    postprocess = _queue_pair(
+        LOCAL_NAMES["postprocess_queue"], LOCAL_NAMES["postprocess_dlq"], max_receive_count
+    )
+    rule_arn = _manifest_rule(bucket, preprocess)
+    success_arn = _topic(LOCAL_NAMES["inference_success_topic"], postprocess)
+    error_arn = _topic(LOCAL_NAMES["inference_error_topic"], postprocess)
+    table = LOCAL_NAMES["state_table"]
+    _state_table(table)
+    site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
+    s3 = client("s3")
+    for card in model_cards:
+        s3.put_object(
+            Bucket=bucket,
+            Key=model_card_key(card.name),
+            Body=card.model_dump_json(indent=2).encode(),
+            ContentType="application/json",
+        )
+    return LocalResources(
+        region=region,
+        kms_key_arn=key_arn,
+        kms_alias=KMS_ALIAS,
+        data_bucket=bucket,
+        state_table=table,
+        manifest_rule_arn=rule_arn,
+        preprocess=preprocess,
+        postprocess=postprocess,
+        inference_success_topic_arn=success_arn,
+        inference_error_topic_arn=error_arn,
+        endpoint_name=LOCAL_NAMES["endpoint_name"],
+        site_results_queues=site_queues,
+    )
+
+
+def _kms_key() -> str:
+    kms = client("kms")
+    try:
+        metadata = kms.describe_key(KeyId=KMS_ALIAS)["KeyMetadata"]
+        return str(metadata["Arn"])
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "NotFoundException":
+            raise
+    metadata = kms.create_key(
+        Description="imaging-ai data key (study objects and results)",
+        KeyUsage="ENCRYPT_DECRYPT",
+        KeySpec="SYMMETRIC_DEFAULT",
+    )["KeyMetadata"]
+    kms.enable_key_rotation(KeyId=metadata["KeyId"])
+    kms.create_alias(AliasName=KMS_ALIAS, TargetKeyId=metadata["KeyId"])
+    return str(metadata["Arn"])
+
+
+def _bucket(name: str, key_arn: str, region: str) -> None:
+    s3 = client("s3")
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=name)
+        else:
+            s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": region})
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in _BUCKET_EXISTS:
+            raise
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {
+                        "SSEAlgorithm": "aws:kms",
+                        "KMSMasterKeyID": key_arn,
+                    },
+                    "BucketKeyEnabled": True,
+                }
+            ]
+        },
+    )
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_notification_configuration(
+        Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
+    )
+
+
+def _queue(name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:
+    sqs = client("sqs")
+    merged = {
+        "VisibilityTimeout": str(QUEUE_VISIBILITY_TIMEOUT_S),
+        "MessageRetentionPeriod": str(14 * 24 * 3600),
+        "SqsManagedSseEnabled": "true",
+        **(attributes or {}),
+    }
+    url = str(sqs.create_queue(QueueName=name, Attributes=merged)["QueueUrl"])
+    # create_queue returns the existing queue only when attributes match; set them again.
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=merged)
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    return url, str(arn)
+
+
+def _queue_pair(name: str, dlq_name: str, max_receive_count: int) -> QueuePair:
+    dlq_url, dlq_arn = _queue(dlq_name)
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+    url, arn = _queue(name, {"RedrivePolicy": redrive})
+    return QueuePair(url=url, arn=arn, dlq_url=dlq_url, dlq_arn=dlq_arn)
+
+
+def _allow_send(queue: QueuePair, principal: str, source_arn: str) -> None:
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": f"allow-{principal.split('.')[0]}",
+                "Effect": "Allow",
+                "Principal": {"Service": principal},
+                "Action": "sqs:SendMessage",
+                "Resource": queue.arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": source_arn}},
+            }
+        ],
+    }
+    client("sqs").set_queue_attributes(
+        QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)}
+    )
+
+
+def _manifest_rule(bucket: str, target: QueuePair) -> str:
+    events = client("events")
+    pattern: dict[str, Any] = {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {
+            "bucket": {"name": [bucket]},
+            "object": {"key": [{"wildcard": MANIFEST_KEY_WILDCARD}]},
+        },
+    }
+    rule_arn = str(
+        events.put_rule(Name=MANIFEST_RULE_NAME, EventPattern=json.dumps(pattern), State="ENABLED")[
+            "RuleArn"
+        ]
+    )
+    events.put_targets(
+        Rule=MANIFEST_RULE_NAME, Targets=[{"Id": "preprocess-queue", "Arn": target.arn}]
+    )
+    _allow_send(target, "events.amazonaws.com", rule_arn)
+    return rule_arn
+
+
+def _topic(name: str, subscriber: QueuePair) -> str:
+    sns = client("sns")
+    topic_arn = str(sns.create_topic(Name=name)["TopicArn"])
+    existing = sns.list_subscriptions_by_topic(TopicArn=topic_arn).get("Subscriptions", [])
+    if not any(sub.get("Endpoint") == subscriber.arn for sub in existing):
+        # Raw delivery off: postprocess reads the SNS envelope, as in AWS.
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=subscriber.arn)
+    return topic_arn
+
+
+def _state_table(name: str) -> None:
+    dynamodb = client("dynamodb")
+    try:
+        dynamodb.create_table(
+            TableName=name,
+            KeySchema=state.KEY_SCHEMA,
+            AttributeDefinitions=state.ATTRIBUTE_DEFINITIONS,
+            BillingMode="PAY_PER_REQUEST",
+            SSESpecification={"Enabled": True},
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+        return
+    dynamodb.get_waiter("table_exists").wait(TableName=name)
+    dynamodb.update_time_to_live(
+        TableName=name,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": state.TTL_ATTRIBUTE},
+    )

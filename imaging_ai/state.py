@@ -1,0 +1,281 @@
+"""Run state in DynamoDB: one item per (site, pseudo study, run), moved by conditional writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from imaging_ai.contracts import NEXT_STAGE, Stage, check_run_id, check_site, check_uid
+from imaging_ai.errors import PipelineError
+
+# Single-table layout: the partition groups every run of a study (one query = its timeline);
+# the same pk/sk pair serves Powertools idempotency records, so one table can hold both.
+PARTITION_KEY = "pk"
+SORT_KEY = "sk"
+KEY_SCHEMA = [
+    {"AttributeName": PARTITION_KEY, "KeyType": "HASH"},
+    {"AttributeName": SORT_KEY, "KeyType": "RANGE"},
+]
+ATTRIBUTE_DEFINITIONS = [
+    {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
+    {"AttributeName": SORT_KEY, "AttributeType": "S"},
+]
+TTL_ATTRIBUTE = "expiration"  # Powertools idempotency records expire; run items never do
+_STAGE_VALUES = frozenset(stage.value for stage in Stage)
+_REASON_LIMIT = 500
+
+
+class StateError(PipelineError):
+    """The run-state store refused or could not perform a write."""
+
+
+class StageConflict(StateError):
+    """A conditional write lost: the run is not in the stage the writer expected."""
+
+    def __init__(self, run: RunKey, expected: Stage | None, actual: Stage | None) -> None:
+        super().__init__(
+            f"run {run.run_id} is in stage {actual.value if actual else 'absent'}, "
+            f"expected {expected.value if expected else 'absent'}"
+        )
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True)
+class RunKey:
+    site: str
+    pseudo_study_uid: str
+    run_id: str
+
+    def __post_init__(self) -> None:
+        check_site(self.site)
+        check_uid(self.pseudo_study_uid)
+        check_run_id(self.run_id)
+
+    @property
+    def item_key(self) -> dict[str, dict[str, str]]:
+        return {
+            PARTITION_KEY: {"S": study_partition(self.site, self.pseudo_study_uid)},
+            SORT_KEY: {"S": f"RUN#{self.run_id}"},
+        }
+
+
+def study_partition(site: str, pseudo_study_uid: str) -> str:
+    return f"STUDY#{check_site(site)}#{check_uid(pseudo_study_uid)}"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """One run as stored: its stage, when it entered each stage, and why it failed if it did."""
+
+    key: RunKey
+    stage: Stage
+    stage_times: dict[Stage, datetime]
+    model_name: str | None = None
+    reason: str | None = None
+    failed_from: Stage | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    def stage_latencies_s(self) -> dict[Stage, float]:
+        """Seconds spent reaching each stage from the one before it, in pipeline order."""
+        ordered = sorted(self.stage_times.items(), key=lambda item: item[1])
+        return {
+            stage: (at - ordered[index - 1][1]).total_seconds()
+            for index, (stage, at) in enumerate(ordered)
+            if index > 0
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _time_attribute(stage: Stage) -> str:
+    return f"at_{stage.value}"
+
+
+class RunStateStore:
+    """Conditional writes over a DynamoDB client (pass `imaging_ai.aws.client("dynamodb")`)."""
+
+    def __init__(self, dynamodb: Any, table_name: str) -> None:
+        self._db = dynamodb
+        self._table = table_name
+
+    def start(self, run: RunKey, model_name: str, attributes: dict[str, str] | None = None) -> bool:
+        """Record RECEIVED unless the run exists; True when this call created it."""
+        item: dict[str, Any] = {
+            **run.item_key,
+            "site": {"S": run.site},
+            "pseudo_study_uid": {"S": run.pseudo_study_uid},
+            "run_id": {"S": run.run_id},
+            "stage": {"S": Stage.RECEIVED.value},
+            "model_name": {"S": model_name},
+            _time_attribute(Stage.RECEIVED): {"S": _now()},
+        }
+        for name, value in (attributes or {}).items():
+            item[f"attr_{name}"] = {"S": value}
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#pk)",
+                ExpressionAttributeNames={"#pk": PARTITION_KEY},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def advance(self, run: RunKey, to: Stage, attributes: dict[str, str] | None = None) -> None:
+        """Move to `to` only from its predecessor; raise StageConflict otherwise."""
+        expected = next((prior for prior, after in NEXT_STAGE.items() if after == to), None)
+        if expected is None:
+            raise StateError(f"stage {to.value} has no predecessor; use start() or fail()")
+        names = {"#stage": "stage", "#at": _time_attribute(to)}
+        values: dict[str, Any] = {
+            ":to": {"S": to.value},
+            ":expected": {"S": expected.value},
+            ":now": {"S": _now()},
+        }
+        updates = ["#stage = :to", "#at = :now"]
+        for index, (name, value) in enumerate((attributes or {}).items()):
+            names[f"#a{index}"] = f"attr_{name}"
+            values[f":a{index}"] = {"S": value}
+            updates.append(f"#a{index} = :a{index}")
+        self._conditional_update(
+            run, "SET " + ", ".join(updates), "#stage = :expected", names, values, expected
+        )
+
+    def fail(self, run: RunKey, reason: str, model_name: str | None = None) -> bool:
+        """Record FAILED with a reason from any non-terminal stage (creating the item if absent).
+
+        Returns False when the run had already ended (DELIVERED or FAILED): nothing changes.
+        """
+        names = {
+            "#stage": "stage",
+            "#at": _time_attribute(Stage.FAILED),
+            "#reason": "reason",
+            "#from": "failed_from",
+            "#site": "site",
+            "#study": "pseudo_study_uid",
+            "#run": "run_id",
+        }
+        values: dict[str, Any] = {
+            ":failed": {"S": Stage.FAILED.value},
+            ":delivered": {"S": Stage.DELIVERED.value},
+            ":now": {"S": _now()},
+            ":reason": {"S": reason[:_REASON_LIMIT]},
+            ":absent": {"S": "ABSENT"},
+            ":site": {"S": run.site},
+            ":study": {"S": run.pseudo_study_uid},
+            ":run": {"S": run.run_id},
+        }
+        update = (
+            "SET #from = if_not_exists(#stage, :absent), #stage = :failed, #at = :now, "
+            "#reason = :reason, #site = :site, #study = :study, #run = :run"
+        )
+        if model_name:
+            names["#model"] = "model_name"
+            values[":model"] = {"S": model_name}
+            update += ", #model = if_not_exists(#model, :model)"
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=run.item_key,
+                UpdateExpression=update,
+                ConditionExpression="attribute_not_exists(#stage) OR "
+                "(#stage <> :failed AND #stage <> :delivered)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def get(self, run: RunKey) -> RunState | None:
+        response = self._db.get_item(TableName=self._table, Key=run.item_key, ConsistentRead=True)
+        item = response.get("Item")
+        return _to_state(item) if item else None
+
+    def timeline(self, site: str, pseudo_study_uid: str) -> list[RunState]:
+        """Every run of a study with its per-stage times, oldest first."""
+        states: list[RunState] = []
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._table,
+            KeyConditionExpression="#pk = :pk AND begins_with(#sk, :run)",
+            ExpressionAttributeNames={"#pk": PARTITION_KEY, "#sk": SORT_KEY},
+            ExpressionAttributeValues={
+                ":pk": {"S": study_partition(site, pseudo_study_uid)},
+                ":run": {"S": "RUN#"},
+            },
+            ConsistentRead=True,
+        ):
+            states.extend(_to_state(item) for item in page.get("Items", []))
+        return sorted(
+            states, key=lambda state: min(state.stage_times.values(), default=datetime.min)
+        )
+
+    def _conditional_update(
+        self,
+        run: RunKey,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+        expected: Stage,
+    ) -> None:
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=run.item_key,
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                current = self.get(run)
+                raise StageConflict(run, expected, current.stage if current else None) from None
+            raise
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def _to_state(item: dict[str, Any]) -> RunState:
+    def text(name: str) -> str | None:
+        value = item.get(name)
+        return str(value["S"]) if value else None
+
+    stage_times = {
+        stage: datetime.fromisoformat(str(item[_time_attribute(stage)]["S"]))
+        for stage in Stage
+        if _time_attribute(stage) in item
+    }
+    failed_from = text("failed_from")
+    return RunState(
+        key=RunKey(
+            site=str(text("site")),
+            pseudo_study_uid=str(text("pseudo_study_uid")),
+            run_id=str(text("run_id")),
+        ),
+        stage=Stage(str(text("stage"))),
+        stage_times=stage_times,
+        model_name=text("model_name"),
+        reason=text("reason"),
+        failed_from=Stage(failed_from) if failed_from in _STAGE_VALUES else None,
+        attributes={
+            name.removeprefix("attr_"): str(value["S"])
+            for name, value in item.items()
+            if name.startswith("attr_")
+        },
+    )

@@ -1,0 +1,254 @@
+"""Build a volume from DICOM slices and bring it onto the model's grid as `model.json` says."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from imaging_ai.errors import ContractError
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import VolumeGeometry
+
+FloatArray = npt.NDArray[np.float32]
+
+# Tolerances: DICOM DS values carry rounding; real series stay far inside these.
+_ORIENTATION_TOLERANCE = 1e-4
+_SPACING_RELATIVE_TOLERANCE = 0.01
+_DRIFT_RELATIVE_TOLERANCE = 0.05  # in-plane drift of slice positions, as a fraction of a pixel
+_UNCOMPRESSED_LITTLE_ENDIAN = {
+    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian
+    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
+}
+
+
+class GeometryError(ContractError):
+    """The slices do not form one regular volume; the message says why (no values, no PHI)."""
+
+
+@dataclass
+class Volume:
+    """Rescaled voxels (slice, row, column) with the grid they lie on and their source slices.
+
+    `headers` are the source datasets in volume order with their pixel data dropped.
+    """
+
+    voxels: FloatArray
+    geometry: VolumeGeometry
+    sop_instance_uids: list[str]
+    headers: list[Dataset]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.voxels.nbytes)
+
+
+def _require(ds: Dataset, keyword: str) -> object:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        raise GeometryError(f"a slice lacks {keyword}")
+    return value
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> npt.NDArray[np.float64]:
+    values = np.asarray([float(v) for v in _require(ds, keyword)], dtype=np.float64)  # type: ignore[attr-defined]
+    if values.shape != (count,):
+        raise GeometryError(f"{keyword} must hold {count} values")
+    return values
+
+
+def _slice_pixels(ds: Dataset) -> npt.NDArray[np.generic]:
+    """Stored values of one single-frame slice; uncompressed little endian skips the codec."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits, signed = int(ds.BitsAllocated), int(ds.PixelRepresentation) == 1
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    stored = int(ds.get("BitsStored", bits))
+    if syntax in _UNCOMPRESSED_LITTLE_ENDIAN and bits in (8, 16) and stored == bits:
+        dtype = np.dtype(f"{'<i' if signed else '<u'}{bits // 8}")
+        raw = ds.PixelData
+        expected = rows * columns * dtype.itemsize
+        if len(raw) < expected:
+            raise GeometryError("pixel data is shorter than Rows x Columns")
+        return np.frombuffer(raw, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    try:
+        # pydicom's pixel handlers decode RLE, JPEG, JPEG-LS and JPEG 2000 (pylibjpeg plugins).
+        return np.asarray(ds.pixel_array)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
+        raise GeometryError(f"cannot decode pixel data ({type(error).__name__})") from error
+
+
+def build_volume(slices: Iterable[Dataset]) -> Volume:
+    """Sort slices along their normal, check they form one regular grid, apply rescale.
+
+    Pixel data is dropped from each dataset as soon as it is decoded, so peak memory is the
+    float32 volume plus the still-undecoded slices.
+    """
+    datasets = list(slices)
+    if len(datasets) < 2:
+        raise GeometryError("a volume needs at least 2 slices")
+    first = datasets[0]
+    if int(first.get("NumberOfFrames", 1) or 1) != 1:
+        raise GeometryError("multi-frame images are not supported")
+    if int(first.get("SamplesPerPixel", 1)) != 1:
+        raise GeometryError("only single-sample (grayscale) images are supported")
+    orientation = _floats(first, "ImageOrientationPatient", 6)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if abs(np.linalg.norm(normal) - 1.0) > 1e-3 or abs(float(row_dir @ col_dir)) > 1e-3:
+        raise GeometryError("ImageOrientationPatient is not two orthonormal directions")
+    pixel_spacing = _floats(first, "PixelSpacing", 2)
+    shape2d = (int(_require(first, "Rows")), int(_require(first, "Columns")))  # type: ignore[call-overload]
+    frame_of_reference = first.get("FrameOfReferenceUID")
+
+    positions = np.empty((len(datasets), 3), dtype=np.float64)
+    for index, ds in enumerate(datasets):
+        if (int(ds.Rows), int(ds.Columns)) != shape2d:
+            raise GeometryError("slices differ in Rows or Columns")
+        if np.abs(_floats(ds, "ImageOrientationPatient", 6) - orientation).max() > (
+            _ORIENTATION_TOLERANCE
+        ):
+            raise GeometryError("slices differ in ImageOrientationPatient")
+        if np.abs(_floats(ds, "PixelSpacing", 2) - pixel_spacing).max() > (
+            _SPACING_RELATIVE_TOLERANCE * pixel_spacing.min()
+        ):
+            raise GeometryError("slices differ in PixelSpacing")
+        if ds.get("FrameOfReferenceUID") != frame_of_reference:
+            raise GeometryError("slices differ in FrameOfReferenceUID")
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise GeometryError("multi-frame images are not supported")
+        positions[index] = _floats(ds, "ImagePositionPatient", 3)
+
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    along = along[order]
+    steps = np.diff(along)
+    if steps.min() < 1e-3:
+        raise GeometryError("two slices share one position along the slice normal")
+    slice_spacing = float(np.median(steps))
+    if np.abs(steps - slice_spacing).max() > _SPACING_RELATIVE_TOLERANCE * slice_spacing:
+        raise GeometryError("slice spacing is not uniform (missing or extra slices)")
+    offsets = positions[order] - positions[order[0]]
+    drift = np.abs(offsets - np.outer(along - along[0], normal)).max()
+    if drift > _DRIFT_RELATIVE_TOLERANCE * float(pixel_spacing.min()):
+        raise GeometryError("slice positions drift off the slice normal (gantry tilt or shear)")
+
+    voxels = np.empty((len(datasets), *shape2d), dtype=np.float32)
+    headers: list[Dataset] = []
+    for k, index in enumerate(order):
+        ds = datasets[int(index)]
+        stored = _slice_pixels(ds)
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        target = voxels[k]
+        np.multiply(stored, slope, out=target, casting="unsafe")
+        target += intercept
+        del stored
+        if "PixelData" in ds:
+            del ds.PixelData
+        headers.append(ds)
+    datasets.clear()
+
+    geometry = VolumeGeometry(
+        shape=(int(voxels.shape[0]), shape2d[0], shape2d[1]),
+        spacing_mm=(slice_spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        origin_mm=_vector(positions[order[0]]),
+        row_direction=_vector(row_dir),
+        column_direction=_vector(col_dir),
+        slice_direction=_vector(normal),
+    )
+    return Volume(
+        voxels=voxels,
+        geometry=geometry,
+        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
+        headers=headers,
+    )
+
+
+def _vector(values: npt.NDArray[np.float64]) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+def target_grid(geometry: VolumeGeometry, spacing_mm: Sequence[float]) -> VolumeGeometry:
+    """The grid with the model's spacing that covers the source from voxel 0's centre on."""
+    shape = tuple(
+        int(np.floor((n - 1) * source / target + 1e-6)) + 1
+        for n, source, target in zip(geometry.shape, geometry.spacing_mm, spacing_mm, strict=True)
+    )
+    return geometry.model_copy(
+        update={
+            "shape": shape,
+            "spacing_mm": (float(spacing_mm[0]), float(spacing_mm[1]), float(spacing_mm[2])),
+        }
+    )
+
+
+def _linear_taps(
+    source_count: int, source_spacing: float, target_count: int, target_spacing: float
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], npt.NDArray[np.float32]]:
+    position = np.arange(target_count, dtype=np.float64) * (target_spacing / source_spacing)
+    position = np.clip(position, 0.0, source_count - 1)
+    lower = np.floor(position).astype(np.intp)
+    upper = np.minimum(lower + 1, source_count - 1)
+    return lower, upper, (position - lower).astype(np.float32)
+
+
+def resample_normalize(
+    voxels: FloatArray,
+    geometry: VolumeGeometry,
+    spacing_mm: Sequence[float],
+    window: tuple[float, float],
+) -> tuple[FloatArray, VolumeGeometry]:
+    """Trilinear resampling onto `target_grid`, then clip to `window` and scale to [0, 1].
+
+    Works one output slice at a time (separable linear taps), so besides input and output it
+    holds only a few slices: peak memory stays near input + output.
+    """
+    grid = target_grid(geometry, spacing_mm)
+    (depth, rows, columns), source = grid.shape, geometry.shape
+    slice_lo, slice_hi, slice_w = _linear_taps(
+        source[0], geometry.spacing_mm[0], depth, grid.spacing_mm[0]
+    )
+    row_lo, row_hi, row_w = _linear_taps(
+        source[1], geometry.spacing_mm[1], rows, grid.spacing_mm[1]
+    )
+    col_lo, col_hi, col_w = _linear_taps(
+        source[2], geometry.spacing_mm[2], columns, grid.spacing_mm[2]
+    )
+    same_rows = rows == source[1] and grid.spacing_mm[1] == geometry.spacing_mm[1]
+    same_cols = columns == source[2] and grid.spacing_mm[2] == geometry.spacing_mm[2]
+    low, high = float(window[0]), float(window[1])
+    if high <= low:
+        raise ContractError("intensity window must have high > low")
+    scale = np.float32(1.0 / (high - low))
+    row_w_col, col_w_row = row_w[:, None], col_w[None, :]
+
+    output = np.empty(grid.shape, dtype=np.float32)
+    for k in range(depth):
+        plane = voxels[slice_lo[k]] * (1.0 - slice_w[k])
+        if slice_w[k] > 0.0:
+            plane += voxels[slice_hi[k]] * slice_w[k]
+        if not same_rows:
+            upper = plane[row_hi]
+            plane = plane[row_lo]
+            plane += (upper - plane) * row_w_col
+        if not same_cols:
+            upper = plane[:, col_hi]
+            plane = plane[:, col_lo]
+            plane += (upper - plane) * col_w_row
+        np.clip(plane, low, high, out=plane)
+        plane -= low
+        plane *= scale
+        output[k] = plane
+    return output, grid
+
+
+def prepare_model_input(volume: Volume, card: ModelCard) -> tuple[FloatArray, VolumeGeometry]:
+    """The model's input image and grid, as its `model.json` asks."""
+    return resample_normalize(
+        volume.voxels, volume.geometry, card.input_spacing_mm, card.intensity_window_hu
+    )

@@ -1,0 +1,255 @@
+"""Test-side stand-ins for the edge forwarder and the inference endpoint, for the function tests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+
+from imaging_ai import envelope
+from imaging_ai.async_inference import AsyncInferenceNotification
+from imaging_ai.aws import client
+from imaging_ai.contracts import (
+    DeidRecord,
+    Manifest,
+    ManifestInstance,
+    ManifestSeries,
+    encryption_context,
+    inference_output_prefix,
+    manifest_key,
+    series_key,
+)
+from imaging_ai.model_card import Code, Label, ModelCard
+from imaging_ai.model_io import Finding, ModelOutputMeta, pack_model_output, unpack_model_input
+from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+
+SITE = "site-a"
+NODULE = Code(scheme="SCT", value="27925004", meaning="Nodule")
+
+
+def model_card(name: str = "lung-nodule-demo") -> ModelCard:
+    return ModelCard(
+        name=name,
+        version="0.1.0",
+        description="test model",
+        weights_file="model.ts",
+        weights_sha256="0" * 64,
+        labels=[
+            Label(
+                value=1,
+                name="nodule",
+                category=Code(
+                    scheme="SCT", value="49755003", meaning="Morphologically Altered Structure"
+                ),
+                type=NODULE,
+                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung structure"),
+            )
+        ],
+        input_spacing_mm=(2.0, 1.0, 1.0),
+        intensity_window_hu=(-1000.0, 400.0),
+        roi_size=(16, 64, 64),
+    )
+
+
+def deidentify_trivially(
+    ds: Dataset, study_uid: str, series_uid: str, markers: bool = True
+) -> None:
+    """Just enough de-identification for a cloud-side test: pseudonyms, no PHI, the markers."""
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "AccessionNumber",
+        "StudyID",
+        "ReferringPhysicianName",
+        "PerformingPhysicianName",
+        "OperatorsName",
+        "InstitutionName",
+        "InstitutionAddress",
+        "StationName",
+        "OtherPatientIDsSequence",
+        "RequestAttributesSequence",
+    ):
+        if keyword in ds:
+            delattr(ds, keyword)
+    # Type 2 attributes stay, empty (Annex E action Z), as the real de-identifier leaves them.
+    ds.PatientBirthDate = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.PatientName = "PSEUDO^0001"
+    ds.PatientID = "PSEUDO-0001"
+    ds.remove_private_tags()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if markers:
+        ds.PatientIdentityRemoved = "YES"
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+        code.CodeMeaning = "Basic Application Confidentiality Profile"
+        ds.DeidentificationMethodCodeSequence = Sequence([code])
+
+
+@dataclass
+class UploadedStudy:
+    manifest: Manifest
+    synthetic: SyntheticStudy
+    series_uid: str
+    datasets: list[Dataset]
+
+    @property
+    def pseudo_study_uid(self) -> str:
+        return self.manifest.pseudo_study_uid
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest.run_id
+
+
+def make_series(
+    tmp_path: Path,
+    shape: tuple[int, int, int] = (24, 128, 128),
+    markers: bool = True,
+    seed: int = 3,
+) -> tuple[SyntheticStudy, str, str, list[Dataset]]:
+    synthetic = write_ct_study(
+        tmp_path / "dicom", seed=seed, shape=shape, spacing_mm=(2.5, 1.2, 1.2), nodule_count=1
+    )
+    study_uid, series_uid = generate_uid(), generate_uid()
+    datasets = []
+    for path in synthetic.paths:
+        ds = pydicom.dcmread(path)
+        deidentify_trivially(ds, study_uid, series_uid, markers=markers)
+        datasets.append(ds)
+    return synthetic, study_uid, series_uid, datasets
+
+
+def series_tar(datasets: list[Dataset], shuffle_seed: int = 1) -> bytes:
+    order = np.random.default_rng(shuffle_seed).permutation(len(datasets))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for index in order:
+            part = io.BytesIO()
+            datasets[index].save_as(part, enforce_file_format=True)
+            info = tarfile.TarInfo(name=f"{datasets[index].SOPInstanceUID}.dcm")
+            info.size = part.tell()
+            part.seek(0)
+            archive.addfile(info, part)
+    return buffer.getvalue()
+
+
+def upload_study(
+    bucket: str,
+    key_arn: str,
+    tmp_path: Path,
+    run_id: str = "run-0001",
+    model_name: str = "lung-nodule-demo",
+    markers: bool = True,
+    tamper: bool = False,
+    shape: tuple[int, int, int] = (24, 128, 128),
+    prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
+) -> UploadedStudy:
+    """What the edge forwarder does: series tar, encrypt, upload, manifest LAST."""
+    synthetic, study_uid, series_uid, datasets = prepared or make_series(tmp_path, shape, markers)
+    context = encryption_context(SITE, study_uid)
+    ciphertext = envelope.encrypt_bytes(series_tar(datasets), key_arn, context)
+    key = series_key(SITE, study_uid, series_uid)
+    s3 = client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=ciphertext)
+    manifest = Manifest(
+        site=SITE,
+        pseudo_study_uid=study_uid,
+        run_id=run_id,
+        model_name=model_name,
+        series=[
+            ManifestSeries(
+                pseudo_series_uid=series_uid,
+                modality="CT",
+                object_key=key,
+                sha256=hashlib.sha256(ciphertext + (b"x" if tamper else b"")).hexdigest(),
+                size_bytes=len(ciphertext),
+                instances=[
+                    ManifestInstance(
+                        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID)
+                    )
+                    for ds in datasets
+                ],
+            )
+        ],
+        deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
+        forwarder_version="test",
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=manifest_key(SITE, study_uid),
+        Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
+    )
+    return UploadedStudy(manifest, synthetic, series_uid, datasets)
+
+
+def emulate_inference(
+    bucket: str, input_location: str, topic_arn: str, study: UploadedStudy, fail: str | None = None
+) -> None:
+    """What the async endpoint emulator does: read the input, write labels, publish to SNS."""
+    input_key = input_location.split(f"s3://{bucket}/", 1)[1]
+    s3 = client("s3")
+    image, meta = unpack_model_input(s3.get_object(Bucket=bucket, Key=input_key)["Body"].read())
+    assert image.dtype == np.float32 and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    notification: dict[str, object] = {
+        "awsRegion": "us-east-1",
+        "eventTime": "2026-09-14T09:40:00.000Z",
+        "receivedTime": "2026-09-14T09:39:00.000Z",
+        "invocationStatus": "Failed" if fail else "Completed",
+        "requestParameters": {
+            "contentType": "application/x-npz",
+            "endpointName": "imaging-ai-demo",
+            "inputLocation": input_location,
+        },
+        "inferenceId": f"run-{meta.run_id}",
+    }
+    if fail:
+        notification["failureReason"] = fail
+        notification["responseParameters"] = {"failureLocation": f"s3://{bucket}/failure.json"}
+    else:
+        labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
+        nodule = study.synthetic.phantom.nodules[0]
+        output = ModelOutputMeta(
+            input=meta,
+            model_name=meta.model_name,
+            model_version="0.1.0",
+            weights_sha256="0" * 64,
+            device="cpu",
+            inference_seconds=0.1,
+            findings=[
+                Finding(
+                    label_value=1,
+                    component=1,
+                    voxel_count=int(labels.sum()),
+                    volume_mm3=nodule.volume_mm3,
+                    longest_diameter_mm=nodule.diameter_mm,
+                    centroid_mm=meta.source_geometry.voxel_to_patient(
+                        tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
+                    ),
+                )
+            ],
+        )
+        out_key = inference_output_prefix(meta.site, meta.pseudo_study_uid, meta.run_id) + "out.npz"
+        s3.put_object(Bucket=bucket, Key=out_key, Body=pack_model_output(labels, output))
+        notification["responseParameters"] = {
+            "contentType": "application/x-npz",
+            "outputLocation": f"s3://{bucket}/{out_key}",
+        }
+    AsyncInferenceNotification.model_validate(notification)
+    import json
+
+    client("sns").publish(TopicArn=topic_arn, Message=json.dumps(notification))

@@ -1,0 +1,76 @@
+"""Fixtures of the function tests: a provisioned moto stack and the function environment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from functions.common import bootstrap
+from imaging_ai.aws import client
+from imaging_ai.local.dispatcher import (
+    FAILURE_HANDLER,
+    POSTPROCESS_HANDLER,
+    PREPROCESS_HANDLER,
+    SqsDispatcher,
+)
+from imaging_ai.local.moto_server import MotoServer
+from imaging_ai.local.provision import LocalResources, provision
+from tests.functions_support import SITE, model_card
+
+
+@dataclass
+class Stack:
+    resources: LocalResources
+    inference_calls: list[dict[str, object]] = field(default_factory=list)
+
+    def preprocess(self) -> SqsDispatcher:
+        return SqsDispatcher(
+            self.resources.preprocess.url, PREPROCESS_HANDLER, "preprocess", wait_time_s=0
+        )
+
+    def postprocess(self) -> SqsDispatcher:
+        return SqsDispatcher(
+            self.resources.postprocess.url, POSTPROCESS_HANDLER, "postprocess", wait_time_s=0
+        )
+
+    def failure(self, dlq_url: str) -> SqsDispatcher:
+        return SqsDispatcher(dlq_url, FAILURE_HANDLER, "failure", wait_time_s=0)
+
+    def site_messages(self) -> list[str]:
+        sqs = client("sqs")
+        bodies: list[str] = []
+        while True:
+            batch = sqs.receive_message(
+                QueueUrl=self.resources.site_results_queues[SITE], MaxNumberOfMessages=10
+            ).get("Messages", [])
+            if not batch:
+                return bodies
+            for message in batch:
+                bodies.append(message["Body"])
+                sqs.delete_message(
+                    QueueUrl=self.resources.site_results_queues[SITE],
+                    ReceiptHandle=message["ReceiptHandle"],
+                )
+
+
+@pytest.fixture
+def stack(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """Given every resource provisioned on moto and the functions' environment set."""
+    resources = provision([SITE], [model_card()])
+    for name, value in resources.function_environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    bootstrap.reset()
+    result = Stack(resources)
+
+    def count(params: dict[str, object], **_: object) -> None:
+        result.inference_calls.append(params)
+
+    client("sagemaker-runtime").meta.events.register(
+        "provide-client-params.sagemaker-runtime.InvokeEndpointAsync", count
+    )
+    yield result
+    bootstrap.reset()
