@@ -1,0 +1,48 @@
+"""Routing and expected-series rules evaluated on the series of a spooled study."""
+
+from __future__ import annotations
+
+import re
+
+from edge_forwarder.intake.journal import SeriesSummary
+from edge_forwarder.intake.settings import RoutingRule, SeriesMatch
+
+# Attributes kept per instance for rules; more come from the `tags` of configured rules.
+BASE_ATTRIBUTES = ("Modality", "SOPClassUID", "BodyPartExamined", "SeriesDescription")
+
+
+def rule_attributes(rules: list[SeriesMatch]) -> tuple[str, ...]:
+    extra = sorted({keyword for rule in rules for keyword in rule.tags})
+    return BASE_ATTRIBUTES + tuple(k for k in extra if k not in BASE_ATTRIBUTES)
+
+
+def series_matches(rule: SeriesMatch, series: SeriesSummary) -> bool:
+    attrs = series.attrs
+    if series.count < rule.min_instances:
+        return False
+    if rule.modality is not None and attrs.get("Modality", "").upper() not in {
+        m.upper() for m in rule.modality
+    }:
+        return False
+    if rule.sop_class_uids is not None and attrs.get("SOPClassUID", "") not in rule.sop_class_uids:
+        return False
+    if rule.body_part is not None and attrs.get("BodyPartExamined", "").upper() not in {
+        b.upper() for b in rule.body_part
+    }:
+        return False
+    if rule.series_description is not None and not re.search(
+        rule.series_description, attrs.get("SeriesDescription", ""), re.IGNORECASE
+    ):
+        return False
+    return all(
+        re.search(pattern, attrs.get(keyword, ""), re.IGNORECASE)
+        for keyword, pattern in rule.tags.items()
+    )
+
+
+def choose_route(rules: list[RoutingRule], series: list[SeriesSummary]) -> tuple[int, str] | None:
+    """The first rule that at least one series matches, as (rule index, model name)."""
+    for index, rule in enumerate(rules):
+        if any(series_matches(rule, s) for s in series):
+            return index, rule.model
+    return None
