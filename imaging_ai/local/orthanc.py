@@ -1,0 +1,168 @@
+"""A throwaway Orthanc PACS on free loopback ports, with REST helpers to see what arrived."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from imaging_ai.errors import PipelineError
+from imaging_ai.local.moto_server import free_port
+
+ORTHANC_AE_TITLE = "ORTHANC"
+# The only calling AE title Orthanc accepts C-STORE from (and only from 127.0.0.1).
+SENDER_AE_TITLE = "IMAGINGAI"
+_BINARIES = ("Orthanc", "/usr/sbin/Orthanc")
+
+
+class OrthancError(PipelineError):
+    """Orthanc could not be started or did not answer as expected."""
+
+
+def orthanc_binary() -> str | None:
+    """Path of the Orthanc executable, or None when it is not installed."""
+    for name in _BINARIES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@dataclass
+class Orthanc:
+    """A running Orthanc: REST on `rest_url`, DICOM on 127.0.0.1:`dicom_port`."""
+
+    rest_url: str
+    dicom_port: int
+    ae_title: str
+    work_dir: Path
+    process: subprocess.Popen[bytes]
+    _owns_dir: bool = field(default=False, repr=False)
+
+    def get(self, path: str) -> Any:
+        """GET a REST path (e.g. '/studies') and return its JSON."""
+        response = requests.get(f"{self.rest_url}{path}", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def studies(self) -> list[dict[str, Any]]:
+        """Every study Orthanc holds, expanded (MainDicomTags, Series ids)."""
+        result: list[dict[str, Any]] = self.get("/studies?expand")
+        return result
+
+    def study_instances(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """Every instance of one study, with its main tags and its SOP Class UID."""
+        found = requests.post(
+            f"{self.rest_url}/tools/find",
+            json={"Level": "Study", "Query": {"StudyInstanceUID": study_instance_uid}},
+            timeout=10,
+        )
+        found.raise_for_status()
+        instances: list[dict[str, Any]] = []
+        for study_id in found.json():
+            for instance in self.get(f"/studies/{study_id}/instances"):
+                tags = self.get(f"/instances/{instance['ID']}/simplified-tags")
+                instances.append({**instance, "Tags": tags})
+        return instances
+
+    def stop(self) -> None:
+        """Stop Orthanc and remove its storage when this launcher created it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._owns_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _config(work_dir: Path, http_port: int, dicom_port: int) -> dict[str, Any]:
+    return {
+        "Name": "imaging-ai-test-pacs",
+        "StorageDirectory": str(work_dir / "storage"),
+        "IndexDirectory": str(work_dir / "storage"),
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": ORTHANC_AE_TITLE,
+        # Orthanc 1.10 binds 0.0.0.0; these keep what a stranger could do to nothing:
+        # REST answers loopback only, C-STORE only from our AE title on 127.0.0.1.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowEcho": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {"pipeline": [SENDER_AE_TITLE, "127.0.0.1", 104]},
+        "Plugins": [],
+        "StableAge": 1,
+        "HttpTimeout": 10,
+    }
+
+
+def start_orthanc(work_dir: Path | None = None, timeout_s: float = 20.0) -> Orthanc:
+    """Start Orthanc on free ports with a temporary storage directory and wait for REST.
+
+    Parameters
+    ----------
+    work_dir: pathlib.Path | None, optional
+        Where config and storage go; a temporary directory (removed on stop) by default.
+    timeout_s: float, optional
+        How long to wait for the REST API to answer.
+
+    Returns
+    -------
+    Orthanc
+        The running server; call `stop()` when done.
+    """
+    binary = orthanc_binary()
+    if binary is None:
+        raise OrthancError("Orthanc is not installed (Debian package 'orthanc')")
+    owns_dir = work_dir is None
+    work_dir = Path(tempfile.mkdtemp(prefix="orthanc-")) if work_dir is None else work_dir
+    work_dir.mkdir(parents=True, exist_ok=True)
+    http_port, dicom_port = free_port(), free_port()
+    config_path = work_dir / "orthanc.json"
+    config_path.write_text(json.dumps(_config(work_dir, http_port, dicom_port), indent=2))
+    log = (work_dir / "orthanc.log").open("ab")
+    process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    server = Orthanc(
+        rest_url=f"http://127.0.0.1:{http_port}",
+        dicom_port=dicom_port,
+        ae_title=ORTHANC_AE_TITLE,
+        work_dir=work_dir,
+        process=process,
+        _owns_dir=owns_dir,
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            server.stop()
+            raise OrthancError(f"Orthanc exited with code {process.returncode}")
+        try:
+            server.get("/system")
+            return server
+        except requests.RequestException:
+            time.sleep(0.1)
+    server.stop()
+    raise OrthancError(f"Orthanc did not answer on port {http_port} within {timeout_s} s")
+
+
+@contextmanager
+def orthanc(work_dir: Path | None = None) -> Iterator[Orthanc]:
+    """Run Orthanc for the duration of a `with` block."""
+    server = start_orthanc(work_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
