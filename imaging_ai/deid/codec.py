@@ -172,3 +172,21 @@ def sequence_header(tag: int, vr: bytes, implicit: bool, length: int = UNDEFINED
 ITEM_START_UNDEFINED = _U16.pack(0xFFFE, 0xE000) + _U32.pack(UNDEFINED_LENGTH)
 ITEM_DELIMITER = _U16.pack(0xFFFE, 0xE00D) + _U32.pack(0)
 SEQUENCE_DELIMITER = _U16.pack(0xFFFE, 0xE0DD) + _U32.pack(0)
+
+
+def read_file_meta(buf: memoryview) -> tuple[dict[int, bytes], int]:
+    """Values of the group 0002 elements after the preamble, and where the data set starts.
+
+    The group is always explicit VR little endian; the peek at each group number keeps the
+    walk from parsing the first data set element with the wrong VR rules.
+    """
+    meta: dict[int, bytes] = {}
+    pos = 132
+    while pos + 4 <= len(buf) and _U16.unpack_from(buf, pos)[0] == 0x0002:
+        tag, _, length, value_start = _header(buf, pos, len(buf), False)
+        end = value_start + length
+        if length == UNDEFINED_LENGTH or end > len(buf):
+            raise CodecError("malformed file meta information")
+        meta[tag] = bytes(buf[value_start:end])
+        pos = end
+    return meta, pos

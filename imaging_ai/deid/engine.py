@@ -28,6 +28,7 @@ from imaging_ai.deid.codec import (
     encode_element,
     iter_elements,
     iter_items,
+    read_file_meta,
     sequence_header,
 )
 from imaging_ai.deid.table import TABLE_EDITION, Action, resolve_actions
@@ -357,13 +358,7 @@ class Deidentifier:
         buf = memoryview(part10)
         if len(buf) < 132 + 12 or bytes(buf[128:132]) != b"DICM":
             return self._deidentify_bytes(_reencode(part10))
-        meta: dict[int, bytes] = {}
-        pos = 132
-        for element in iter_elements(buf, 132, len(buf), False):
-            if element.tag >> 16 != 0x0002:
-                break
-            meta[element.tag] = bytes(buf[element.value_start : element.end])
-            pos = element.end
+        meta, pos = read_file_meta(buf)
         transfer_syntax = _text(meta.get(T_TRANSFER_SYNTAX, b""))
         if not transfer_syntax:
             raise DeidError(QuarantineReason.UNDECODABLE, "file meta has no TransferSyntaxUID")
