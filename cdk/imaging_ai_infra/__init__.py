@@ -1,0 +1,1 @@
+"""AWS infrastructure of the imaging AI pipeline: one construct per concern, one stack per stage."""

@@ -1,0 +1,132 @@
+"""Stage configuration read once from CDK context (`-c key=value` or cdk.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_logs as logs
+from constructs import Node
+
+from imaging_ai_infra.names import MODELS_PREFIX, check_site
+
+CDK_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_ASSET_ROOT = CDK_DIR / ".build"
+FUNCTION_NAMES = ("preprocess", "postprocess", "failure")
+
+# GPU families whose instances carry NVMe instance storage: SageMaker refuses a KMS key for the
+# ML storage volume there (the instance store is hardware-encrypted instead).
+_INSTANCE_STORE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything that differs between stages; defaults are the dev stage."""
+
+    stage: str
+    sites: tuple[str, ...]
+    gpu_instance_type: str
+    max_endpoint_instances: int
+    inference_image_uri: str
+    model_name: str
+    model_data_url: str | None  # None: `models/{model_name}/model.tar.gz` in the data bucket
+    create_endpoint: bool
+    edge_ca_certificate_pem: str | None  # None: a CloudFormation parameter to fill at deploy
+    asset_root: Path
+    incoming_expiry_days: int
+    intermediate_expiry_days: int
+    results_expiry_days: int
+    max_azs: int
+
+    @property
+    def is_prod(self) -> bool:
+        return self.stage == "prod"
+
+    @property
+    def removal_policy(self) -> RemovalPolicy:
+        # Prod keeps data and keys when the stack goes; dev tears down cleanly.
+        return RemovalPolicy.RETAIN if self.is_prod else RemovalPolicy.DESTROY
+
+    @property
+    def log_retention(self) -> logs.RetentionDays:
+        return logs.RetentionDays.SIX_YEARS if self.is_prod else logs.RetentionDays.THREE_MONTHS
+
+    @property
+    def dlq_retention(self) -> Duration:
+        return Duration.days(14)
+
+    @property
+    def volume_kms_supported(self) -> bool:
+        family = self.gpu_instance_type.split(".")[1] if "." in self.gpu_instance_type else ""
+        return family not in _INSTANCE_STORE_FAMILIES
+
+    def model_key(self) -> str:
+        return f"{MODELS_PREFIX}{self.model_name}/model.tar.gz"
+
+    def function_asset(self, function_name: str) -> Path:
+        asset = self.asset_root / function_name
+        if not (asset / "functions" / function_name / "handler.py").is_file():
+            raise FileNotFoundError(
+                f"Lambda asset {asset} is missing or has no functions/{function_name}/handler.py;"
+                " build it first: python cdk/build_lambda_assets.py (add --no-deps for a quick"
+                " synth-only build)"
+            )
+        return asset
+
+
+def _text(node: Node, key: str, default: str) -> str:
+    value: Any = node.try_get_context(key)
+    return default if value is None else str(value)
+
+
+def _flag(node: Node, key: str, default: bool) -> bool:
+    value: Any = node.try_get_context(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() in ("1", "true", "yes")
+
+
+def _sites(node: Node) -> tuple[str, ...]:
+    value: Any = node.try_get_context("sites")
+    if value is None:
+        return ("site-a",)
+    items = value if isinstance(value, list) else str(value).split(",")
+    sites = tuple(check_site(str(item).strip()) for item in items if str(item).strip())
+    if not sites or len(set(sites)) != len(sites):
+        raise ValueError("context 'sites' must name at least one site, each once")
+    return sites
+
+
+def load_stage_config(node: Node) -> StageConfig:
+    stage = _text(node, "stage", "dev")
+    if stage not in ("dev", "prod"):
+        raise ValueError("context 'stage' must be 'dev' or 'prod'")
+    prod = stage == "prod"
+    ca_file = node.try_get_context("edge_ca_certificate_file")
+    ca_pem = Path(str(ca_file)).read_text() if ca_file else None
+    model_data_url = node.try_get_context("model_data_url")
+    return StageConfig(
+        stage=stage,
+        sites=_sites(node),
+        gpu_instance_type=_text(node, "gpu_instance_type", "ml.g5.xlarge"),
+        max_endpoint_instances=int(_text(node, "max_endpoint_instances", "4" if prod else "1")),
+        inference_image_uri=_text(
+            node,
+            "inference_image_uri",
+            # A placeholder account: synth works anywhere; deploy needs the real ECR image.
+            "111111111111.dkr.ecr.us-east-1.amazonaws.com/imaging-ai-inference:latest",
+        ),
+        model_name=_text(node, "model_name", "imaging-ai-demo"),
+        model_data_url=str(model_data_url) if model_data_url else None,
+        create_endpoint=_flag(node, "create_endpoint", True),
+        edge_ca_certificate_pem=ca_pem,
+        asset_root=Path(_text(node, "lambda_asset_root", str(DEFAULT_ASSET_ROOT))),
+        incoming_expiry_days=int(_text(node, "incoming_expiry_days", "30" if prod else "7")),
+        intermediate_expiry_days=int(_text(node, "intermediate_expiry_days", "7")),
+        results_expiry_days=int(_text(node, "results_expiry_days", "90" if prod else "14")),
+        max_azs=int(_text(node, "max_azs", "2")),
+    )

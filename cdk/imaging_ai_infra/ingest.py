@@ -1,0 +1,130 @@
+"""Ingest: manifest objects → EventBridge rule → SQS (+DLQ) → the preprocess function."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from imaging_ai_infra.config import StageConfig
+from imaging_ai_infra.nag import (
+    GRANT_KEY_ACTIONS,
+    GRANT_PUT_ACTIONS,
+    GRANT_READ_ACTIONS,
+    bucket_prefix_resources,
+)
+from imaging_ai_infra.names import (
+    INCOMING_PREFIX,
+    MANIFEST_NAME,
+    MODELS_PREFIX,
+    PREPROCESSED_PREFIX,
+    resource_prefix,
+)
+from imaging_ai_infra.network import Network
+from imaging_ai_infra.pipeline_function import PipelineFunction
+from imaging_ai_infra.queues import QueueWithDlq
+
+PREPROCESS_TIMEOUT = Duration.minutes(5)
+
+
+class Ingest(Construct):
+    """Only the manifest, written last by the forwarder, starts a run."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        network: Network,
+        data_bucket: s3.IBucket,
+        data_key: kms.IKey,
+        audit_key: kms.IKey,
+        state_table: dynamodb.ITable,
+        endpoint_name: str,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        prefix = resource_prefix(config.stage)
+        self.queues = QueueWithDlq(
+            self,
+            "PreprocessQueue",
+            config=config,
+            key=data_key,
+            queue_name=f"{prefix}-preprocess",
+            visibility_timeout=Duration.seconds(PREPROCESS_TIMEOUT.to_seconds() * 6),
+        )
+        self.manifest_rule = events.Rule(
+            self,
+            "ManifestCreated",
+            description="A site's manifest object was written: the study upload is complete",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={
+                    "bucket": {"name": [data_bucket.bucket_name]},
+                    "object": {
+                        "key": [events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}")]
+                    },
+                },
+            ),
+        )
+        self.manifest_rule.add_target(
+            targets.SqsQueue(
+                self.queues.queue,
+                dead_letter_queue=self.queues.dlq,
+                retry_attempts=185,
+                max_event_age=Duration.hours(24),
+            )
+        )
+
+        self.preprocess = PipelineFunction(
+            self,
+            "Preprocess",
+            name="preprocess",
+            description="Decrypts a study, builds the model-ready volume, invokes the endpoint",
+            config=config,
+            network=network,
+            data_key=data_key,
+            audit_key=audit_key,
+            environment={
+                "DATA_BUCKET": data_bucket.bucket_name,
+                "STATE_TABLE": state_table.table_name,
+                "IDEMPOTENCY_TABLE": state_table.table_name,
+                "KMS_KEY_ARN": data_key.key_arn,
+                "ENDPOINT_NAME": endpoint_name,
+            },
+            timeout=PREPROCESS_TIMEOUT,
+            memory_size=3008,
+            reserved_concurrency=10 if config.is_prod else 2,
+        )
+        fn = self.preprocess.function
+        data_bucket.grant_read(fn, f"{INCOMING_PREFIX}*")
+        data_bucket.grant_read(fn, f"{MODELS_PREFIX}*")
+        data_bucket.grant_put(fn, f"{PREPROCESSED_PREFIX}*")
+        data_key.grant_encrypt_decrypt(fn)
+        state_table.grant_read_write_data(fn)
+        fn.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["sagemaker:InvokeEndpointAsync"],
+                resources=[
+                    Stack.of(self).format_arn(
+                        service="sagemaker", resource="endpoint", resource_name=endpoint_name
+                    )
+                ],
+            )
+        )
+        fn.add_event_source(
+            sources.SqsEventSource(self.queues.queue, batch_size=1, report_batch_item_failures=True)
+        )
+        self.preprocess.acknowledge_grants(
+            bucket_resources=bucket_prefix_resources(
+                data_bucket, [INCOMING_PREFIX, MODELS_PREFIX, PREPROCESSED_PREFIX]
+            ),
+            actions=GRANT_READ_ACTIONS + GRANT_PUT_ACTIONS + GRANT_KEY_ACTIONS,
+        )

@@ -1,0 +1,63 @@
+"""Names the stack shares with the runtime, copied here because `cdk/` imports no runtime code.
+
+Source of truth: `imaging_ai/contracts.py` (S3 key layout, LOCAL_NAMES, site_results_queue_name)
+and `imaging_ai/state.py` (table key schema). A change there must be mirrored here; the
+infrastructure tests compare the two so a drift fails CI.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# S3 prefixes of the one data bucket (contracts.py: series_key, preprocessed_key, ...).
+INCOMING_PREFIX: Final = "incoming/"
+PREPROCESSED_PREFIX: Final = "preprocessed/"
+INFERENCE_OUTPUT_PREFIX: Final = "inference-output/"
+INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
+RESULTS_PREFIX: Final = "results/"
+MODELS_PREFIX: Final = "models/"
+MANIFEST_NAME: Final = "manifest.json.enc"  # contracts.MANIFEST_NAME: the commit marker
+
+# State table (state.py: PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE).
+STATE_PARTITION_KEY: Final = "pk"
+STATE_SORT_KEY: Final = "sk"
+STATE_TTL_ATTRIBUTE: Final = "expiration"
+
+# Custom metrics the functions emit through Powertools (dashboard and latency alarms).
+METRICS_NAMESPACE: Final = "ImagingAI"
+
+# contracts._SITE: site codes appear in keys, queue names and IAM policies.
+_SITE = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
+
+
+def check_site(site: str) -> str:
+    if not _SITE.match(site):
+        raise ValueError(f"site {site!r} must be 3-32 chars of a-z, 0-9 and '-'")
+    return site
+
+
+def resource_prefix(stage: str) -> str:
+    """Physical-name prefix: prod keeps the contract's names; other stages insert the stage,
+    so a dev stack can share an account with prod."""
+    return "imaging-ai" if stage == "prod" else f"imaging-ai-{stage}"
+
+
+def site_results_queue_name(stage: str, site: str) -> str:
+    """contracts.site_results_queue_name (exactly, in prod): the queue a site's forwarder polls."""
+    return f"{resource_prefix(stage)}-results-{check_site(site)}"
+
+
+# Metric names the functions emit (functions/*/service.py; Powertools Metrics adds the
+# `service` dimension = POWERTOOLS_SERVICE_NAME = the function's short name).
+METRIC_STUDIES_RECEIVED: Final = ("preprocess", "InferenceRequests")
+METRIC_STUDIES_REPORTED: Final = ("postprocess", "ResultsDelivered")
+METRIC_STUDIES_FAILED: Final = (
+    ("preprocess", "StudiesRefused"),
+    ("postprocess", "RunsFailed"),
+    ("failure", "RunsDeadLettered"),
+)
+# End-to-end seconds from manifest written to site told (postprocess). Per-stage latency on
+# the dashboard comes from AWS metrics (Lambda Duration, SageMaker TotalProcessingTime and
+# TimeInBacklog), which exist whether or not a function emits its own timings.
+METRIC_END_TO_END_SECONDS: Final = ("postprocess", "EndToEndSeconds")

@@ -1,0 +1,54 @@
+"""A work queue with its dead-letter queue, both KMS-encrypted and TLS-only."""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from imaging_ai_infra.config import StageConfig
+
+MAX_RECEIVE_COUNT = 5
+
+
+class QueueWithDlq(Construct):
+    """`queue` redrives to `dlq` after MAX_RECEIVE_COUNT failed receives."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: StageConfig,
+        key: kms.IKey,
+        queue_name: str,
+        visibility_timeout: Duration,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        self.dlq = sqs.Queue(
+            self,
+            "Dlq",
+            queue_name=f"{queue_name}-dlq",
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=key,
+            data_key_reuse=Duration.hours(1),
+            enforce_ssl=True,
+            retention_period=config.dlq_retention,
+            removal_policy=config.removal_policy,
+        )
+        self.queue = sqs.Queue(
+            self,
+            "Queue",
+            queue_name=queue_name,
+            encryption=sqs.QueueEncryption.KMS,
+            encryption_master_key=key,
+            data_key_reuse=Duration.hours(1),
+            enforce_ssl=True,
+            visibility_timeout=visibility_timeout,
+            retention_period=Duration.days(4),
+            dead_letter_queue=sqs.DeadLetterQueue(
+                queue=self.dlq, max_receive_count=MAX_RECEIVE_COUNT
+            ),
+            removal_policy=config.removal_policy,
+        )

@@ -1,0 +1,111 @@
+"""The stage stack: composes the constructs; holds no resources of its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack, Tags
+from constructs import Construct
+
+from imaging_ai_infra.audit_monitoring import AuditMonitoring
+from imaging_ai_infra.config import StageConfig
+from imaging_ai_infra.edge_access import EdgeAccess
+from imaging_ai_infra.inference import Inference
+from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
+from imaging_ai_infra.network import Network
+from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
+from imaging_ai_infra.state import State
+from imaging_ai_infra.storage import Storage
+
+
+class ImagingAiStage(Stack):
+    """Everything one stage (dev or prod) of the pipeline runs on."""
+
+    def __init__(
+        self, scope: Construct, construct_id: str, *, config: StageConfig, **kwargs: Any
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        Tags.of(self).add("project", "imaging-ai")
+        Tags.of(self).add("stage", config.stage)
+        Tags.of(self).add("data-classification", "de-identified-phi-risk")
+
+        storage = Storage(self, "Storage", config=config)
+        network = Network(self, "Network", config=config, audit_key=storage.audit_key)
+        state = State(self, "State", config=config, data_key=storage.data_key)
+        inference = Inference(
+            self,
+            "Inference",
+            config=config,
+            network=network,
+            data_bucket=storage.data_bucket,
+            data_key=storage.data_key,
+        )
+        ingest = Ingest(
+            self,
+            "Ingest",
+            config=config,
+            network=network,
+            data_bucket=storage.data_bucket,
+            data_key=storage.data_key,
+            audit_key=storage.audit_key,
+            state_table=state.table,
+            endpoint_name=inference.endpoint_name,
+        )
+        results = Results(
+            self,
+            "Results",
+            config=config,
+            network=network,
+            data_bucket=storage.data_bucket,
+            data_key=storage.data_key,
+            audit_key=storage.audit_key,
+            state_table=state.table,
+            success_topic=inference.success_topic,
+            error_topic=inference.error_topic,
+            upstream_dlqs=[ingest.queues.dlq],
+        )
+        edge = EdgeAccess(
+            self,
+            "EdgeAccess",
+            config=config,
+            data_bucket=storage.data_bucket,
+            data_key=storage.data_key,
+            site_queues={site: q.queue for site, q in results.site_queues.items()},
+        )
+        AuditMonitoring(
+            self,
+            "AuditMonitoring",
+            config=config,
+            audit_key=storage.audit_key,
+            data_key=storage.data_key,
+            data_bucket=storage.data_bucket,
+            access_logs_bucket=storage.access_logs_bucket,
+            dlqs={
+                "preprocess": ingest.queues.dlq,
+                "postprocess": results.queues.dlq,
+                **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
+            },
+            functions={
+                "preprocess": ingest.preprocess.function,
+                "postprocess": results.postprocess.function,
+                "failure": results.failure.function,
+            },
+            timeouts={
+                "preprocess": PREPROCESS_TIMEOUT,
+                "postprocess": POSTPROCESS_TIMEOUT,
+                "failure": FAILURE_TIMEOUT,
+            },
+            endpoint_name=inference.endpoint_name,
+            alarm_email=self.node.try_get_context("alarm_email"),
+        )
+
+        CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
+        CfnOutput(self, "DataKeyArn", value=storage.data_key.key_arn)
+        CfnOutput(self, "EndpointName", value=inference.endpoint_name)
+        CfnOutput(self, "TrustAnchorArn", value=edge.trust_anchor.attr_trust_anchor_arn)
+        CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
+        for site, role in edge.site_roles.items():
+            CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)
+            CfnOutput(
+                self, f"SiteResultsQueueUrl-{site}", value=results.site_queues[site].queue.queue_url
+            )
