@@ -1,0 +1,198 @@
+"""Benchmark: edge de-identification (+ encryption) against dicognito, deid and a pydicom floor.
+
+Runs every contender on the same synthetic study in one process and, last, the C-STORE ingest
+of that study into our SCP against DCMTK storescp. Prints a table, then one JSON line.
+
+    python -m benchmarks.edge_deid [--slices 200] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+from imaging_ai import envelope
+from imaging_ai.aws import client, reset_clients
+from imaging_ai.deid import Deidentifier
+from imaging_ai.local.moto_server import free_port, start_moto_server
+from imaging_ai.synthetic import write_ct_study
+
+
+def _timed(run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def _ours(files: list[bytes], key_arn: str | None) -> Callable[[], None]:
+    deidentifier = Deidentifier(b"benchmark-site-secret-0123456789")
+
+    def run() -> None:
+        # One encrypted object per series, as the forwarder uploads it.
+        series = io.BytesIO()
+        result = None
+        for data in files:
+            result = deidentifier.deidentify_bytes(data)
+            series.write(result.dataset_bytes)
+        if key_arn is not None and result is not None:
+            series.seek(0)
+            context = {"site": "bench-site", "pseudo_study_uid": result.pseudo.study_instance_uid}
+            envelope.encrypt_stream(series, io.BytesIO(), key_arn, context)
+
+    return run
+
+
+def _dicognito(files: list[bytes]) -> Callable[[], None]:
+    from dicognito.anonymizer import Anonymizer
+
+    anonymizer = Anonymizer()
+
+    def run() -> None:
+        for data in files:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            anonymizer.anonymize(ds)
+            ds.save_as(io.BytesIO(), enforce_file_format=True)
+
+    return run
+
+
+def _deid(paths: list[Path], out_dir: Path) -> Callable[[], None]:
+    from deid.config import DeidRecipe
+    from deid.dicom import replace_identifiers
+
+    logging.getLogger("deid").setLevel(logging.ERROR)
+    recipe = DeidRecipe()  # the package's default recipe
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def run() -> None:
+        replace_identifiers(
+            dicom_files=[str(p) for p in paths],
+            deid=recipe,
+            save=True,
+            overwrite=True,
+            output_folder=str(out_dir),
+        )
+
+    return run
+
+
+def _pydicom_floor(files: list[bytes]) -> Callable[[], None]:
+    def run() -> None:
+        for data in files:
+            pydicom.dcmread(io.BytesIO(data)).save_as(io.BytesIO(), enforce_file_format=True)
+
+    return run
+
+
+def _storescu(port: int, paths: list[Path]) -> None:
+    subprocess.run(
+        ["storescu", "-aec", "EDGE_FWD", "127.0.0.1", str(port), *map(str, paths)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _ingest_ours(paths: list[Path], spool: Path) -> float:
+    from edge_forwarder.intake import Intake, IntakeSettings
+
+    intake = Intake(IntakeSettings(port=0, spool_dir=spool, min_free_disk_bytes=0))
+    intake.start()
+    try:
+        return _timed(lambda: _storescu(intake.port, paths))
+    finally:
+        intake.stop()
+
+
+def _ingest_storescp(paths: list[Path], out_dir: Path) -> float:
+    port = free_port()
+    out_dir.mkdir()
+    server = subprocess.Popen(
+        ["storescp", "-aet", "EDGE_FWD", "-od", str(out_dir), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if (
+                subprocess.run(["echoscu", "127.0.0.1", str(port)], capture_output=True).returncode
+                == 0
+            ):
+                break
+            time.sleep(0.05)
+        return _timed(lambda: _storescu(port, paths))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        study = write_ct_study(tmp / "study", shape=(args.slices, args.size, args.size))
+        paths = study.paths
+        files = [p.read_bytes() for p in paths]
+        megabytes = sum(len(f) for f in files) / 1e6
+        elements = len(pydicom.dcmread(paths[0], stop_before_pixels=True))
+
+        moto = start_moto_server()
+        os.environ.update(moto.environment())
+        reset_clients()
+        envelope.reset_providers()
+        try:
+            key_arn = client("kms").create_key(Description="benchmark")["KeyMetadata"]["Arn"]
+            # Warm caches (KMS data key provider, pydicom dictionaries) outside the timings.
+            _ours(files[:2], key_arn)()
+            seconds = {
+                "ours (de-id + KMS envelope encryption)": _timed(_ours(files, key_arn)),
+                "ours (de-id only)": _timed(_ours(files, None)),
+                "dicognito 0.19": _timed(_dicognito(files)),
+                "deid 0.4 default recipe": _timed(_deid(paths, tmp / "deid-out")),
+                "pydicom read + write (floor)": _timed(_pydicom_floor(files)),
+            }
+        finally:
+            moto.stop()
+        ingest_ours = _ingest_ours(paths, tmp / "spool")
+        ingest_storescp = _ingest_storescp(paths, tmp / "storescp-out")
+
+    rates = {name: megabytes / s for name, s in seconds.items()}
+    print(f"study: {len(paths)} CT slices of {args.size}², {megabytes:.1f} MB, "
+          f"{elements} header elements per slice; one process, one core")  # fmt: skip
+    print(f"{'contender':42} {'seconds':>8} {'MB/s':>8}")
+    for name, s in seconds.items():
+        print(f"{name:42} {s:8.2f} {rates[name]:8.1f}")
+    print(f"{'C-STORE ingest, our SCP (fsync + journal)':42} {ingest_ours:8.2f} "
+          f"{megabytes / ingest_ours:8.1f}")  # fmt: skip
+    print(f"{'C-STORE ingest, DCMTK storescp':42} {ingest_storescp:8.2f} "
+          f"{megabytes / ingest_storescp:8.1f}")  # fmt: skip
+    ours = rates["ours (de-id + KMS envelope encryption)"]
+    summary = {
+        "ours_mb_s": round(ours, 1),
+        "ours_deid_only_mb_s": round(rates["ours (de-id only)"], 1),
+        "dicognito_mb_s": round(rates["dicognito 0.19"], 1),
+        "deid_mb_s": round(rates["deid 0.4 default recipe"], 1),
+        "pydicom_rw_mb_s": round(rates["pydicom read + write (floor)"], 1),
+        "ratio_vs_dicognito": round(ours / rates["dicognito 0.19"], 2),
+        "ingest_ratio_vs_storescp": round(ingest_storescp / ingest_ours, 2),
+    }
+    sys.stdout.flush()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
