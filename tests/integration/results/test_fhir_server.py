@@ -38,6 +38,17 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return build_results(run.headers, run.labels, run.output, run.card, "run-1").bundle
 
 
+def _reidentify(bundle: dict[str, Any]) -> dict[str, Any]:
+    """What the edge does before posting: swap the pseudonymous id for the site's MRN."""
+    reidentified = copy.deepcopy(bundle)
+    for entry in reidentified["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"]["identifier"] = [
+                {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-4711-0815"}
+            ]
+    return reidentified
+
+
 def _read(fhir: FhirServer, reference: str) -> dict[str, Any]:
     response = requests.get(f"{fhir.base_url}/{reference}", headers=FHIR_JSON, timeout=10)
     assert response.status_code == 200, response.text
@@ -53,7 +64,8 @@ def test_server_says_it_is_r4(fhir: FhirServer) -> None:
 def test_transaction_creates_every_entry_and_resolves_references(
     fhir: FhirServer, bundle: dict[str, Any]
 ) -> None:
-    # Given the (re-identified at the edge; pseudonymous here) transaction Bundle,
+    # Given the transaction Bundle as the edge re-identified it,
+    bundle = _reidentify(bundle)
     response = requests.post(f"{fhir.base_url}/", json=bundle, headers=FHIR_JSON, timeout=30)
     # Then every entry is created,
     assert response.status_code == 200, response.text
@@ -72,7 +84,7 @@ def test_transaction_creates_every_entry_and_resolves_references(
     report = _read(fhir, locations[report_url])
     assert report["status"] == "final"
     patient = _read(fhir, report["subject"]["reference"])
-    assert patient["identifier"][0]["system"] == "urn:imaging-ai:pseudo-patient-id"
+    assert patient["identifier"][0]["value"] == "MRN-4711-0815"
     study = _read(fhir, report["imagingStudy"][0]["reference"])
     assert study["identifier"][0]["value"].startswith("urn:oid:")
     assert _read(fhir, report["performer"][0]["reference"])["resourceType"] == "Organization"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import highdicom as hd
@@ -10,6 +11,7 @@ import pydicom
 from fhir.resources.R4B.bundle import Bundle
 
 from imaging_ai.results import ResultObjects, codes
+from imaging_ai.synthetic import FakePatient
 from tests.unit.results.sample import PSEUDO_PATIENT_ID, SampleRun
 
 
@@ -110,3 +112,14 @@ def test_sr_measurements_and_observations_match_one_to_one(results: ResultObject
         )
     assert len(from_sr) == 4
     assert sorted(from_sr) == sorted(from_fhir)
+
+
+def test_results_carry_only_the_pseudonymous_identity(results: ResultObjects) -> None:
+    # Given de-identified input, Then no fake PHI of the synthetic patient reaches any result.
+    seg, sr = io.BytesIO(), io.BytesIO()
+    results.seg.save_as(seg, enforce_file_format=True)
+    results.sr.save_as(sr, enforce_file_format=True)
+    payloads = [seg.getvalue(), sr.getvalue(), json.dumps(results.bundle).encode()]
+    for value in FakePatient().phi_values():
+        assert all(value.encode() not in payload for payload in payloads), value
+    assert PSEUDO_PATIENT_ID.encode() in payloads[1]
