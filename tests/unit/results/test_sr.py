@@ -147,3 +147,7 @@ def test_no_finding_run_still_reports(sample_run: SampleRun, tmp_path: Path) -> 
     )
     assert _reread(empty.sr).content.get_volumetric_roi_measurement_groups() == []
     assert "no finding" in empty.bundle["entry"][-1]["resource"]["conclusion"]
+    for name, dataset in (("sr.dcm", empty.sr), ("seg.dcm", empty.seg)):
+        dataset.save_as(tmp_path / name, enforce_file_format=True)
+        report = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True, text=True)
+        assert [line for line in report.stderr.splitlines() if line.startswith("Error")] == []
