@@ -67,6 +67,7 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.203",  # HTJ2K
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
+_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _NOT_WALKABLE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -192,7 +193,7 @@ class Intake:
         if event.request.DataSet.getbuffer().nbytes > s.max_instance_bytes:
             raise _Refused(STATUS_OUT_OF_RESOURCES, "instance_too_large")
         data = event.encoded_dataset()
-        header, pixel_tag = _read_header(data)
+        header, pixel_length = _read_header(data)
         for keyword in _REQUIRED:
             try:
                 present = bool(str(header.get(keyword, "") or ""))
@@ -204,7 +205,7 @@ class Intake:
         if sop_class != str(event.context.abstract_syntax):
             raise _Refused(STATUS_DATASET_MISMATCH, "sop_class_mismatch")
         now = time.time()
-        reason = self._quarantine_reason(header, sop_class, pixel_tag)
+        reason = self._quarantine_reason(header, sop_class, pixel_length is not None)
         if reason is not None:
             path = self.spool.quarantine_path(data)
             self.spool.write_durably(path, data)
@@ -304,23 +305,34 @@ class Intake:
         )
 
 
-def _read_header(data: bytes) -> tuple[Any, bool]:
+def _read_header(data: bytes) -> tuple[Any, int | None]:
     """Decode the header; check the element structure after it; tell if pixel data is there."""
     stream = io.BytesIO(data)
     try:
         header = pydicom.dcmread(stream, stop_before_pixels=True)
         syntax = str(header.file_meta.TransferSyntaxUID)
         if syntax in _NOT_WALKABLE:
-            return header, True  # the stream is inflated or big endian: pydicom vouched for it
+            return header, -1  # the stream is inflated or big endian: pydicom vouched for it
         offset = stream.tell()
         # Walking the remaining element headers catches truncated pixel data without
         # touching the pixel values themselves.
-        tags = [
-            element.tag
-            for element in iter_elements(
-                memoryview(data), offset, len(data), syntax == "1.2.840.10008.1.2"
-            )
-        ]
+        pixel_length = None
+        for element in iter_elements(
+            memoryview(data), offset, len(data), syntax == "1.2.840.10008.1.2"
+        ):
+            if element.tag >> 16 == 0x7FE0:
+                pixel_length = element.length
     except Exception as exc:
         raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
-    return header, any(tag >> 16 == 0x7FE0 for tag in tags)
+    if pixel_length is not None and syntax in _NATIVE and pixel_length != 0xFFFFFFFF:
+        try:
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+            expected = (
+                int(header.Rows) * int(header.Columns) * int(header.SamplesPerPixel)
+                * frames * int(header.BitsAllocated) // 8
+            )  # fmt: skip
+        except Exception as exc:
+            raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_image_pixel_module") from exc
+        if pixel_length not in (expected, expected + 1):
+            raise _Refused(STATUS_CANNOT_UNDERSTAND, "pixel_data_length_mismatch")
+    return header, pixel_length

@@ -1,0 +1,191 @@
+"""Intake over real associations: DCMTK storescu/echoscu and pynetdicom as the modality."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from edge_forwarder.intake import ExpectedSeriesRule, Intake, RoutingRule
+from tests.integration.intake.conftest import SpooledStudy, send, write_study
+
+pytestmark = pytest.mark.integration
+LATER = 3600.0
+
+
+def storescu(
+    port: int, paths: list[Path], calling: str = "MODALITY"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", "EDGE_FWD", "127.0.0.1", str(port), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_storescu_multi_series_study_completes_once(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given the intake and a two-series CT study sent by DCMTK storescu
+    intake = start_intake()
+    assert storescu(intake.port, study.paths).returncode == 0
+    # When the quiet timer has not expired yet, nothing is complete
+    assert intake.poll_completed() == []
+    # Then once it has, the study comes out exactly once, routed, with every series
+    completed = intake.poll_completed(now=time.time() + LATER)
+    assert len(completed) == 1
+    done = completed[0]
+    assert (done.run_number, done.route) == (1, "demo-lung-nodule")
+    assert {uid: len(files) for uid, files in done.series.items()} == {
+        uid: len(files) for uid, files in study.series.items()
+    }
+    sent = {pydicom.dcmread(p).SOPInstanceUID for p in study.paths}
+    spooled = {pydicom.dcmread(p).SOPInstanceUID for files in done.series.values() for p in files}
+    assert spooled == sent
+    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert study.study_uid not in done.study_key
+
+
+def test_late_instances_open_a_revision_run(
+    start_intake: Callable[..., Intake], tmp_path: Path
+) -> None:
+    intake = start_intake()
+    study = write_study(tmp_path / "s", series_count=2, slices=3)
+    first_series, late_series = list(study.series.values())
+    assert storescu(intake.port, first_series).returncode == 0
+    [run1] = intake.poll_completed(now=time.time() + LATER)
+    intake.mark_forwarded(run1.study_key, run1.run_number)
+    # When a series arrives after the study was forwarded
+    assert storescu(intake.port, late_series).returncode == 0
+    # Then a second run of the same study comes out, with every instance
+    [run2] = intake.poll_completed(now=time.time() + LATER)
+    assert (run2.study_key, run2.run_number) == (run1.study_key, 2)
+    assert sum(len(f) for f in run2.series.values()) == len(study.paths)
+
+
+def test_instance_arriving_during_forwarding_opens_the_next_run(
+    start_intake: Callable[..., Intake], tmp_path: Path
+) -> None:
+    intake = start_intake()
+    study = write_study(tmp_path / "s", series_count=1, slices=3)
+    assert storescu(intake.port, study.paths[:2]).returncode == 0
+    [run1] = intake.poll_completed(now=time.time() + LATER)
+    assert storescu(intake.port, study.paths[2:]).returncode == 0  # while run 1 is claimed
+    assert intake.poll_completed(now=time.time() + LATER) == []
+    intake.mark_failed(run1.study_key, run1.run_number, "upload_timeout")
+    [run2] = intake.poll_completed(now=time.time() + LATER)
+    assert run2.run_number == 2 and sum(len(f) for f in run2.series.values()) == 3
+
+
+def test_restart_resumes_every_study_where_it_stopped(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given a study received and handed out, but never marked forwarded
+    intake = start_intake()
+    assert storescu(intake.port, study.paths).returncode == 0
+    [claimed] = intake.poll_completed(now=time.time() + LATER)
+    intake.stop()
+    # When the intake restarts on the same spool
+    restarted = start_intake()
+    # Then the unfinished run is handed out again with all its instances
+    [again] = restarted.poll_completed(now=time.time() + LATER)
+    assert (again.study_key, again.run_number) == (claimed.study_key, 1)
+    assert sum(len(f) for f in again.series.values()) == len(study.paths)
+
+
+def test_routing_rules_choose_the_model_and_unmatched_studies_stay(
+    start_intake: Callable[..., Intake], tmp_path: Path
+) -> None:
+    rules = [
+        RoutingRule(model="mr-brain", modality=["MR"]),
+        RoutingRule(model="lung-thin", modality=["CT"], series_description=r"lung\s+1mm",
+                    body_part=["CHEST"], tags={"Manufacturer": "^GE "}),
+    ]  # fmt: skip
+    intake = start_intake(routing=rules)
+    routed = write_study(tmp_path / "a", series_count=1)
+    assert storescu(intake.port, routed.paths).returncode == 0
+    unmatched = write_study(tmp_path / "b", series_count=2)
+    for path in unmatched.series[next(iter(unmatched.series))]:
+        path.unlink()  # leave only the soft-tissue series, which no rule matches
+    assert storescu(intake.port, [p for p in unmatched.paths if p.exists()]).returncode == 0
+    completed = intake.poll_completed(now=time.time() + LATER)
+    assert [c.route for c in completed] == ["lung-thin"]
+    assert intake.poll_completed(now=time.time() + 2 * LATER) == []
+
+
+def test_expected_series_rule_holds_a_study_until_it_arrives_or_the_wait_ends(
+    start_intake: Callable[..., Intake], tmp_path: Path
+) -> None:
+    rule = ExpectedSeriesRule(name="thin lung", series_description="LUNG", min_instances=2)
+    intake = start_intake(expected_series=[rule], expected_series_max_wait_seconds=600)
+    study = write_study(tmp_path / "s", series_count=2, slices=2)
+    lung, soft = list(study.series.values())
+    assert storescu(intake.port, soft).returncode == 0
+    assert intake.poll_completed(now=time.time() + 60) == []
+    assert storescu(intake.port, lung).returncode == 0
+    assert len(intake.poll_completed(now=time.time() + 60)) == 1
+
+
+def test_full_disk_answers_out_of_resources_and_keeps_nothing(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    intake = start_intake(min_free_disk_bytes=10**18)
+    assert set(send(intake.port, study.paths[:2])) == {0xA700}
+    assert list((intake.settings.spool_dir / "objects").iterdir()) == []
+    assert intake.poll_completed(now=time.time() + LATER) == []
+
+
+def test_unwritable_spool_answers_out_of_resources(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    intake = start_intake()
+    objects = intake.settings.spool_dir / "objects"
+    objects.rmdir()
+    objects.write_bytes(b"")  # a file where the spool folder should be: every write fails
+    assert send(intake.port, study.paths[:1]) == [0xA700]
+    assert intake.poll_completed(now=time.time() + LATER) == []
+
+
+def test_calling_ae_allow_list(start_intake: Callable[..., Intake]) -> None:
+    intake = start_intake(allowed_calling_aets=["CT_SCANNER"])
+    echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
+    assert subprocess.run([*echo, "-aet", "CT_SCANNER"], capture_output=True).returncode == 0
+    assert subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True).returncode != 0
+
+
+def test_burned_in_risk_and_missing_pixel_data_are_quarantined(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    intake = start_intake()
+    base = pydicom.dcmread(study.paths[0])
+    burned = copy.deepcopy(base)
+    burned.BurnedInAnnotation = "YES"
+    capture = copy.deepcopy(base)
+    capture.SOPClassUID = capture.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    no_pixels = copy.deepcopy(base)
+    del no_pixels.PixelData
+    assert send(intake.port, [burned, capture, no_pixels]) == [0, 0, 0]
+    reasons = sorted(reason for _, _, reason in intake.journal.quarantined())
+    assert reasons == ["burned_in_annotation", "burned_in_risk_sop_class", "missing_pixel_data"]
+    assert intake.poll_completed(now=time.time() + LATER) == []
+
+
+def test_missing_uid_and_garbage_get_failure_statuses(
+    start_intake: Callable[..., Intake], study: SpooledStudy, tmp_path: Path
+) -> None:
+    intake = start_intake()
+    no_study = pydicom.dcmread(study.paths[0])
+    del no_study.StudyInstanceUID
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(study.paths[1].read_bytes()[:-1000])
+    statuses = send(intake.port, [no_study, truncated])
+    assert statuses == [0xA900, 0xC210]
+    echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
+    assert subprocess.run(echo, capture_output=True).returncode == 0
