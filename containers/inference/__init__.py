@@ -1,1 +1,1 @@
-"""The SageMaker inference container: its server and the demo model."""
+"""The SageMaker inference container: HTTP server, image definition, deployment and demo model."""

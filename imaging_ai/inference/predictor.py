@@ -1,0 +1,176 @@
+"""Run a model directory on a study: sliding-window inference, source-grid labels, findings."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from monai.inferers import sliding_window_inference
+from scipy import ndimage
+
+from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.inference.findings import extract_findings
+from imaging_ai.inference.grid import resample_linear, source_box_for
+from imaging_ai.model_card import ModelCard, load_model_card
+from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta, VolumeGeometry
+
+# Model-grid voxels whose foreground probability stays below this cannot reach 0.5 after
+# linear interpolation, so only boxes around the rest are resampled to the source grid.
+_CANDIDATE_PROBABILITY = 0.2
+_SPACING_TOLERANCE_MM = 0.01
+
+
+class ModelLoadError(PipelineError):
+    """The model directory is missing, inconsistent or its weights cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """Runtime knobs; the model itself is described by model.json, not here."""
+
+    device: str = "auto"  # "auto", "cpu" or "cuda[:n]"
+    sw_batch_size: int = 0  # 0: 4 on CUDA, 1 on CPU
+    amp: bool = True  # mixed precision on CUDA; CPU always runs fp32
+    cpu_threads: int = 0  # 0: min(4, cpu count); fixed so CPU results are reproducible
+
+    @classmethod
+    def from_environment(cls) -> PredictorSettings:
+        return cls(
+            device=os.environ.get("INFERENCE_DEVICE", "auto"),
+            sw_batch_size=int(os.environ.get("INFERENCE_SW_BATCH_SIZE", "0")),
+            amp=os.environ.get("INFERENCE_AMP", "1") not in ("0", "false", "False"),
+            cpu_threads=int(os.environ.get("INFERENCE_CPU_THREADS", "0")),
+        )
+
+
+def normalise_hu(image: npt.NDArray[np.float32], window: tuple[float, float]) -> torch.Tensor:
+    low, high = window
+    scaled = (np.clip(image, low, high) - low) / (high - low)
+    return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
+
+
+class Predictor:
+    """A loaded model: feed it a model-grid image, get a source-grid label map and findings."""
+
+    def __init__(self, model_dir: Path, settings: PredictorSettings | None = None) -> None:
+        self.settings = settings or PredictorSettings()
+        try:
+            self.card: ModelCard = load_model_card(model_dir)
+        except (ContractError, ValueError, OSError) as error:
+            raise ModelLoadError(f"model card: {error}") from error
+        if self.card.weights_format != "torchscript":
+            raise ModelLoadError(f"unsupported weights format {self.card.weights_format!r}")
+        self.device = self._choose_device()
+        try:
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(model_dir / self.card.weights_file), map_location=self.device
+            )
+        except (RuntimeError, ValueError, OSError) as error:
+            raise ModelLoadError(f"weights could not be loaded: {type(error).__name__}") from error
+        self.network: torch.nn.Module = module.eval()
+
+    def _choose_device(self) -> torch.device:
+        wanted = self.settings.device
+        if wanted == "auto":
+            wanted = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(wanted)
+        if device.type == "cpu":
+            # Same threads + deterministic kernels: the same input gives the same bytes out.
+            torch.use_deterministic_algorithms(True)
+            threads = self.settings.cpu_threads or min(4, os.cpu_count() or 1)
+            torch.set_num_threads(threads)
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        return device
+
+    @property
+    def uses_amp(self) -> bool:
+        return self.device.type == "cuda" and self.settings.amp
+
+    @property
+    def sw_batch_size(self) -> int:
+        return self.settings.sw_batch_size or (4 if self.device.type == "cuda" else 1)
+
+    def check_input(self, image: npt.NDArray[np.float32], meta: ModelInputMeta) -> None:
+        """Refuse inputs this model was not made for, with a reason a caller can act on."""
+        if meta.model_name != self.card.name:
+            raise ContractError(f"request is for model {meta.model_name!r}, not {self.card.name!r}")
+        if not np.allclose(
+            meta.model_geometry.spacing_mm, self.card.input_spacing_mm, atol=_SPACING_TOLERANCE_MM
+        ):
+            raise ContractError(
+                f"image spacing {meta.model_geometry.spacing_mm} mm is not the model's "
+                f"{self.card.input_spacing_mm} mm"
+            )
+        if min(image.shape) < 1 or not np.isfinite(image).all():
+            raise ContractError("image is empty or holds non-finite values")
+
+    def probabilities(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Softmax class probabilities on the model grid, shape (classes, *image.shape)."""
+        tensor = normalise_hu(image, self.card.intensity_window_hu)[None, None].to(self.device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, enabled=self.uses_amp),
+        ):
+            logits = sliding_window_inference(
+                tensor,
+                roi_size=self.card.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=self.network,
+                overlap=self.card.overlap,
+                mode="gaussian",
+            )
+            assert isinstance(logits, torch.Tensor)
+            probabilities = torch.softmax(logits.float(), dim=1)[0]
+        return np.asarray(probabilities.cpu().numpy(), dtype=np.float32)
+
+    def to_source_labels(
+        self,
+        probabilities: npt.NDArray[np.float32],
+        model: VolumeGeometry,
+        source: VolumeGeometry,
+    ) -> npt.NDArray[np.uint8]:
+        """Resample probabilities to the source grid around candidates, then take the argmax."""
+        labels = np.zeros(source.shape, dtype=np.uint8)
+        candidates = probabilities[1:].max(axis=0) >= _CANDIDATE_PROBABILITY
+        if not candidates.any():
+            return labels
+        grown, _ = ndimage.label(ndimage.binary_dilation(candidates, iterations=1))
+        values = np.array([0] + [label.value for label in self.card.labels], dtype=np.uint8)
+        for model_box in ndimage.find_objects(grown):
+            if model_box is None:
+                continue
+            box = source_box_for((model_box[0], model_box[1], model_box[2]), model, source)
+            if any(s.stop <= s.start for s in box):
+                continue
+            stacked = np.stack(
+                [resample_linear(channel, model, source, box) for channel in probabilities]
+            )
+            labels[box] = np.maximum(labels[box], values[np.argmax(stacked, axis=0)])
+        return labels
+
+    def predict(
+        self, image: npt.NDArray[np.float32], meta: ModelInputMeta
+    ) -> tuple[npt.NDArray[np.uint8], ModelOutputMeta]:
+        self.check_input(image, meta)
+        started = time.perf_counter()
+        probabilities = self.probabilities(image)
+        if probabilities.shape[0] != len(self.card.labels) + 1:
+            raise ModelLoadError("network output channels do not match the model card's labels")
+        labels = self.to_source_labels(probabilities, meta.model_geometry, meta.source_geometry)
+        labels, findings = extract_findings(labels, meta.source_geometry, self.card)
+        output = ModelOutputMeta(
+            input=meta,
+            model_name=self.card.name,
+            model_version=self.card.version,
+            weights_sha256=self.card.weights_sha256,
+            device=str(self.device),
+            inference_seconds=round(time.perf_counter() - started, 3),
+            findings=findings,
+        )
+        return labels, output
