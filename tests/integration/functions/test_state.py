@@ -1,0 +1,59 @@
+"""The run-state store on DynamoDB (moto): conditional moves, FAILED from anywhere, timeline."""
+
+from __future__ import annotations
+
+import pytest
+
+from imaging_ai.aws import client
+from imaging_ai.contracts import Stage
+from imaging_ai.local.moto_server import MotoServer
+from imaging_ai.local.provision import provision
+from imaging_ai.state import RunKey, RunStateStore, StageConflict
+
+RUN = RunKey("site-a", "1.2.826.0.1.3680043.8.498.1", "run-1")
+
+
+@pytest.fixture
+def store(aws: MotoServer) -> RunStateStore:
+    return RunStateStore(client("dynamodb"), provision(["site-a"]).state_table)
+
+
+def test_a_run_moves_forward_only_from_its_predecessor(store: RunStateStore) -> None:
+    assert store.start(RUN, "lung-nodule-demo") is True
+    assert store.start(RUN, "lung-nodule-demo") is False  # a redelivery does not restart it
+    with pytest.raises(StageConflict):
+        store.advance(RUN, Stage.INFERRING)  # skipping PREPROCESSED is refused
+    store.advance(RUN, Stage.PREPROCESSED)
+    with pytest.raises(StageConflict):
+        store.advance(RUN, Stage.PREPROCESSED)  # a second writer loses
+    store.advance(RUN, Stage.INFERRING, {"inference_id": "run-run-1"})
+    current = store.get(RUN)
+    assert current is not None and current.stage is Stage.INFERRING
+    assert current.attributes == {"inference_id": "run-run-1"}
+
+
+def test_failed_is_recorded_once_with_its_reason_and_origin(store: RunStateStore) -> None:
+    store.start(RUN, "lung-nodule-demo")
+    store.advance(RUN, Stage.PREPROCESSED)
+    assert store.fail(RUN, "inference failed: timeout") is True
+    assert store.fail(RUN, "a later duplicate") is False
+    current = store.get(RUN)
+    assert current is not None and current.stage is Stage.FAILED
+    assert current.reason == "inference failed: timeout"
+    assert current.failed_from is Stage.PREPROCESSED
+
+
+def test_a_run_never_received_can_still_be_failed(store: RunStateStore) -> None:
+    assert store.fail(RUN, "manifest refused: unreadable") is True
+    current = store.get(RUN)
+    assert current is not None and current.stage is Stage.FAILED and current.failed_from is None
+
+
+def test_the_timeline_lists_each_run_with_stage_latencies(store: RunStateStore) -> None:
+    second = RunKey(RUN.site, RUN.pseudo_study_uid, "run-2")
+    store.start(RUN, "m")
+    store.advance(RUN, Stage.PREPROCESSED)
+    store.start(second, "m")
+    runs = store.timeline(RUN.site, RUN.pseudo_study_uid)
+    assert [r.key.run_id for r in runs] == ["run-1", "run-2"]
+    assert set(runs[0].stage_latencies_s()) == {Stage.PREPROCESSED}
