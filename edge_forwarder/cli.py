@@ -39,7 +39,7 @@ def _pseudo_ids(result: Any) -> tuple[str, str, str]:
 def build_service(config: ForwarderConfig) -> Any:
     """Wire the real intake, de-identifier and crosswalk into the service."""
     from edge_forwarder.crosswalk import CrosswalkVault
-    from edge_forwarder.intake import Intake, IntakeSettings
+    from edge_forwarder.intake import Intake
     from edge_forwarder.service import DeliverySettings, ForwarderService
     from edge_forwarder.transport.backoff import Backoff
     from edge_forwarder.transport.wiring import (
@@ -69,7 +69,7 @@ def build_service(config: ForwarderConfig) -> Any:
         entry = vault.study_by_pseudo(pseudo_study_uid)
         return None if entry is None else identity_from_crosswalk(entry)
 
-    intake = Intake(IntakeSettings(**config.intake))
+    intake = Intake(config.intake)
     service = ForwarderService(
         site=config.site,
         state_dir=config.state_dir,

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.transport.errors import ConfigError
 from imaging_ai.contracts import check_site, site_results_queue_name
 from imaging_ai.errors import ContractError
@@ -130,7 +131,7 @@ class ForwarderConfig(_Section):
     site: str
     state_dir: Path
     poll_interval_s: float = Field(default=2.0, gt=0.0)
-    intake: dict[str, Any] = Field(default_factory=dict)
+    intake: IntakeSettings
     deid: DeidSection
     crosswalk: CrosswalkSection
     aws: AwsSection
@@ -194,6 +195,10 @@ def load_config(path: Path) -> ForwarderConfig:
 
 _PATH_FIELDS = {
     ("state_dir",),
+    ("intake", "spool_dir"),
+    ("intake", "tls_cert"),
+    ("intake", "tls_key"),
+    ("intake", "tls_ca"),
     ("crosswalk", "path"),
     ("crosswalk", "key", "file"),
     ("deid", "site_secret", "file"),

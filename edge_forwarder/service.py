@@ -250,7 +250,12 @@ class ForwarderService:
             ]
             self.journal.set_spool_dir(run_id, run_dir)
             self.uploader.prepare(
-                run_id, pseudo_study_uid, series_tars, self.deid_record(last_result), revises
+                run_id,
+                pseudo_study_uid,
+                series_tars,
+                self.deid_record(last_result),
+                revises,
+                model_name=getattr(study, "route", None) or None,
             )
             self.journal.advance(run_id, "prepared")
             self.metrics.stage_seconds.labels("prepare").observe(time.monotonic() - started)

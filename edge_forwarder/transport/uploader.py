@@ -45,6 +45,14 @@ _RETRYABLE_CODES = {
 }
 
 
+class _UploadGone(Exception):
+    """S3 no longer knows a multipart upload (expired, aborted, or a restored store)."""
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
 def s3_client(region: str | None = None) -> Any:
     """An S3 client honouring AWS_ENDPOINT_URL and the standard credential chain."""
     return boto3.session.Session().client("s3", region_name=region, config=_S3_CONFIG)
@@ -139,6 +147,7 @@ class Uploader:
         series: list[SeriesTar],
         deidentification: DeidRecord,
         revises_run_id: str | None = None,
+        model_name: str | None = None,
     ) -> Manifest:
         """Encrypt every series tar and the manifest, journal them; plaintext tars are removed."""
         s = self.settings
@@ -166,7 +175,7 @@ class Uploader:
             site=s.site,
             pseudo_study_uid=pseudo_study_uid,
             run_id=run_id,
-            model_name=s.model_name,
+            model_name=model_name or s.model_name,
             series=entries,
             deidentification=deidentification,
             forwarder_version=s.forwarder_version,
@@ -297,13 +306,17 @@ class Uploader:
             checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
             self._throttle.take(len(body))
             answer = self._call(
-                lambda: self.client.upload_part(
-                    **common,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=checksum,
+                self._guarded(
+                    lambda: self.client.upload_part(
+                        **common,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                    ),
+                    common,
+                    upload_id,
                 ),
                 stop,
             )
@@ -311,25 +324,66 @@ class Uploader:
             self._bytes(len(body))
             return len(body)
 
-        with ThreadPoolExecutor(max_workers=s.parallel_parts) as pool:
-            for size in pool.map(send, missing):
-                sent += size
-        parts = self.journal.objects(row.run_id)
-        recorded = next(r.parts for r in parts if r.object_key == row.object_key)
-        self._call(
-            lambda: self.client.complete_multipart_upload(
-                **common,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": n, "ETag": p["etag"], "ChecksumSHA256": p["checksum"]}
-                        for n, p in sorted(recorded.items())
-                    ]
-                },
-            ),
-            stop,
-        )
+        try:
+            with ThreadPoolExecutor(max_workers=s.parallel_parts) as pool:
+                for size in pool.map(send, missing):
+                    sent += size
+            parts = self.journal.objects(row.run_id)
+            recorded = next(r.parts for r in parts if r.object_key == row.object_key)
+            self._call(
+                self._guarded(
+                    lambda: self.client.complete_multipart_upload(
+                        **common,
+                        UploadId=upload_id,
+                        MultipartUpload={
+                            "Parts": [
+                                {
+                                    "PartNumber": n,
+                                    "ETag": p["etag"],
+                                    "ChecksumSHA256": p["checksum"],
+                                }
+                                for n, p in sorted(recorded.items())
+                            ]
+                        },
+                    ),
+                    common,
+                    upload_id,
+                ),
+                stop,
+            )
+        except _UploadGone:
+            # Start this object over under the same key: the old upload cannot be completed.
+            self.journal.set_upload_id(row.object_key, None)
+            fresh = next(
+                r for r in self.journal.objects(row.run_id) if r.object_key == row.object_key
+            )
+            return sent + self._multipart(fresh, path, common, extra, stop)
         return sent
+
+    def _guarded(
+        self, action: Callable[[], Any], common: dict[str, Any], upload_id: str
+    ) -> Callable[[], Any]:
+        """Turn "this multipart upload no longer exists" into _UploadGone (not retried).
+
+        Real S3 answers NoSuchUpload; some stand-ins answer 500, so a 5xx is followed by a
+        ListParts probe before it is treated as transient.
+        """
+
+        def guarded() -> Any:
+            try:
+                return action()
+            except ClientError as error:
+                if _code(error) == "NoSuchUpload":
+                    raise _UploadGone from None
+                if is_transient(error):
+                    try:
+                        self.client.list_parts(**common, UploadId=upload_id, MaxParts=1)
+                    except ClientError as probe:
+                        if _code(probe) in {"NoSuchUpload", "404"}:
+                            raise _UploadGone from None
+                raise
+
+        return guarded
 
     def _reconcile(
         self,

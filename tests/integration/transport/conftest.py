@@ -311,6 +311,8 @@ state_dir = "state"
 poll_interval_s = 0.2
 
 [intake]
+spool_dir = "spool"
+port = 0
 {extra}
 
 [deid]
