@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := dcmtk orthanc dicom3tools nodejs npm
 demo: system-deps venv
 	$(BIN)/python -m imaging_ai.local.demo
 
-test: system-deps venv lint typecheck architecture
+test: system-deps venv lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests
 
 venv: $(STAMP)
@@ -52,3 +52,48 @@ architecture: venv
 
 clean:
 	rm -rf $(VENV) .local-run cdk/cdk.out .mypy_cache .ruff_cache .pytest_cache
+
+# ---- Infrastructure (issue 7) -------------------------------------------------------------
+# cdk-synth: deployable Lambda assets (pip, manylinux2014 x86_64 wheels) + synthesis into
+#   cdk/cdk.out, cdk-nag gate included; pass CDK_CONTEXT='-c stage=prod -c sites=a,b' etc.
+# cdk-gates: synth-only assets (no pip); dev and prod synthesized with cdk-nag (synthesis fails
+#   on any unacknowledged finding); cfn-lint (errors fail; exit 4/8 = warnings/info, printed);
+#   checkov from its own venv (any failed check fails; skips and reasons in .checkov.yaml).
+CDK_GATES_DIR := cdk/.build/gates
+CHECKOV_VENV := .tools/checkov-venv
+CHECKOV_VERSION := 3.3.30
+CDK_ENV := JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1
+CDK_CONTEXT ?=
+
+.PHONY: cdk-assets checkov-venv
+
+cdk-assets: venv
+	$(BIN)/python cdk/build_lambda_assets.py
+
+cdk-synth: cdk-assets
+	$(CDK_ENV) $(BIN)/python cdk/app.py $(CDK_CONTEXT)
+
+# checkov pins an old boto3: it lives in its own venv, never in $(VENV).
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+
+checkov-venv: $(CHECKOV_VENV)/bin/checkov
+
+cdk-gates: venv checkov-venv
+	@set -e; start=$$(date +%s); rm -rf $(CDK_GATES_DIR); \
+	$(BIN)/python cdk/build_lambda_assets.py --no-deps --out $(CDK_GATES_DIR)/assets >/dev/null; \
+	$(BIN)/mypy --strict cdk/app.py cdk/build_lambda_assets.py cdk/imaging_ai_infra; \
+	for stage in dev prod; do \
+	  echo "cdk-nag (HIPAA.Security + AwsSolutions): synthesizing $$stage"; \
+	  CDK_OUTDIR=$(CDK_GATES_DIR)/$$stage $(CDK_ENV) $(BIN)/python cdk/app.py -c stage=$$stage \
+	    -c sites=site-a,site-b -c lambda_asset_root=$(CDK_GATES_DIR)/assets >/dev/null 2>$(CDK_GATES_DIR)/nag-$$stage.log \
+	    || { grep -v "^b'" $(CDK_GATES_DIR)/nag-$$stage.log | grep -B1 -A2 '^ERROR' ; echo "cdk-nag: unacknowledged findings in $$stage"; exit 1; }; \
+	done; \
+	templates="$(CDK_GATES_DIR)/dev/ImagingAi-dev.template.json $(CDK_GATES_DIR)/prod/ImagingAi-prod.template.json"; \
+	echo "cfn-lint: $$templates"; rc=0; $(BIN)/cfn-lint $$templates || rc=$$?; \
+	case $$rc in 0) echo "cfn-lint: clean";; 4|8|12) echo "cfn-lint: warnings only (exit $$rc), no errors";; \
+	  *) echo "cfn-lint: errors (exit $$rc)"; exit 1;; esac; \
+	echo "checkov: $$templates"; \
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml $$(printf -- '-f %s ' $$templates); \
+	echo "cdk-gates: passed in $$(( $$(date +%s) - start )) s"

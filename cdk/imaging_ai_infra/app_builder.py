@@ -11,11 +11,18 @@ from imaging_ai_infra.config import CDK_DIR, load_stage_config
 from imaging_ai_infra.nag import register_nag_packs
 from imaging_ai_infra.stack import ImagingAiStage
 
+# Feature flags this app relies on, whatever cdk.json says: S3 log delivery through a bucket
+# policy (no legacy ACL), and IAM policies minimised.
+FEATURE_FLAGS: dict[str, Any] = {
+    "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
+    "@aws-cdk/aws-iam:minimizePolicies": True,
+}
+
 
 def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) -> App:
     """The app `cdk/app.py` synthesizes; tests call it with their own context and outdir."""
     app = App(
-        context=context,
+        context={**(context or {}), **FEATURE_FLAGS},
         # The CLI sets CDK_OUTDIR; `python cdk/app.py` writes next to the app.
         outdir=outdir or os.environ.get("CDK_OUTDIR") or str(CDK_DIR / "cdk.out"),
     )

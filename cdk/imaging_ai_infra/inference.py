@@ -204,7 +204,8 @@ class Inference(Construct):
             # The container needs no network: SageMaker itself moves inputs and outputs.
             enable_network_isolation=True,
         )
-        model.node.add_dependency(self.role)
+        # SageMaker checks the role's permissions when it creates the model.
+        model.node.add_dependency(self.role.node.find_child("DefaultPolicy"), platform_policy)
 
         endpoint_config = sagemaker.CfnEndpointConfig(
             self,

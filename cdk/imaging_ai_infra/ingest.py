@@ -69,7 +69,7 @@ class Ingest(Construct):
                 detail={
                     "bucket": {"name": [data_bucket.bucket_name]},
                     "object": {
-                        "key": [events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}")]
+                        "key": events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}")
                     },
                 },
             ),

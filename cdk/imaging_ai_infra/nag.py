@@ -1,10 +1,10 @@
-"""cdk-nag 3.x registration and the one way this project acknowledges a finding."""
+"""cdk-nag 3.x registration, and the one way this project acknowledges a nag or checkov finding."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from aws_cdk import Acknowledgment, Stack, Validations
+from aws_cdk import Acknowledgment, CfnResource, Stack, Validations
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
@@ -72,3 +72,16 @@ def acknowledge_default_policy(role: iam.Role, reason: str, wildcard_ids: list[s
     acknowledge(default_policy, _INLINE_REASON, "HIPAA.Security-IAMNoInlinePolicy")
     if wildcard_ids:
         acknowledge(default_policy, reason, *wildcard_ids)
+
+
+def checkov_skip(resource: IConstruct, reason: str, *check_ids: str) -> None:
+    """Skip checkov checks on one CloudFormation resource, with the reason in its Metadata
+    (checkov reads `Metadata.checkov.skip`); checks skipped everywhere live in .checkov.yaml."""
+    if len(reason) < 40:
+        raise ValueError("a checkov skip needs a real reason")
+    cfn = resource if isinstance(resource, CfnResource) else resource.node.default_child
+    if not isinstance(cfn, CfnResource):
+        raise TypeError(f"{resource.node.path} has no CloudFormation resource to annotate")
+    existing = cfn.get_metadata("checkov") or {"skip": []}
+    existing["skip"] += [{"id": check_id, "comment": reason} for check_id in check_ids]
+    cfn.add_metadata("checkov", existing)

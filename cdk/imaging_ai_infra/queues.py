@@ -10,6 +10,9 @@ from constructs import Construct
 from imaging_ai_infra.config import StageConfig
 
 MAX_RECEIVE_COUNT = 5
+# Dead-letter queues are drained by the failure function (1 minute timeout); Lambda wants the
+# visibility timeout at six times the function's.
+DLQ_VISIBILITY_TIMEOUT = Duration.minutes(6)
 
 
 class QueueWithDlq(Construct):
@@ -35,6 +38,7 @@ class QueueWithDlq(Construct):
             data_key_reuse=Duration.hours(1),
             enforce_ssl=True,
             retention_period=config.dlq_retention,
+            visibility_timeout=DLQ_VISIBILITY_TIMEOUT,
             removal_policy=config.removal_policy,
         )
         self.queue = sqs.Queue(

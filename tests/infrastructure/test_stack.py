@@ -1,0 +1,358 @@
+"""Assertion tests on the synthesized stage templates: the properties the BAA story rests on."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.infrastructure.conftest import SITES, Synthesized
+
+pytestmark = pytest.mark.infrastructure
+
+# Action prefixes that read or write pipeline data: never allowed on a "*" resource.
+DATA_ACTION_PREFIXES = (
+    "s3:",
+    "dynamodb:",
+    "sqs:",
+    "sns:",
+    "kms:",
+    "sagemaker:invoke",
+    "secretsmanager:",
+    "ssm:get",
+)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _statements(synthesized: Synthesized) -> list[tuple[str, dict[str, Any]]]:
+    """Every identity-policy statement: policies, managed policies and role inline policies."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for logical_id, resource in synthesized.template["Resources"].items():
+        props = resource.get("Properties", {})
+        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            documents = [props["PolicyDocument"]]
+        elif resource["Type"] == "AWS::IAM::Role":
+            documents = [p["PolicyDocument"] for p in props.get("Policies", [])]
+        else:
+            continue
+        for document in documents:
+            found += [(logical_id, s) for s in _as_list(document["Statement"])]
+    return found
+
+
+def _tls_only(document: dict[str, Any]) -> bool:
+    return any(
+        s["Effect"] == "Deny"
+        and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+        for s in _as_list(document["Statement"])
+    )
+
+
+# ---- Storage --------------------------------------------------------------------------------
+
+
+def test_every_kms_key_is_customer_managed_with_rotation(dev: Synthesized) -> None:
+    keys = dev.resources("AWS::KMS::Key")
+    assert len(keys) == 2  # data and audit
+    assert all(k["Properties"]["EnableKeyRotation"] is True for k in keys.values())
+
+
+def test_buckets_block_public_access_are_versioned_and_tls_only(dev: Synthesized) -> None:
+    buckets = dev.resources("AWS::S3::Bucket")
+    policies = {
+        json.dumps(p["Properties"]["Bucket"]): p["Properties"]["PolicyDocument"]
+        for p in dev.resources("AWS::S3::BucketPolicy").values()
+    }
+    assert len(buckets) == 3  # data, CloudTrail, access logs
+    for logical_id, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert props["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        }
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert _tls_only(policies[json.dumps({"Ref": logical_id})]), logical_id
+
+
+def _data_bucket(synthesized: Synthesized) -> dict[str, Any]:
+    return next(
+        b["Properties"]
+        for logical_id, b in synthesized.resources("AWS::S3::Bucket").items()
+        if logical_id.startswith("StorageDataBucket")
+    )
+
+
+def test_data_bucket_is_sse_kms_logged_and_feeds_eventbridge(dev: Synthesized) -> None:
+    bucket = _data_bucket(dev)
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+    assert sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "aws:kms"
+    assert "KMSMasterKeyID" in sse["ServerSideEncryptionByDefault"]
+    assert bucket["LoggingConfiguration"]["LogFilePrefix"] == "data-bucket/"
+    assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"] == {
+        "EventBridgeEnabled": True
+    }
+
+
+def test_deidentified_inputs_and_intermediates_expire(dev: Synthesized) -> None:
+    rules = {
+        r.get("Prefix"): r
+        for r in _data_bucket(dev)["LifecycleConfiguration"]["Rules"]
+        if r["Status"] == "Enabled"
+    }
+    for prefix in ("incoming/", "preprocessed/", "inference-output/", "inference-failure/"):
+        assert rules[prefix]["ExpirationInDays"] <= 30, prefix
+        assert "NoncurrentVersionExpiration" in rules[prefix]
+
+
+# ---- Queues, topics, events ---------------------------------------------------------------
+
+
+def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Synthesized) -> None:
+    queues = dev.resources("AWS::SQS::Queue")
+    policies = [p["Properties"] for p in dev.resources("AWS::SQS::QueuePolicy").values()]
+    dlq_ids = {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in queues.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    # preprocess, postprocess and one results queue per site, each with its own DLQ
+    assert len(queues) == 2 * (2 + len(SITES))
+    for logical_id, queue in queues.items():
+        assert "KmsMasterKeyId" in queue["Properties"], logical_id
+        covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
+        assert covered and _tls_only(covered[0]["PolicyDocument"]), logical_id
+        assert logical_id in dlq_ids or "RedrivePolicy" in queue["Properties"], logical_id
+
+
+def test_topics_are_kms_encrypted_and_tls_only(dev: Synthesized) -> None:
+    topics = dev.resources("AWS::SNS::Topic")
+    policies = [p["Properties"] for p in dev.resources("AWS::SNS::TopicPolicy").values()]
+    for logical_id, topic in topics.items():
+        assert "KmsMasterKeyId" in topic["Properties"], logical_id
+        covered = [p for p in policies if {"Ref": logical_id} in p["Topics"]]
+        assert covered and _tls_only(covered[0]["PolicyDocument"]), logical_id
+
+
+def test_only_manifest_objects_start_a_run(dev: Synthesized) -> None:
+    rule = dev.one("AWS::Events::Rule")
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.s3"]
+    assert pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["object"]["key"] == [{"wildcard": "incoming/*/*/manifest.json.enc"}]
+    target = rule["Targets"][0]
+    assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+
+
+def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
+    mappings = dev.resources("AWS::Lambda::EventSourceMapping").values()
+    failure_sources = [
+        m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+        for m in mappings
+        if "Failure" in m["Properties"]["FunctionName"]["Ref"]
+    ]
+    assert sorted(failure_sources) == sorted(
+        logical_id
+        for logical_id in dev.resources("AWS::SQS::Queue")
+        if "Dlq" in logical_id and ("Preprocess" in logical_id or "Postprocess" in logical_id)
+    )
+
+
+# ---- Inference ------------------------------------------------------------------------------
+
+
+def test_endpoint_is_async_with_kms_outputs_and_both_notification_topics(dev: Synthesized) -> None:
+    config = dev.one("AWS::SageMaker::EndpointConfig")
+    output = config["AsyncInferenceConfig"]["OutputConfig"]
+    assert output["KmsKeyId"]
+    assert set(output["NotificationConfig"]) == {"SuccessTopic", "ErrorTopic"}
+    assert output["S3OutputPath"]["Fn::Join"][1][-1] == "/inference-output/"
+    variant = config["ProductionVariants"][0]
+    assert variant["InstanceType"].startswith("ml.g")  # a GPU instance from context
+    model = dev.one("AWS::SageMaker::Model")
+    assert model["EnableNetworkIsolation"] is True
+    assert model["VpcConfig"]["Subnets"]
+
+
+def test_endpoint_scales_to_zero_and_back_out(dev: Synthesized) -> None:
+    target = dev.one("AWS::ApplicationAutoScaling::ScalableTarget")
+    assert target["MinCapacity"] == 0
+    assert target["MaxCapacity"] >= 1
+    policies = {
+        p["Properties"]["PolicyType"]: p
+        for p in dev.resources("AWS::ApplicationAutoScaling::ScalingPolicy").values()
+    }
+    tracking = policies["TargetTrackingScaling"]["Properties"]
+    metric = tracking["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
+    assert metric["MetricName"] == "ApproximateBacklogSizePerInstance"
+    step_id = next(
+        logical_id
+        for logical_id, p in dev.resources("AWS::ApplicationAutoScaling::ScalingPolicy").items()
+        if p["Properties"]["PolicyType"] == "StepScaling"
+    )
+    alarm = next(
+        a["Properties"]
+        for a in dev.resources("AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "HasBacklogWithoutCapacity"
+    )
+    assert alarm["AlarmActions"] == [{"Ref": step_id}]
+
+
+# ---- State ---------------------------------------------------------------------------------
+
+
+def test_state_table_has_pitr_and_a_cmk(dev: Synthesized) -> None:
+    table = dev.one("AWS::DynamoDB::Table")
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["SSESpecification"]["SSEType"] == "KMS"
+    assert "KMSMasterKeyId" in table["SSESpecification"]
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+
+
+# ---- Network --------------------------------------------------------------------------------
+
+
+def test_lambdas_and_endpoint_run_in_isolated_subnets_without_internet(dev: Synthesized) -> None:
+    assert not dev.resources("AWS::EC2::InternetGateway")
+    assert not dev.resources("AWS::EC2::NatGateway")
+    subnets = set(dev.resources("AWS::EC2::Subnet"))
+    assert all(
+        not s["Properties"].get("MapPublicIpOnLaunch", False)
+        for s in dev.resources("AWS::EC2::Subnet").values()
+    )
+    pipeline_functions = {
+        logical_id: f["Properties"]
+        for logical_id, f in dev.resources("AWS::Lambda::Function").items()
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    }
+    assert len(pipeline_functions) == 3
+    for logical_id, props in pipeline_functions.items():
+        assert {s["Ref"] for s in props["VpcConfig"]["SubnetIds"]} <= subnets, logical_id
+        assert props["Runtime"] == "python3.12"
+    model_subnets = dev.one("AWS::SageMaker::Model")["VpcConfig"]["Subnets"]
+    assert {s["Ref"] for s in model_subnets} <= subnets
+
+
+def test_vpc_endpoints_cover_every_service_called(dev: Synthesized) -> None:
+    services = set()
+    for endpoint in dev.resources("AWS::EC2::VPCEndpoint").values():
+        name = json.dumps(endpoint["Properties"]["ServiceName"])
+        services.add(name.rsplit(".", 1)[-1].strip('"]} '))
+        if "sagemaker.runtime" in name:
+            services.add("sagemaker.runtime")
+    for service in ("s3", "dynamodb", "sqs", "sns", "kms", "logs", "monitoring", "sts", "xray"):
+        assert service in services, service
+    assert "sagemaker.runtime" in services
+
+
+# ---- Least privilege ------------------------------------------------------------------------
+
+
+def test_no_data_action_is_granted_on_a_wildcard_resource(dev: Synthesized) -> None:
+    offending = []
+    for logical_id, statement in _statements(dev):
+        if statement["Effect"] != "Allow":
+            continue
+        resources = _as_list(statement.get("Resource", []))
+        if "*" not in resources:
+            continue
+        for action in _as_list(statement["Action"]):
+            if action == "*" or action.lower().startswith(DATA_ACTION_PREFIXES):
+                offending.append(f"{logical_id}: {action}")
+    assert offending == []
+
+
+def test_each_function_has_its_own_role(dev: Synthesized) -> None:
+    roles = [
+        f["Properties"]["Role"]["Fn::GetAtt"][0]
+        for f in dev.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    ]
+    assert len(roles) == len(set(roles)) == 3
+
+
+# ---- Edge access -----------------------------------------------------------------------------
+
+
+def test_each_site_role_reaches_only_its_own_prefixes_queue_and_context(dev: Synthesized) -> None:
+    assert dev.one("AWS::RolesAnywhere::TrustAnchor")["Source"]["SourceType"] == (
+        "CERTIFICATE_BUNDLE"
+    )
+    assert len(dev.one("AWS::RolesAnywhere::Profile")["RoleArns"]) == len(SITES)
+    for site in SITES:
+        other = next(s for s in SITES if s != site)
+        role = next(
+            r["Properties"]
+            for logical_id, r in dev.resources("AWS::IAM::Role").items()
+            if logical_id.startswith(f"EdgeAccessSiteRole{site.replace('-', '')}")
+        )
+        trust = role["AssumeRolePolicyDocument"]["Statement"]
+        assert any(
+            s.get("Condition", {}).get("StringEquals", {}).get("aws:PrincipalTag/x509Subject/CN")
+            == site
+            for s in trust
+        )
+        policy = next(
+            p["Properties"]["PolicyDocument"]
+            for logical_id, p in dev.resources("AWS::IAM::ManagedPolicy").items()
+            if logical_id.startswith(f"EdgeAccessSitePolicy{site.replace('-', '')}")
+        )
+        text = json.dumps(policy)
+        assert f"/incoming/{site}/" in text and f"/results/{site}/" in text
+        assert f"/{other}/" not in text
+        assert '"kms:EncryptionContext:site": "' + site + '"' in text
+
+
+# ---- Audit and monitoring ---------------------------------------------------------------------
+
+
+def test_cloudtrail_records_data_bucket_events_encrypted_and_validated(dev: Synthesized) -> None:
+    trail = dev.one("AWS::CloudTrail::Trail")
+    assert trail["EnableLogFileValidation"] is True
+    assert trail["KMSKeyId"]
+    assert trail["CloudWatchLogsLogGroupArn"]
+    selectors = trail["EventSelectors"]
+    assert any(
+        r["Type"] == "AWS::S3::Object" for s in selectors for r in s.get("DataResources", [])
+    )
+
+
+def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
+    for logical_id, group in dev.resources("AWS::Logs::LogGroup").items():
+        assert group["Properties"]["RetentionInDays"] >= 90, logical_id
+        assert "KmsKeyId" in group["Properties"], logical_id
+
+
+def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
+    alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
+    dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
+    assert len(dlq_alarms) == 2 + len(SITES)
+    assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
+    latency = [a for a in alarms if a.get("MetricName") == "Duration"]
+    assert len(latency) == 3
+    assert all(a.get("AlarmActions") for a in alarms)
+
+
+def test_dashboard_shows_studies_per_hour_and_latency_per_stage(dev: Synthesized) -> None:
+    body = json.dumps(dev.one("AWS::CloudWatch::Dashboard")["DashboardBody"])
+    assert "Studies per hour" in body
+    assert "Latency per stage" in body
+    assert "ImagingAI" in body  # the custom metrics namespace
+
+
+# ---- Stages ----------------------------------------------------------------------------------
+
+
+def test_prod_retains_data_and_keeps_audit_logs_six_years(prod: Synthesized) -> None:
+    for resource_type in ("AWS::S3::Bucket", "AWS::KMS::Key", "AWS::DynamoDB::Table"):
+        for logical_id, resource in prod.resources(resource_type).items():
+            assert resource.get("DeletionPolicy") == "Retain", logical_id
+    assert prod.one("AWS::DynamoDB::Table")["DeletionProtectionEnabled"] is True
+    for group in prod.resources("AWS::Logs::LogGroup").values():
+        assert group["Properties"]["RetentionInDays"] == 2192
