@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError
 
 from imaging_ai.aws import client
 from imaging_ai.contracts import SiteResultMessage, Stage
@@ -134,14 +134,15 @@ def test_a_series_whose_checksum_differs_from_the_manifest_is_refused(
 def test_a_poison_message_is_dead_lettered_then_failed_with_a_site_message(
     stack: Stack, tmp_path: Path
 ) -> None:
-    # Given an endpoint that cannot be reached on any attempt
+    # Given an endpoint that is not there on any attempt (not retried inside botocore)
     resources = stack.resources
     study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
     attempts: list[Any] = []
 
     def unreachable(**_: Any) -> None:
         attempts.append(1)
-        raise EndpointConnectionError(endpoint_url="https://runtime.sagemaker.invalid")
+        error = {"Code": "ValidationException", "Message": "Endpoint not found"}
+        raise ClientError({"Error": error}, "InvokeEndpointAsync")
 
     client("sagemaker-runtime").meta.events.register(
         "before-send.sagemaker-runtime.InvokeEndpointAsync", unreachable
