@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -86,3 +87,23 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def dcmtk_tool(name: str) -> str | None:
+    """Path of a DCMTK command-line tool; pynetdicom installs same-named apps in the venv."""
+    candidates = [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    found = shutil.which(name)
+    if found:
+        candidates.append(found)
+    for candidate in candidates:
+        if not os.access(candidate, os.X_OK):
+            continue
+        try:
+            version = subprocess.run(
+                [candidate, "--version"], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "dcmtk" in (version.stdout + version.stderr).lower():
+            return candidate
+    return None

@@ -1,0 +1,406 @@
+"""The embedded default: edge, cloud, inference, PACS and EHR running together on loopback.
+
+Everything here is started as the real thing: a moto server for AWS, the Lambda handlers fed
+by SQS dispatchers in the event shapes Lambda uses (named by their handler strings, as a
+function configuration would), the inference container's server behind a local
+InvokeEndpointAsync, the edge forwarder's own CLI, Orthanc as the PACS and a FHIR R4 server
+as the EHR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from imaging_ai import envelope
+from imaging_ai.aws import client, reset_clients
+from imaging_ai.contracts import Stage
+from imaging_ai.errors import PipelineError
+from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
+from imaging_ai.local.dispatcher import LocalEventSources, event_sources
+from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
+from imaging_ai.local.processes import ManagedProcess, dcmtk_tool, http_ready, tcp_ready
+from imaging_ai.local.provision import LocalResources, provision
+from imaging_ai.local.timeline import Timeline
+from imaging_ai.logs import get_logger
+from imaging_ai.model_card import ModelCard, load_model_card
+from imaging_ai.state import RunStateStore
+
+logger = get_logger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_DIR = REPO_ROOT / "containers" / "inference" / "model"
+FORWARDER_AE_TITLE = "EDGE_FWD"
+MODALITY_AE_TITLE = "CT_MODALITY"
+
+# Edge log events that are timeline stages (the forwarder prints them as JSON lines).
+_EDGE_STAGES = {
+    "received",
+    "complete",
+    "deidentified",
+    "uploaded",
+    "results_received",
+    "delivered_pacs",
+    "delivered_ehr",
+}
+_CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
+
+
+@dataclass
+class LocalPipeline:
+    """Start every part, send studies, watch the timeline, stop everything.
+
+    Parameters
+    ----------
+    work_dir
+        Where logs, the forwarder's spool and state, Orthanc's storage and secrets go.
+    site
+        The site code of the local hospital.
+    model_dir
+        A model directory meeting the model contract (model.json + weights).
+    quiet_seconds
+        The forwarder's study quiet timer; short locally, a minute or more at a hospital.
+    """
+
+    work_dir: Path
+    site: str = "demo-site"
+    model_dir: Path = DEFAULT_MODEL_DIR
+    quiet_seconds: float = 3.0
+    printer: Any = print
+    timeline: Timeline = field(init=False)
+    moto: MotoServer | None = field(default=None, init=False)
+    resources: LocalResources | None = field(default=None, init=False)
+    card: ModelCard | None = field(default=None, init=False)
+    pacs: Orthanc | None = field(default=None, init=False)
+    ehr: FhirServer | None = field(default=None, init=False)
+    forwarder_port: int = field(default=0, init=False)
+    _processes: list[ManagedProcess] = field(default_factory=list, init=False)
+    _endpoint: AsyncEndpoint | None = field(default=None, init=False)
+    _sources: LocalEventSources | None = field(default=None, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _threads: list[threading.Thread] = field(default_factory=list, init=False)
+    _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
+    pseudo_study_uids: set[str] = field(default_factory=set, init=False)
+    failures: list[dict[str, Any]] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.timeline = Timeline(printer=self.printer)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalPipeline:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.work_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        self.card = load_model_card(self.model_dir)
+        self._say("starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1")
+        self.moto = start_moto_server(log_path=logs / "moto.log")
+        self._set_environ(self.moto.environment())
+        self.resources = provision([self.site], [self.card])
+        inference_port = free_port()
+        self._say("starting the inference container's server on the CPU", model=self.card.name)
+        self._processes.append(
+            ManagedProcess(
+                name="inference server",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "containers.inference.serve",
+                    "--model-dir",
+                    str(self.model_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(inference_port),
+                ],
+                log_path=logs / "inference.log",
+                cwd=REPO_ROOT,
+            ).start(http_ready(f"http://127.0.0.1:{inference_port}/ping"), timeout_s=120)
+        )
+        bucket = self.resources.data_bucket
+        self._endpoint = AsyncEndpoint(
+            AsyncEndpointConfig(
+                endpoint_name=self.resources.endpoint_name,
+                inference_url=f"http://127.0.0.1:{inference_port}",
+                s3_output_path=f"s3://{bucket}/inference-output",
+                s3_failure_path=f"s3://{bucket}/inference-failure",
+                success_topic_arn=self.resources.inference_success_topic_arn,
+                error_topic_arn=self.resources.inference_error_topic_arn,
+            ),
+            on_result=self._on_inference_result,
+        ).start()
+        self._set_environ(
+            {
+                **self.resources.function_environment(),
+                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self._endpoint.url,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_DEV": "false",
+            }
+        )
+        self._sources = event_sources(
+            self.resources.preprocess.url,
+            self.resources.preprocess.dlq_url,
+            self.resources.postprocess.url,
+            self.resources.postprocess.dlq_url,
+            wait_time_s=1,
+        )
+        self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
+        self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
+        self.pacs = start_orthanc(self.work_dir / "pacs")
+        self.ehr = start_fhir_server(self.moto.endpoint_url, logs)
+        self._start_forwarder(logs)
+        self._spawn("cloud-state-watcher", self._watch_cloud_state)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for process in reversed(self._processes):
+            process.stop()
+        for thread in self._threads:
+            thread.join(timeout=15)
+        if self._endpoint:
+            self._endpoint.stop()
+        for server in (self.ehr, self.pacs):
+            if server is not None:
+                server.stop()
+        if self.moto:
+            self.moto.stop()
+        for name, value in self._saved_environ.items():
+            if value == "\0unset":
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        reset_clients()
+        envelope.reset_providers()
+
+    # -- the hospital's side -----------------------------------------------------------------
+
+    def _start_forwarder(self, logs: Path) -> None:
+        assert self.resources and self.pacs and self.ehr and self.card
+        edge = self.work_dir / "edge"
+        edge.mkdir(exist_ok=True)
+        for name in ("site-secret.hex", "crosswalk-key.hex"):
+            secret = edge / name
+            if not secret.exists():
+                secret.write_text(secrets.token_hex(32))
+                secret.chmod(0o600)
+        self.forwarder_port = free_port()
+        config = edge / "forwarder.toml"
+        config.write_text(
+            _forwarder_config(
+                site=self.site,
+                port=self.forwarder_port,
+                quiet_seconds=self.quiet_seconds,
+                model_name=self.card.name,
+                bucket=self.resources.data_bucket,
+                kms_key_arn=self.resources.kms_key_arn,
+                pacs=self.pacs,
+                ehr_url=self.ehr.base_url,
+            )
+        )
+        executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
+        argv = [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
+        self._say("starting the edge forwarder (C-STORE SCP)", port=self.forwarder_port)
+        process = ManagedProcess(
+            name="edge forwarder",
+            argv=[*argv, "run", "--config", str(config)],
+            log_path=logs / "edge-forwarder.log",
+            cwd=REPO_ROOT,
+        ).start(tcp_ready("127.0.0.1", self.forwarder_port), timeout_s=60)
+        self._processes.append(process)
+        self._spawn("edge-log-follower", self._follow_edge_log, process.log_path)
+
+    def send_study(self, folder: Path) -> None:
+        """C-STORE every file of `folder` to the forwarder with DCMTK storescu, as a modality."""
+        storescu = dcmtk_tool("storescu")
+        if storescu is None:
+            raise PipelineError("DCMTK storescu is not installed (Debian package 'dcmtk')")
+        result = subprocess.run(
+            [
+                storescu,
+                "--scan-directories",
+                "--required",  # propose only what the files need (CT + any SR/SEG present)
+                "--aetitle",
+                MODALITY_AE_TITLE,
+                "--call",
+                FORWARDER_AE_TITLE,
+                "127.0.0.1",
+                str(self.forwarder_port),
+                str(folder),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if result.returncode != 0:
+            raise PipelineError(f"storescu failed ({result.returncode}): {result.stderr[-500:]}")
+
+    def wait_until_delivered(self, timeout_s: float) -> bool:
+        return self.timeline.wait_for(("delivered_pacs", "delivered_ehr"), timeout_s)
+
+    # -- watchers ----------------------------------------------------------------------------
+
+    def _follow_edge_log(self, path: Path) -> None:
+        with path.open("r", encoding="utf-8", errors="replace") as log:
+            while not self._stop.is_set():
+                line = log.readline()
+                if not line:
+                    time.sleep(0.1)
+                    continue
+                self._on_edge_line(line)
+
+    def _on_edge_line(self, line: str) -> None:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return
+        if not isinstance(entry, dict):
+            return
+        event = entry.get("event")
+        if entry.get("pseudo_study_uid"):
+            self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
+        if event in _EDGE_STAGES:
+            self.timeline.record(str(event), _detail(entry))
+        elif event == "failed" or entry.get("level") == "ERROR":
+            self.failures.append(entry)
+            if event == "failed":
+                self.timeline.record("failed", str(entry.get("reason", "")))
+
+    def _on_inference_result(self, inference_id: str, status: str) -> None:
+        if status == "Completed":
+            self.timeline.record("inferred")
+        else:
+            self.failures.append({"event": "inference_failed", "inference_id": inference_id})
+
+    def _watch_cloud_state(self) -> None:
+        assert self.resources
+        store = RunStateStore(client("dynamodb"), self.resources.state_table)
+        while not self._stop.wait(0.5):
+            for pseudo_study_uid in list(self.pseudo_study_uids):
+                try:
+                    runs = store.timeline(self.site, pseudo_study_uid)
+                except Exception:  # the watcher only reports; a hiccup must not end it
+                    logger.exception("state_poll_failed")
+                    continue
+                for run in runs:
+                    for stage, name in _CLOUD_STAGES.items():
+                        if stage in run.stage_times:
+                            self.timeline.record(name)
+                    if run.stage == Stage.FAILED:
+                        self.timeline.record("failed", run.reason or "")
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _set_environ(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self._saved_environ.setdefault(name, os.environ.get(name, "\0unset"))
+            os.environ[name] = value
+        reset_clients()
+        envelope.reset_providers()
+
+    def _say(self, text: str, **fields: Any) -> None:
+        logger.info("runtime", step=text, **fields)
+        if self.printer:
+            self.printer(f"- {text}")
+
+
+def _detail(entry: dict[str, Any]) -> str:
+    parts = []
+    for name in ("instances", "series", "count", "bytes", "run_id"):
+        if name in entry:
+            parts.append(f"{name}={entry[name]}")
+    return ", ".join(parts)
+
+
+def _toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _forwarder_config(
+    site: str,
+    port: int,
+    quiet_seconds: float,
+    model_name: str,
+    bucket: str,
+    kms_key_arn: str,
+    pacs: Orthanc,
+    ehr_url: str,
+) -> str:
+    """The forwarder's TOML config for the local hospital (relative paths: next to the file)."""
+    return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
+site = {_toml_string(site)}
+state_dir = "state"
+poll_interval_s = 0.5
+
+[intake]
+ae_title = {_toml_string(FORWARDER_AE_TITLE)}
+host = "127.0.0.1"
+port = {port}
+spool_dir = "spool"
+quiet_seconds_study = {quiet_seconds}
+quiet_seconds_series = {quiet_seconds}
+min_free_disk_bytes = 104857600
+
+[[intake.routing]]
+model = {_toml_string(model_name)}
+modality = ["CT"]
+
+[deid]
+site_secret = {{ file = "site-secret.hex" }}
+
+[crosswalk]
+path = "crosswalk.sqlite"
+key = {{ file = "crosswalk-key.hex" }}
+
+[aws]
+bucket = {_toml_string(bucket)}
+kms_key_arn = {_toml_string(kms_key_arn)}
+model_name = {_toml_string(model_name)}
+
+[results]
+wait_time_s = 1
+
+[pacs]
+host = "127.0.0.1"
+port = {pacs.dicom_port}
+ae_title = {_toml_string(pacs.ae_title)}
+calling_ae_title = {_toml_string(SENDER_AE_TITLE)}
+max_attempts = 3
+retry_base_s = 0.5
+
+[ehr]
+base_url = {_toml_string(ehr_url)}
+max_attempts = 3
+retry_base_s = 0.5
+
+[observability]
+metrics_port = 0
+"""
