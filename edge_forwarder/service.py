@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,7 +136,15 @@ class ForwarderService:
                 self.health.tick()
                 self.metrics.last_loop.set_to_current_time()
             except Exception as error:
-                log_event("loop_error", logging.ERROR, name=name, error=type(error).__name__)
+                frame = traceback.extract_tb(error.__traceback__)[-1]
+                # File and line, not the message: a library's message may quote data.
+                log_event(
+                    "loop_error",
+                    logging.ERROR,
+                    name=name,
+                    error=type(error).__name__,
+                    where=f"{Path(frame.filename).name}:{frame.lineno}",
+                )
             self.stop_event.wait(self.poll_interval_s)
 
     # ---- outbound: intake -> de-id -> encrypt -> upload ------------------------------------

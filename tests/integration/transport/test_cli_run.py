@@ -1,0 +1,123 @@
+"""`edge-forwarder run` as a process: C-STORE in, S3 out, results back to PACS and EHR."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from edge_forwarder.transport.journal import Journal
+from imaging_ai.local.moto_server import free_port
+from imaging_ai.synthetic import write_ct_study
+from tests.integration.transport.conftest import CloudSide, Ehr, Pacs, write_config
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "edge_forwarder.cli"]
+
+
+def _wait(predicate, timeout_s: float = 25.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_run_forwards_and_delivers(tmp_path: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr) -> None:
+    # Given a configured forwarder process with its intake on a loopback port
+    scp_port, metrics_port = free_port(), free_port()
+    config = write_config(
+        tmp_path,
+        cloud,
+        pacs.port,
+        ehr.url,
+        extra=f"quiet_seconds_study = 1\nquiet_seconds_series = 0.5\nport = {scp_port}",
+    )
+    text = config.read_text().replace("port = 0\n", "", 1)
+    text = text.replace("metrics_port = 0", f"metrics_port = {metrics_port}")
+    config.write_text(text)
+    study = write_ct_study(
+        tmp_path / "ct", seed=5, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
+    )
+    log = (tmp_path / "forwarder.log").open("wb")
+    process = subprocess.Popen(
+        [*CLI, "run", "--config", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
+    try:
+        _wait(lambda: _answers(f"http://127.0.0.1:{metrics_port}/healthz"))
+        # When a modality sends the study with `edge-forwarder send`
+        sent = subprocess.run(
+            [
+                *CLI,
+                "send",
+                str(study.paths[0].parent),
+                "--port",
+                str(scp_port),
+                "--ae-title",
+                "EDGE_FWD",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr[-500:]
+        journal = Journal(tmp_path / "state" / "forwarder.sqlite")
+        _wait(lambda: any(r.stage == "uploaded" for r in journal.runs()))
+        (run,) = journal.runs()
+        # ... and the cloud answers
+        cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
+        _wait(lambda: (journal.run(run.run_id) or run).stage == "delivered")
+
+        # Then PACS and EHR have the results, and status prints the timeline
+        assert len(pacs.received()) == 2 and len(ehr.received) == 1
+        status = subprocess.run(
+            [*CLI, "status", "--config", str(config)], capture_output=True, text=True, timeout=30
+        )
+        for stage in ("deidentified", "uploaded", "delivered_pacs", "delivered_ehr"):
+            assert stage in status.stdout
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "edge_forwarder_uploaded_bytes_total" in metrics
+        assert (
+            requests.get(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5).status_code == 200
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        log.close()
+    assert code == 0
+    # ... and the JSON log names each stage and carries no PHI
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "forwarder.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    events = {line["event"] for line in lines}
+    for event in (
+        "received",
+        "complete",
+        "deidentified",
+        "uploaded",
+        "results_received",
+        "delivered_pacs",
+        "delivered_ehr",
+    ):
+        assert event in events
+    raw = (tmp_path / "forwarder.log").read_text()
+    for value in [*study.patient.phi_values(), study.study_instance_uid]:
+        assert value not in raw
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.ConnectionError:
+        return False
