@@ -95,12 +95,15 @@ def evaluate(
     seeds: list[int],
     shape: tuple[int, int, int] = DEMO_SHAPE,
     spacing_mm: tuple[float, float, float] = DEMO_SPACING_MM,
+    nodule_count: int | None = None,
 ) -> tuple[dict[str, float], list[StudyResult]]:
     if any(seed >= TRAINING_SEED_BASE for seed in seeds):
         raise ContractError(f"seeds from {TRAINING_SEED_BASE} up are training seeds")
     results = []
     for seed in seeds:
-        phantom = make_chest_phantom(seed, shape=shape, spacing_mm=spacing_mm)
+        phantom = make_chest_phantom(
+            seed, shape=shape, spacing_mm=spacing_mm, nodule_count=nodule_count
+        )
         image, meta = model_input_for(
             phantom, predictor.card.name, predictor.card.input_spacing_mm, seed
         )

@@ -46,7 +46,7 @@ def _source_coordinates(
 
 
 def resample_linear(
-    volume: npt.NDArray[np.floating],
+    volume: npt.NDArray[np.number],
     source: VolumeGeometry,
     target: VolumeGeometry,
     target_box: Box | None = None,

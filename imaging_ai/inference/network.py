@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from monai.networks.nets import UNet
+from monai.networks.nets.unet import UNet
 
 # Three poolings: ROI and training patch sizes must be multiples of 8.
 CHANNELS = (16, 32, 64, 128)
@@ -29,5 +29,5 @@ def export_torchscript(network: torch.nn.Module, path: Path) -> None:
     network = network.to("cpu").eval()
     example = torch.zeros(1, 1, 32, 32, 32)
     with torch.no_grad():
-        traced = torch.jit.trace(network, example)
-    traced.save(str(path))  # type: ignore[no-untyped-call]
+        traced = torch.jit.trace(network, example)  # type: ignore[no-untyped-call]
+    traced.save(str(path))

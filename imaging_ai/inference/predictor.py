@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
 
 from imaging_ai.errors import ContractError, PipelineError

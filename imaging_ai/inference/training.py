@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
-from monai.losses import DiceCELoss
+from monai.losses.dice import DiceCELoss
 
 from imaging_ai.inference.grid import model_geometry_for, resample_linear
 from imaging_ai.inference.network import build_network, export_torchscript
