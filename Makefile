@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := dcmtk orthanc dicom3tools nodejs npm
 
-.PHONY: demo test lint typecheck architecture unit integration infrastructure e2e \
+.PHONY: demo test lint typecheck architecture unit integration infrastructure e2e ehr-server \
         system-deps venv clean cdk-synth cdk-gates benchmarks
 
-demo: system-deps venv
+demo: system-deps venv ehr-server
 	$(BIN)/python -m imaging_ai.local.demo
 
-test: system-deps venv lint typecheck architecture cdk-gates
+test: system-deps venv ehr-server lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests
 
 venv: $(STAMP)
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,cdk]'
 	touch $(STAMP)
+
+# The local EHR is a real FHIR R4 server from npm, installed once into ~/.cache/imaging-ai.
+ehr-server: venv
+	$(BIN)/python -c "from imaging_ai.local.fhir_server import ensure_installed as e; print('FHIR server:', e())"
 
 # DCMTK, Orthanc and dicom3tools are the real DICOM peers; installed when we are root.
 system-deps:
