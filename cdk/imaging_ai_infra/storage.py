@@ -59,6 +59,17 @@ class Storage(Construct):
                 )
             )
 
+        # CloudWatch alarms publish to the encrypted alarm topic (AWS documents this statement
+        # without a source condition; alarms can only target topics of this account anyway).
+        self.data_key.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsToPublishToEncryptedTopics",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["kms:GenerateDataKey*", "kms:Decrypt"],
+                resources=["*"],
+            )
+        )
+
         self.audit_key = kms.Key(
             self,
             "AuditKey",
