@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -138,56 +139,60 @@ def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]
     }
 
 
-def print_summary(summary: DemoSummary, pipeline: LocalPipeline, study: SyntheticStudy) -> None:
+def print_summary(
+    summary: DemoSummary, pipeline: LocalPipeline, study: SyntheticStudy, out: Any = print
+) -> None:
     line = "-" * 78
-    print(line)
+    out(line)
     state = "DELIVERED" if summary.delivered else "NOT DELIVERED"
-    print(f"Result: {state} in {summary.seconds:.1f} s (from the first C-STORE)")
-    print(line)
-    print("Per-stage timings (seconds since the previous stage):")
+    out(f"Result: {state} in {summary.seconds:.1f} s (from the first C-STORE)")
+    out(line)
+    out("Per-stage timings (seconds since the previous stage):")
     for stage, seconds in summary.stage_seconds:
-        print(f"  {stage:<17} {seconds:7.1f}")
+        out(f"  {stage:<17} {seconds:7.1f}")
     missing = [s for s in STAGES if s not in dict(summary.stage_seconds)]
     if missing:
-        print(f"  not reached: {', '.join(missing)}")
-    print(line)
+        out(f"  not reached: {', '.join(missing)}")
+    out(line)
     assert pipeline.pacs and pipeline.ehr
-    print(f"PACS (Orthanc {pipeline.pacs.rest_url}), original study {study.study_instance_uid}:")
+    out(f"PACS (Orthanc {pipeline.pacs.rest_url}), original study {study.study_instance_uid}:")
     for item in summary.pacs_objects:
         is_sr = item.sop_class_uid == SR_COMPREHENSIVE_3D
         kind = "SR  (Comprehensive 3D, TID 1500)" if is_sr else "SEG"
-        print(f"  {kind:<34} patient {item.patient_id} / {item.patient_name}")
-    print(f"EHR (FHIR R4 {pipeline.ehr.base_url}):")
+        out(f"  {kind:<34} patient {item.patient_id} / {item.patient_name}")
+    out(f"EHR (FHIR R4 {pipeline.ehr.base_url}):")
     for report_id in summary.ehr_report_ids:
-        print(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
-    print(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
-    print(f"  imaging study: {', '.join(summary.ehr_report_study_uids) or 'none'}")
-    print(f"Ground truth nodules (diameter mm): {summary.truth_nodules_mm}")
-    print(line)
+        out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
+    out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
+    out(f"  imaging study: {', '.join(summary.ehr_report_study_uids) or 'none'}")
+    out(f"Ground truth nodules (diameter mm): {summary.truth_nodules_mm}")
+    out(line)
     privacy = summary.privacy
     verdict = "PASS" if privacy.get("clean") else "FAIL"
-    print(
+    out(
         f"Privacy audit: {verdict}: {privacy.get('objects_scanned')} cloud objects "
         f"({privacy.get('bytes_scanned', 0) / 1e6:.1f} MB decrypted and unpacked) and "
         f"{privacy.get('state_items_scanned')} state items searched for "
         f"{len(phi_to_search(study))} fake PHI values and original UIDs"
     )
     for leak in privacy.get("leaks", []):
-        print(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
+        out(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
     for key in privacy.get("undecryptable", []):
-        print(f"  could not decrypt: {key}")
+        out(f"  could not decrypt: {key}")
     for failure in summary.failures:
-        print(f"  failure: {json.dumps(failure)[:300]}")
-    print(line)
-    print(f"Logs and spool: {pipeline.work_dir}")
-    print("Results are from a DEMO MODEL trained on synthetic phantoms: NOT FOR CLINICAL USE.")
+        out(f"  failure: {json.dumps(failure)[:300]}")
+    out(line)
+    out(f"Logs and spool: {pipeline.work_dir}")
+    out("Results are from a DEMO MODEL trained on synthetic phantoms: NOT FOR CLINICAL USE.")
 
 
 def run(args: argparse.Namespace) -> int:
+    # Bound now: the runtime sends the Lambdas' stdout to a log file, as CloudWatch would.
+    say = functools.partial(print, file=sys.stdout, flush=True)
     stamp = datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     work_dir: Path = args.work_dir or Path(".local-run") / stamp
     work_dir = work_dir.resolve()
-    print(f"Generating a synthetic chest CT ({args.slices} x {args.size}^2) with fake PHI")
+    say(f"Generating a synthetic chest CT ({args.slices} x {args.size}^2) with fake PHI")
     spacing = (1.5 * 200 / args.slices, 0.7 * 512 / args.size, 0.7 * 512 / args.size)
     study = write_ct_study(
         work_dir / "study",
@@ -196,19 +201,19 @@ def run(args: argparse.Namespace) -> int:
         spacing_mm=spacing,
     )
     size_mb = sum(path.stat().st_size for path in study.paths) / 1e6
-    print(
-        f"  {len(study.paths)} instances, {size_mb:.0f} MB, {len(study.phantom.nodules)} nodule(s)"
-    )
-    with LocalPipeline(work_dir=work_dir, quiet_seconds=args.quiet_seconds) as pipeline:
+    say(f"  {len(study.paths)} instances, {size_mb:.0f} MB, {len(study.phantom.nodules)} nodule(s)")
+    with LocalPipeline(
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+    ) as pipeline:
         port = pipeline.forwarder_port
-        print(f"Sending the study by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
-        print("Timeline:")
+        say(f"Sending the study by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
+        say("Timeline:")
         started = time.monotonic()
         pipeline.timeline.started = started
         pipeline.send_study(work_dir / "study")
         delivered = pipeline.wait_until_delivered(args.timeout)
         summary = collect_summary(pipeline, study, delivered, started)
-        print_summary(summary, pipeline, study)
+        print_summary(summary, pipeline, study, out=say)
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
     return 0 if summary.ok else 1
 

@@ -9,6 +9,7 @@ as the EHR.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -55,6 +56,8 @@ _EDGE_STAGES = {
     "delivered_pacs",
     "delivered_ehr",
 }
+# Edge events after which the study cannot arrive without someone acting on it.
+_EDGE_FAILURES = {"failed", "dead_letter", "cloud_failed"}
 _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
 
 
@@ -92,6 +95,8 @@ class LocalPipeline:
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
+    _console: Any = field(default=None, init=False)
+    _function_log: Any = field(default=None, init=False)
     pseudo_study_uids: set[str] = field(default_factory=set, init=False)
     failures: list[dict[str, Any]] = field(default_factory=list, init=False)
 
@@ -168,6 +173,7 @@ class LocalPipeline:
             self.resources.postprocess.dlq_url,
             wait_time_s=1,
         )
+        self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
         self.pacs = start_orthanc(self.work_dir / "pacs")
@@ -177,6 +183,8 @@ class LocalPipeline:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._console is not None:
+            sys.stdout, self._console = self._console, None
         for process in reversed(self._processes):
             process.stop()
         for thread in self._threads:
@@ -284,10 +292,10 @@ class LocalPipeline:
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
         if event in _EDGE_STAGES:
             self.timeline.record(str(event), _detail(entry))
-        elif event == "failed" or entry.get("level") == "ERROR":
+        elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
-            if event == "failed":
-                self.timeline.record("failed", str(entry.get("reason", "")))
+            if event in _EDGE_FAILURES:
+                self.timeline.record("failed", f"{event}: {entry.get('reason', '')}")
 
     def _on_inference_result(self, inference_id: str, status: str) -> None:
         if status == "Completed":
@@ -313,6 +321,21 @@ class LocalPipeline:
                         self.timeline.record("failed", run.reason or "")
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _redirect_function_logs(self, path: Path) -> None:
+        """Lambda logs go to a file, as they would go to CloudWatch, not into the timeline.
+
+        Powertools binds its handler to `sys.stdout` when the functions are first imported,
+        which happens in the dispatcher thread after this swap; our own output keeps the
+        console through `printer`.
+        """
+        console = sys.stdout
+        if self.printer is print:
+            self.printer = functools.partial(print, file=console, flush=True)
+            self.timeline.printer = self.printer
+        self._console = console
+        self._function_log = path.open("a", encoding="utf-8")
+        sys.stdout = self._function_log
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
