@@ -78,10 +78,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
     # pynetdicom logs dataset contents at DEBUG; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    # The intake's INFO route log passes extra={"name": ...}, which LogRecord refuses with a
-    # KeyError that aborts poll_completed after the claim; until that is fixed, keep it at
-    # WARNING so the run loop does not lose claimed studies.
-    logging.getLogger("edge_forwarder.intake").setLevel(logging.WARNING)
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -110,13 +110,20 @@ class Journal:
         size: int,
         attrs: dict[str, str],
         now: float,
-    ) -> tuple[str, int]:
-        """Journal one spooled instance; return the study's (state, run_number) after it.
+    ) -> tuple[str, int, bool]:
+        """Journal one spooled instance; return the study's (state, run_number) after it, and
+        whether it is the study's first instance.
 
         An instance arriving after its study was forwarded opens a revision run; one arriving
         while the study is being forwarded marks a revision to open when that run ends.
         """
         with self._transaction() as db:
+            first = (
+                db.execute(
+                    "SELECT 1 FROM instance WHERE study_key = ? LIMIT 1", (study_key,)
+                ).fetchone()
+                is None
+            )
             db.execute(
                 "INSERT OR REPLACE INTO instance VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (sop_uid, study_key, series_uid, str(path), now, size, json.dumps(attrs)),
@@ -139,7 +146,7 @@ class Journal:
                 state = "OPEN"  # a new series may match a rule now
                 db.execute("UPDATE study SET state = 'OPEN' WHERE study_key = ?", (study_key,))
             db.execute("UPDATE study SET last_at = ? WHERE study_key = ?", (now, study_key))
-            return str(state), int(run)
+            return str(state), int(run), first
 
     def add_quarantine(self, study_key: str | None, path: Path, reason: str, now: float) -> None:
         with self._transaction() as db:

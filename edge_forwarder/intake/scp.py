@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import sqlite3
 import ssl
 import time
@@ -22,8 +21,10 @@ from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import Spool
 from imaging_ai.deid import BURNED_IN_RISK_SOP_CLASSES
 from imaging_ai.deid.codec import iter_elements
+from imaging_ai.logs import get_logger
 
-log = logging.getLogger("edge_forwarder.intake")
+# Keyword fields, as the forwarder logs: its JSON formatter prints the allow-listed ones.
+log = get_logger("edge_forwarder.intake")
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -144,7 +145,7 @@ class Intake:
         """Resume the spool after a restart, then serve associations in the background."""
         dropped = self.spool.clear_partial_writes()
         reopened = self.journal.reopen_claimed()
-        log.info("intake_resumed", extra={"count": reopened, "parts": dropped})
+        log.info("intake_resumed", count=reopened, parts=dropped)
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
         self._server = self._ae.start_server(
             (self.settings.host, self.settings.port),
@@ -152,7 +153,7 @@ class Intake:
             evt_handlers=handlers,
             ssl_context=self._ssl_context(),
         )
-        log.info("intake_listening", extra={"target": f"{self.settings.host}:{self.port}"})
+        log.info("intake_listening", target=f"{self.settings.host}:{self.port}")
 
     @property
     def port(self) -> int:
@@ -177,13 +178,13 @@ class Intake:
         try:
             return self._store(event)
         except _Refused as refused:
-            log.warning("store_refused", extra={"status": refused.status, "reason": refused.reason})
+            log.warning("store_refused", status=refused.status, reason=refused.reason)
             return refused.status
         except (OSError, sqlite3.OperationalError) as exc:
-            log.error("store_out_of_resources", extra={"error": type(exc).__name__})
+            log.error("store_out_of_resources", error=type(exc).__name__)
             return STATUS_OUT_OF_RESOURCES
         except Exception as exc:  # the service must survive any input
-            log.error("store_failed", extra={"error": type(exc).__name__})
+            log.error("store_failed", error=type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
 
     def _store(self, event: Any) -> int:
@@ -210,16 +211,19 @@ class Intake:
             path = self.spool.quarantine_path(data)
             self.spool.write_durably(path, data)
             self.journal.add_quarantine(None, path, reason, now)
-            log.warning("instance_quarantined", extra={"reason": reason})
+            log.warning("instance_quarantined", reason=reason)
             return STATUS_SUCCESS  # kept durably on the edge, so acknowledged
         study_key = self.journal.study_key_for(str(header.StudyInstanceUID), now)
         sop_uid = str(header.SOPInstanceUID)
         path = self.spool.path_for(study_key, sop_uid)
         self.spool.write_durably(path, data)
         attrs = {k: str(header.get(k, "") or "") for k in self._attributes}
-        self.journal.add_instance(
+        _, _, first = self.journal.add_instance(
             study_key, sop_uid, str(header.SeriesInstanceUID), path, len(data), attrs, now
         )
+        if first:
+            # The study's first instance is durably on the edge: when a timeline starts.
+            log.info("received", stage="received", study_key=study_key, count=1)
         return STATUS_SUCCESS
 
     def _quarantine_reason(self, header: Any, sop_class: str, pixel_tag: bool) -> str | None:
@@ -258,29 +262,23 @@ class Intake:
                 if quiet_for < s.quiet_seconds_study + s.expected_series_max_wait_seconds:
                     continue
                 log.warning(
-                    "expected_series_missing",
-                    extra={"study_key": study.study_key, "name": ",".join(missing)},
+                    "expected_series_missing", study_key=study.study_key, name=",".join(missing)
                 )
             route = choose_route(s.routing, series)
             if route is None:
                 self.journal.set_unrouted(study.study_key)
-                log.info(
-                    "route_decision",
-                    extra={"study_key": study.study_key, "status": "no_rule_matched"},
-                )
+                log.info("route_decision", study_key=study.study_key, status="no_rule_matched")
                 continue
             rule_index, model = route
             if not self.journal.claim(study.study_key, study.run_number, model):
                 continue
             log.info(
                 "route_decision",
-                extra={
-                    "study_key": study.study_key,
-                    "run_number": study.run_number,
-                    "name": model,
-                    "status": f"rule_{rule_index}",
-                    "series_count": len(series),
-                },
+                study_key=study.study_key,
+                run_number=study.run_number,
+                name=model,
+                status=f"rule_{rule_index}",
+                series_count=len(series),
             )
             completed.append(
                 CompletedStudy(
@@ -294,15 +292,12 @@ class Intake:
 
     def mark_forwarded(self, study_key: str, run_number: int) -> None:
         self.journal.finish(study_key, run_number, "FORWARDED", None)
-        log.info("study_forwarded", extra={"study_key": study_key, "run_number": run_number})
+        log.info("study_forwarded", study_key=study_key, run_number=run_number)
 
     def mark_failed(self, study_key: str, run_number: int, reason: str) -> None:
         """`reason` must be free of PHI (a code or an exception class name)."""
         self.journal.finish(study_key, run_number, "FAILED", reason)
-        log.warning(
-            "study_failed",
-            extra={"study_key": study_key, "run_number": run_number, "reason": reason},
-        )
+        log.warning("study_failed", study_key=study_key, run_number=run_number, reason=reason)
 
 
 def _read_header(data: bytes) -> tuple[Any, int | None]:

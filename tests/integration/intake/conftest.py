@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ def start_intake(tmp_path: Path) -> Iterator[Callable[..., Intake]]:
         intake.stop()
 
 
-def send(port: int, items: list[Dataset | Path], calling: str = "MODALITY") -> list[int]:
+def send(port: int, items: Sequence[Dataset | Path], calling: str = "MODALITY") -> list[int]:
     """C-STORE each item over one association; return the DIMSE status of each."""
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10

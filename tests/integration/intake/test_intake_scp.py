@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -189,3 +190,36 @@ def test_missing_uid_and_garbage_get_failure_statuses(
     assert statuses == [0xA900, 0xC210]
     echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
     assert subprocess.run(echo, capture_output=True).returncode == 0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given the intake logging at INFO
+    intake = start_intake()
+    intake_log, records = logging.getLogger("edge_forwarder.intake"), _Records()
+    saved_level = intake_log.level
+    intake_log.setLevel(logging.INFO)
+    intake_log.addHandler(records)
+    try:
+        # When a study arrives over two associations, one instance sent twice
+        assert set(send(intake.port, study.paths[:1])) == {0}
+        assert set(send(intake.port, study.paths)) == {0}
+    finally:
+        intake_log.removeHandler(records)
+        intake_log.setLevel(saved_level)
+    # Then `received` is logged once, with the opaque study key and no PHI
+    received = [getattr(r, "fields", {}) for r in records.records if r.getMessage() == "received"]
+    [done] = intake.poll_completed(now=time.time() + LATER)
+    assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
+    logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
+    assert study.study_uid not in logged
