@@ -121,6 +121,9 @@ def assert_no_pseudonyms_dicom(part10: bytes, identity: Identity) -> None:
             if element.VR == "SQ" or element.value is None:
                 continue
             values = element.value if element.VM > 1 else [element.value]
+            if element.VR == "PN":
+                # "ANON-X^" is the person name "ANON-X" with an empty given name.
+                values = [str(v).rstrip("^") for v in values]
             if any(str(v) in pseudonyms for v in values):
                 # The keyword only: the value is a pseudonym, but habits matter.
                 raise ReidentificationError(f"pseudonym left in {element.keyword or element.tag}")

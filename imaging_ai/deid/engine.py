@@ -318,6 +318,14 @@ class Deidentifier:
         digest = base64.b32encode(self._mac(b"patient", patient_id)[:10]).decode("ascii")
         return f"ANON-{digest}"
 
+    def pseudo_patient_name(self, patient_id: str) -> str:
+        """The patient pseudonym as a family name with an empty given name ("ANON-...^").
+
+        A PN value without a caret reads as a free-text string put in the wrong place
+        (highdicom warns); the trailing caret makes it an explicit family^given name.
+        """
+        return self.pseudo_patient_id(patient_id) + "^"
+
     def date_shift_days(self, patient_id: str) -> int:
         """A per-patient shift of 1 to 3650 days into the past, the same for every study."""
         return -(1 + int.from_bytes(self._mac(b"date", patient_id)[:4], "big") % 3650)
@@ -409,7 +417,7 @@ class Deidentifier:
                 else None
             ),
             patient_id=pseudo_patient,
-            patient_name=pseudo_patient,
+            patient_name=self.pseudo_patient_name(patient_id),
             date_shift_days=ctx.shift_days,
             study_date=_shift_dates(original.study_date.encode(), ctx.shift_days).decode()
             if self.options.retain_longitudinal_temporal_modified_dates
@@ -539,8 +547,12 @@ class Deidentifier:
             # Both carry the patient pseudonym so a PACS lists the de-identified patient once.
             text = _text(bytes(buf[element.value_start : element.end]))
             vr = b"LO" if tag == T_PATIENT_ID else b"PN"
-            key = ctx.patient_id if tag == T_PATIENT_NAME else text
-            pseudo = self.pseudo_patient_id(key).encode("ascii") if text else b""
+            if not text:
+                pseudo = b""
+            elif tag == T_PATIENT_NAME:
+                pseudo = self.pseudo_patient_name(ctx.patient_id).encode("ascii")
+            else:
+                pseudo = self.pseudo_patient_id(text).encode("ascii")
             return encode_element(tag, vr, pseudo, ctx.implicit)
         vr = self._vr(element)
         if action is None or action is Action.KEEP:

@@ -34,7 +34,23 @@ def test_no_fake_phi_or_original_uid_survives(ct: Dataset, deidentifier: Deident
     assert out.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert out.StudyInstanceUID == result.pseudo.study_instance_uid
-    assert out.PatientID == out.PatientName == result.pseudo.patient_id
+    assert out.PatientID == result.pseudo.patient_id
+    # and the name is that pseudonym as an explicit two-component PN (family^given)
+    assert str(out.PatientName) == result.pseudo.patient_name == f"{out.PatientID}^"
+    assert (out.PatientName.family_name, out.PatientName.given_name) == (out.PatientID, "")
+
+
+def test_patient_name_pseudonym_is_deterministic_and_a_valid_person_name(
+    ct: Dataset, deidentifier: Deidentifier
+) -> None:
+    from highdicom.valuerep import check_person_name
+
+    # Given the same patient de-identified twice, through both entry points
+    first = _read(deidentifier.deidentify(ct).dataset_bytes).PatientName
+    again = _read(deidentifier.deidentify_bytes(to_bytes(ct)).dataset_bytes).PatientName
+    # Then the name is the same both times and highdicom takes it as a person name
+    assert str(first) == str(again)
+    check_person_name(first)
 
 
 def test_pixel_data_passes_through_byte_for_byte(ct: Dataset, deidentifier: Deidentifier) -> None:
