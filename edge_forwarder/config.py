@@ -59,7 +59,7 @@ class CrosswalkSection(_Section):
 class AwsSection(_Section):
     bucket: str = Field(min_length=3, max_length=63)
     kms_key_arn: str = Field(pattern=r"^arn:aws[a-z-]*:kms:")
-    model_name: str = "lung-nodule-ct"
+    model_name: str = "lung-nodule-demo"  # containers/inference/model/model.json
     # Default: the contract's per-site queue name, resolved to a URL at start.
     results_queue_name: str | None = None
     region: str | None = None

@@ -72,7 +72,7 @@ class IntakeSettings(_Model):
     # After the quiet timer, how long to keep waiting for expected series before going on.
     expected_series_max_wait_seconds: float = Field(default=600.0, ge=0)
     routing: list[RoutingRule] = Field(
-        default_factory=lambda: [RoutingRule(model="demo-lung-nodule", modality=["CT"])]
+        default_factory=lambda: [RoutingRule(model="lung-nodule-demo", modality=["CT"])]
     )
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
     min_free_disk_bytes: int = Field(default=1024**3, ge=0)

@@ -43,7 +43,7 @@ def test_storescu_multi_series_study_completes_once(
     completed = intake.poll_completed(now=time.time() + LATER)
     assert len(completed) == 1
     done = completed[0]
-    assert (done.run_number, done.route) == (1, "demo-lung-nodule")
+    assert (done.run_number, done.route) == (1, "lung-nodule-demo")
     assert {uid: len(files) for uid, files in done.series.items()} == {
         uid: len(files) for uid, files in study.series.items()
     }
