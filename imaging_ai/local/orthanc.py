@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +87,12 @@ class Orthanc:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def _config(work_dir: Path, http_port: int, dicom_port: int) -> dict[str, Any]:
+def _config(
+    work_dir: Path,
+    http_port: int,
+    dicom_port: int,
+    modalities: Mapping[str, tuple[str, str, int]] | None = None,
+) -> dict[str, Any]:
     return {
         "Name": "imaging-ai-test-pacs",
         "StorageDirectory": str(work_dir / "storage"),
@@ -102,14 +107,21 @@ def _config(work_dir: Path, http_port: int, dicom_port: int) -> dict[str, Any]:
         "DicomAlwaysAllowStore": False,
         "DicomAlwaysAllowEcho": False,
         "DicomCheckModalityHost": True,
-        "DicomModalities": {"pipeline": [SENDER_AE_TITLE, "127.0.0.1", 104]},
+        "DicomModalities": {
+            "pipeline": [SENDER_AE_TITLE, "127.0.0.1", 104],
+            **{name: list(peer) for name, peer in (modalities or {}).items()},
+        },
         "Plugins": [],
         "StableAge": 1,
         "HttpTimeout": 10,
     }
 
 
-def start_orthanc(work_dir: Path | None = None, timeout_s: float = 20.0) -> Orthanc:
+def start_orthanc(
+    work_dir: Path | None = None,
+    timeout_s: float = 20.0,
+    modalities: Mapping[str, tuple[str, str, int]] | None = None,
+) -> Orthanc:
     """Start Orthanc on free ports with a temporary storage directory and wait for REST.
 
     Parameters
@@ -118,6 +130,9 @@ def start_orthanc(work_dir: Path | None = None, timeout_s: float = 20.0) -> Orth
         Where config and storage go; a temporary directory (removed on stop) by default.
     timeout_s: float, optional
         How long to wait for the REST API to answer.
+    modalities: Mapping[str, tuple[str, str, int]] | None, optional
+        More DICOM peers by name, as (AE title, host, port): Orthanc can C-STORE to them
+        (REST ``POST /modalities/{name}/store``) and accepts C-STORE from them.
 
     Returns
     -------
@@ -132,7 +147,9 @@ def start_orthanc(work_dir: Path | None = None, timeout_s: float = 20.0) -> Orth
     work_dir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config_path = work_dir / "orthanc.json"
-    config_path.write_text(json.dumps(_config(work_dir, http_port, dicom_port), indent=2))
+    config_path.write_text(
+        json.dumps(_config(work_dir, http_port, dicom_port, modalities), indent=2)
+    )
     log = (work_dir / "orthanc.log").open("ab")
     process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)
     log.close()
