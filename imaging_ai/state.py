@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,9 @@ ATTRIBUTE_DEFINITIONS = [
     {"AttributeName": SORT_KEY, "AttributeType": "S"},
 ]
 TTL_ATTRIBUTE = "expiration"  # Powertools idempotency records expire; run items never do
+# The work lease: who is processing a run right now, and until when (epoch seconds).
+LEASE_HOLDER = "lease_holder"
+LEASE_UNTIL = "lease_until"
 _STAGE_VALUES = frozenset(stage.value for stage in Stage)
 _REASON_LIMIT = 500
 
@@ -42,6 +46,10 @@ class StageConflict(StateError):
         )
         self.expected = expected
         self.actual = actual
+
+
+class RunBusy(StateError):
+    """Another delivery holds the run's work lease: retry after it ends (or expires)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,63 @@ class RunStateStore:
         self._conditional_update(
             run, "SET " + ", ".join(updates), "#stage = :expected", names, values, expected
         )
+
+    def claim(
+        self, run: RunKey, stages: tuple[Stage, ...], holder: str, lease_s: float
+    ) -> RunState | None:
+        """Take the run's work lease while it is in one of `stages` and return the run as
+        claimed; None when it is in another stage or another holder's lease is still live.
+
+        Conditional stage moves alone leave a window: two deliveries that both read
+        PREPROCESSED would both call the endpoint before either recorded INFERRING. The lease
+        closes it, and it expires (a crashed holder must not block the run's retries forever).
+        """
+        if not stages:
+            raise StateError("claim needs at least one stage")
+        now = time.time()
+        values: dict[str, Any] = {
+            ":holder": {"S": holder},
+            ":until": {"N": f"{now + lease_s:.3f}"},
+            ":now": {"N": f"{now:.3f}"},
+        }
+        for index, stage in enumerate(stages):
+            values[f":s{index}"] = {"S": stage.value}
+        allowed = ", ".join(f":s{index}" for index in range(len(stages)))
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key=run.item_key,
+                ReturnValues="ALL_NEW",
+                UpdateExpression="SET #holder = :holder, #until = :until",
+                ConditionExpression=f"#stage IN ({allowed}) AND "
+                "(attribute_not_exists(#until) OR #until < :now)",
+                ExpressionAttributeNames={
+                    "#stage": "stage",
+                    "#holder": LEASE_HOLDER,
+                    "#until": LEASE_UNTIL,
+                },
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return None
+            raise
+        return _to_state(response["Attributes"])
+
+    def release(self, run: RunKey, holder: str) -> None:
+        """Give the work lease back, if `holder` still has it (a taken-over lease stays)."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=run.item_key,
+                UpdateExpression="REMOVE #holder, #until",
+                ConditionExpression="#holder = :holder",
+                ExpressionAttributeNames={"#holder": LEASE_HOLDER, "#until": LEASE_UNTIL},
+                ExpressionAttributeValues={":holder": {"S": holder}},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
 
     def fail(self, run: RunKey, reason: str, model_name: str | None = None) -> bool:
         """Record FAILED with a reason from any non-terminal stage (creating the item if absent).

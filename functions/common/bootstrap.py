@@ -14,6 +14,7 @@ from imaging_ai.state import RunStateStore
 
 T = TypeVar("T")
 _CACHED: list[Callable[[], object]] = []
+_LEASE_MARGIN_S = 5.0
 
 
 def once(factory: Callable[[], T]) -> Callable[[], T]:
@@ -29,6 +30,12 @@ def reset() -> None:
         cached.cache_clear()  # type: ignore[attr-defined]
     reset_clients()
     envelope.reset_providers()
+
+
+def lease_seconds(context: object) -> float:
+    """A run's work lease lasts as long as this invocation could still run, plus a margin."""
+    remaining_ms = getattr(context, "get_remaining_time_in_millis", lambda: 900_000)()
+    return float(remaining_ms) / 1000.0 + _LEASE_MARGIN_S
 
 
 def object_store(settings: CommonSettings) -> StudyObjectStore:

@@ -12,14 +12,17 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.common.bootstrap import object_store, once, site_notifier, state_store
+from functions.common.bootstrap import (
+    lease_seconds,
+    object_store,
+    once,
+    site_notifier,
+    state_store,
+)
 from functions.common.events import InferenceResultRecord
 from functions.common.observability import logger, metrics, tracer
 from functions.common.settings import CommonSettings
 from functions.postprocess.service import PostprocessService
-
-processor = BatchProcessor(event_type=EventType.SQS, model=InferenceResultRecord)
-
 
 @once
 def service() -> PostprocessService:
@@ -30,14 +33,17 @@ def service() -> PostprocessService:
 
 
 @tracer.capture_method
-def record_handler(record: InferenceResultRecord) -> str:
-    return service().handle(record.body.Message).value
+def record_handler(record: InferenceResultRecord, lambda_context: LambdaContext) -> str:
+    return service().handle(record.body.Message, lease_s=lease_seconds(lambda_context)).value
 
 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    # A processor per invocation: it holds the batch's outcomes, so sharing one module-level
+    # processor would mix the results of concurrent invocations in one process (local runtime).
+    processor = BatchProcessor(event_type=EventType.SQS, model=InferenceResultRecord)
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import pydicom
@@ -13,14 +15,27 @@ from pydicom.dataset import Dataset
 
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
-from functions.common.observability import logger, metrics, tracer
+from functions.common.observability import (
+    add_metric_with_dimension,
+    logger,
+    metrics,
+    tracer,
+)
 from functions.postprocess.results import ResultsBuilder, build_result_objects
 from imaging_ai.async_inference import AsyncInferenceNotification
 from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import unpack_model_output
-from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
+from imaging_ai.state import RunBusy, RunKey, RunState, RunStateStore, StageConflict
+
+# Stages in which postprocess still has work to do on a run.
+_WORKABLE = (Stage.INFERRING, Stage.REPORTED)
+# Lambda's longest timeout: a lease outlives any invocation that could still be running.
+DEFAULT_LEASE_S = 900.0
+# CloudWatch names the stack's alarms and dashboard read (cdk/imaging_ai_infra/names.py).
+END_TO_END_METRIC = "EndToEndSeconds"
+STAGE_METRIC = "StageSeconds"
 
 
 class PostprocessOutcome(StrEnum):
@@ -47,7 +62,10 @@ class PostprocessService:
         self._build = results_builder
 
     @tracer.capture_method
-    def handle(self, notification: AsyncInferenceNotification) -> PostprocessOutcome:
+    def handle(
+        self, notification: AsyncInferenceNotification, lease_s: float = DEFAULT_LEASE_S
+    ) -> PostprocessOutcome:
+        """Handle one notification; `lease_s` must cover the rest of this invocation."""
         site, study, run_id = parse_input_location(notification.request_parameters.input_location)
         run = RunKey(site, study, run_id)
         logger.append_keys(site=site, pseudo_study_uid=study, run_id=run_id)
@@ -61,23 +79,56 @@ class PostprocessService:
         if notification.invocation_status == "Failed":
             reason = notification.failure_reason or "no reason given"
             return self._fail(run, current.model_name, f"inference failed: {reason[:300]}")
-        try:
-            if current.stage in (Stage.RECEIVED, Stage.PREPROCESSED):
-                raise RunNotReady("inference result arrived before the run was INFERRING")
-            keys = {name: result_key(site, study, run_id, name) for name in RESULT_NAMES}
-            model_version = current.attributes.get("model_version")
-            if current.stage == Stage.INFERRING:
-                model_version = self._report(notification, run, current, keys)
-            self._deliver(run, current.model_name, model_version, keys)
-        except StageConflict as conflict:
-            logger.info("another delivery advanced this run", stage=str(conflict.actual))
+        if current.stage in (Stage.RECEIVED, Stage.PREPROCESSED):
+            raise RunNotReady("inference result arrived before the run was INFERRING")
+        # Only the lease holder builds, writes and announces: concurrent copies of the same
+        # notification can no longer each write results or each send RESULT_READY.
+        holder = uuid.uuid4().hex
+        claimed = self._state.claim(run, _WORKABLE, holder, lease_s)
+        if claimed is None:
+            latest = self._state.get(run)
+            stage = latest.stage if latest else None
+            if stage in _WORKABLE:
+                logger.info("another delivery is processing this run", stage=str(stage))
+                raise RunBusy(f"run {run_id} is being processed by another delivery")
+            logger.info("duplicate inference notification", stage=str(stage))
+            metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
             return PostprocessOutcome.DUPLICATE
-        except RunNotReady:
-            raise
+        try:
+            keys = {name: result_key(site, study, run_id, name) for name in RESULT_NAMES}
+            model_version = claimed.attributes.get("model_version")
+            if claimed.stage == Stage.INFERRING:
+                model_version = self._report(notification, run, claimed, keys)
+            self._deliver(run, claimed.model_name, model_version, keys)
+        except StageConflict as conflict:
+            logger.warning("another delivery advanced this run", stage=str(conflict.actual))
+            return PostprocessOutcome.DUPLICATE
         except ContractError as error:
-            return self._fail(run, current.model_name, f"result refused: {error}")
+            return self._fail(run, claimed.model_name, f"result refused: {error}")
+        finally:
+            self._state.release(run, holder)
         metrics.add_metric(name="ResultsDelivered", unit=MetricUnit.Count, value=1)
+        self._record_latency(run)
         return PostprocessOutcome.DELIVERED
+
+    def _record_latency(self, run: RunKey) -> None:
+        """EndToEndSeconds (manifest written → site told) and StageSeconds per stage."""
+        delivered = self._state.get(run)
+        if delivered is None:
+            return
+        end = delivered.stage_times.get(Stage.DELIVERED)
+        created_at = delivered.attributes.get("manifest_created_at")
+        if end is not None and created_at:
+            started = datetime.fromisoformat(created_at)
+            if started.tzinfo is None:
+                started = started.replace(tzinfo=UTC)
+            seconds = max(0.0, (end - started).total_seconds())
+            metrics.add_metric(name=END_TO_END_METRIC, unit=MetricUnit.Seconds, value=seconds)
+            logger.info("run delivered", end_to_end_seconds=round(seconds, 3))
+        for stage, seconds in delivered.stage_latencies_s().items():
+            add_metric_with_dimension(
+                STAGE_METRIC, MetricUnit.Seconds, seconds, "stage", stage.value
+            )
 
     @tracer.capture_method
     def _report(

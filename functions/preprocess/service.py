@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,8 +31,13 @@ from imaging_ai.contracts import (
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelInputMeta, pack_model_input
-from imaging_ai.state import RunKey, RunStateStore, StageConflict
+from imaging_ai.state import RunBusy, RunKey, RunStateStore, StageConflict
 from imaging_ai.volume import build_volume, prepare_model_input
+
+# Stages in which preprocess still has work to do on a run.
+_WORKABLE = (Stage.RECEIVED, Stage.PREPROCESSED)
+# Lambda's longest timeout: a lease outlives any invocation that could still be running.
+DEFAULT_LEASE_S = 900.0
 
 
 class PreprocessOutcome(StrEnum):
@@ -63,7 +69,8 @@ class PreprocessService:
         self._notifier = notifier
 
     @tracer.capture_method
-    def handle(self, ref: ManifestRef) -> PreprocessOutcome:
+    def handle(self, ref: ManifestRef, lease_s: float = DEFAULT_LEASE_S) -> PreprocessOutcome:
+        """Process one manifest event; `lease_s` must cover the rest of this invocation."""
         if ref.bucket != self._store.bucket:
             raise ContractError("manifest event names another bucket")
         site, pseudo_study_uid = parse_manifest_key(ref.key)
@@ -75,21 +82,31 @@ class PreprocessService:
         run = RunKey(site, pseudo_study_uid, manifest.run_id)
         logger.append_keys(site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id)
 
-        attributes = {"manifest_key": ref.key}
+        attributes = {
+            "manifest_key": ref.key,
+            # Postprocess measures end-to-end latency from here (EndToEndSeconds).
+            "manifest_created_at": manifest.created_at.isoformat(),
+        }
         if manifest.revises_run_id:
             attributes["revises_run_id"] = manifest.revises_run_id
-        if not self._state.start(run, manifest.model_name, attributes):
+        self._state.start(run, manifest.model_name, attributes)
+        # Only the holder of the run's lease may build or call the endpoint: two concurrent
+        # deliveries can no longer both see PREPROCESSED and both invoke.
+        holder = uuid.uuid4().hex
+        claimed = self._state.claim(run, _WORKABLE, holder, lease_s)
+        if claimed is None:
             current = self._state.get(run)
             stage = current.stage if current else None
-            if stage not in (Stage.RECEIVED, Stage.PREPROCESSED):
-                logger.info("duplicate manifest event", stage=str(stage))
-                metrics.add_metric(name="DuplicateManifestEvents", unit=MetricUnit.Count, value=1)
-                return PreprocessOutcome.DUPLICATE
-            logger.info("resuming a run left unfinished", stage=str(stage))
-        else:
-            current = None
+            if stage in _WORKABLE:
+                logger.info("another delivery is processing this run", stage=str(stage))
+                raise RunBusy(f"run {run.run_id} is being processed by another delivery")
+            logger.info("duplicate manifest event", stage=str(stage))
+            metrics.add_metric(name="DuplicateManifestEvents", unit=MetricUnit.Count, value=1)
+            return PreprocessOutcome.DUPLICATE
         try:
-            if current is None or current.stage == Stage.RECEIVED:
+            if claimed.stage == Stage.PREPROCESSED:
+                logger.info("resuming a run left unfinished", stage=str(claimed.stage))
+            else:
                 self._preprocess(manifest, run)
                 self._state.advance(run, Stage.PREPROCESSED)
             location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
@@ -100,11 +117,13 @@ class PreprocessService:
                 {"inference_id": inference_id(run.run_id), "output_location": output_location},
             )
         except StageConflict as conflict:
-            # A concurrent delivery of the same event moved the run on first.
-            logger.info("another delivery advanced this run", stage=str(conflict.actual))
+            # Only after our lease expired mid-run could another delivery have moved it on.
+            logger.warning("another delivery advanced this run", stage=str(conflict.actual))
             return PreprocessOutcome.DUPLICATE
         except PipelineError as error:
             return self._refuse(run, manifest.model_name, f"study refused: {error}")
+        finally:
+            self._state.release(run, holder)
         metrics.add_metric(name="InferenceRequests", unit=MetricUnit.Count, value=1)
         logger.info("model input written and inference requested")
         return PreprocessOutcome.SUBMITTED

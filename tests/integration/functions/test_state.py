@@ -57,3 +57,22 @@ def test_the_timeline_lists_each_run_with_stage_latencies(store: RunStateStore) 
     runs = store.timeline(RUN.site, RUN.pseudo_study_uid)
     assert [r.key.run_id for r in runs] == ["run-1", "run-2"]
     assert set(runs[0].stage_latencies_s()) == {Stage.PREPROCESSED}
+
+
+def test_the_work_lease_admits_one_holder_until_released_or_expired(
+    store: RunStateStore,
+) -> None:
+    store.start(RUN, "lung-nodule-demo")
+    workable = (Stage.RECEIVED, Stage.PREPROCESSED)
+    claimed = store.claim(RUN, workable, "holder-a", lease_s=60)
+    assert claimed is not None and claimed.stage is Stage.RECEIVED
+    assert store.claim(RUN, workable, "holder-b", lease_s=60) is None  # live lease: refused
+    store.release(RUN, "holder-b")  # not the holder: the lease stays
+    assert store.claim(RUN, workable, "holder-b", lease_s=60) is None
+    store.release(RUN, "holder-a")
+    assert store.claim(RUN, workable, "holder-b", lease_s=-1) is not None  # released: taken
+    assert store.claim(RUN, workable, "holder-c", lease_s=60) is not None  # expired: taken over
+    store.advance(RUN, Stage.PREPROCESSED)
+    store.advance(RUN, Stage.INFERRING)
+    store.release(RUN, "holder-c")
+    assert store.claim(RUN, workable, "holder-d", lease_s=60) is None  # past the stages
