@@ -10,6 +10,7 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from imaging_ai_infra.config import StageConfig
@@ -128,3 +129,13 @@ class Ingest(Construct):
             ),
             actions=GRANT_READ_ACTIONS + GRANT_PUT_ACTIONS + GRANT_KEY_ACTIONS,
         )
+
+    def tell_sites(self, site_queue_urls: str, site_queues: list[sqs.IQueue]) -> None:
+        """Preprocess tells a site when its study is refused, so it sends to the results queues.
+
+        The queues belong to `Results`, built after this construct; the stack wires them here.
+        """
+        fn = self.preprocess.function
+        fn.add_environment("SITE_RESULTS_QUEUES", site_queue_urls)
+        for queue in site_queues:
+            queue.grant_send_messages(fn)

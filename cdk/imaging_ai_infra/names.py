@@ -61,3 +61,5 @@ METRIC_STUDIES_FAILED: Final = (
 # the dashboard comes from AWS metrics (Lambda Duration, SageMaker TotalProcessingTime and
 # TimeInBacklog), which exist whether or not a function emits its own timings.
 METRIC_END_TO_END_SECONDS: Final = ("postprocess", "EndToEndSeconds")
+# Postprocess also emits seconds to reach each run stage, with an extra `stage` dimension.
+METRIC_STAGE_SECONDS: Final = ("postprocess", "StageSeconds")

@@ -72,7 +72,8 @@ class Results(Construct):
             )
             for site in config.sites
         }
-        site_queue_urls = Stack.of(self).to_json_string(
+        # JSON {site: queue_url}: SITE_RESULTS_QUEUES of every function that tells a site.
+        self.site_queue_urls = site_queue_urls = Stack.of(self).to_json_string(
             {site: queues.queue.queue_url for site, queues in self.site_queues.items()}
         )
 

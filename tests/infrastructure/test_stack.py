@@ -356,3 +356,40 @@ def test_prod_retains_data_and_keeps_audit_logs_six_years(prod: Synthesized) -> 
     assert prod.one("AWS::DynamoDB::Table")["DeletionProtectionEnabled"] is True
     for group in prod.resources("AWS::Logs::LogGroup").values():
         assert group["Properties"]["RetentionInDays"] == 2192
+
+
+def _function(synthesized: Synthesized, name: str) -> tuple[str, dict[str, Any]]:
+    (found,) = [
+        (logical_id, resource["Properties"])
+        for logical_id, resource in synthesized.resources("AWS::Lambda::Function").items()
+        if resource["Properties"].get("Handler") == f"functions.{name}.handler.lambda_handler"
+    ]
+    return found
+
+
+def test_preprocess_can_tell_every_site_that_its_study_was_refused(dev: Synthesized) -> None:
+    # preprocess's settings read SITE_RESULTS_QUEUES ({site: url}); without it a refused
+    # study could only be logged, never reported to the site
+    _, preprocess = _function(dev, "preprocess")
+    _, postprocess = _function(dev, "postprocess")
+    site_queues = preprocess["Environment"]["Variables"]["SITE_RESULTS_QUEUES"]
+    assert site_queues == postprocess["Environment"]["Variables"]["SITE_RESULTS_QUEUES"]
+    rendered = json.dumps(site_queues)
+    assert all(f'\\"{site}\\"' in rendered for site in SITES)
+    queue_ids = {
+        logical_id
+        for logical_id in dev.resources("AWS::SQS::Queue")
+        if f'"{logical_id}"' in rendered
+    }
+    assert len(queue_ids) == len(SITES)
+    # and its role may send to each of those queues (and only by name, never "*")
+    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
+    sendable = json.dumps(
+        [
+            statement["Resource"]
+            for logical_id, statement in _statements(dev)
+            if "sqs:SendMessage" in _as_list(statement["Action"])
+            and role in json.dumps(dev.template["Resources"][logical_id]["Properties"])
+        ]
+    )
+    assert all(f'"{queue_id}"' in sendable for queue_id in queue_ids)
