@@ -64,9 +64,7 @@ class ImagingAiStage(Stack):
             error_topic=inference.error_topic,
             upstream_dlqs=[ingest.queues.dlq],
         )
-        ingest.tell_sites(
-            results.site_queue_urls, [q.queue for q in results.site_queues.values()]
-        )
+        ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         edge = EdgeAccess(
             self,
             "EdgeAccess",
