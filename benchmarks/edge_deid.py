@@ -230,12 +230,12 @@ def main() -> None:
     print(f"study: {len(paths)} CT slices of {args.size}², {megabytes:.1f} MB in "
           f"{len(series)} series, {elements} header elements per slice; one process, one core; "
           f"only the first row includes encryption (one KMS data key per series)")  # fmt: skip
-    print(f"{'contender':42} {'seconds':>8} {'MB/s':>8}")
+    print(f"{'contender':56} {'seconds':>8} {'MB/s':>8}")
     for name, s in seconds.items():
-        print(f"{name:42} {s:8.2f} {rates[name]:8.1f}")
-    print(f"{'C-STORE ingest, our SCP (fsync + journal)':42} {ingest_ours:8.2f} "
+        print(f"{name:56} {s:8.2f} {rates[name]:8.1f}")
+    print(f"{'C-STORE ingest, our SCP (fsync + journal)':56} {ingest_ours:8.2f} "
           f"{megabytes / ingest_ours:8.1f}")  # fmt: skip
-    print(f"{'C-STORE ingest, DCMTK storescp':42} {ingest_storescp:8.2f} "
+    print(f"{'C-STORE ingest, DCMTK storescp':56} {ingest_storescp:8.2f} "
           f"{megabytes / ingest_storescp:8.1f}")  # fmt: skip
     ours = rates[FORWARDER]
     summary = {
