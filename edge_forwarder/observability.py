@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,6 +79,20 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
     # pynetdicom logs dataset contents at DEBUG; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    silence_dicom_library_warnings()
+
+
+def silence_dicom_library_warnings() -> None:
+    """Keep pydicom's and highdicom's own warnings out of the logs.
+
+    They quote element values when data is malformed (a fuzzed or truncated instance makes
+    pydicom print a whole header, patient name included), so they must never reach stderr
+    or a log file on a machine that holds PHI. Our own code reports such instances by status
+    code and quarantine reason instead.
+    """
+    for library in ("pydicom", "highdicom"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module=rf"{library}(\..*)?$")
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -167,9 +167,10 @@ class ForwarderService:
             return  # already prepared; the upload pass picks it up
         started = time.monotonic()
         instance_count = sum(len(paths) for paths in study.series.values())
+        # Intake logs "received" when the first instance lands; this is the hand-over.
         log_event(
-            "received",
-            stage="received",
+            "picked_up",
+            stage="picked_up",
             run_number=study.run_number,
             series_count=len(study.series),
             instance_count=instance_count,
