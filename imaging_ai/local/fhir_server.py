@@ -16,6 +16,7 @@ import requests
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.moto_server import FAKE_CREDENTIALS, free_port
+from imaging_ai.local.processes import end_process
 
 PACKAGE_DIR = Path(__file__).with_name("fhir_server")
 PACKAGE_FILES = ("package.json", "package-lock.json", "server.js")
@@ -37,13 +38,7 @@ class FhirServer:
 
     def stop(self) -> None:
         """Stop the node process (SIGTERM, then SIGKILL after 10 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
 
 
 def install_dir() -> Path:

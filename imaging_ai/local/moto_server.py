@@ -15,6 +15,7 @@ from pathlib import Path
 import requests
 
 from imaging_ai.errors import PipelineError
+from imaging_ai.local.processes import end_process
 
 # moto accepts any credentials; fixed fake ones keep a developer's real profile out of reach.
 FAKE_CREDENTIALS = {
@@ -42,13 +43,7 @@ class MotoServer:
         return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
 
 
 def start_moto_server(

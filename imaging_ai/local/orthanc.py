@@ -17,6 +17,7 @@ import requests
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.moto_server import free_port
+from imaging_ai.local.processes import end_process
 
 ORTHANC_AE_TITLE = "ORTHANC"
 # The only calling AE title Orthanc accepts C-STORE from (and only from 127.0.0.1).
@@ -76,13 +77,7 @@ class Orthanc:
 
     def stop(self) -> None:
         """Stop Orthanc and remove its storage when this launcher created it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process)
         if self._owns_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 

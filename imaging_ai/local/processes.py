@@ -16,6 +16,18 @@ import requests
 from imaging_ai.errors import PipelineError
 
 
+def end_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL when the process has not exited after `timeout_s`."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def http_ready(url: str) -> Callable[[], bool]:
     def probe() -> bool:
         try:
@@ -79,14 +91,8 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            end_process(self.process, timeout_s)
 
 
 def dcmtk_tool(name: str) -> str | None:
