@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import IO
 
@@ -16,6 +19,7 @@ from imaging_ai.errors import IntegrityError
 # enough because producer and consumer share one KMS key policy (no untrusted writers).
 FRAME_LENGTH = 1024 * 1024
 ALGORITHM = Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY
+_DECRYPTION_ERROR_MODULES = ("aws_encryption_sdk", "cryptography")
 
 
 @cache
@@ -64,7 +68,71 @@ def encrypt_bytes(plaintext: bytes, key_arn: str, context: dict[str, str]) -> by
 def decrypt_bytes(ciphertext: bytes, key_arn: str, expected_context: dict[str, str]) -> bytes:
     """Decrypt and refuse an object whose encryption context is not the expected one."""
     plaintext, header = _sdk().decrypt(source=ciphertext, key_provider=_provider(key_arn))
-    for name, value in expected_context.items():
-        if header.encryption_context.get(name) != value:
-            raise IntegrityError(f"encryption context field {name!r} does not match")
+    _check_context(header.encryption_context, expected_context)
     return bytes(plaintext)
+
+
+def _check_context(found: dict[str, str], expected: dict[str, str]) -> None:
+    for name, value in expected.items():
+        if found.get(name) != value:
+            raise IntegrityError(f"encryption context field {name!r} does not match")
+
+
+class _WholeFrames(io.RawIOBase):
+    """Reads the SDK's decryptor a frame at a time: it copies its whole output buffer on each
+    read, so the many small reads of a tar or DICOM parser must not reach it directly."""
+
+    def __init__(self, decryptor: IO[bytes]) -> None:
+        self._decryptor = decryptor
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._decryptor.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+@contextmanager
+def decrypting_reader(
+    source: IO[bytes] | io.RawIOBase, key_arn: str, expected_context: dict[str, str]
+) -> Iterator[IO[bytes]]:
+    """The plaintext of `source` as a readable stream, frame by frame (memory near one frame).
+
+    The encryption context is checked from the message header before any plaintext is
+    released. Each frame is authenticated before it is returned; a tampered frame raises
+    IntegrityError from the read that reaches it. On a clean exit the rest of the message is
+    read, so its last frame is authenticated even when the caller stopped early.
+    """
+    try:
+        with _sdk().stream(mode="d", source=source, key_provider=_provider(key_arn)) as decryptor:
+            _check_context(decryptor.header.encryption_context, expected_context)
+            plaintext = io.BufferedReader(_WholeFrames(decryptor), buffer_size=FRAME_LENGTH)
+            yield plaintext
+            while plaintext.read(FRAME_LENGTH):
+                pass
+    except IntegrityError:
+        raise
+    except Exception as error:
+        if _is_decryption_error(error):
+            raise IntegrityError("object cannot be decrypted with this study's key") from None
+        raise
+
+
+def _is_decryption_error(error: Exception) -> bool:
+    # The SDK raises its own errors for foreign or malformed messages; a tampered frame
+    # surfaces as cryptography's InvalidTag.
+    return type(error).__module__.startswith(_DECRYPTION_ERROR_MODULES)
+
+
+def decrypt_stream(
+    source: IO[bytes] | io.RawIOBase,
+    sink: IO[bytes],
+    key_arn: str,
+    expected_context: dict[str, str],
+) -> None:
+    """Decrypt `source` into `sink` frame by frame; nothing is written unless the header's
+    encryption context is the expected one."""
+    with decrypting_reader(source, key_arn, expected_context) as plaintext:
+        shutil.copyfileobj(plaintext, sink, FRAME_LENGTH)

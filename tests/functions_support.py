@@ -121,9 +121,10 @@ def make_series(
     shape: tuple[int, int, int] = (24, 128, 128),
     markers: bool = True,
     seed: int = 3,
+    spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
 ) -> tuple[SyntheticStudy, str, str, list[Dataset]]:
     synthetic = write_ct_study(
-        tmp_path / "dicom", seed=seed, shape=shape, spacing_mm=(2.5, 1.2, 1.2), nodule_count=1
+        tmp_path / "dicom", seed=seed, shape=shape, spacing_mm=spacing_mm, nodule_count=1
     )
     study_uid, series_uid = generate_uid(), generate_uid()
     datasets = []
@@ -158,9 +159,12 @@ def upload_study(
     tamper: bool = False,
     shape: tuple[int, int, int] = (24, 128, 128),
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
+    spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
 ) -> UploadedStudy:
     """What the edge forwarder does: series tar, encrypt, upload, manifest LAST."""
-    synthetic, study_uid, series_uid, datasets = prepared or make_series(tmp_path, shape, markers)
+    synthetic, study_uid, series_uid, datasets = prepared or make_series(
+        tmp_path, shape, markers, spacing_mm=spacing_mm
+    )
     context = encryption_context(SITE, study_uid)
     ciphertext = envelope.encrypt_bytes(series_tar(datasets), key_arn, context)
     key = series_key(SITE, study_uid, series_uid)

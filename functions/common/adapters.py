@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
@@ -29,13 +32,48 @@ class StudyObjectStore:
         return f"s3://{self.bucket}/{key}"
 
     def read(self, key: str, bucket: str | None = None) -> bytes:
+        return bytes(self._get(key, bucket)["Body"].read())
+
+    def _get(self, key: str, bucket: str | None = None) -> dict[str, Any]:
         try:
-            response = self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
+            response: dict[str, Any] = self._s3.get_object(Bucket=bucket or self.bucket, Key=key)
         except ClientError as error:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404", "NoSuchBucket"):
                 raise ObjectMissing("an expected object is missing from the bucket") from None
             raise
-        return bytes(response["Body"].read())
+        return response
+
+    @contextmanager
+    def open_encrypted(
+        self,
+        key: str,
+        site: str,
+        pseudo_study_uid: str,
+        sha256: str | None = None,
+        size_bytes: int | None = None,
+    ) -> Iterator[IO[bytes]]:
+        """Stream an object's plaintext: S3 body → decrypt (context checked first) → reader.
+
+        Nothing holds the whole object. On a clean exit every byte has been read, the last
+        frame authenticated, and the ciphertext checked against the manifest's size and
+        SHA-256; the caller must not act on what it parsed before the block has ended.
+        """
+        response = self._get(key)
+        body = response["Body"]
+        try:
+            if size_bytes is not None and int(response.get("ContentLength", -1)) != size_bytes:
+                raise IntegrityError("object size does not match the manifest")
+            ciphertext = _HashingReader(body)
+            context = encryption_context(site, pseudo_study_uid)
+            with envelope.decrypting_reader(ciphertext, self._key_arn, context) as plaintext:
+                yield plaintext
+            ciphertext.read_to_end()  # bytes after the message would change the SHA-256
+        finally:
+            body.close()
+        if size_bytes is not None and ciphertext.size != size_bytes:
+            raise IntegrityError("object size does not match the manifest")
+        if sha256 is not None and ciphertext.hexdigest() != sha256:
+            raise IntegrityError("object SHA-256 does not match the manifest")
 
     def read_uri(self, uri: str) -> bytes:
         bucket, key = split_s3_uri(uri)
@@ -82,6 +120,32 @@ class StudyObjectStore:
             ServerSideEncryption="aws:kms",
             SSEKMSKeyId=self._key_arn,
         )
+
+
+class _HashingReader(io.RawIOBase):
+    """A readable view of an S3 body that hashes and counts what passes through it."""
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        chunk = self._body.read(len(buffer))
+        self._sha256.update(chunk)
+        self.size += len(chunk)
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def read_to_end(self) -> None:
+        while self.read(1024 * 1024):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 class SiteNotifier:

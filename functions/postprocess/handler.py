@@ -24,6 +24,7 @@ from functions.common.observability import logger, metrics, tracer
 from functions.common.settings import CommonSettings
 from functions.postprocess.service import PostprocessService
 
+
 @once
 def service() -> PostprocessService:
     settings = CommonSettings()

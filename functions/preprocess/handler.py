@@ -26,6 +26,7 @@ from functions.preprocess.adapters import AsyncEndpoint
 from functions.preprocess.service import ManifestRef, PreprocessService
 from imaging_ai.aws import client
 
+
 @once
 def service() -> PreprocessService:
     settings = PreprocessSettings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from typing import IO
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -39,11 +40,12 @@ def select_series(manifest: Manifest, selection: SeriesSelection) -> ManifestSer
     return chosen
 
 
-def read_series_tar(payload: bytes) -> list[Dataset]:
-    """Every DICOM file of a series tar, in archive order."""
+def read_series_tar(stream: IO[bytes]) -> list[Dataset]:
+    """Every DICOM file of a series tar, in archive order, read as a stream (mode "r|"): only
+    the current member is held besides the datasets already parsed."""
     datasets: list[Dataset] = []
     try:
-        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:*") as archive:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
             for member in archive:
                 if not member.isfile():
                     continue
@@ -51,7 +53,12 @@ def read_series_tar(payload: bytes) -> list[Dataset]:
                 if extracted is None:
                     continue
                 with extracted:
-                    datasets.append(pydicom.dcmread(extracted))
+                    # A streamed member cannot seek back, which pydicom's reader may do.
+                    dataset = pydicom.dcmread(io.BytesIO(extracted.read()))
+                # pydicom keeps the source buffer on the dataset: the file's bytes would stay
+                # alive beside the PixelData copied out of them (2x the series in memory).
+                dataset.buffer = None
+                datasets.append(dataset)
     except (tarfile.TarError, InvalidDicomError, EOFError) as error:
         raise RefusedStudy(
             f"series object is not a tar of DICOM files ({type(error).__name__})"

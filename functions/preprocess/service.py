@@ -142,11 +142,11 @@ class PreprocessService:
     def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
         card = self._model_card(manifest.model_name)
         series = select_series(manifest, card.series_selection)
-        payload = self._store.read_encrypted(
+        with self._store.open_encrypted(
             series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
-        )
-        datasets = read_series_tar(payload)
-        del payload
+        ) as plaintext:
+            datasets = read_series_tar(plaintext)
+        # Only now is the whole object authenticated and checked against the manifest.
         check_deidentified(datasets)
         check_matches_manifest(datasets, manifest, series)
         volume = build_volume(datasets)
