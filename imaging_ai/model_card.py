@@ -56,6 +56,9 @@ class ModelCard(BaseModel):
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     series_selection: SeriesSelection = SeriesSelection()
     measurements: list[str] = Field(default_factory=lambda: ["volume_mm3", "longest_diameter_mm"])
+    # Findings reported per run, largest first: a noisy model's dozens of components would
+    # push the FHIR transaction past what EHR servers accept (FHIR Works refuses > 100 entries).
+    max_findings: int = Field(default=20, ge=1)
     not_for_clinical_use: bool = True
     manufacturer: str = "imaging-ai-pipeline project"
 

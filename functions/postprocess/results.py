@@ -26,7 +26,21 @@ class ResultsBuilder(Protocol):
         card: ModelCard,
         run_id: str,
         predecessor_sr: Dataset | None,
+        unreported_findings: int,
     ) -> dict[str, bytes]: ...
+
+
+def cap_findings(output: ModelOutputMeta, max_findings: int) -> tuple[ModelOutputMeta, int]:
+    """Keep the `max_findings` largest findings (by volume); say how many were left out.
+
+    An untrained or noisy model can find dozens of components: all of them would make a
+    Bundle larger than EHR servers accept in one transaction.
+    """
+    if len(output.findings) <= max_findings:
+        return output, 0
+    by_size = sorted(output.findings, key=lambda f: (-f.volume_mm3, f.label_value, f.component))
+    kept = by_size[:max_findings]
+    return output.model_copy(update={"findings": kept}), len(output.findings) - len(kept)
 
 
 def dataset_bytes(dataset: Dataset) -> bytes:
@@ -42,6 +56,7 @@ def build_result_objects(
     card: ModelCard,
     run_id: str,
     predecessor_sr: Dataset | None,
+    unreported_findings: int = 0,
 ) -> dict[str, bytes]:
     """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
     try:
@@ -50,7 +65,13 @@ def build_result_objects(
     except ImportError as error:
         raise PipelineError("the results library (imaging_ai.results) is not installed") from error
     objects = results.build_results(
-        source_headers, labels, output, card, run_id, predecessor_sr=predecessor_sr
+        source_headers,
+        labels,
+        output,
+        card,
+        run_id,
+        predecessor_sr=predecessor_sr,
+        unreported_findings=unreported_findings,
     )
     return {
         "sr.dcm": dataset_bytes(objects.sr),

@@ -21,7 +21,7 @@ from functions.common.observability import (
     metrics,
     tracer,
 )
-from functions.postprocess.results import ResultsBuilder, build_result_objects
+from functions.postprocess.results import ResultsBuilder, build_result_objects, cap_findings
 from imaging_ai.async_inference import AsyncInferenceNotification
 from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
 from imaging_ai.errors import ContractError, PipelineError
@@ -154,16 +154,23 @@ class PostprocessService:
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
             raise ContractError("stored source headers do not match the model input's slices")
         predecessor = self._predecessor_sr(run, current.attributes.get("revises_run_id"))
-        objects = self._build(headers, labels, output, card, run.run_id, predecessor)
+        reported, unreported = cap_findings(output, card.max_findings)
+        objects = self._build(headers, labels, reported, card, run.run_id, predecessor, unreported)
         for name, key in keys.items():
             self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
         self._state.advance(
             run,
             Stage.REPORTED,
-            {"model_version": output.model_version, "findings": str(len(output.findings))},
+            {
+                "model_version": output.model_version,
+                "findings": str(len(output.findings)),
+                "findings_reported": str(len(reported.findings)),
+            },
         )
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
-        logger.info("results written", findings=len(output.findings))
+        if unreported:
+            metrics.add_metric(name="FindingsNotReported", unit=MetricUnit.Count, value=unreported)
+        logger.info("results written", findings=len(output.findings), not_reported=unreported)
         return output.model_version
 
     def _deliver(

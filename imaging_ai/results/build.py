@@ -67,6 +67,7 @@ def build_results(
     card: ModelCard,
     run_id: str,
     predecessor_sr: pydicom.Dataset | None = None,
+    unreported_findings: int = 0,
 ) -> ResultObjects:
     """Build the SEG, the TID 1500 SR and the FHIR R4 transaction Bundle of one run.
 
@@ -84,6 +85,9 @@ def build_results(
         The run these results belong to; the same run always yields the same UIDs.
     predecessor_sr: pydicom.Dataset | None, optional
         The SR this run revises (late-instance re-run).
+    unreported_findings: int, optional
+        How many more findings the model made than `output.findings` holds (the caller kept
+        the largest `card.max_findings`); the SR and the report conclusion say so.
 
     Returns
     -------
@@ -95,6 +99,10 @@ def build_results(
     now = datetime.now(UTC)
     study_uid = str(source_headers[0].StudyInstanceUID)
     seg = build_segmentation(source_headers, labels, card, study_uid, run_id)
-    sr = build_structured_report(source_headers, seg, output, card, run_id, predecessor_sr, now)
-    bundle = build_bundle(source_headers, output, card, run_id, sr, now)
+    if unreported_findings < 0:
+        raise ContractError("unreported_findings cannot be negative")
+    sr = build_structured_report(
+        source_headers, seg, output, card, run_id, predecessor_sr, now, unreported_findings
+    )
+    bundle = build_bundle(source_headers, output, card, run_id, sr, now, unreported_findings)
     return ResultObjects(seg=seg, sr=sr, bundle=bundle)

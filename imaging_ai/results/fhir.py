@@ -21,6 +21,7 @@ from imaging_ai.results.sr import (
     procedure_reported,
     tracking_identifier,
     tracking_uid,
+    unreported_findings_note,
 )
 
 PSEUDO_PATIENT_SYSTEM: Final = "urn:imaging-ai:pseudo-patient-id"
@@ -63,6 +64,7 @@ def build_bundle(
     run_id: str,
     sr: pydicom.Dataset,
     issued: datetime | None = None,
+    unreported_findings: int = 0,
 ) -> dict[str, Any]:
     """Build the R4 transaction Bundle of one run, one Observation per SR measurement.
 
@@ -80,6 +82,8 @@ def build_bundle(
         The SR of this run; its SOP Instance UID identifies the DiagnosticReport.
     issued: datetime | None, optional
         When the report was made (UTC); now by default.
+    unreported_findings: int, optional
+        Findings the model made beyond those in `output`; the conclusion says how many.
 
     Returns
     -------
@@ -179,6 +183,8 @@ def build_bundle(
         if output.findings
         else f"{card.name} {card.version} reports no finding."
     )
+    if unreported_findings:
+        conclusion = f"{conclusion} {unreported_findings_note(unreported_findings)}"
     if card.not_for_clinical_use:
         conclusion = f"{conclusion} {codes.NOT_FOR_CLINICAL_USE}"
     report = {

@@ -116,6 +116,7 @@ def build_measurement_report(
     seg: pydicom.Dataset,
     output: ModelOutputMeta,
     card: ModelCard,
+    unreported_findings: int = 0,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree: observer = the algorithm, one group per finding."""
     pseudo_study_uid = str(source_headers[0].StudyInstanceUID)
@@ -155,8 +156,14 @@ def build_measurement_report(
         procedure_reported=procedure_reported(source_headers),
         imaging_measurements=groups,
     )
+    comments = []
+    if unreported_findings:
+        comments.append(unreported_findings_note(unreported_findings))
     if card.not_for_clinical_use:
-        # TID 1500 row "Qualitative Evaluations" holds free TEXT items: the disclaimer.
+        comments.append(codes.NOT_FOR_CLINICAL_USE)
+    if comments:
+        # TID 1500 row "Qualitative Evaluations" holds free TEXT items: the disclaimer, and
+        # how many findings the model card's limit left out.
         evaluations = hd.sr.ContainerContentItem(
             name=codes.QUALITATIVE_EVALUATIONS,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
@@ -165,13 +172,19 @@ def build_measurement_report(
             [
                 hd.sr.TextContentItem(
                     name=codes.COMMENT,
-                    value=codes.NOT_FOR_CLINICAL_USE,
+                    value=comment,
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                 )
+                for comment in comments
             ]
         )
         report[0].ContentSequence.append(evaluations)
     return report
+
+
+def unreported_findings_note(count: int) -> str:
+    """What the SR and the FHIR conclusion say about findings left out by the card's limit."""
+    return f"{count} more finding(s), the smallest, were not reported (model card limit)."
 
 
 def build_structured_report(
@@ -182,6 +195,7 @@ def build_structured_report(
     run_id: str,
     predecessor_sr: pydicom.Dataset | None = None,
     now: datetime | None = None,
+    unreported_findings: int = 0,
 ) -> pydicom.Dataset:
     """Build the Comprehensive 3D SR measurement report for one inference run.
 
@@ -200,6 +214,10 @@ def build_structured_report(
     predecessor_sr: pydicom.Dataset | None, optional
         The report this one revises (a late-instance re-run); named in
         PredecessorDocumentsSequence.
+    now: datetime | None, optional
+        Content and equipment time (UTC); now by default.
+    unreported_findings: int, optional
+        Findings the model made beyond those in `output` (left out by the card's limit).
 
     Returns
     -------
@@ -215,7 +233,7 @@ def build_structured_report(
         description = f"{card.name} SR - {codes.NOT_FOR_CLINICAL_USE_SHORT}"
     sr = hd.sr.Comprehensive3DSR(
         evidence=[*source_headers, seg],
-        content=build_measurement_report(source_headers, seg, output, card),
+        content=build_measurement_report(source_headers, seg, output, card, unreported_findings),
         series_instance_uid=result_uid(pseudo_study_uid, run_id, "sr-series"),
         series_number=SR_SERIES_NUMBER,
         sop_instance_uid=result_uid(pseudo_study_uid, run_id, "sr"),
