@@ -53,6 +53,16 @@ def longest_diameter_mm(mask: npt.NDArray[np.bool_], geometry: VolumeGeometry) -
     return float(np.linalg.norm(span) + voxel_extent)
 
 
+def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
+    slices = []
+    for axis in range(3):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if len(present) == 0:
+            return None
+        slices.append(slice(int(present[0]), int(present[-1]) + 1))
+    return slices[0], slices[1], slices[2]
+
+
 def extract_findings(
     labels: npt.NDArray[np.uint8], geometry: VolumeGeometry, card: ModelCard
 ) -> tuple[npt.NDArray[np.uint8], list[Finding]]:
@@ -61,9 +71,12 @@ def extract_findings(
     cleaned = np.zeros_like(labels)
     findings: list[Finding] = []
     for label in card.labels:
-        components, count = ndimage.label(labels == label.value, structure=_FULL_CONNECTIVITY)
-        if count == 0:
+        mask = labels == label.value
+        extent = _bounding_box(mask)
+        if extent is None:
             continue
+        # Labelling only the box that holds any foreground: a study is ~50 M voxels.
+        components, count = ndimage.label(mask[extent], structure=_FULL_CONNECTIVITY)
         boxes = ndimage.find_objects(components)
         kept: list[tuple[int, tuple[slice, ...]]] = []
         sizes = np.bincount(components.ravel(), minlength=count + 1)
@@ -71,8 +84,12 @@ def extract_findings(
             if box is not None and sizes[index] * voxel_mm3 >= label.min_volume_mm3:
                 kept.append((index, box))
         kept.sort(key=lambda item: -int(sizes[item[0]]))
-        for number, (index, box) in enumerate(kept, start=1):
-            local = components[box] == index
+        for number, (index, local_box) in enumerate(kept, start=1):
+            local = components[local_box] == index
+            box = tuple(
+                slice(outer.start + inner.start, outer.start + inner.stop)
+                for outer, inner in zip(extent, local_box, strict=True)
+            )
             cleaned[box][local] = label.value
             offset = np.array([s.start for s in box], dtype=np.float64)
             centre = np.argwhere(local).mean(axis=0) + offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(3)
     model_dir = tmp_path_factory.mktemp("model")
     write_model_dir(build_network(), model_dir, {"steps": 0})
+    # A small ROI keeps these tests fast; the card is otherwise the shipped one.
+    card = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**card, "roi_size": [16, 32, 32]}))
     return model_dir
 
 
