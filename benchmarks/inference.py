@@ -24,7 +24,7 @@ MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "
 def time_study(settings: PredictorSettings, model_dir: Path, repeats: int) -> dict[str, float]:
     predictor = Predictor(model_dir, settings)
     phantom = make_chest_phantom(7, shape=DEMO_SHAPE, spacing_mm=DEMO_SPACING_MM)
-    image, meta = model_input_for(phantom, predictor.card.name, predictor.card.input_spacing_mm)
+    image, meta = model_input_for(phantom, predictor.card)
     predictor.predict(image, meta)  # warm-up: cuDNN autotuning, allocator, page faults
     seconds = []
     findings = 0

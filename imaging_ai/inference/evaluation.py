@@ -18,11 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging_ai.errors import ContractError
-from imaging_ai.inference.grid import model_geometry_for, resample_linear
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
 from imaging_ai.inference.training import TRAINING_SEED_BASE, phantom_geometry
+from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import Finding, ModelInputMeta
 from imaging_ai.synthetic import Phantom, make_chest_phantom
+from imaging_ai.volume import resample_normalize
 
 DEMO_SHAPE = (200, 512, 512)
 DEMO_SPACING_MM = (1.5, 0.7, 0.7)
@@ -31,12 +32,15 @@ TARGETS = {"sensitivity": 0.95, "false_positives_per_study": 0.5, "median_volume
 
 
 def model_input_for(
-    phantom: Phantom, model_name: str, spacing_mm: tuple[float, float, float], seed: int = 0
+    phantom: Phantom, card: ModelCard, seed: int = 0
 ) -> tuple[npt.NDArray[np.float32], ModelInputMeta]:
-    """What preprocessing would hand the model: the phantom resampled linearly to its grid."""
+    """What preprocessing hands the model: the phantom through the Lambda's own resample and
+    intensity-window normalization (`imaging_ai.volume.resample_normalize`)."""
     source = phantom_geometry(phantom)
-    model = model_geometry_for(source, spacing_mm)
-    image = resample_linear(phantom.hu, source, model)
+    image, model = resample_normalize(
+        phantom.hu.astype(np.float32), source, card.input_spacing_mm, card.intensity_window_hu
+    )
+    model_name = card.name
     meta = ModelInputMeta(
         site="eval-site",
         pseudo_study_uid=f"2.25.{seed + 1}",
@@ -104,9 +108,7 @@ def evaluate(
         phantom = make_chest_phantom(
             seed, shape=shape, spacing_mm=spacing_mm, nodule_count=nodule_count
         )
-        image, meta = model_input_for(
-            phantom, predictor.card.name, predictor.card.input_spacing_mm, seed
-        )
+        image, meta = model_input_for(phantom, predictor.card, seed)
         started = time.perf_counter()
         _, output = predictor.predict(image, meta)
         result = score_study(seed, phantom, output.findings)

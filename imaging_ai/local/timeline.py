@@ -72,11 +72,10 @@ class Timeline:
             return "failed" not in self.events
 
     def durations(self) -> list[tuple[str, float]]:
-        """Seconds each stage took since the previous recorded one, in pipeline order."""
+        """Seconds each stage took since the one recorded before it, in the order they happened."""
         rows: list[tuple[str, float]] = []
         previous = 0.0
-        for stage in (*STAGES, "failed"):
-            if stage in self.events:
-                rows.append((stage, self.events[stage] - previous))
-                previous = self.events[stage]
+        for stage, at in sorted(self.events.items(), key=lambda item: item[1]):
+            rows.append((stage, at - previous))
+            previous = at
         return rows

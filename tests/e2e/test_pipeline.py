@@ -24,12 +24,13 @@ def delivered(
 
     bootstrap.reset()
     work_dir = tmp_path_factory.mktemp("e2e")
-    # Given a small chest CT (same generator as the demo) carrying fake PHI
+    # Given a small chest CT (same generator as the demo) carrying fake PHI; the field of
+    # view covers the whole body, as the demo model was trained (a cropped body adds FPs)
     study = write_ct_study(
         work_dir / "study",
         seed=424242,
-        shape=(48, 256, 256),
-        spacing_mm=(3.0, 1.4, 1.4),
+        shape=(64, 256, 256),
+        spacing_mm=(2.0, 1.4, 1.4),
         nodule_count=2,
     )
     with LocalPipeline(work_dir=work_dir, quiet_seconds=2.0, printer=None) as pipeline:
@@ -72,6 +73,18 @@ def test_fhir_report_names_original_patient_and_study(
     assert study.patient.patient_id in summary.ehr_patient_identifiers
     assert f"urn:oid:{study.study_instance_uid}" in summary.ehr_report_study_uids
     assert summary.ehr_observations >= 2  # volume + diameter for at least one nodule
+
+
+def test_reported_nodules_match_the_ground_truth(
+    delivered: tuple[DemoSummary, SyntheticStudy],
+) -> None:
+    summary, study = delivered
+    # Then every true nodule has a reported longest diameter within 20 %, and nothing else
+    reported = sorted(v for name, v, unit in summary.ehr_measurements if name == "Long Axis")
+    truth = sorted(n.diameter_mm for n in study.phantom.nodules)
+    assert len(reported) == len(truth), (reported, truth)
+    for measured, expected in zip(reported, truth, strict=True):
+        assert abs(measured - expected) / expected < 0.2, (reported, truth)
 
 
 def test_no_fake_phi_in_any_cloud_object(delivered: tuple[DemoSummary, SyntheticStudy]) -> None:

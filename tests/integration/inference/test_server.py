@@ -37,7 +37,7 @@ def small_request() -> tuple[bytes, tuple[int, int, int]]:
         nodule_diameters_mm=(12.0, 12.0),
     )
     card = load_model_card(DEMO_MODEL_DIR)
-    image, meta = model_input_for(phantom, card.name, card.input_spacing_mm, seed=2001)
+    image, meta = model_input_for(phantom, card, seed=2001)
     return pack_model_input(image, meta), phantom.hu.shape
 
 

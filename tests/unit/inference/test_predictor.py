@@ -36,7 +36,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _request(name: str = MODEL_NAME) -> tuple[np.ndarray, ModelInputMeta]:
     model = model_geometry_for(SOURCE, (1.5, 1.5, 1.5))
-    image = np.random.default_rng(5).normal(-850, 15, size=model.shape).astype(np.float32)
+    hu = np.random.default_rng(5).normal(-850, 15, size=model.shape)
+    image = ((np.clip(hu, -1000, 400) + 1000) / 1400).astype(np.float32)  # as preprocessed
     meta = ModelInputMeta(
         site="unit-site",
         pseudo_study_uid="2.25.1",
@@ -86,6 +87,16 @@ def test_a_request_for_another_model_or_spacing_is_refused(tiny_model_dir: Path)
     )
     with pytest.raises(ContractError, match="spacing"):
         predictor.check_input(image, coarse)
+
+
+def test_raw_hounsfield_input_is_refused_with_the_window_named(tiny_model_dir: Path) -> None:
+    # Given an image that skipped preprocessing's intensity window (raw HU)
+    predictor = Predictor(tiny_model_dir, CPU)
+    image, meta = _request()
+    raw = (image * 1400 - 1000).astype(np.float32)
+    # Then the predictor refuses it instead of answering "no findings"
+    with pytest.raises(ContractError, match=r"normalized to \[0, 1\]"):
+        predictor.check_input(raw, meta)
 
 
 def test_probabilities_go_back_to_the_source_grid_with_the_right_volume(
