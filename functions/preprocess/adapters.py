@@ -12,12 +12,17 @@ class AsyncEndpoint:
         self._runtime = sagemaker_runtime
         self.endpoint_name = endpoint_name
 
-    def invoke(self, input_location: str, inference_id: str) -> str:
-        """Queue one async inference; returns the S3 location where its output will appear."""
+    def invoke(self, input_location: str, inference_id: str, output_path_extension: str) -> str:
+        """Queue one async inference; returns the S3 location where its output will appear.
+
+        `output_path_extension` puts the output under the endpoint's S3 output path plus the
+        run's own prefix (`inference-output/{site}/{study}/{run}/`), as the key contract says.
+        """
         response = self._runtime.invoke_endpoint_async(
             EndpointName=self.endpoint_name,
             InputLocation=input_location,
             ContentType=MODEL_INPUT_CONTENT_TYPE,
             InferenceId=inference_id,
+            S3OutputPathExtension=output_path_extension,
         )
         return str(response.get("OutputLocation", ""))

@@ -24,6 +24,7 @@ from imaging_ai.contracts import (
     Manifest,
     SiteResultMessage,
     Stage,
+    inference_output_prefix,
     model_card_key,
     parse_manifest_key,
     preprocessed_key,
@@ -110,7 +111,10 @@ class PreprocessService:
                 self._preprocess(manifest, run)
                 self._state.advance(run, Stage.PREPROCESSED)
             location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
-            output_location = self._endpoint.invoke(location, inference_id(run.run_id))
+            run_prefix = inference_output_prefix(site, pseudo_study_uid, run.run_id)
+            output_location = self._endpoint.invoke(
+                location, inference_id(run.run_id), run_prefix.removeprefix("inference-output/")
+            )
             self._state.advance(
                 run,
                 Stage.INFERRING,
