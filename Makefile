@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := dcmtk orthanc dicom3tools nodejs npm
 
 .PHONY: demo test lint typecheck architecture unit integration infrastructure e2e ehr-server \
         system-deps venv clean cdk-synth cdk-gates benchmarks
@@ -29,18 +28,25 @@ $(STAMP): pyproject.toml
 ehr-server: venv
 	$(BIN)/python -c "from imaging_ai.local.fhir_server import ensure_installed as e; print('FHIR server:', e())"
 
-# DCMTK, Orthanc and dicom3tools are the real DICOM peers; installed when we are root.
+# DCMTK, Orthanc and dicom3tools are the real DICOM peers; node + npm run the local EHR.
+# Installed when we are root, and only what is missing: a Node.js from another source
+# (e.g. NodeSource, which bundles npm) must not meet Debian's npm package.
+TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools \
+                 Orthanc:orthanc node:nodejs npm:npm
 system-deps:
 	@missing=""; \
-	for tool in storescu storescp dciodvfy dsrdump Orthanc node; do \
-	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
+	for pair in $(TOOL_PACKAGES); do \
+	  tool=$${pair%%:*}; package=$${pair##*:}; \
+	  if ! command -v $$tool >/dev/null 2>&1 && [ ! -x /usr/sbin/$$tool ] && [ ! -x /usr/bin/$$tool ]; then \
+	    case " $$missing " in *" $$package "*) ;; *) missing="$$missing $$package";; esac; \
+	  fi; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = "0" ]; then \
-	    echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "missing:$$missing. Run as root, or: sudo apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; \
+	    echo "missing Debian packages:$$missing. Run as root, or: sudo apt-get install -y$$missing"; exit 1; \
 	  fi; \
 	fi
 
