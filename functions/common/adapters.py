@@ -14,6 +14,7 @@ from functions.common.keys import split_s3_uri
 from imaging_ai import envelope
 from imaging_ai.contracts import SiteResultMessage, encryption_context
 from imaging_ai.errors import ContractError, IntegrityError
+from imaging_ai.state import RunKey, RunStateStore
 
 
 class ObjectMissing(ContractError):
@@ -164,3 +165,24 @@ class SiteNotifier:
             MessageBody=message.model_dump_json(),
             MessageAttributes={"kind": {"DataType": "String", "StringValue": message.kind}},
         )
+
+    def fail_run(
+        self, state: RunStateStore, run: RunKey, reason: str, model_name: str | None = None
+    ) -> bool:
+        """Record FAILED with its reason and tell the site, once: a redelivery records nothing.
+
+        Returns whether this call recorded it (False: the run had already ended).
+        """
+        if not state.fail(run, reason, model_name):
+            return False
+        self.send(
+            SiteResultMessage(
+                kind="FAILED",
+                site=run.site,
+                pseudo_study_uid=run.pseudo_study_uid,
+                run_id=run.run_id,
+                reason=reason,
+                model_name=model_name,
+            )
+        )
+        return True

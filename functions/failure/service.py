@@ -12,7 +12,7 @@ from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.events import ObjectCreatedEvent, SnsEnvelope
 from functions.common.keys import parse_input_location, unreadable_manifest_run_id
 from functions.common.observability import logger, metrics, tracer
-from imaging_ai.contracts import Manifest, SiteResultMessage, parse_manifest_key
+from imaging_ai.contracts import Manifest, parse_manifest_key
 from imaging_ai.errors import PipelineError
 from imaging_ai.state import RunKey, RunStateStore
 
@@ -49,17 +49,8 @@ class FailureService:
             stage=stage,
         )
         metrics.add_metric(name="RunsDeadLettered", unit=MetricUnit.Count, value=1)
-        if not self._state.fail(run, reason):
+        if not self._notifier.fail_run(self._state, run, reason):
             return FailureOutcome.ALREADY_ENDED
-        self._notifier.send(
-            SiteResultMessage(
-                kind="FAILED",
-                site=run.site,
-                pseudo_study_uid=run.pseudo_study_uid,
-                run_id=run.run_id,
-                reason=reason,
-            )
-        )
         return FailureOutcome.RECORDED
 
     def _attribute(self, body: str) -> tuple[RunKey, str] | None:

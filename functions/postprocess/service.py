@@ -217,15 +217,5 @@ class PostprocessService:
     def _fail(self, run: RunKey, model_name: str | None, reason: str) -> PostprocessOutcome:
         logger.warning("run failed", reason=reason)
         metrics.add_metric(name="RunsFailed", unit=MetricUnit.Count, value=1)
-        if self._state.fail(run, reason, model_name):
-            self._notifier.send(
-                SiteResultMessage(
-                    kind="FAILED",
-                    site=run.site,
-                    pseudo_study_uid=run.pseudo_study_uid,
-                    run_id=run.run_id,
-                    reason=reason,
-                    model_name=model_name,
-                )
-            )
+        self._notifier.fail_run(self._state, run, reason, model_name)
         return PostprocessOutcome.FAILED

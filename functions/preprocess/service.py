@@ -22,7 +22,6 @@ from functions.preprocess.series import (
 )
 from imaging_ai.contracts import (
     Manifest,
-    SiteResultMessage,
     Stage,
     inference_output_prefix,
     model_card_key,
@@ -193,15 +192,5 @@ class PreprocessService:
     def _refuse(self, run: RunKey, model_name: str | None, reason: str) -> PreprocessOutcome:
         logger.warning("study refused", reason=reason, run_id=run.run_id)
         metrics.add_metric(name="StudiesRefused", unit=MetricUnit.Count, value=1)
-        if self._state.fail(run, reason, model_name):
-            self._notifier.send(
-                SiteResultMessage(
-                    kind="FAILED",
-                    site=run.site,
-                    pseudo_study_uid=run.pseudo_study_uid,
-                    run_id=run.run_id,
-                    reason=reason,
-                    model_name=model_name,
-                )
-            )
+        self._notifier.fail_run(self._state, run, reason, model_name)
         return PreprocessOutcome.REFUSED
