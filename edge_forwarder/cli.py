@@ -36,8 +36,11 @@ def _pseudo_ids(result: Any) -> tuple[str, str, str]:
     )
 
 
-def build_service(config: ForwarderConfig) -> Any:
-    """Wire the real intake, de-identifier and crosswalk into the service."""
+def build_service(config: ForwarderConfig, intake: Any = None, max_backoff_s: float = 60.0) -> Any:
+    """Wire the intake (the real one unless given), de-identifier and crosswalk into the service.
+
+    Tests pass a list-backed intake and a short backoff cap; everything else is as deployed.
+    """
     from edge_forwarder.crosswalk import CrosswalkVault
     from edge_forwarder.intake import Intake
     from edge_forwarder.service import DeliverySettings, ForwarderService
@@ -69,7 +72,8 @@ def build_service(config: ForwarderConfig) -> Any:
         entry = vault.study_by_pseudo(pseudo_study_uid)
         return None if entry is None else identity_from_crosswalk(entry)
 
-    intake = Intake(config.intake)
+    if intake is None:
+        intake = Intake(config.intake)
     service = ForwarderService(
         site=config.site,
         state_dir=config.state_dir,
@@ -86,9 +90,9 @@ def build_service(config: ForwarderConfig) -> Any:
         delivery=DeliverySettings(
             pacs=build_pacs(config),
             pacs_attempts=config.pacs.max_attempts,
-            pacs_backoff=Backoff(config.pacs.retry_base_s, 60.0),
+            pacs_backoff=Backoff(config.pacs.retry_base_s, max_backoff_s),
             ehr_attempts=config.ehr.max_attempts,
-            ehr_backoff=Backoff(config.ehr.retry_base_s, 60.0),
+            ehr_backoff=Backoff(config.ehr.retry_base_s, max_backoff_s),
             patient_identifier_system=config.ehr.patient_identifier_system,
             accession_identifier_system=config.ehr.accession_identifier_system,
         ),
