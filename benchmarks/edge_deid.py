@@ -12,21 +12,21 @@ suite without signing) and hash it; the other `ours_*` figures leave steps out.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
+from edge_forwarder.transport.packaging import pack_series, seal
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import encryption_context
@@ -46,19 +46,6 @@ def _timed(run: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-class _BytesReader:
-    """A file object over bytes for tarfile.addfile, as the forwarder's outbound step uses."""
-
-    def __init__(self, data: bytes) -> None:
-        self._view, self._at = memoryview(data), 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size < 0 else min(len(self._view), self._at + size)
-        chunk = bytes(self._view[self._at : end])
-        self._at = end
-        return chunk
-
-
 def _ours_deid_only(files: list[bytes]) -> Callable[[], None]:
     deidentifier = Deidentifier(SITE_SECRET)
 
@@ -72,33 +59,23 @@ def _ours_deid_only(files: list[bytes]) -> Callable[[], None]:
 def _ours_forwarder(
     series: dict[str, list[Path]], out_dir: Path, key_arn: str | None
 ) -> Callable[[], None]:
-    """What the forwarder's outbound step does with a completed study, per series: read each
-    spooled instance, de-identify it, add it to the series tar on disk; then (with a key)
-    encrypt that tar with one KMS data key into `.tar.enc` and hash it for the manifest."""
+    """What the forwarder's outbound step does with a completed study, per series, through
+    its own functions: `pack_series` (read each spooled instance, de-identify, tar) and, with a
+    key, `seal` (one KMS data key, 1 MiB frames, SHA-256 taken while encrypting)."""
     deidentifier = Deidentifier(SITE_SECRET)
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def pseudo_ids(result: Any) -> tuple[str, str, str]:
+        pseudo = result.pseudo
+        return pseudo.study_instance_uid, pseudo.series_instance_uid, pseudo.sop_instance_uid
 
     def run() -> None:
         for index, paths in enumerate(series.values()):
             tar_path = out_dir / f"series-{index:03d}.tar"
-            pseudo_study_uid = ""
-            with tarfile.open(tar_path, "w") as archive:
-                for path in paths:
-                    result = deidentifier.deidentify_bytes(path.read_bytes())
-                    pseudo_study_uid = result.pseudo.study_instance_uid
-                    member = tarfile.TarInfo(f"{result.pseudo.sop_instance_uid}.dcm")
-                    member.size = len(result.dataset_bytes)
-                    archive.addfile(member, _BytesReader(bytes(result.dataset_bytes)))
-            if key_arn is None:
-                continue
-            encrypted = tar_path.with_suffix(".tar.enc")
-            context = encryption_context("bench-site", pseudo_study_uid)
-            with tar_path.open("rb") as source, encrypted.open("wb") as sink:
-                envelope.encrypt_stream(source, sink, key_arn, context)
-            digest = hashlib.sha256()
-            with encrypted.open("rb") as sealed:
-                while chunk := sealed.read(1024 * 1024):
-                    digest.update(chunk)
+            packed = pack_series(paths, deidentifier.deidentify_bytes, pseudo_ids, tar_path)
+            if key_arn is not None:
+                context = encryption_context("bench-site", packed.pseudo_study_uid)
+                seal(tar_path, tar_path.with_suffix(".tar.enc"), key_arn, context)
             tar_path.unlink()
 
     return run

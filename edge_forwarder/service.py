@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tarfile
 import threading
 import time
 import traceback
@@ -25,11 +24,12 @@ from edge_forwarder.transport.errors import (
     TransientError,
 )
 from edge_forwarder.transport.journal import Journal
+from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.pacs import PacsPeer, store
 from edge_forwarder.transport.reidentify import Identity, reidentify_bundle, reidentify_dicom
 from edge_forwarder.transport.results import ResultsPoller
 from edge_forwarder.transport.uploader import SeriesTar, Uploader
-from imaging_ai.contracts import DeidRecord, ManifestInstance, SiteResultMessage
+from imaging_ai.contracts import DeidRecord, SiteResultMessage
 from imaging_ai.errors import PipelineError
 
 PACS, EHR = "pacs", "ehr"
@@ -187,44 +187,26 @@ class ForwarderService:
             quarantined = 0
             last_result: Any = None
             for index, paths in enumerate(study.series.values()):
+                packed = pack_series(
+                    paths,
+                    self.deidentifier.deidentify_bytes,
+                    self.pseudo_ids,
+                    spool / f"series-{index:03d}.tar",
+                    on_deidentified=lambda result: self.crosswalk.record(self.site, result),
+                    on_quarantined=_log_quarantine,
+                )
+                quarantined += packed.quarantined
+                last_result = packed.last_result or last_result
                 tar_path = spool / f"series-{index:03d}.tar"
-                pseudo_series_uid, modality = "", ""
-                instances: list[ManifestInstance] = []
-                with tarfile.open(tar_path, "w") as archive:
-                    for path in sorted(paths):
-                        try:
-                            result = self.deidentifier.deidentify_bytes(path.read_bytes())
-                        except PipelineError as error:
-                            # Quarantined (e.g. burned-in text risk): it stays on-prem.
-                            quarantined += 1
-                            log_event(
-                                "quarantined",
-                                logging.WARNING,
-                                stage="deidentify",
-                                reason=str(getattr(error, "reason", type(error).__name__)),
-                            )
-                            continue
-                        last_result = result
-                        self.crosswalk.record(self.site, result)
-                        pseudo_study_uid, pseudo_series_uid, pseudo_sop = self.pseudo_ids(result)
-                        modality = str(getattr(result, "modality", "") or "OT")
-                        data = bytes(result.dataset_bytes)
-                        member = tarfile.TarInfo(f"{pseudo_sop}.dcm")
-                        member.size = len(data)
-                        member.mtime = 0  # no acquisition time leaks through tar headers
-                        archive.addfile(member, _BytesReader(data))
-                        instances.append(
-                            ManifestInstance(
-                                sop_instance_uid=pseudo_sop,
-                                sop_class_uid=str(result.sop_class_uid),
-                            )
-                        )
-                if not instances:
+                if not packed.instances:
                     tar_path.unlink()
                     continue
-                final = spool / f"{pseudo_series_uid}.tar"
+                pseudo_study_uid = packed.pseudo_study_uid
+                final = spool / f"{packed.pseudo_series_uid}.tar"
                 tar_path.rename(final)
-                series_tars.append(SeriesTar(pseudo_series_uid, modality, final, instances))
+                series_tars.append(
+                    SeriesTar(packed.pseudo_series_uid, packed.modality, final, packed.instances)
+                )
             if not series_tars:
                 raise PermanentError("every instance of the study was quarantined")
             run_id = make_run_id(pseudo_study_uid, study.run_number)
@@ -522,15 +504,11 @@ class ForwarderService:
         return run.pseudo_study_uid if run else "unknown"
 
 
-class _BytesReader:
-    """A minimal file object for tarfile.addfile without copying into BytesIO."""
-
-    def __init__(self, data: bytes) -> None:
-        self._view = memoryview(data)
-        self._at = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size < 0 else min(len(self._view), self._at + size)
-        chunk = bytes(self._view[self._at : end])
-        self._at = end
-        return chunk
+def _log_quarantine(error: PipelineError) -> None:
+    # Quarantined (e.g. burned-in text risk): the instance stays on-prem.
+    log_event(
+        "quarantined",
+        logging.WARNING,
+        stage="deidentify",
+        reason=str(getattr(error, "reason", type(error).__name__)),
+    )

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import IO
+from typing import IO, Protocol
 
 import aws_encryption_sdk
 import botocore.session
@@ -41,8 +41,12 @@ def reset_providers() -> None:
     _provider.cache_clear()
 
 
+class Writable(Protocol):
+    def write(self, chunk: bytes, /) -> int: ...
+
+
 def encrypt_stream(
-    source: IO[bytes], sink: IO[bytes], key_arn: str, context: dict[str, str]
+    source: IO[bytes], sink: Writable, key_arn: str, context: dict[str, str]
 ) -> None:
     """Encrypt `source` into `sink` frame by frame (memory stays near one frame)."""
     with _sdk().stream(

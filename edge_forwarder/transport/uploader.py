@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from edge_forwarder.transport.backoff import Backoff, retry
 from edge_forwarder.transport.errors import PermanentError, TransientError
 from edge_forwarder.transport.journal import Journal, ObjectRow
+from edge_forwarder.transport.packaging import seal
 from imaging_ai import envelope
 from imaging_ai.contracts import (
     DeidRecord,
@@ -155,11 +156,9 @@ class Uploader:
         entries: list[ManifestSeries] = []
         for item in series:
             encrypted = item.tar_path.with_suffix(".tar.enc")
-            with item.tar_path.open("rb") as source, encrypted.open("wb") as sink:
-                envelope.encrypt_stream(source, sink, s.kms_key_arn, context)
+            digest, size = seal(item.tar_path, encrypted, s.kms_key_arn, context)
             item.tar_path.unlink()
             key = series_key(s.site, pseudo_study_uid, item.pseudo_series_uid)
-            digest, size = _sha256_file(encrypted), encrypted.stat().st_size
             entries.append(
                 ManifestSeries(
                     pseudo_series_uid=item.pseudo_series_uid,

@@ -50,7 +50,9 @@ def test_pacs_refusing_our_ae_ends_in_visible_dead_letter_then_retry_delivers(
         # Then PACS delivery is dead-lettered after its retries, the EHR got its Bundle
         (pacs_row,) = service.journal.deliveries(run_id=run.run_id, state="DEAD_LETTER")
         assert pacs_row.target == "pacs" and pacs_row.attempts == 3
-        assert "rejected" in (pacs_row.last_error or "")
+        # storescp --refuse sends A-ASSOCIATE-RJ and closes at once; pynetdicom sometimes
+        # sees the close first and reports an abort. Either way the reason is recorded.
+        assert any(word in (pacs_row.last_error or "") for word in ("rejected", "aborted"))
         assert refusing.received() == [] and len(ehr.received) == 1
         assert main(["status", "--config", str(path)]) == 0
         assert "pacs: DEAD_LETTER after 3 attempt(s)" in capsys.readouterr().out
