@@ -203,6 +203,8 @@ def print_summary(
 def run(args: argparse.Namespace) -> int:
     # Bound now: the runtime sends the Lambdas' stdout to a log file, as CloudWatch would.
     say = functools.partial(print, file=sys.stdout, flush=True)
+    if os.environ.get(_ISOLATED):
+        say("Running in a private network namespace: every service is reachable on loopback only")
     stamp = datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     work_dir: Path = args.work_dir or Path(".local-run") / stamp
     work_dir = work_dir.resolve()
