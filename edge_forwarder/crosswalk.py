@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge_forwarder.durable_db import open_durable_db
 from imaging_ai.deid import DeidResult
 from imaging_ai.errors import PipelineError
 
@@ -82,13 +82,8 @@ class CrosswalkVault:
         if len(key) != 32:
             raise CrosswalkError("crosswalk key must be 32 bytes (AES-256)")
         self._aead = AESGCM(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        os.chmod(path, 0o600)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable_db(path, _SCHEMA, private=True)
 
     def close(self) -> None:
         with self._lock:

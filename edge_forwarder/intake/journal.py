@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_forwarder.durable_db import open_durable_db
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS study (
     study_key TEXT PRIMARY KEY,
@@ -65,12 +67,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsync'ed at every commit, so an acknowledged instance survives a
-        # power cut, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable_db(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:

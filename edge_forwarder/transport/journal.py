@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from edge_forwarder.durable_db import open_durable_db
 
 # Stages a study run goes through on the edge, in order; FAILED / DEAD_LETTER end a run.
 STAGES = (
@@ -110,11 +111,7 @@ class Journal:
     """Every write commits at once, so a kill -9 loses at most the step in flight."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_durable_db(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
