@@ -107,7 +107,12 @@ class LocalPipeline:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def __enter__(self) -> LocalPipeline:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # __exit__ does not run when __enter__ raises: stop what did start.
+            self.stop()
+            raise
         return self
 
     def __exit__(
