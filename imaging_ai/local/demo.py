@@ -244,7 +244,11 @@ def _isolate(argv: list[str]) -> None:
         return
     probe = os.system("unshare -rn true >/dev/null 2>&1")  # noqa: S605 - fixed command
     if probe != 0:
-        print("note: cannot create a private network namespace; services bind 127.0.0.1 only")
+        print(
+            "note: no private network namespace here (unshare -rn refused); Orthanc 1.10 "
+            "listens on every interface during the demo, accepting REST from loopback and "
+            "C-STORE only from our AE title on 127.0.0.1; everything else binds 127.0.0.1"
+        )
         return
     os.environ[_ISOLATED] = "1"
     script = 'ip link set lo up && exec "$0" "$@"'
