@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -199,6 +200,23 @@ class RunStateStore:
                 return None
             raise
         return _to_state(response["Attributes"])
+
+    def claim_work(
+        self, run: RunKey, stages: tuple[Stage, ...], lease_s: float
+    ) -> tuple[RunState, str] | None:
+        """Claim the run for this delivery: (the run as claimed, the holder id to release).
+
+        None when the run has moved past `stages` (a duplicate delivery, to acknowledge);
+        RunBusy when another delivery's live lease holds it (the message must be retried).
+        """
+        holder = uuid.uuid4().hex
+        claimed = self.claim(run, stages, holder, lease_s)
+        if claimed is not None:
+            return claimed, holder
+        current = self.get(run)
+        if current is not None and current.stage in stages:
+            raise RunBusy(f"run {run.run_id} is being processed by another delivery")
+        return None
 
     def release(self, run: RunKey, holder: str) -> None:
         """Give the work lease back, if `holder` still has it (a taken-over lease stays)."""

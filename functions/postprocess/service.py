@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -27,7 +26,7 @@ from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_c
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import unpack_model_output
-from imaging_ai.state import RunBusy, RunKey, RunState, RunStateStore, StageConflict
+from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
 
 # Stages in which postprocess still has work to do on a run.
 _WORKABLE = (Stage.INFERRING, Stage.REPORTED)
@@ -83,17 +82,12 @@ class PostprocessService:
             raise RunNotReady("inference result arrived before the run was INFERRING")
         # Only the lease holder builds, writes and announces: concurrent copies of the same
         # notification can no longer each write results or each send RESULT_READY.
-        holder = uuid.uuid4().hex
-        claimed = self._state.claim(run, _WORKABLE, holder, lease_s)
-        if claimed is None:
-            latest = self._state.get(run)
-            stage = latest.stage if latest else None
-            if stage in _WORKABLE:
-                logger.info("another delivery is processing this run", stage=str(stage))
-                raise RunBusy(f"run {run_id} is being processed by another delivery")
-            logger.info("duplicate inference notification", stage=str(stage))
+        work = self._state.claim_work(run, _WORKABLE, lease_s)
+        if work is None:
+            logger.info("duplicate inference notification")
             metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
             return PostprocessOutcome.DUPLICATE
+        claimed, holder = work
         try:
             keys = {name: result_key(site, study, run_id, name) for name in RESULT_NAMES}
             model_version = claimed.attributes.get("model_version")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,7 +30,7 @@ from imaging_ai.contracts import (
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelInputMeta, pack_model_input
-from imaging_ai.state import RunBusy, RunKey, RunStateStore, StageConflict
+from imaging_ai.state import RunKey, RunStateStore, StageConflict
 from imaging_ai.volume import build_volume, prepare_model_input
 
 # Stages in which preprocess still has work to do on a run.
@@ -92,17 +91,12 @@ class PreprocessService:
         self._state.start(run, manifest.model_name, attributes)
         # Only the holder of the run's lease may build or call the endpoint: two concurrent
         # deliveries can no longer both see PREPROCESSED and both invoke.
-        holder = uuid.uuid4().hex
-        claimed = self._state.claim(run, _WORKABLE, holder, lease_s)
-        if claimed is None:
-            current = self._state.get(run)
-            stage = current.stage if current else None
-            if stage in _WORKABLE:
-                logger.info("another delivery is processing this run", stage=str(stage))
-                raise RunBusy(f"run {run.run_id} is being processed by another delivery")
-            logger.info("duplicate manifest event", stage=str(stage))
+        work = self._state.claim_work(run, _WORKABLE, lease_s)
+        if work is None:
+            logger.info("duplicate manifest event")
             metrics.add_metric(name="DuplicateManifestEvents", unit=MetricUnit.Count, value=1)
             return PreprocessOutcome.DUPLICATE
+        claimed, holder = work
         try:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
