@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from imaging_ai.model_io import Finding, VolumeGeometry
+
 # Stored value = HU - RESCALE_INTERCEPT, as most CT scanners write it.
 RESCALE_INTERCEPT = -1024.0
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_BONE, HU_NODULE = -1000, -850, -100, 40, 700, 40
@@ -103,6 +105,35 @@ class Phantom:
     origin_mm: tuple[float, float, float]  # patient position of voxel (0, 0, 0), LPS
     nodules: list[Nodule]
     nodule_mask: npt.NDArray[np.uint8]
+
+    def geometry(self) -> VolumeGeometry:
+        """The phantom's grid in patient space (`origin_mm` here is in array order)."""
+        oz, oy, ox = self.origin_mm
+        return VolumeGeometry(
+            shape=self.hu.shape, spacing_mm=self.spacing_mm, origin_mm=(ox, oy, oz)
+        )
+
+    def truth_findings(self, label_value: int = 1) -> list[Finding]:
+        """The nodules as the model contract reports findings: what a perfect model would say."""
+        geometry = self.geometry()
+        voxel_mm3 = float(np.prod(self.spacing_mm))
+        findings = []
+        for index, nodule in enumerate(self.nodules, start=1):
+            voxels = np.argwhere(self.nodule_mask == index)
+            centre = voxels.mean(axis=0)
+            findings.append(
+                Finding(
+                    label_value=label_value,
+                    component=index,
+                    voxel_count=len(voxels),
+                    volume_mm3=len(voxels) * voxel_mm3,
+                    longest_diameter_mm=nodule.diameter_mm,
+                    centroid_mm=geometry.voxel_to_patient(
+                        (float(centre[0]), float(centre[1]), float(centre[2]))
+                    ),
+                )
+            )
+        return findings
 
 
 @dataclass

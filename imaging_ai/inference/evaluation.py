@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from imaging_ai.errors import ContractError
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
-from imaging_ai.inference.training import TRAINING_SEED_BASE, phantom_geometry
+from imaging_ai.inference.training import TRAINING_SEED_BASE
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import Finding, ModelInputMeta
 from imaging_ai.synthetic import Phantom, make_chest_phantom
@@ -36,7 +36,7 @@ def model_input_for(
 ) -> tuple[npt.NDArray[np.float32], ModelInputMeta]:
     """What preprocessing hands the model: the phantom through the Lambda's own resample and
     intensity-window normalization (`imaging_ai.volume.resample_normalize`)."""
-    source = phantom_geometry(phantom)
+    source = phantom.geometry()
     image, model = resample_normalize(
         phantom.hu.astype(np.float32), source, card.input_spacing_mm, card.intensity_window_hu
     )

@@ -24,8 +24,7 @@ from imaging_ai.inference.network import build_network, export_torchscript
 from imaging_ai.inference.predictor import normalise_hu
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_card import MODEL_CARD_NAME, Code, Label, ModelCard
-from imaging_ai.model_io import VolumeGeometry
-from imaging_ai.synthetic import Phantom, make_chest_phantom
+from imaging_ai.synthetic import make_chest_phantom
 
 logger = get_logger(__name__)
 
@@ -59,14 +58,6 @@ class TrainingCase:
     nodule_voxels: list[tuple[int, int, int]]
 
 
-def phantom_geometry(phantom: Phantom) -> VolumeGeometry:
-    """The phantom's grid in patient space; its origin tuple is in (slice, row, column) order."""
-    oz, oy, ox = phantom.origin_mm
-    return VolumeGeometry(
-        shape=phantom.hu.shape, spacing_mm=phantom.spacing_mm, origin_mm=(ox, oy, oz)
-    )
-
-
 def make_training_case(seed: int) -> TrainingCase:
     """A phantom at a random source spacing, resampled to the model grid as preprocessing does.
 
@@ -86,7 +77,7 @@ def make_training_case(seed: int) -> TrainingCase:
         nodule_diameters_mm=(4.5, 22.0),
         noise_hu=float(rng.uniform(10.0, 20.0)),
     )
-    source = phantom_geometry(phantom)
+    source = phantom.geometry()
     model = model_geometry_for(source, MODEL_SPACING_MM)
     image = resample_linear(phantom.hu, source, model)
     fraction = resample_linear((phantom.nodule_mask > 0).astype(np.float32), source, model)

@@ -30,7 +30,7 @@ from imaging_ai.contracts import (
     site_results_queue_name,
 )
 from imaging_ai.local.moto_server import free_port
-from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
 from imaging_ai.results import build_results
 from imaging_ai.synthetic import SyntheticStudy
 from tests.unit.results.sample import demo_card
@@ -165,32 +165,10 @@ class CloudSide:
     def answer(self, manifest: Manifest, study: SyntheticStudy) -> SiteResultMessage:
         """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site."""
         headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
-        shape = (len(headers), int(headers[0].Rows), int(headers[0].Columns))
         labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
-        spacing = study.phantom.spacing_mm
-        geometry = VolumeGeometry(
-            shape=shape,
-            spacing_mm=spacing,
-            origin_mm=(
-                study.phantom.origin_mm[2],
-                study.phantom.origin_mm[1],
-                study.phantom.origin_mm[0],
-            ),
-        )
+        geometry = study.phantom.geometry()
         card = demo_card()
-        findings = []
-        for index, nodule in enumerate(study.phantom.nodules, start=1):
-            voxels = np.argwhere(study.phantom.nodule_mask == index)
-            findings.append(
-                Finding(
-                    label_value=1,
-                    component=index,
-                    voxel_count=len(voxels),
-                    volume_mm3=len(voxels) * float(np.prod(spacing)),
-                    longest_diameter_mm=nodule.diameter_mm,
-                    centroid_mm=geometry.voxel_to_patient(tuple(voxels.mean(axis=0))),
-                )
-            )
+        findings = study.phantom.truth_findings()
         output = ModelOutputMeta(
             input=ModelInputMeta(
                 site=SITE,

@@ -62,11 +62,10 @@ def test_components_are_numbered_largest_first() -> None:
 def test_longest_diameter_of_generated_nodules_is_within_two_percent() -> None:
     # Given the generator's nodules, digitized on anisotropic CT voxels, with known diameters
     from imaging_ai.inference.findings import longest_diameter_mm
-    from imaging_ai.inference.training import phantom_geometry
     from imaging_ai.synthetic import make_chest_phantom
 
     phantom = make_chest_phantom(12, shape=(120, 400, 400), nodule_count=3)
-    geometry = phantom_geometry(phantom)
+    geometry = phantom.geometry()
     # When each one's longest diameter is measured on its mask
     for index, nodule in enumerate(phantom.nodules, start=1):
         measured = longest_diameter_mm(phantom.nodule_mask == index, geometry)

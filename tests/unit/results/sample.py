@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pydicom
 
 from imaging_ai.model_card import Code, Label, ModelCard
-from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
 from imaging_ai.synthetic import write_ct_study
 
 SHAPE = (24, 128, 128)
@@ -104,30 +104,8 @@ def make_sample_run(tmp: Path, run_id: str = "run-1", nodules: int = 2) -> Sampl
     mask = study.phantom.nodule_mask
     labels = np.zeros(SHAPE, dtype=np.uint8)
     labels[mask > 0] = 1
-    voxel_mm3 = float(np.prod(SPACING))
-    geometry = VolumeGeometry(
-        shape=SHAPE,
-        spacing_mm=SPACING,
-        origin_mm=(
-            study.phantom.origin_mm[2],
-            study.phantom.origin_mm[1],
-            study.phantom.origin_mm[0],
-        ),
-    )
-    findings = []
-    for index, nodule in enumerate(study.phantom.nodules, start=1):
-        voxels = np.argwhere(mask == index)
-        centroid = geometry.voxel_to_patient(tuple(voxels.mean(axis=0)))
-        findings.append(
-            Finding(
-                label_value=1,
-                component=index,
-                voxel_count=len(voxels),
-                volume_mm3=len(voxels) * voxel_mm3,
-                longest_diameter_mm=nodule.diameter_mm,
-                centroid_mm=centroid,
-            )
-        )
+    geometry = study.phantom.geometry()
+    findings = study.phantom.truth_findings()
     card = demo_card()
     meta_in = ModelInputMeta(
         site="site-a",
