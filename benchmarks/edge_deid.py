@@ -26,11 +26,11 @@ from typing import Any
 
 import pydicom
 
+from edge_forwarder.deid import Deidentifier
 from edge_forwarder.transport.packaging import pack_series, seal
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import encryption_context
-from imaging_ai.deid import Deidentifier
 from imaging_ai.local.moto_server import free_port, start_moto_server
 from imaging_ai.synthetic import write_ct_study
 

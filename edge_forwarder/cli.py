@@ -42,6 +42,7 @@ def build_service(config: ForwarderConfig, intake: Any = None, max_backoff_s: fl
     Tests pass a list-backed intake and a short backoff cap; everything else is as deployed.
     """
     from edge_forwarder.crosswalk import CrosswalkVault
+    from edge_forwarder.deid import Deidentifier, DeidOptions
     from edge_forwarder.intake import Intake
     from edge_forwarder.service import DeliverySettings, ForwarderService
     from edge_forwarder.transport.backoff import Backoff
@@ -54,7 +55,6 @@ def build_service(config: ForwarderConfig, intake: Any = None, max_backoff_s: fl
         identity_from_crosswalk,
     )
     from imaging_ai.contracts import DeidRecord
-    from imaging_ai.deid import Deidentifier, DeidOptions
 
     parts = build_parts(config)
     options = DeidOptions(**config.deid.options)

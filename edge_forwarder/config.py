@@ -47,7 +47,7 @@ class SecretRef(_Section):
 
 class DeidSection(_Section):
     site_secret: SecretRef
-    # Passed to imaging_ai.deid.DeidOptions; that model validates the names.
+    # Passed to edge_forwarder.deid.DeidOptions; that model validates the names.
     options: dict[str, Any] = Field(default_factory=dict)
 
 

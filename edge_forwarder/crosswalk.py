@@ -12,8 +12,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from edge_forwarder.deid import DeidResult
 from edge_forwarder.durable_db import open_durable_db
-from imaging_ai.deid import DeidResult
 from imaging_ai.errors import PipelineError
 
 _SCHEMA = """

@@ -15,12 +15,12 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from edge_forwarder.deid import BURNED_IN_RISK_SOP_CLASSES
+from edge_forwarder.deid.codec import iter_elements
 from edge_forwarder.intake.journal import Journal
 from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import Spool
-from imaging_ai.deid import BURNED_IN_RISK_SOP_CLASSES
-from imaging_ai.deid.codec import iter_elements
 from imaging_ai.logs import get_logger
 
 # Keyword fields, as the forwarder logs: its JSON formatter prints the allow-listed ones.

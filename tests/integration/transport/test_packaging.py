@@ -7,11 +7,11 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from edge_forwarder.deid import Deidentifier
 from edge_forwarder.transport.packaging import pack_series, seal
 from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context
-from imaging_ai.deid import Deidentifier
 from imaging_ai.errors import PipelineError
 from imaging_ai.synthetic import write_ct_study
 

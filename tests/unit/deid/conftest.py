@@ -8,7 +8,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from imaging_ai.deid import Deidentifier
+from edge_forwarder.deid import Deidentifier
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
 
 SECRET = b"site-secret-for-tests-0123456789"

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ImplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from imaging_ai.deid import Deidentifier, DeidError, DeidOptions, QuarantineReason
+from edge_forwarder.deid import Deidentifier, DeidError, DeidOptions, QuarantineReason
 from imaging_ai.synthetic import FakePatient
 from tests.unit.deid.conftest import SECRET, to_bytes
 

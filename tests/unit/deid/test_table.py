@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 
-from imaging_ai.deid import TABLE_EDITION, Action, resolve_actions, table_rows
-from imaging_ai.deid.table import resolve_combination
+from edge_forwarder.deid import TABLE_EDITION, Action, resolve_actions, table_rows
+from edge_forwarder.deid.table import resolve_combination
 
 
 def test_table_is_the_pinned_edition_with_every_action_code() -> None:

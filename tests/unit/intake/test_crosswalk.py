@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from edge_forwarder.crosswalk import CrosswalkError, CrosswalkVault
-from imaging_ai.deid import Deidentifier, DeidResult
+from edge_forwarder.deid import Deidentifier, DeidResult
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
 
 SECRET = b"site-secret-for-tests-0123456789"

@@ -62,7 +62,9 @@ def _parse_tag(text: str) -> int | None:
 @cache
 def table_rows() -> tuple[TableRow, ...]:
     """Every row of the shipped table, in the standard's order."""
-    text = resources.files("imaging_ai.deid").joinpath("data", TABLE_RESOURCE).read_text("utf-8")
+    text = (
+        resources.files("edge_forwarder.deid").joinpath("data", TABLE_RESOURCE).read_text("utf-8")
+    )
     rows: list[TableRow] = []
     for line in text.splitlines():
         if not line or line.startswith("#"):

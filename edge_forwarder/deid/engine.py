@@ -18,7 +18,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from imaging_ai.deid.codec import (
+from edge_forwarder.deid.codec import (
     ITEM_DELIMITER,
     ITEM_START_UNDEFINED,
     SEQUENCE_DELIMITER,
@@ -31,7 +31,7 @@ from imaging_ai.deid.codec import (
     read_file_meta,
     sequence_header,
 )
-from imaging_ai.deid.table import TABLE_EDITION, Action, resolve_actions
+from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions
 from imaging_ai.errors import PipelineError
 
 IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1445.1"  # this project's root, see README

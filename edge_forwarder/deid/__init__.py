@@ -1,6 +1,6 @@
 """PS3.15 Annex E de-identification of DICOM instances, driven by the shipped Table E.1-1."""
 
-from imaging_ai.deid.engine import (
+from edge_forwarder.deid.engine import (
     BURNED_IN_RISK_SOP_CLASSES,
     Deidentifier,
     DeidError,
@@ -10,7 +10,7 @@ from imaging_ai.deid.engine import (
     PseudoIdentifiers,
     QuarantineReason,
 )
-from imaging_ai.deid.table import TABLE_EDITION, Action, resolve_actions, table_rows
+from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions, table_rows
 
 __all__ = [
     "BURNED_IN_RISK_SOP_CLASSES",
