@@ -153,26 +153,39 @@ class Stage(StrEnum):
     REPORTED = "REPORTED"
     DELIVERED = "DELIVERED"
     FAILED = "FAILED"
+    # The study is outside the model's intended use (no series qualifies): not an error, and
+    # no findings are delivered. Terminal like FAILED, but a site counts and reads it apart.
+    NOT_ANALYZED = "NOT_ANALYZED"
 
 
-# Allowed forward moves; FAILED is reachable from any non-terminal stage.
+# Allowed forward moves; FAILED is reachable from any non-terminal stage, NOT_ANALYZED from
+# the stages before inference (only preprocessing judges intended use).
 NEXT_STAGE: dict[Stage, Stage] = {
     Stage.RECEIVED: Stage.PREPROCESSED,
     Stage.PREPROCESSED: Stage.INFERRING,
     Stage.INFERRING: Stage.REPORTED,
     Stage.REPORTED: Stage.DELIVERED,
 }
+TERMINAL_STAGES: frozenset[Stage] = frozenset({Stage.DELIVERED, Stage.FAILED, Stage.NOT_ANALYZED})
+NOT_ANALYZED_FROM: tuple[Stage, ...] = (Stage.RECEIVED, Stage.PREPROCESSED)
 
 
 # ---- Messages to the site ------------------------------------------------------------------
 
 
+class SiteMessageKind(StrEnum):
+    RESULT_READY = "RESULT_READY"
+    FAILED = "FAILED"
+    NOT_ANALYZED = "NOT_ANALYZED"  # outside the model's intended use; `reason` says why
+
+
 class SiteResultMessage(BaseModel):
-    """What the cloud tells a site on its results queue: results ready, or a failure."""
+    """What the cloud tells a site on its results queue: results ready, a failure, or that
+    the study was not analyzed (outside the model's intended use)."""
 
     model_config = ConfigDict(frozen=True)
     schema_version: Literal["1.0"] = "1.0"
-    kind: Literal["RESULT_READY", "FAILED"]
+    kind: SiteMessageKind
     site: str
     pseudo_study_uid: str
     run_id: str

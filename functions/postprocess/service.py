@@ -22,7 +22,14 @@ from functions.common.observability import (
 )
 from functions.postprocess.results import ResultsBuilder, build_result_objects, cap_findings
 from imaging_ai.async_inference import AsyncInferenceNotification
-from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
+from imaging_ai.contracts import (
+    RESULT_NAMES,
+    TERMINAL_STAGES,
+    SiteResultMessage,
+    Stage,
+    model_card_key,
+    result_key,
+)
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import unpack_model_output
@@ -71,7 +78,7 @@ class PostprocessService:
         current = self._state.get(run)
         if current is None:
             return self._fail(run, None, "inference result for a run that was never received")
-        if current.stage in (Stage.DELIVERED, Stage.FAILED):
+        if current.stage in TERMINAL_STAGES:
             logger.info("duplicate inference notification", stage=current.stage.value)
             metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
             return PostprocessOutcome.DUPLICATE

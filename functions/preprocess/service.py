@@ -14,13 +14,15 @@ from functions.common.keys import inference_id, source_headers_key, unreadable_m
 from functions.common.observability import logger, metrics, tracer
 from functions.preprocess.adapters import AsyncEndpoint
 from functions.preprocess.series import (
+    NotAnalyzed,
+    candidate_series,
     check_deidentified,
     check_matches_manifest,
     read_series_tar,
-    select_series,
 )
 from imaging_ai.contracts import (
     Manifest,
+    ManifestSeries,
     Stage,
     inference_output_prefix,
     model_card_key,
@@ -28,10 +30,11 @@ from imaging_ai.contracts import (
     preprocessed_key,
 )
 from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.intended_use import Skip, SkipReason, screen_headers, screen_volume
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelInputMeta, pack_model_input
 from imaging_ai.state import RunKey, RunStateStore, StageConflict
-from imaging_ai.volume import build_volume, prepare_model_input
+from imaging_ai.volume import GeometryError, Volume, build_volume, prepare_model_input
 
 # Stages in which preprocess still has work to do on a run.
 _WORKABLE = (Stage.RECEIVED, Stage.PREPROCESSED)
@@ -43,6 +46,7 @@ class PreprocessOutcome(StrEnum):
     SUBMITTED = "SUBMITTED"
     DUPLICATE = "DUPLICATE"
     REFUSED = "REFUSED"
+    NOT_ANALYZED = "NOT_ANALYZED"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,8 @@ class PreprocessService:
             # Only after our lease expired mid-run could another delivery have moved it on.
             logger.warning("another delivery advanced this run", stage=str(conflict.actual))
             return PreprocessOutcome.DUPLICATE
+        except NotAnalyzed as outside:
+            return self._not_analyzed(run, manifest.model_name, str(outside))
         except PipelineError as error:
             return self._refuse(run, manifest.model_name, f"study refused: {error}")
         finally:
@@ -138,16 +144,7 @@ class PreprocessService:
     @tracer.capture_method
     def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
         card = self._model_card(manifest.model_name)
-        series = select_series(manifest, card.series_selection)
-        with self._store.open_encrypted(
-            series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
-        ) as plaintext:
-            datasets = read_series_tar(plaintext)
-        # Only now is the whole object authenticated and checked against the manifest.
-        check_deidentified(datasets)
-        check_matches_manifest(datasets, manifest, series)
-        volume = build_volume(datasets)
-        del datasets
+        series, volume = self._select(manifest, run, card)
         image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
             site=run.site,
@@ -177,6 +174,51 @@ class PreprocessService:
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )
 
+    def _select(
+        self, manifest: Manifest, run: RunKey, card: ModelCard
+    ) -> tuple[ManifestSeries, Volume]:
+        """The first candidate (most instances first) within the model's intended use.
+
+        Series are read one at a time, so memory holds one series besides the chosen volume.
+        Every series left out is logged with its reason; NotAnalyzed when none qualifies.
+        """
+        use = card.intended_use
+        candidates, skips = candidate_series(manifest, use)
+        chosen: tuple[ManifestSeries, Volume] | None = None
+        for series in candidates:
+            with self._store.open_encrypted(
+                series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
+            ) as plaintext:
+                datasets = read_series_tar(plaintext)
+            # Only now is the whole object authenticated and checked against the manifest.
+            check_deidentified(datasets)
+            check_matches_manifest(datasets, manifest, series)
+            skip = screen_headers(series.pseudo_series_uid, datasets, use)
+            if skip is None:
+                try:
+                    volume = build_volume(datasets, use.max_gantry_tilt_deg, use.max_slice_gap_mm)
+                except GeometryError as error:
+                    skip = Skip(series.pseudo_series_uid, SkipReason.GEOMETRY, str(error))
+                else:
+                    skip = screen_volume(series.pseudo_series_uid, volume, use)
+            del datasets
+            if skip is None:
+                chosen = (series, volume)
+                break
+            skips.append(skip)
+        for skip in skips:
+            logger.info(
+                "series skipped",
+                pseudo_series_uid=skip.pseudo_series_uid,
+                skip_reason=skip.reason.value,
+                detail=skip.detail,
+            )
+            metrics.add_metric(name="SeriesSkipped", unit=MetricUnit.Count, value=1)
+        if chosen is None:
+            raise NotAnalyzed(skips)
+        logger.info("series selected", pseudo_series_uid=chosen[0].pseudo_series_uid)
+        return chosen
+
     def _model_card(self, model_name: str) -> ModelCard:
         try:
             return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
@@ -188,3 +230,9 @@ class PreprocessService:
         metrics.add_metric(name="StudiesRefused", unit=MetricUnit.Count, value=1)
         self._notifier.fail_run(self._state, run, reason, model_name)
         return PreprocessOutcome.REFUSED
+
+    def _not_analyzed(self, run: RunKey, model_name: str, reason: str) -> PreprocessOutcome:
+        logger.info("study not analyzed", reason=reason, run_id=run.run_id)
+        metrics.add_metric(name="StudiesNotAnalyzed", unit=MetricUnit.Count, value=1)
+        self._notifier.not_analyze_run(self._state, run, reason, model_name)
+        return PreprocessOutcome.NOT_ANALYZED

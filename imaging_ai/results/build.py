@@ -14,6 +14,7 @@ from imaging_ai.contracts import check_run_id
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.reslice import labels_on_source_slices
 from imaging_ai.results.fhir import build_bundle
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.results.sr import build_structured_report
@@ -98,7 +99,18 @@ def build_results(
     _check_inputs(source_headers, labels, output, card)
     now = datetime.now(UTC)
     study_uid = str(source_headers[0].StudyInstanceUID)
-    seg = build_segmentation(source_headers, labels, card, study_uid, run_id)
+    # A tilted or unevenly spaced series was resampled onto a regular grid: the SEG must
+    # still reference (and lie on) the slices the site holds.
+    positions = [
+        (
+            float(ds.ImagePositionPatient[0]),
+            float(ds.ImagePositionPatient[1]),
+            float(ds.ImagePositionPatient[2]),
+        )
+        for ds in source_headers
+    ]
+    source_labels = labels_on_source_slices(labels, output.input.source_geometry, positions)
+    seg = build_segmentation(source_headers, source_labels, card, study_uid, run_id)
     if unreported_findings < 0:
         raise ContractError("unreported_findings cannot be negative")
     sr = build_structured_report(
