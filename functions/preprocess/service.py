@@ -105,7 +105,9 @@ class PreprocessService:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
             else:
-                self._preprocess(manifest, run)
+                outside = self._preprocess(manifest, run)
+                if outside is not None:
+                    return self._not_analyzed(run, manifest.model_name, str(outside))
                 self._state.advance(run, Stage.PREPROCESSED)
             location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
             run_prefix = inference_output_prefix(site, pseudo_study_uid, run.run_id)
@@ -121,8 +123,6 @@ class PreprocessService:
             # Only after our lease expired mid-run could another delivery have moved it on.
             logger.warning("another delivery advanced this run", stage=str(conflict.actual))
             return PreprocessOutcome.DUPLICATE
-        except NotAnalyzed as outside:
-            return self._not_analyzed(run, manifest.model_name, str(outside))
         except PipelineError as error:
             return self._refuse(run, manifest.model_name, f"study refused: {error}")
         finally:
@@ -142,9 +142,14 @@ class PreprocessService:
         return manifest
 
     @tracer.capture_method
-    def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
+    def _preprocess(self, manifest: Manifest, run: RunKey) -> NotAnalyzed | None:
+        """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
+        not an error) when no series is within the model's intended use."""
         card = self._model_card(manifest.model_name)
-        series, volume = self._select(manifest, run, card)
+        selected = self._select(manifest, run, card)
+        if isinstance(selected, NotAnalyzed):
+            return selected
+        series, volume = selected
         image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
             site=run.site,
@@ -173,10 +178,11 @@ class PreprocessService:
         metrics.add_metric(
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )
+        return None
 
     def _select(
         self, manifest: Manifest, run: RunKey, card: ModelCard
-    ) -> tuple[ManifestSeries, Volume]:
+    ) -> tuple[ManifestSeries, Volume] | NotAnalyzed:
         """The first candidate (most instances first) within the model's intended use.
 
         Series are read one at a time, so memory holds one series besides the chosen volume.
@@ -215,7 +221,7 @@ class PreprocessService:
             )
             metrics.add_metric(name="SeriesSkipped", unit=MetricUnit.Count, value=1)
         if chosen is None:
-            raise NotAnalyzed(skips)
+            return NotAnalyzed(skips)
         logger.info("series selected", pseudo_series_uid=chosen[0].pseudo_series_uid)
         return chosen
 

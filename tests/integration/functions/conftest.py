@@ -17,7 +17,7 @@ from imaging_ai.local.dispatcher import (
 )
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import LocalResources, provision
-from tests.functions_support import SITE, model_card
+from tests.functions_support import SITE, chest_model_card, model_card
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Stack:
 @pytest.fixture
 def stack(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """Given every resource provisioned on moto and the functions' environment set."""
-    resources = provision([SITE], [model_card()])
+    resources = provision([SITE], [model_card(), chest_model_card()])
     for name, value in resources.function_environment().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
