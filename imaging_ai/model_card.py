@@ -81,6 +81,9 @@ class IntendedUse(BaseModel):
     # Empty lists accept any region; an absent attribute is left to the image-based check.
     anatomic_regions: list[Code] = Field(default_factory=list)
     body_part_examined: list[str] = Field(default_factory=list)
+    # For routing at the edge only: de-identification removes Series Description, so the
+    # cloud cannot check it. A case-insensitive regex, searched.
+    series_description: str | None = None
     sop_class_uids: list[str] = Field(
         default_factory=lambda: [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE]
     )

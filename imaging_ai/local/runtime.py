@@ -228,7 +228,7 @@ class LocalPipeline:
                 site=self.site,
                 port=self.forwarder_port,
                 quiet_seconds=self.quiet_seconds,
-                model_name=self.card.name,
+                card=self.card,
                 bucket=self.resources.data_bucket,
                 kms_key_arn=self.resources.kms_key_arn,
                 pacs=self.pacs,
@@ -378,17 +378,34 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+def _routes(card: ModelCard) -> str:
+    """Route as a hospital would, from the model's declared intended use: a CT series whose
+    Body Part Examined, or else whose description, says the model's region."""
+    use = card.intended_use
+    base = (
+        f"[[intake.routing]]\nmodel = {_toml_string(card.name)}\n"
+        f"modality = {json.dumps(use.modality)}\nmin_instances = {use.min_slices}\n"
+    )
+    rules = []
+    if use.body_part_examined:
+        rules.append(base + f"body_part = {json.dumps(use.body_part_examined)}\n")
+    if use.series_description:
+        rules.append(base + f"series_description = {_toml_string(use.series_description)}\n")
+    return "\n".join(rules or [base])
+
+
 def _forwarder_config(
     site: str,
     port: int,
     quiet_seconds: float,
-    model_name: str,
+    card: ModelCard,
     bucket: str,
     kms_key_arn: str,
     pacs: Orthanc,
     ehr_url: str,
 ) -> str:
     """The forwarder's TOML config for the local hospital (relative paths: next to the file)."""
+    model_name = card.name
     return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
 site = {_toml_string(site)}
 state_dir = "state"
@@ -403,10 +420,7 @@ quiet_seconds_study = {quiet_seconds}
 quiet_seconds_series = {quiet_seconds}
 min_free_disk_bytes = 104857600
 
-[[intake.routing]]
-model = {_toml_string(model_name)}
-modality = ["CT"]
-
+{_routes(card)}
 [deid]
 site_secret = {{ file = "site-secret.hex" }}
 
