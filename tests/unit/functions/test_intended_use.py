@@ -158,7 +158,7 @@ def test_a_short_scan_lacks_coverage(chest: Phantom, chest_use: IntendedUse) -> 
     slices = ct_series(short, FakePatient(), generate_uid(), generate_uid(), 2, "C", "CHEST")
     skip = screen_volume(UID, build_volume(slices), chest_use)
     assert skip is not None and skip.reason is SkipReason.INSUFFICIENT_COVERAGE
-    assert skip.detail == "78 mm < 150 mm"
+    assert skip.detail == "78 mm < 100 mm"
 
 
 def test_the_site_reason_names_each_distinct_reason_once() -> None:
