@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
         system-deps venv clean cdk-synth cdk-gates benchmarks
 
 demo: system-deps venv ehr-server
-	$(BIN)/python -m imaging_ai.local.demo
+	$(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
 
 test: system-deps venv ehr-server lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests

@@ -27,6 +27,7 @@ from typing import Any
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import Stage
+from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 from imaging_ai.local.dispatcher import LocalEventSources, event_sources
@@ -272,6 +273,13 @@ class LocalPipeline:
         if result.returncode != 0:
             raise PipelineError(f"storescu failed ({result.returncode}): {result.stderr[-500:]}")
 
+    def send_folder(self, found: StudyFolder) -> SendReport:
+        """C-STORE a user's folder (as scanned) to the forwarder: every instance, each in its
+        own transfer syntax; DICOMDIRs and other files were left out by the scan."""
+        return send_instances(
+            found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
+        )
+
     def wait_until_delivered(self, timeout_s: float) -> bool:
         return self.timeline.wait_for(("delivered_pacs", "delivered_ehr"), timeout_s)
 
@@ -298,6 +306,8 @@ class LocalPipeline:
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
         if event in _EDGE_STAGES:
             self.timeline.record(str(event), _detail(entry))
+        elif event == "route_decision" and entry.get("status") == "no_rule_matched":
+            self.timeline.record("not_routed")
         elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
             if event in _EDGE_FAILURES:
@@ -325,6 +335,8 @@ class LocalPipeline:
                             self.timeline.record(name)
                     if run.stage == Stage.FAILED:
                         self.timeline.record("failed", run.reason or "")
+                    elif run.stage == Stage.NOT_ANALYZED:
+                        self.timeline.record("not_analyzed", run.reason or "")
 
     # -- helpers -----------------------------------------------------------------------------
 

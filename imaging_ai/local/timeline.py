@@ -33,7 +33,11 @@ DESCRIPTIONS = {
     "delivered_pacs": "re-identified SR + SEG stored in the PACS",
     "delivered_ehr": "re-identified FHIR Bundle accepted by the EHR",
     "failed": "FAILED",
+    "not_analyzed": "NOT ANALYZED: outside the model's intended use, no findings delivered",
+    "not_routed": "no routing rule matched: the study stays on site",
 }
+# Ends of a study's road other than delivery.
+TERMINAL = ("failed", "not_analyzed", "not_routed")
 
 
 @dataclass
@@ -61,15 +65,20 @@ class Timeline:
             self.printer(f"  {self.events[stage]:7.1f} s  {stage:<17} {text}{suffix}")
 
     def wait_for(self, stages: tuple[str, ...], timeout_s: float) -> bool:
-        """Block until every stage is recorded, or FAILED is, or the time is up."""
+        """Block until every stage is recorded, or a TERMINAL one is, or the time is up;
+        True only when every stage was reached."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not all(s in self.events for s in stages) and "failed" not in self.events:
+            while not all(s in self.events for s in stages) and not self.ended():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(remaining)
-            return "failed" not in self.events
+            return all(s in self.events for s in stages)
+
+    def ended(self) -> str | None:
+        """The terminal stage recorded, if any (callers hold no lock: reads one dict)."""
+        return next((stage for stage in TERMINAL if stage in self.events), None)
 
     def durations(self) -> list[tuple[str, float]]:
         """Seconds each stage took since the one recorded before it, in the order they happened."""
