@@ -13,7 +13,12 @@ from imaging_ai.errors import ContractError
 
 MANIFEST_SCHEMA_VERSION: Final = "1.0"
 MANIFEST_NAME = "manifest.json.enc"
-RESULT_NAMES = ("sr.dcm", "seg.dcm", "report.bundle.json")
+# The result objects of a run, by name (S3 keys, the edge's delivery folder).
+SR_NAME: Final = "sr.dcm"
+SEG_NAME: Final = "seg.dcm"
+BUNDLE_NAME: Final = "report.bundle.json"
+DICOM_RESULT_NAMES: Final = (SR_NAME, SEG_NAME)  # what goes to PACS
+RESULT_NAMES: Final = (*DICOM_RESULT_NAMES, BUNDLE_NAME)
 
 # A DICOM UID (PS3.5 9.1): digits and dots, no leading zero per component, at most 64 chars.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")

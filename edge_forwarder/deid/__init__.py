@@ -6,7 +6,6 @@ from edge_forwarder.deid.engine import (
     DeidError,
     DeidOptions,
     DeidResult,
-    OriginalIdentifiers,
     PseudoIdentifiers,
     QuarantineReason,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "DeidOptions",
     "DeidResult",
     "Deidentifier",
-    "OriginalIdentifiers",
     "PseudoIdentifiers",
     "QuarantineReason",
     "resolve_actions",
