@@ -22,7 +22,12 @@ from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.uploader import SeriesTar
 from imaging_ai.contracts import DeidRecord
-from imaging_ai.edge_stage import AWAITING_UPLOAD, OUTBOUND_UNFINISHED, EdgeStage
+from imaging_ai.edge_stage import (
+    AWAITING_UPLOAD,
+    OUTBOUND_ORDER,
+    OUTBOUND_UNFINISHED,
+    EdgeStage,
+)
 from imaging_ai.errors import PipelineError
 
 
@@ -166,7 +171,8 @@ class Outbound:
     def _reach(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
         """Advance to `stage`, unless a taken-again run had reached it before it stopped."""
         run = self.journal.run(run_id)
-        if run is not None and run.stage is not stage:
+        assert run is not None
+        if OUTBOUND_ORDER.index(run.stage) < OUTBOUND_ORDER.index(stage):
             self.journal.advance(run_id, stage, detail=detail)
 
     def _deidentify(self, study: CompletedStudy) -> _Packed:

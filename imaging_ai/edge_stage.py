@@ -63,10 +63,17 @@ EDGE_MOVES: Final[dict[EdgeStage, frozenset[EdgeStage]]] = {
 }
 # Where a run ends; FAILED cannot be entered again from these.
 TERMINAL_EDGE_STAGES: Final = frozenset({EdgeStage.DELIVERED, EdgeStage.FAILED})
-# Where a run can be after its study was taken and before its upload is committed.
-OUTBOUND_UNFINISHED: Final = frozenset(
-    {EdgeStage.RECEIVED, EdgeStage.COMPLETE, EdgeStage.DEIDENTIFIED}
+# The outbound stages in order, and where a run can be after its study was taken and
+# before it was prepared (taken again after a restart).
+OUTBOUND_ORDER: Final = (
+    EdgeStage.RECEIVED,
+    EdgeStage.COMPLETE,
+    EdgeStage.DEIDENTIFIED,
+    EdgeStage.PREPARED,
+    EdgeStage.UPLOADING,
+    EdgeStage.UPLOADED,
 )
+OUTBOUND_UNFINISHED: Final = frozenset(OUTBOUND_ORDER[:3])
 AWAITING_UPLOAD: Final = frozenset({EdgeStage.PREPARED, EdgeStage.UPLOADING})
 
 
