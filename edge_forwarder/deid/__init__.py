@@ -1,7 +1,6 @@
 """PS3.15 Annex E de-identification of DICOM instances, driven by the shipped Table E.1-1."""
 
 from edge_forwarder.deid.engine import (
-    BURNED_IN_RISK_SOP_CLASSES,
     Deidentifier,
     DeidError,
     DeidOptions,
@@ -10,6 +9,7 @@ from edge_forwarder.deid.engine import (
     QuarantineReason,
 )
 from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions, table_rows
+from imaging_ai.dicom_policy import BURNED_IN_RISK_SOP_CLASSES
 
 __all__ = [
     "BURNED_IN_RISK_SOP_CLASSES",

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -33,27 +33,17 @@ from edge_forwarder.deid.codec import (
 )
 from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions
 from edge_forwarder.identity import StudyIdentity
+from imaging_ai.dicom_policy import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NEEDS_FULL_DECODE,
+    REQUIRED_ATTRIBUTES,
+    BurnedInRisk,
+    burned_in_risk,
+)
 from imaging_ai.errors import PipelineError
 
 IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1445.1"  # this project's root, see README
 IMPLEMENTATION_VERSION_NAME: Final = b"IMAGING_AI_01"
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-_NEEDS_FULL_DECODE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflate, BE
-
-# SOP classes whose pixels often carry burned-in text: secondary capture and ultrasound.
-BURNED_IN_RISK_SOP_CLASSES: Final = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.7",
-        "1.2.840.10008.5.1.4.1.1.7.1",
-        "1.2.840.10008.5.1.4.1.1.7.2",
-        "1.2.840.10008.5.1.4.1.1.7.3",
-        "1.2.840.10008.5.1.4.1.1.7.4",
-        "1.2.840.10008.5.1.4.1.1.6.1",
-        "1.2.840.10008.5.1.4.1.1.6.2",
-        "1.2.840.10008.5.1.4.1.1.3.1",
-    }
-)
-
 # Tags read while rewriting (originals for the crosswalk, and context for the rules).
 T_SPECIFIC_CHARSET = 0x00080005
 T_SOP_CLASS = 0x00080016
@@ -110,12 +100,7 @@ _ORIGINAL_TAGS = _PRESCAN_TAGS | {
     T_FRAME_OF_REFERENCE,
     T_BURNED_IN,
 }
-_REQUIRED = (
-    (T_SOP_CLASS, "SOPClassUID"),
-    (T_SOP_INSTANCE, "SOPInstanceUID"),
-    (T_STUDY_UID, "StudyInstanceUID"),
-    (T_SERIES_UID, "SeriesInstanceUID"),
-)
+_REQUIRED = tuple((int(tag_for_keyword(k) or 0), k) for k in REQUIRED_ATTRIBUTES)
 
 _DUMMY_TEXT: dict[bytes, bytes] = {
     b"AE": b"ANONYMOUS",
@@ -354,7 +339,7 @@ class Deidentifier:
         transfer_syntax = _text(meta.get(T_TRANSFER_SYNTAX, b""))
         if not transfer_syntax:
             raise DeidError(QuarantineReason.UNDECODABLE, "file meta has no TransferSyntaxUID")
-        if transfer_syntax in _NEEDS_FULL_DECODE:
+        if transfer_syntax in NEEDS_FULL_DECODE:
             # Deflated and big endian data sets are re-encoded losslessly as explicit little
             # endian; every other syntax (compressed ones included) passes through as sent.
             return self._deidentify_bytes(_reencode(part10))
@@ -426,10 +411,11 @@ class Deidentifier:
     def _check_burned_in(self, sop_class: str, burned_in: str) -> None:
         if not self.options.quarantine_burned_in:
             return
-        allowed = sop_class in self.options.allowed_burned_in_risk_sop_classes
-        if burned_in.upper() == "YES" and not allowed:
+        allowed = frozenset(self.options.allowed_burned_in_risk_sop_classes)
+        risk = burned_in_risk(sop_class, burned_in, allowed)
+        if risk is BurnedInRisk.ANNOTATION:
             raise DeidError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
-        if sop_class in BURNED_IN_RISK_SOP_CLASSES and not allowed:
+        if risk is BurnedInRisk.RISK_SOP_CLASS:
             raise DeidError(QuarantineReason.BURNED_IN_RISK_SOP_CLASS, "SOPClassUID")
 
     def _rewrite(
