@@ -26,7 +26,7 @@ from typing import Any
 
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
-from imaging_ai.contracts import Stage
+from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREFIX, Stage
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
@@ -148,8 +148,8 @@ class LocalPipeline:
             AsyncEndpointConfig(
                 endpoint_name=self.resources.endpoint_name,
                 inference_url=f"http://127.0.0.1:{inference_port}",
-                s3_output_path=f"s3://{bucket}/inference-output",
-                s3_failure_path=f"s3://{bucket}/inference-failure",
+                s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
+                s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
                 success_topic_arn=self.resources.inference_success_topic_arn,
                 error_topic_arn=self.resources.inference_error_topic_arn,
             ),

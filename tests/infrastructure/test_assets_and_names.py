@@ -78,7 +78,16 @@ def test_copied_names_match_the_runtime_contracts() -> None:
     # The stack may not import runtime code; this test is where the two meet.
     from imaging_ai import contracts, state
 
-    assert names.MANIFEST_NAME == contracts.MANIFEST_NAME
+    for copied in (
+        "MANIFEST_NAME",
+        "INCOMING_PREFIX",
+        "PREPROCESSED_PREFIX",
+        "INFERENCE_OUTPUT_PREFIX",
+        "INFERENCE_FAILURE_PREFIX",
+        "RESULTS_PREFIX",
+        "MODELS_PREFIX",
+    ):
+        assert getattr(names, copied) == getattr(contracts, copied), copied
     assert contracts.manifest_key("site-a", "1.2.3").startswith(names.INCOMING_PREFIX)
     assert contracts.preprocessed_key("site-a", "1.2", "r1").startswith(names.PREPROCESSED_PREFIX)
     assert contracts.inference_output_prefix("site-a", "1.2", "r1").startswith(
