@@ -7,37 +7,48 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imaging_ai.edge_stage import EdgeStage
+
+# The edge stages a user follows (the forwarder logs each under its value as event name).
+EDGE_TIMELINE_STAGES = (
+    EdgeStage.RECEIVED,
+    EdgeStage.COMPLETE,
+    EdgeStage.DEIDENTIFIED,
+    EdgeStage.UPLOADED,
+    EdgeStage.RESULTS_RECEIVED,
+    EdgeStage.DELIVERED_PACS,
+    EdgeStage.DELIVERED_EHR,
+)
+# Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
+CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
+FAILED = "failed"
+NOT_ANALYZED = "not_analyzed"
+NOT_ROUTED = "not_routed"
+
 # The order a user reads; each stage is recorded once, the first time it is seen.
-STAGES = (
-    "received",
-    "complete",
-    "deidentified",
-    "uploaded",
-    "preprocessed",
-    "inferred",
-    "reported",
-    "results_received",
-    "delivered_pacs",
-    "delivered_ehr",
+STAGES: tuple[str, ...] = (
+    *EDGE_TIMELINE_STAGES[:4],
+    *CLOUD_TIMELINE_STEPS,
+    *EDGE_TIMELINE_STAGES[4:],
 )
 
 DESCRIPTIONS = {
-    "received": "first instance stored durably by the edge C-STORE SCP",
-    "complete": "study complete (quiet timer expired), routed to a model",
-    "deidentified": "de-identified on the edge, crosswalk kept on-prem",
-    "uploaded": "encrypted series + manifest (commit marker) in S3",
+    EdgeStage.RECEIVED: "first instance stored durably by the edge C-STORE SCP",
+    EdgeStage.COMPLETE: "study complete (quiet timer expired), routed to a model",
+    EdgeStage.DEIDENTIFIED: "de-identified on the edge, crosswalk kept on-prem",
+    EdgeStage.UPLOADED: "encrypted series + manifest (commit marker) in S3",
     "preprocessed": "Lambda built the model-ready volume and invoked the endpoint",
     "inferred": "inference server segmented and measured (async endpoint)",
     "reported": "Lambda wrote SEG + SR + FHIR Bundle, encrypted, told the site",
-    "results_received": "edge fetched and decrypted the results",
-    "delivered_pacs": "re-identified SR + SEG stored in the PACS",
-    "delivered_ehr": "re-identified FHIR Bundle accepted by the EHR",
-    "failed": "FAILED",
-    "not_analyzed": "NOT ANALYZED: outside the model's intended use, no findings delivered",
-    "not_routed": "no routing rule matched: the study stays on site",
+    EdgeStage.RESULTS_RECEIVED: "edge fetched and decrypted the results",
+    EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
+    EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
+    FAILED: "FAILED",
+    NOT_ANALYZED: "NOT ANALYZED: outside the model's intended use, no findings delivered",
+    NOT_ROUTED: "no routing rule matched: the study stays on site",
 }
 # Ends of a study's road other than delivery.
-TERMINAL = ("failed", "not_analyzed", "not_routed")
+TERMINAL = (FAILED, NOT_ANALYZED, NOT_ROUTED)
 
 
 @dataclass
