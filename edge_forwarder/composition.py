@@ -126,6 +126,7 @@ def build_forwarder(
         delivery=delivery,
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
+        not_analyzed_notice=config.pacs.not_analyzed_notice,
     )
     service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
     return Forwarder(service=service, journal=journal, telemetry=telemetry, listener=listener)

@@ -88,6 +88,8 @@ class PacsSection(_Section):
     max_attempts: int = Field(default=5, ge=1)
     retry_base_s: float = Field(default=2.0, ge=0.0)
     timeout_s: float = Field(default=30.0, gt=0.0)
+    # A one-line Basic Text SR into the study when the cloud did not analyze it.
+    not_analyzed_notice: bool = False
 
 
 class OAuth2Section(_Section):

@@ -205,6 +205,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "upload": ("110106", "Export", "upload", "C"),
     "reidentify": ("110109", "Order Record", "reidentify", "U"),
     "export": ("110106", "Export", "export", "C"),
+    # The cloud's verdict on a study: outside the model's intended use, nothing delivered.
+    "not_analyzed": ("110111", "Procedure Record", "not_analyzed", "R"),
 }
 
 
