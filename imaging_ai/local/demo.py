@@ -257,8 +257,10 @@ class UserStudySummary:
 
     @property
     def ok(self) -> bool:
+        """The study reached an end the site sees, and the cloud holds none of its identifiers
+        (instances the forwarder does not accept, e.g. dose SRs, are reported, not fatal)."""
         finished = self.outcome in ("DELIVERED", "NOT_ANALYZED", "NOT_ROUTED")
-        return finished and bool(self.privacy.get("clean")) and not self.send_failures
+        return finished and bool(self.privacy.get("clean")) and self.sent > 0
 
 
 def _outcome(pipeline: LocalPipeline, delivered: bool) -> tuple[str, str]:
@@ -348,7 +350,8 @@ def print_user_summary(summary: UserStudySummary, out: Any = print) -> None:
         out(f"Result: DELIVERED in {summary.seconds:.1f} s: series {numbers} analyzed;")
         out("  every other series was left out by the model's intended use (see the log).")
     elif summary.outcome == "NOT_ANALYZED":
-        out(f"Result: NOT ANALYZED (outside the model's intended use): {summary.reason}")
+        reason = summary.reason.removeprefix("not analyzed: ")
+        out(f"Result: NOT ANALYZED (outside the model's intended use): {reason}")
         out("  No findings were delivered to the PACS or the EHR.")
     elif summary.outcome == "NOT_ROUTED":
         out("Result: NOT SENT to the cloud: no routing rule matched (a hospital keeps it on site)")

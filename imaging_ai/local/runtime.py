@@ -307,6 +307,10 @@ class LocalPipeline:
             self.timeline.record(str(event), _detail(entry))
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)
+        elif event == EdgeStage.NOT_ANALYZED:
+            # Recorded when the site has it (status, metric, audit), not when the cloud
+            # decides: the run is over for the user only then.
+            self.timeline.record(NOT_ANALYZED, str(entry.get("reason", "")))
         elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
             if event in _EDGE_FAILURES:
@@ -334,8 +338,6 @@ class LocalPipeline:
                             self.timeline.record(name)
                     if run.stage == Stage.FAILED:
                         self.timeline.record(FAILED, run.reason or "")
-                    elif run.stage == Stage.NOT_ANALYZED:
-                        self.timeline.record(NOT_ANALYZED, run.reason or "")
 
     # -- helpers -----------------------------------------------------------------------------
 
