@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 from imaging_ai.dicom_policy import UNCOMPRESSED_LITTLE_ENDIAN
 from imaging_ai.errors import ContractError
@@ -112,11 +114,66 @@ def split_frames(datasets: list[Dataset]) -> list[Dataset]:
                         for element in item:
                             frame[element.tag] = element
             frame.NumberOfFrames = 1
+            # Which frame of its instance this is: results reference it (SEG, SR).
+            frame.ReferencedFrameNumber = index + 1
             frame.stored = pixels[index]
             frames.append(frame)
         if "PixelData" in ds:
             del ds.PixelData
     return frames
+
+
+def join_frames(
+    frames: list[Dataset], labels: npt.NDArray[np.uint8]
+) -> tuple[list[Dataset], npt.NDArray[np.uint8]]:
+    """`split_frames` undone for results: frame headers of one multi-frame instance (in volume
+    order, as postprocess reads them) become one header with functional groups in the
+    instance's own frame order, and the label map's slices follow that order, so a SEG
+    references the right frame numbers. Single-frame headers come back as they are."""
+    uids = {str(ds.get("SOPInstanceUID", "")) for ds in frames}
+    if len(frames) < 2 or len(uids) != 1 or not all("ReferencedFrameNumber" in ds for ds in frames):
+        return frames, labels
+    order = np.argsort([int(ds.get("ReferencedFrameNumber", 0)) for ds in frames], kind="stable")
+    first = frames[0]
+    joined = Dataset()
+    for element in first:
+        if element.keyword not in _PER_FRAME_KEYWORDS:
+            joined.add(copy.deepcopy(element))
+    if hasattr(first, "file_meta"):
+        joined.file_meta = first.file_meta
+    joined.NumberOfFrames = len(frames)
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.get("SliceThickness") or 1.0
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    joined.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for index in order:
+        group, position = Dataset(), Dataset()
+        position.ImagePositionPatient = frames[int(index)].ImagePositionPatient
+        group.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(group)
+    joined.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    return [joined], labels[order]
+
+
+_PER_FRAME_KEYWORDS = frozenset(
+    {
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "RescaleType",
+        "NumberOfFrames",
+        "ReferencedFrameNumber",
+    }
+)
 
 
 def _slice_pixels(ds: Dataset) -> npt.NDArray[np.generic]:

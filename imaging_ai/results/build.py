@@ -18,6 +18,7 @@ from imaging_ai.reslice import labels_on_source_slices
 from imaging_ai.results.fhir import build_bundle
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.results.sr import build_structured_report
+from imaging_ai.volume import join_frames
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,8 @@ def build_results(
         for ds in source_headers
     ]
     source_labels = labels_on_source_slices(labels, output.input.source_geometry, positions)
-    seg = build_segmentation(source_headers, source_labels, card, study_uid, run_id)
+    seg_sources, seg_labels = join_frames(source_headers, source_labels)
+    seg = build_segmentation(seg_sources, seg_labels, card, study_uid, run_id)
     if unreported_findings < 0:
         raise ContractError("unreported_findings cannot be negative")
     sr = build_structured_report(

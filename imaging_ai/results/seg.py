@@ -66,8 +66,10 @@ def build_segmentation(
     pydicom.Dataset
         A highdicom Segmentation instance in the source frame of reference.
     """
-    if labels.ndim != 3 or labels.shape[0] != len(source_headers):
-        raise ContractError("label map must be (slice, row, column) with one slice per header")
+    # A multi-frame source (enhanced CT/MR) is one header holding every frame.
+    frames = sum(int(ds.get("NumberOfFrames", 1) or 1) for ds in source_headers)
+    if labels.ndim != 3 or labels.shape[0] != frames:
+        raise ContractError("label map must be (slice, row, column) with one slice per frame")
     if labels.shape[1:] != (int(source_headers[0].Rows), int(source_headers[0].Columns)):
         raise ContractError("label map rows and columns do not match the source headers")
     unknown = set(np.unique(labels).tolist()) - {0} - {label.value for label in card.labels}
