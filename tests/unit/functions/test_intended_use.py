@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset
@@ -42,6 +44,15 @@ def chest() -> Phantom:
     return make_chest_phantom(seed=21, shape=(80, 256, 256), spacing_mm=(2.0, 1.2, 1.2))
 
 
+@pytest.fixture(scope="module")
+def chest_series(chest: Phantom) -> list[Dataset]:
+    return ct_series(chest, FakePatient(), generate_uid(), generate_uid(), 2, "C", "CHEST")
+
+
+def _first(slices: list[Dataset], count: int) -> list[Dataset]:
+    return [copy.deepcopy(ds) for ds in slices[:count]]
+
+
 def _manifest_entry(datasets: list[Dataset]) -> ManifestSeries:
     return ManifestSeries(
         pseudo_series_uid=UID,
@@ -56,9 +67,11 @@ def _manifest_entry(datasets: list[Dataset]) -> ManifestSeries:
     )
 
 
-def test_the_chest_series_passes_every_check(chest: Phantom, chest_use: IntendedUse) -> None:
+def test_the_chest_series_passes_every_check(
+    chest_series: list[Dataset], chest_use: IntendedUse
+) -> None:
     # Given a 1.2 mm in-plane, 2 mm slice chest CT covering 160 mm
-    slices = ct_series(chest, FakePatient(), generate_uid(), generate_uid(), 2, "CHEST", "CHEST")
+    slices = _first(chest_series, len(chest_series))
 
     # When each stage of the check runs, Then none skips it
     assert screen_manifest_series(_manifest_entry(slices), chest_use) is None
@@ -99,15 +112,17 @@ def test_a_head_ct_without_body_part_is_also_caught_by_the_image(chest_use: Inte
     ],
 )
 def test_objects_that_are_no_volume_are_skipped_from_the_manifest(
-    chest: Phantom, chest_use: IntendedUse, make: object, reason: SkipReason
+    chest_series: list[Dataset], chest_use: IntendedUse, make: object, reason: SkipReason
 ) -> None:
-    template = ct_series(chest, FakePatient(), generate_uid(), generate_uid(), 2, "C", "CHEST")[0]
+    (template,) = _first(chest_series, 1)
     skip = screen_manifest_series(_manifest_entry(make(chest, template)), chest_use)  # type: ignore[operator]
     assert skip is not None and skip.reason is reason
 
 
-def test_an_mr_series_is_the_wrong_modality(chest: Phantom, chest_use: IntendedUse) -> None:
-    slices = ct_series(chest, FakePatient(), generate_uid(), generate_uid(), 2, "C", "CHEST")
+def test_an_mr_series_is_the_wrong_modality(
+    chest_series: list[Dataset], chest_use: IntendedUse
+) -> None:
+    slices = _first(chest_series, 20)
     entry = _manifest_entry(slices).model_copy(update={"modality": "MR"})
     skip = screen_manifest_series(entry, chest_use)
     assert skip is not None and skip.reason is SkipReason.WRONG_MODALITY
@@ -130,14 +145,13 @@ def _with(slices: list[Dataset], **attributes: object) -> list[Dataset]:
     ],
 )
 def test_header_facts_outside_the_intended_use_are_skipped_with_the_fact(
-    chest: Phantom,
+    chest_series: list[Dataset],
     chest_use: IntendedUse,
     attributes: dict[str, object],
     reason: SkipReason,
     detail: str,
 ) -> None:
-    slices = ct_series(chest, FakePatient(), generate_uid(), generate_uid(), 2, "C", "CHEST")
-    skip = screen_headers(UID, _with(slices[:3], **attributes), chest_use)
+    skip = screen_headers(UID, _with(_first(chest_series, 3), **attributes), chest_use)
     assert skip is not None and skip.reason is reason and detail in skip.detail
 
 

@@ -28,8 +28,8 @@ TILT_DEG = 25.0
 def phantom() -> Phantom:
     return make_chest_phantom(
         seed=5,
-        shape=(100, 192, 192),
-        spacing_mm=(2.0, 1.6, 1.6),
+        shape=(100, 160, 160),
+        spacing_mm=(2.0, 1.9, 1.9),
         nodule_count=3,
         nodule_diameters_mm=(10.0, 20.0),
     )
