@@ -43,6 +43,8 @@ class ModelInputMeta(BaseModel):
     pseudo_series_uid: str
     run_id: str
     model_name: str
+    # The regular grid built from the source slices: the slices themselves, or (gantry tilt,
+    # uneven spacing) their resampling; results are mapped back onto the slices (reslice).
     source_geometry: VolumeGeometry
     model_geometry: VolumeGeometry  # the resampled grid the image array is on
     sop_instance_uids: list[str]  # source slices in volume (slice index) order
