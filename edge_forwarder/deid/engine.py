@@ -567,6 +567,8 @@ class Deidentifier:
         # says, or as a sequence (PS3.5 6.2.2), or dropped.
         hidden = declared is None or declared == b"UN"
         vr = (_dictionary_vr(tag) if hidden else declared) or b"UN"
+        if not hidden and vr != b"SQ" and _dictionary_vr(tag) == b"SQ":
+            return None  # a sequence declared as OB, LT...: its items cannot be walked safely
         if hidden and vr == b"UN":
             if action is Action.REMOVE or not _may_be_sequence(buf, element):
                 return None

@@ -7,8 +7,10 @@ import io
 import pydicom
 import pytest
 from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from edge_forwarder.deid import Deidentifier, DeidOptions
 from edge_forwarder.deid.engine import _shift_dates
@@ -188,3 +190,17 @@ def test_implicit_sequence_helper_round_trips() -> None:
     ds = Dataset()
     ds[0x00081032] = _un(0x00081032, value)
     assert ds.ProcedureCodeSequence[0].CodeValue == "1"
+
+
+def test_sequence_declared_with_another_vr_is_removed(ct: Dataset) -> None:
+    # Given a kept standard sequence declared as OB, its items holding a name
+    ds = plant(ct)
+    item = Dataset()
+    item.PersonName = "NOWAKOWSKA^IRENA"
+    ds[0x00081032] = RawDataElement(
+        BaseTag(0x00081032), "OB", 0, implicit_sequence_value([item], False), 0, False, True
+    )
+    result = Deidentifier(SECRET).deidentify_bytes(to_part10(ds))
+    # Then it is removed rather than copied as opaque bytes
+    assert b"NOWAKOWSKA" not in result.dataset_bytes
+    assert "ProcedureCodeSequence" not in pydicom.dcmread(io.BytesIO(result.dataset_bytes))
