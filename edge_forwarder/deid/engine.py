@@ -85,7 +85,7 @@ _LONGITUDINAL_MODIFIED = 0x00280303
 _ADDED_TAGS = frozenset(
     {_PATIENT_IDENTITY_REMOVED, _DEID_METHOD, _DEID_METHOD_CODES, _LONGITUDINAL_MODIFIED}
 )
-# Values read before the rewrite: the patient ID keys the date shift; the rest feed Clean.
+# Identifiers the crosswalk keeps (on the edge only) besides the UIDs.
 _PRESCAN_TAGS = frozenset(
     {
         T_ACCESSION,
@@ -664,12 +664,13 @@ def _piece_tag(piece: bytes | memoryview) -> int:
 
 
 def _prescan(buf: memoryview, pos: int, implicit: bool) -> dict[int, bytes]:
-    """Read the few values needed before rewriting (they precede group 0x0011)."""
+    """Read what the rewrite needs first: the patient ID (it keys the date shift) and the
+    character set (Clean Descriptors decodes with it); both precede group 0x0011."""
     found: dict[int, bytes] = {}
     for element in iter_elements(buf, pos, len(buf), implicit):
-        if element.tag > T_BIRTH_DATE:
+        if element.tag > T_PATIENT_ID:
             break
-        if element.tag in _PRESCAN_TAGS or element.tag == T_SPECIFIC_CHARSET:
+        if element.tag in (T_PATIENT_ID, T_SPECIFIC_CHARSET):
             found[element.tag] = bytes(buf[element.value_start : element.end])
     return found
 
