@@ -15,7 +15,7 @@ from io import BytesIO
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -78,6 +78,16 @@ def _un(tag: int, value: bytes, undefined_length: bool = False) -> RawDataElemen
     # A raw element: pydicom would otherwise turn a UN of a known sequence tag into a Sequence.
     length = 0xFFFFFFFF if undefined_length else len(value)
     return RawDataElement(BaseTag(tag), UN_VR, length, value, 0, False, True)
+
+
+def _raw_un(tag: int, value: bytes, length: int, implicit: bool) -> bytes:
+    undefined = length == 0xFFFFFFFF
+    header = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    if not implicit:
+        header += b"UN\x00\x00"
+    header += struct.pack("<I", 0xFFFFFFFF if undefined else len(value))
+    tail = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) if undefined else b""
+    return header + value + tail
 
 
 def _code(value: str, meaning: str) -> Dataset:
@@ -158,10 +168,14 @@ def to_part10(ds: Dataset, implicit: bool = False) -> bytes:
     write_file_meta_info(head, meta, enforce_standard=True)
     body = DicomBytesIO()
     body.is_little_endian, body.is_implicit_VR = True, implicit
-    body_ds = copy.copy(ds)
-    if hasattr(body_ds, "file_meta"):
-        del body_ds.file_meta
-    write_dataset(body, body_ds)
+    encodings = ds.get("SpecificCharacterSet")
+    for tag in sorted(ds.keys()):
+        element = ds.get_item(tag)
+        if isinstance(element, RawDataElement) and element.VR == UN_VR:
+            # Written as is: pydicom's writer would parse a UN of a known sequence tag.
+            body.write(_raw_un(int(tag), element.value or b"", element.length, implicit))
+        else:
+            write_data_element(body, ds[tag], encodings)
     out = BytesIO()
     out.write(b"\x00" * 128 + b"DICM")
     out.write(head.getvalue())

@@ -6,13 +6,15 @@ import io
 
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from edge_forwarder.deid import Deidentifier, DeidOptions
+from edge_forwarder.deid import Deidentifier, DeidError, DeidOptions, QuarantineReason
 from edge_forwarder.deid.engine import _shift_dates
 from edge_forwarder.deid.table import _parse_tag, table_rows
 from tests.privacy_corpus import PLANTED, _un, implicit_sequence_value, plant, to_part10
@@ -204,3 +206,38 @@ def test_sequence_declared_with_another_vr_is_removed(ct: Dataset) -> None:
     # Then it is removed rather than copied as opaque bytes
     assert b"NOWAKOWSKA" not in result.dataset_bytes
     assert "ProcedureCodeSequence" not in pydicom.dcmread(io.BytesIO(result.dataset_bytes))
+
+
+MARKER = b"ZQMARKERZQ"
+
+
+@settings(max_examples=120, derandomize=True, database=None, deadline=None)
+@given(
+    prefix=st.binary(max_size=24),
+    suffix=st.binary(max_size=24),
+    tag=st.sampled_from([0x00081032, 0x00081140, 0x00089990, 0x00180015, 0x00400275]),
+    undefined=st.booleans(),
+)
+def test_any_un_value_is_parsed_or_removed_never_copied(
+    ct_slices: list[Dataset], prefix: bytes, suffix: bytes, tag: int, undefined: bool
+) -> None:
+    # Given a UN value of arbitrary bytes around a marker, on a sequence, an unknown tag, a
+    # kept attribute or a removed sequence, with defined or undefined length
+    ds = Dataset()
+    ds.update(ct_slices[1])
+    ds.file_meta = ct_slices[1].file_meta
+    item = Dataset()
+    item.PersonName = MARKER.decode()
+    value = prefix + implicit_sequence_value([item], undefined) + MARKER + suffix
+    if undefined:
+        value = implicit_sequence_value([item], True)  # the walker must find the delimiter
+    ds[tag] = _un(tag, value, undefined)
+    # When it is de-identified, it either comes out without the marker or is refused
+    try:
+        result = Deidentifier(SECRET).deidentify_bytes(to_part10(ds))
+    except DeidError as refused:
+        assert refused.reason is QuarantineReason.UNDECODABLE
+        return
+    if tag == 0x00180015:
+        return  # a kept CS attribute keeps its (non-identifying) value under its real VR
+    assert MARKER not in result.dataset_bytes

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_forwarder.deid.vocabulary import VOCABULARY_RESOURCE, vocabulary
 
@@ -45,3 +48,31 @@ def test_every_vocabulary_row_names_its_source() -> None:
 )
 def test_only_allow_listed_tokens_survive(descriptor: str, cleaned: str) -> None:
     assert vocabulary().clean(descriptor) == cleaned
+
+
+# Tokens built from letters and digits that can never be a vocabulary entry: every word here
+# holds a Q followed by a consonant cluster no imaging term has, or at least five digits.
+_NAMES = st.from_regex(r"[A-Z]{2,6}Q[XZJ][A-Z]{0,6}", fullmatch=True)
+_IDS = st.from_regex(r"[0-9]{5,10}", fullmatch=True)
+_SEPARATORS = st.sampled_from([" ", "-", "/", "^", ", ", ".", ":", "  "])
+_TERMS = st.sampled_from(["CT", "CHEST", "AXIAL", "5 mm", "1.25MM", "T2", "LEFT", "B30f", "MIP"])
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(
+    parts=st.lists(st.one_of(_NAMES, _IDS, _TERMS), min_size=1, max_size=10),
+    separators=st.lists(_SEPARATORS, min_size=10, max_size=10),
+)
+def test_no_identifier_survives_whatever_surrounds_it(
+    parts: list[str], separators: list[str]
+) -> None:
+    # Given a descriptor mixing names, long numbers and imaging terms with any separators
+    text = "".join(part + separator for part, separator in zip(parts, separators, strict=False))
+    # When it is cleaned
+    cleaned = vocabulary().clean(text)
+    # Then no name and no long number is left, in whole or in part
+    for part in parts:
+        if part not in ("CT", "CHEST", "AXIAL", "5 mm", "1.25MM", "T2", "LEFT", "B30f", "MIP"):
+            assert part not in cleaned
+            assert not re.search(r"[0-9]{5}", cleaned)
+            assert not re.search(r"Q[XZJ]", cleaned)
