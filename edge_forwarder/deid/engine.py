@@ -464,9 +464,10 @@ class Deidentifier:
                     continue
             if group & 1:
                 piece: bytes | memoryview | None = self._private(buf, element, ctx, creators)
-            elif group in (0x0000, 0x0002) or tag & 0xFFFF == 0:
+            elif group in (0x0000, 0x0002, 0xFFFC, 0xFFFE) or tag & 0xFFFF == 0:
                 # Command and file meta elements have no place in a data set body (whatever
-                # they say, e.g. a source AE title, stays behind); group lengths are retired.
+                # they say, e.g. a source AE title, stays behind); trailing padding and stray
+                # items carry no attribute, only bytes; group lengths are retired.
                 piece = None
             elif 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
                 piece = None  # curves and overlays may carry drawn-in identifiers
@@ -762,6 +763,7 @@ def _date_bounds(part: bytes, vr: bytes) -> list[bytes]:
             bounds
             and len(bounds[-1]) > 4
             and b"+" not in bounds[-1]
+            and b"-" not in bounds[-1]
             and len(piece) == 4
             and piece.isdigit()
             and int(piece[:2]) <= 14

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pydicom
 import pytest
@@ -241,3 +242,17 @@ def test_any_un_value_is_parsed_or_removed_never_copied(
     if tag == 0x00180015:
         return  # a kept CS attribute keeps its (non-identifying) value under its real VR
     assert MARKER not in result.dataset_bytes
+
+
+def test_trailing_padding_and_stray_items_are_not_copied(ct: Dataset) -> None:
+    # Given bytes after the pixel data: trailing padding and a stray item, both holding text
+    padding = b"PADDING NOWICKA-4471 "
+    stray = b"STRAY ITEM CZERWINSKI!"
+    data = to_part10(plant(ct))
+    data += struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, len(padding) + 1) + padding + b"\0"
+    data += struct.pack("<HHI", 0xFFFE, 0xE000, len(stray)) + stray
+    # When de-identified
+    result = Deidentifier(SECRET).deidentify_bytes(data)
+    # Then neither comes out
+    assert b"NOWICKA" not in result.dataset_bytes and b"CZERWINSKI" not in result.dataset_bytes
+    assert pydicom.dcmread(io.BytesIO(result.dataset_bytes)).PixelData == ct.PixelData
