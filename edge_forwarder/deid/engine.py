@@ -14,6 +14,7 @@ from typing import Final
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.utils import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian
 
 from edge_forwarder.deid.codec import (
@@ -774,6 +775,10 @@ def _reencode(part10: bytes) -> bytes:
     """Decode with pydicom and re-encode as explicit VR little endian Part 10."""
     try:
         ds = pydicom.dcmread(io.BytesIO(part10), force=True)
+        if ds.original_encoding[1] is False and "PixelData" in ds:
+            # Read big endian: pydicom converts every value but the pixel data, which must
+            # be decoded in the source byte order before the transfer syntax changes.
+            _pixels_to_little_endian(ds)
         meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if "SOPClassUID" in ds:
@@ -784,7 +789,8 @@ def _reencode(part10: bytes) -> bytes:
         if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
             raise DeidError(QuarantineReason.UNDECODABLE, "compressed pixel data needs Part 10")
         out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        # dcmwrite, unlike save_as, may change the byte order of a data set read big endian.
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
     except DeidError:
         raise
     except Exception as exc:
@@ -793,3 +799,24 @@ def _reencode(part10: bytes) -> bytes:
     if data[128:132] != b"DICM":
         raise DeidError(QuarantineReason.UNDECODABLE, "not a DICOM data set")
     return data
+
+
+def _pixels_to_little_endian(ds: Dataset) -> None:
+    """Replace the native pixel data of a data set read big endian by its little endian form."""
+    if ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed:
+        raise DeidError(QuarantineReason.UNDECODABLE, "compressed big endian pixel data")
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise DeidError(QuarantineReason.UNDECODABLE, "big endian pixel data") from exc
+    if bits == 1:
+        data = pack_bits(pixels)
+    elif pixels.dtype.itemsize * 8 == bits:
+        data = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+            ds.PlanarConfiguration = 0  # pixel_array returns the samples interleaved
+    else:
+        raise DeidError(QuarantineReason.UNDECODABLE, "big endian pixel data")
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if bits <= 8 else "OW"

@@ -224,3 +224,26 @@ def test_truncated_or_foreign_bytes_raise_undecodable(ct: Dataset, cut: int) -> 
     with pytest.raises(DeidError) as raised:
         Deidentifier(SECRET).deidentify_bytes(data)
     assert raised.value.reason in (QuarantineReason.UNDECODABLE, QuarantineReason.MISSING_ATTRIBUTE)
+
+
+@pytest.mark.parametrize(
+    ("big_endian", "little_endian"),
+    [("MR_small_bigendian.dcm", "MR_small.dcm"), ("liver_expb.dcm", "liver.dcm")],
+)
+def test_big_endian_input_is_rewritten_little_endian_with_the_same_pixels(
+    big_endian: str, little_endian: str
+) -> None:
+    from pydicom.data import get_testdata_file
+
+    # Given a retired explicit VR big endian file and its little endian twin
+    source = get_testdata_file(big_endian)
+    twin = pydicom.dcmread(get_testdata_file(little_endian))
+    assert source is not None
+    # When it is de-identified
+    with open(source, "rb") as handle:
+        result = Deidentifier(SECRET).deidentify_bytes(handle.read())
+    out = _read(result.dataset_bytes)
+    # Then it comes out explicit little endian, and the image is the same image
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert (out.pixel_array == twin.pixel_array).all()
+    assert out.Rows == twin.Rows and out.PatientID.startswith("ANON-")
