@@ -26,6 +26,79 @@ def test_every_vocabulary_row_names_its_source() -> None:
     assert not [row[1] for row in rows if row[0] == "term" and len(row[1]) == 1]
 
 
+# Frequent family names in several languages (typed here): none may be a vocabulary term.
+COMMON_SURNAMES = [
+    "SMITH",
+    "JOHNSON",
+    "WILLIAMS",
+    "BROWN",
+    "JONES",
+    "MILLER",
+    "DAVIS",
+    "GARCIA",
+    "RODRIGUEZ",
+    "WILSON",
+    "MARTINEZ",
+    "ANDERSON",
+    "TAYLOR",
+    "THOMAS",
+    "MOORE",
+    "MARTIN",
+    "JACKSON",
+    "WHITE",
+    "LEE",
+    "HARRIS",
+    "CLARK",
+    "LEWIS",
+    "WALKER",
+    "YOUNG",
+    "ALLEN",
+    "KING",
+    "WRIGHT",
+    "SCOTT",
+    "GREEN",
+    "BAKER",
+    "ADAMS",
+    "NELSON",
+    "HILL",
+    "NOWAK",
+    "KOWALSKI",
+    "WISNIEWSKI",
+    "MULLER",
+    "SCHMIDT",
+    "SCHNEIDER",
+    "FISCHER",
+    "WEBER",
+    "MEYER",
+    "WAGNER",
+    "BECKER",
+    "LOPEZ",
+    "GONZALEZ",
+    "HERNANDEZ",
+    "PEREZ",
+    "SANCHEZ",
+    "ROSSI",
+    "RUSSO",
+    "WANG",
+    "LI",
+    "ZHANG",
+    "LIU",
+    "CHEN",
+    "YANG",
+    "KIM",
+    "PARK",
+    "NGUYEN",
+    "TRAN",
+    "WILLIS",
+    "DIXON",
+]
+
+
+def test_no_common_surname_is_a_term() -> None:
+    words = vocabulary()
+    assert [name for name in COMMON_SURNAMES if words.allows_word(name)] == []
+
+
 @pytest.mark.parametrize(
     ("descriptor", "cleaned"),
     [
