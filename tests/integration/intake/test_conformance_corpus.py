@@ -260,6 +260,7 @@ def test_every_ct_and_mr_file_of_the_public_corpora_ends_as_a_volume_or_a_reason
         "emri_small_RLE.dcm",
         "emri_small_jpeg_ls_lossless.dcm",
         "emri_small_jpeg_2k_lossless.dcm",
+        "emri_small_big_endian.dcm",
     ):
         assert outcomes[variant].refusal == (
             "no volume: a multi-frame image lacks per-frame functional groups"
