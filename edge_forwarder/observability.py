@@ -18,6 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imaging_ai.logs import JsonFormatter
+
 LOGGER_NAME = "edge_forwarder"
 # Only these keyword fields reach a log line: pseudonyms, counts and stage names, never PHI.
 _ALLOWED_FIELDS = frozenset(
@@ -54,27 +56,9 @@ _ALLOWED_FIELDS = frozenset(
 )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event name, allowed keyword fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", {})
-        line.update({k: v for k, v in fields.items() if k in _ALLOWED_FIELDS})
-        if record.exc_info and record.exc_info[0] is not None:
-            # The type only: an exception text from a third-party library may quote data.
-            line["exception"] = record.exc_info[0].__name__
-        return json.dumps(line, default=str)
-
-
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(allowed_fields=_ALLOWED_FIELDS))
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level)
