@@ -96,7 +96,6 @@ class Ingest(Construct):
             environment={
                 "DATA_BUCKET": data_bucket.bucket_name,
                 "STATE_TABLE": state_table.table_name,
-                "IDEMPOTENCY_TABLE": state_table.table_name,
                 "KMS_KEY_ARN": data_key.key_arn,
                 "ENDPOINT_NAME": endpoint_name,
             },

@@ -95,7 +95,6 @@ class Results(Construct):
         common_environment = {
             "DATA_BUCKET": data_bucket.bucket_name,
             "STATE_TABLE": state_table.table_name,
-            "IDEMPOTENCY_TABLE": state_table.table_name,
             "KMS_KEY_ARN": data_key.key_arn,
             "SITE_RESULTS_QUEUES": site_queue_urls,
         }
