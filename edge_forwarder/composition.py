@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.delivery import Delivery
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
 from edge_forwarder.outbound import CompletedStudies, Outbound
 from edge_forwarder.service import ForwarderService
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.delivery import Delivery
 from edge_forwarder.intake import CompletedStudy
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.results import ReceivedMessage
