@@ -5,7 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 
 from functions.common.batch import sqs_batch_handler
-from functions.common.bootstrap import object_store, once, site_notifier, state_store
+from functions.common.bootstrap import adapters, once
 from functions.common.observability import tracer
 from functions.common.settings import CommonSettings
 from functions.failure.service import FailureService
@@ -13,10 +13,7 @@ from functions.failure.service import FailureService
 
 @once
 def service() -> FailureService:
-    settings = CommonSettings()
-    return FailureService(
-        store=object_store(settings), state=state_store(settings), notifier=site_notifier(settings)
-    )
+    return FailureService(**adapters(CommonSettings()))
 
 
 @tracer.capture_method

@@ -5,13 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.common.batch import sqs_batch_handler
-from functions.common.bootstrap import (
-    lease_seconds,
-    object_store,
-    once,
-    site_notifier,
-    state_store,
-)
+from functions.common.bootstrap import adapters, lease_seconds, once
 from functions.common.events import InferenceResultRecord
 from functions.common.observability import tracer
 from functions.common.settings import CommonSettings
@@ -20,10 +14,7 @@ from functions.postprocess.service import PostprocessService
 
 @once
 def service() -> PostprocessService:
-    settings = CommonSettings()
-    return PostprocessService(
-        store=object_store(settings), state=state_store(settings), notifier=site_notifier(settings)
-    )
+    return PostprocessService(**adapters(CommonSettings()))
 
 
 @tracer.capture_method

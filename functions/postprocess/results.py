@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Protocol
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -16,18 +16,12 @@ from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.results import build_results
 
-
-class ResultsBuilder(Protocol):
-    def __call__(
-        self,
-        source_headers: list[Dataset],
-        labels: npt.NDArray[np.uint8],
-        output: ModelOutputMeta,
-        card: ModelCard,
-        run_id: str,
-        predecessor_sr: Dataset | None,
-        unreported_findings: int,
-    ) -> dict[str, bytes]: ...
+# (source headers, labels, output, card, run id, predecessor SR, unreported findings) ->
+# result object name -> bytes; `build_result_objects` is the one the function uses.
+ResultsBuilder = Callable[
+    [list[Dataset], npt.NDArray[np.uint8], ModelOutputMeta, ModelCard, str, Dataset | None, int],
+    dict[str, bytes],
+]
 
 
 def cap_findings(output: ModelOutputMeta, max_findings: int) -> tuple[ModelOutputMeta, int]:

@@ -5,13 +5,7 @@ from __future__ import annotations
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from functions.common.batch import sqs_batch_handler
-from functions.common.bootstrap import (
-    lease_seconds,
-    object_store,
-    once,
-    site_notifier,
-    state_store,
-)
+from functions.common.bootstrap import adapters, lease_seconds, once
 from functions.common.events import ManifestCreatedRecord
 from functions.common.observability import tracer
 from functions.common.settings import PreprocessSettings
@@ -23,12 +17,8 @@ from imaging_ai.aws import client
 @once
 def service() -> PreprocessService:
     settings = PreprocessSettings()
-    return PreprocessService(
-        store=object_store(settings),
-        state=state_store(settings),
-        endpoint=AsyncEndpoint(client("sagemaker-runtime"), settings.endpoint_name),
-        notifier=site_notifier(settings),
-    )
+    endpoint = AsyncEndpoint(client("sagemaker-runtime"), settings.endpoint_name)
+    return PreprocessService(endpoint=endpoint, **adapters(settings))
 
 
 @tracer.capture_method
