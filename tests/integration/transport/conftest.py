@@ -277,6 +277,8 @@ def write_config(
     extra: str = "",
     upload: str = "",
     pacs_ae: str = "PACS",
+    scp_port: int = 0,
+    metrics_port: int = 0,
 ) -> Path:
     """A complete config file for the tests (secrets as hex files, as in production)."""
     (tmp / "site.secret").write_text("11" * 32)
@@ -290,7 +292,7 @@ poll_interval_s = 0.2
 
 [intake]
 spool_dir = "spool"
-port = 0
+port = {scp_port}
 {extra}
 
 [deid]
@@ -327,7 +329,7 @@ max_attempts = 3
 retry_base_s = 0.05
 
 [observability]
-metrics_port = 0
+metrics_port = {metrics_port}
 """
     )
     return path

@@ -147,13 +147,5 @@ def make_delivery(
     journal: Journal, telemetry: Telemetry, pacs: FakePacs, ehr: FakeEhr, folder: Path
 ) -> Delivery:
     no_wait = RetryPolicy(attempts=3, backoff=Backoff(0.0, 0.0))
-    return Delivery(
-        journal=journal,
-        pacs=pacs,
-        ehr=ehr,
-        pacs_retry=no_wait,
-        ehr_retry=no_wait,
-        telemetry=telemetry,
-        deliveries_dir=folder,
-        stop=threading.Event(),
-    )
+    return Delivery(journal=journal, pacs=pacs, ehr=ehr, pacs_retry=no_wait, ehr_retry=no_wait,
+                    telemetry=telemetry, deliveries_dir=folder, stop=threading.Event())  # fmt: skip
