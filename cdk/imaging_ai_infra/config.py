@@ -14,7 +14,6 @@ from imaging_ai_infra.names import MODELS_PREFIX, check_site
 
 CDK_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_ASSET_ROOT = CDK_DIR / ".build"
-FUNCTION_NAMES = ("preprocess", "postprocess", "failure")
 
 # GPU families whose instances carry NVMe instance storage: SageMaker refuses a KMS key for the
 # ML storage volume there (the instance store is hardware-encrypted instead).
