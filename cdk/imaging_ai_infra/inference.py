@@ -58,19 +58,15 @@ class Inference(Construct):
         self.endpoint_name = endpoint_name_for(config)
         prefix = resource_prefix(config.stage)
 
-        self.success_topic = sns.Topic(
-            self,
-            "SuccessTopic",
-            topic_name=f"{prefix}-inference-success",
-            master_key=data_key,
-            enforce_ssl=True,
-        )
-        self.error_topic = sns.Topic(
-            self,
-            "ErrorTopic",
-            topic_name=f"{prefix}-inference-error",
-            master_key=data_key,
-            enforce_ssl=True,
+        self.success_topic, self.error_topic = (
+            sns.Topic(
+                self,
+                f"{outcome.title()}Topic",
+                topic_name=f"{prefix}-inference-{outcome}",
+                master_key=data_key,
+                enforce_ssl=True,
+            )
+            for outcome in ("success", "error")
         )
 
         self.role = iam.Role(
