@@ -7,16 +7,13 @@ from aws_cdk import aws_cloudtrail as cloudtrail
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import acknowledge
 from imaging_ai_infra.names import (
     METRIC_END_TO_END_SECONDS,
@@ -26,6 +23,7 @@ from imaging_ai_infra.names import (
     METRICS_NAMESPACE,
     resource_prefix,
 )
+from imaging_ai_infra.platform import Platform
 
 # Alarm when the end-to-end time of a study exceeds this (p90 over 15 minutes).
 END_TO_END_ALARM_SECONDS = 30 * 60
@@ -40,10 +38,7 @@ class AuditMonitoring(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        audit_key: kms.Key,
-        data_key: kms.IKey,
-        data_bucket: s3.IBucket,
+        platform: Platform,
         access_logs_bucket: s3.IBucket,
         dlqs: dict[str, sqs.IQueue],
         functions: dict[str, lambda_.IFunction],
@@ -53,6 +48,8 @@ class AuditMonitoring(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        config, data_bucket = platform.config, platform.data_bucket
+        data_key, audit_key = platform.data_key, platform.audit_key
         prefix = resource_prefix(config.stage)
 
         # ---- CloudTrail: management events plus every S3 data event on the data bucket.
@@ -103,13 +100,7 @@ class AuditMonitoring(Construct):
             " trail bucket is versioned, KMS-encrypted and log-file validation is on.",
             "HIPAA.Security-S3BucketReplicationEnabled",
         )
-        trail_log_group = logs.LogGroup(
-            self,
-            "TrailLogs",
-            encryption_key=audit_key,
-            retention=config.log_retention,
-            removal_policy=config.removal_policy,
-        )
+        trail_log_group = config.log_group(self, "TrailLogs", audit_key)
         self.trail = cloudtrail.Trail(
             self,
             "Trail",

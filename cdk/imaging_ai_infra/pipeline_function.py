@@ -5,7 +5,6 @@ from __future__ import annotations
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from imaging_ai_infra.nag import acknowledge, acknowledge_default_policy, checkov_skip, iam5
@@ -38,13 +37,8 @@ class PipelineFunction(Construct):
         config, network = platform.config, platform.network
         data_key, audit_key = platform.data_key, platform.audit_key
         function_name = f"{resource_prefix(config.stage)}-{name}"
-        self.log_group = logs.LogGroup(
-            self,
-            "Logs",
-            log_group_name=f"/aws/lambda/{function_name}",
-            encryption_key=audit_key,
-            retention=config.log_retention,
-            removal_policy=config.removal_policy,
+        self.log_group = config.log_group(
+            self, "Logs", audit_key, name=f"/aws/lambda/{function_name}"
         )
         self.role = iam.Role(
             self,

@@ -47,21 +47,12 @@ class ImagingAiStage(Stack):
             upstream_dlqs=[ingest.queues.dlq],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
-        edge = EdgeAccess(
-            self,
-            "EdgeAccess",
-            config=config,
-            data_bucket=storage.data_bucket,
-            data_key=storage.data_key,
-            site_queues={site: q.queue for site, q in results.site_queues.items()},
-        )
+        site_queues = {site: q.queue for site, q in results.site_queues.items()}
+        edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
         AuditMonitoring(
             self,
             "AuditMonitoring",
-            config=config,
-            audit_key=storage.audit_key,
-            data_key=storage.data_key,
-            data_bucket=storage.data_bucket,
+            platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
                 "preprocess": ingest.queues.dlq,
