@@ -132,15 +132,27 @@ class AuditMonitoring(Construct):
         if alarm_email:
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         alarm_action = cloudwatch_actions.SnsAction(self.alarm_topic)
+        at_least = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
         self.alarms: list[cloudwatch.Alarm] = []
 
-        def alarm(construct_id: str, description: str, **props: object) -> cloudwatch.Alarm:
+        def alarm(
+            construct_id: str,
+            description: str,
+            metric: cloudwatch.IMetric,
+            threshold: float = 1,
+            evaluation_periods: int = 1,
+            comparison_operator: cloudwatch.ComparisonOperator = at_least,
+        ) -> cloudwatch.Alarm:
+            """An alarm to the topic; by default it fires on the first occurrence."""
             created = cloudwatch.Alarm(
                 self,
                 construct_id,
                 alarm_description=description,
+                metric=metric,
+                threshold=threshold,
+                evaluation_periods=evaluation_periods,
+                comparison_operator=comparison_operator,
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-                **props,  # type: ignore[arg-type]
             )
             created.add_alarm_action(alarm_action)
             self.alarms.append(created)
@@ -153,18 +165,12 @@ class AuditMonitoring(Construct):
                 metric=dlq.metric_approximate_number_of_messages_visible(
                     period=Duration.minutes(5), statistic="Maximum"
                 ),
-                threshold=1,
-                evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             )
         for name, fn in functions.items():
             alarm(
                 f"FunctionErrors-{name}",
                 f"The {name} function raised errors",
                 metric=fn.metric_errors(period=Duration.minutes(5)),
-                threshold=1,
-                evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             )
         failures = {
             f"f{index}": self.pipeline_metric(service, name, "Sum")
@@ -179,9 +185,6 @@ class AuditMonitoring(Construct):
                 label="Failed studies",
                 period=Duration.minutes(5),
             ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         )
         for name, fn in functions.items():
             alarm(
