@@ -238,36 +238,6 @@ def cloud(aws: object) -> CloudSide:
     return CloudSide(key_arn=key_arn, queue_url=str(queue_url))
 
 
-@dataclass
-class FakeCompleted:
-    study_key: str
-    run_number: int
-    route: str
-    series: dict[str, list[Path]]
-
-
-@dataclass
-class ListIntake:
-    """Stand-in for the intake's completed-study queue (tests hand studies in directly)."""
-
-    ready: list[FakeCompleted] = field(default_factory=list)
-    forwarded: list[tuple[str, int]] = field(default_factory=list)
-    failed: list[tuple[str, int, str]] = field(default_factory=list)
-
-    def poll_completed(self) -> list[FakeCompleted]:
-        done = {(k, n) for k, n in self.forwarded}
-        return [s for s in self.ready if (s.study_key, s.run_number) not in done]
-
-    def mark_forwarded(self, study_key: str, run_number: int) -> None:
-        self.forwarded.append((study_key, run_number))
-
-    def mark_failed(self, study_key: str, run_number: int, reason: str) -> None:
-        self.failed.append((study_key, run_number, reason))
-        self.ready = [
-            s for s in self.ready if (s.study_key, s.run_number) != (study_key, run_number)
-        ]
-
-
 def write_config(
     tmp: Path,
     cloud: CloudSide,

@@ -8,8 +8,10 @@ from typing import Any
 
 from edge_forwarder.composition import Forwarder, build_forwarder
 from edge_forwarder.config import ForwarderConfig, load_config
+from edge_forwarder.intake import CompletedStudy
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
-from tests.integration.transport.conftest import CloudSide, FakeCompleted, ListIntake, write_config
+from tests.edge_support import ListIntake
+from tests.integration.transport.conftest import CloudSide, write_config
 
 
 def forwarder_from_config(path: Path, intake: Any) -> tuple[Forwarder, ForwarderConfig]:
@@ -37,7 +39,7 @@ def completed_study(
         tmp / "ct", seed=seed, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
     )
     intake = ListIntake(
-        [FakeCompleted(f"study-{seed}", 1, "default", {study.series_instance_uid: study.paths})]
+        [CompletedStudy(f"study-{seed}", 1, "default", {study.series_instance_uid: study.paths})]
     )
     path = write_config(tmp, cloud, pacs_port, ehr_url, **config)
     forwarder, loaded = forwarder_from_config(path, intake)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from edge_forwarder.cli import main
+from tests.edge_support import ListIntake
 from tests.integration.transport.conftest import (
     CloudSide,
     Ehr,
-    ListIntake,
     Pacs,
     start_storescp,
 )
