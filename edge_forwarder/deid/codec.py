@@ -12,6 +12,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
 # Explicit VR elements whose header carries a 4-byte length after two reserved bytes.
 LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
