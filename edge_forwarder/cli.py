@@ -15,6 +15,7 @@ from typing import Any
 
 from edge_forwarder.config import ForwarderConfig, load_config
 from edge_forwarder.observability import MetricsServer, configure_logging, log_event
+from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.transport.errors import ConfigError, ForwarderError
 from edge_forwarder.transport.journal import Journal
 
@@ -56,6 +57,8 @@ def build_service(config: ForwarderConfig, intake: Any = None, max_backoff_s: fl
     )
     from imaging_ai.contracts import DeidRecord
 
+    # Before anything opens or listens: a loose key means the start is refused.
+    check_all_private(config.secret_files())
     parts = build_parts(config)
     options = DeidOptions(**config.deid.options)
     deidentifier = Deidentifier(config.deid.site_secret.read(), options)

@@ -10,7 +10,7 @@ from edge_forwarder.observability import AuditTrail, HealthState, Metrics
 from edge_forwarder.transport.backoff import Backoff
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.journal import Journal
-from edge_forwarder.transport.pacs import PacsPeer
+from edge_forwarder.transport.pacs import PacsPeer, client_tls_context
 from edge_forwarder.transport.reidentify import Identity
 from edge_forwarder.transport.results import ResultsPoller
 from edge_forwarder.transport.uploader import Uploader, UploadSettings
@@ -101,4 +101,14 @@ def build_ehr(config: ForwarderConfig) -> EhrClient:
 
 def build_pacs(config: ForwarderConfig) -> PacsPeer:
     p = config.pacs
-    return PacsPeer(p.host, p.port, p.ae_title, p.calling_ae_title, p.timeout_s)
+    if p.tls is None:
+        return PacsPeer(p.host, p.port, p.ae_title, p.calling_ae_title, p.timeout_s)
+    return PacsPeer(
+        p.host,
+        p.port,
+        p.ae_title,
+        p.calling_ae_title,
+        p.timeout_s,
+        ssl_context=client_tls_context(p.tls.ca_file, p.tls.cert_file, p.tls.key_file),
+        server_name=p.tls.server_name,
+    )
