@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,13 +47,67 @@ class Identity:
         ):
             if value:
                 values.add(value)
-        return {v for v in values if v and v not in self.originals()}
+        originals = self.originals()
+        return {v for v in values if v and v not in originals and v.rstrip("^") not in originals}
 
     def originals(self) -> set[str]:
-        return {self.original_study_uid, *self.uid_map.values()}
+        """Values that are the patient's own: never a pseudonym, even where the two agree."""
+        return {
+            self.original_study_uid,
+            *self.uid_map.values(),
+            *(v for v in (self.patient_id, self.patient_name, self.accession_number) if v),
+            *(self.patient_name.rstrip("^"),),
+        } - {""}
+
+    def with_cloud_values(self, values: Iterable[object]) -> Identity:
+        """This identity, also treating `values` the cloud sent for patient and accession as
+        pseudonyms: whatever the cloud called them, it only ever knew a pseudonym."""
+        extra = {str(v).strip() for v in values if v is not None and str(v).strip()}
+        return dataclasses.replace(self, extra_pseudonyms=self.extra_pseudonyms | extra)
 
     def full_map(self) -> dict[str, str]:
         return {self.pseudo_study_uid: self.original_study_uid, **self.uid_map}
+
+
+# A pseudonym counts as present when it appears whole, or when a long enough piece of its
+# distinctive part does (a truncated UID in a 16-char SH field, the patient pseudonym's digest
+# without its "ANON-" prefix). Digit runs need more characters than letter-and-digit runs
+# for the same odds of matching an unrelated value by chance (10^16 vs 32^10).
+_DIGIT_WINDOW = 16
+_ALNUM_WINDOW = 10
+_SHORTEST_PIECE = 8  # shorter runs ("ANON", "2", "25") say nothing about one patient
+_RUN = re.compile(r"[0-9A-Za-z]+")
+
+
+class PseudonymScanner:
+    """Finds any pseudonym of a study, or a distinctive piece of one, inside a text value."""
+
+    def __init__(self, pseudonyms: Iterable[str]) -> None:
+        self.whole = {p.upper() for p in pseudonyms if p}
+        self.short: set[str] = set()  # pieces shorter than their window: matched whole
+        self.windows: dict[int, set[str]] = {_DIGIT_WINDOW: set(), _ALNUM_WINDOW: set()}
+        for pseudonym in self.whole:
+            for run in _RUN.findall(pseudonym):
+                if len(run) < _SHORTEST_PIECE:
+                    continue
+                width = _DIGIT_WINDOW if run.isdigit() else _ALNUM_WINDOW
+                if len(run) <= width:
+                    self.short.add(run)
+                    continue
+                self.windows[width].update(run[i : i + width] for i in range(len(run) - width + 1))
+
+    def found_in(self, text: str) -> bool:
+        upper = text.upper()
+        if upper.rstrip("^") in self.whole or upper in self.whole:
+            return True
+        if any(piece in upper for piece in self.short):
+            return True
+        for width, windows in self.windows.items():
+            if windows and any(
+                upper[i : i + width] in windows for i in range(len(upper) - width + 1)
+            ):
+                return True
+        return any(p in upper for p in self.whole if len(p) >= _SHORTEST_PIECE)
 
 
 def _local_uid(*parts: str) -> str:
@@ -77,6 +133,9 @@ def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
     a new series) so PACS files it into the original study as a new, derived object.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
+    identity = identity.with_cloud_values(
+        dataset.get(keyword) for keyword in (*_PATIENT_MODULE[:2], "AccessionNumber")
+    )
     mapping = identity.full_map()
     own_sop = str(dataset.SOPInstanceUID)
     own_series = str(dataset.SeriesInstanceUID)
@@ -112,19 +171,31 @@ def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
     return data
 
 
+_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def _texts(value: object, vr: str) -> list[str]:
+    if isinstance(value, bytes | bytearray):
+        # UN and OB may hide a string element (an unknown private tag): read it as Latin-1.
+        return [bytes(value).decode("latin-1")]
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
 def assert_no_pseudonyms_dicom(part10: bytes, identity: Identity) -> None:
-    """Refuse a dataset where any UI or text value still equals a pseudonym of this study."""
+    """Refuse a dataset where any value still holds a pseudonym of this study, or a piece of
+    one, in any element at any depth (text, UIDs, and binary values other than pixels)."""
     dataset = pydicom.dcmread(io.BytesIO(part10))
-    pseudonyms = identity.pseudonyms()
+    scanner = PseudonymScanner(identity.pseudonyms())
     for item in _walk(dataset):
         for element in item:
-            if element.VR == "SQ" or element.value is None:
+            if element.VR == "SQ" or element.value is None or element.tag in _PIXEL_TAGS:
                 continue
-            values = element.value if element.VM > 1 else [element.value]
-            if element.VR == "PN":
-                # "ANON-X^" is the person name "ANON-X" with an empty given name.
-                values = [str(v).rstrip("^") for v in values]
-            if any(str(v) in pseudonyms for v in values):
+            if element.VR in _BINARY_VRS and len(element.value) > 65536:
+                continue  # bulk data (e.g. an ICC profile), not a place for identifiers
+            if any(scanner.found_in(text) for text in _texts(element.value, element.VR)):
                 # The keyword only: the value is a pseudonym, but habits matter.
                 raise ReidentificationError(f"pseudonym left in {element.keyword or element.tag}")
 
@@ -152,6 +223,7 @@ def reidentify_bundle(
     """Put the original patient, accession and study UID into a FHIR transaction Bundle."""
     if bundle.get("resourceType") != "Bundle":
         raise ReidentificationError("result is not a FHIR Bundle")
+    identity = identity.with_cloud_values(_cloud_patient_values(bundle))
     mapping = identity.full_map()
     if identity.pseudo_patient_id:
         mapping[identity.pseudo_patient_id] = identity.patient_id
@@ -221,19 +293,42 @@ def reidentify_bundle(
     return result
 
 
+def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:
+    """What the cloud called the patient and the accession: pseudonyms by construction."""
+    values: list[str] = []
+    for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        kind = resource.get("resourceType")
+        if kind in ("Patient", "ServiceRequest", "ImagingStudy"):
+            for identifier in resource.get("identifier", []) or []:
+                value = identifier.get("value") if isinstance(identifier, dict) else None
+                if isinstance(value, str) and not value.startswith("urn:"):
+                    values.append(value)
+        if kind == "Patient":
+            for name in resource.get("name", []) or []:
+                if isinstance(name, dict):
+                    values.extend(v for v in (name.get("family"), name.get("text")) if v)
+                    values.extend(str(g) for g in name.get("given", []) or [])
+    return values
+
+
 def assert_no_pseudonyms_json(node: Any, identity: Identity) -> None:
-    pseudonyms = identity.pseudonyms()
+    """Refuse a Bundle where any string, key or value, holds a pseudonym or a piece of one."""
+    scanner = PseudonymScanner(identity.pseudonyms())
 
     def visit(value: Any) -> None:
         if isinstance(value, dict):
-            for v in value.values():
+            for key, v in value.items():
+                visit(key)
                 visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)
         elif isinstance(value, str):
             bare = value[8:] if value.startswith("urn:oid:") else value
-            if bare in pseudonyms:
+            if scanner.found_in(bare):
                 raise ReidentificationError("pseudonym left in the FHIR Bundle")
 
     visit(node)
