@@ -9,12 +9,14 @@ import shutil
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from edge_forwarder.config import ForwarderConfig, load_config
 from edge_forwarder.observability import MetricsServer, configure_logging, log_event
+from edge_forwarder.retention import build_retention
 from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.transport.errors import ConfigError, ForwarderError
 from edge_forwarder.transport.journal import Journal
@@ -126,11 +128,20 @@ def cmd_run(config: ForwarderConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     intake.start()
+    retention = build_retention(
+        config.retention,
+        intake.journal,
+        intake.spool.root,
+        parts.audit,
+        lambda study_key, run_number: _pseudo_of(parts.journal, study_key, run_number),
+    )
+    retention.start()
     service.start()
     log_event("started", stage="started", endpoint=metrics_server.port if metrics_server else None)
     stopping.wait()
     log_event("stopping", stage="stopping")
     service.stop()
+    retention.stop()
     intake.stop()
     if metrics_server is not None:
         metrics_server.stop()
@@ -138,7 +149,75 @@ def cmd_run(config: ForwarderConfig) -> int:
     return 0
 
 
-def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> int:
+def _pseudo_of(journal: Journal, study_key: str, run_number: int) -> str | None:
+    run = journal.run_for(study_key, run_number)
+    return run.pseudo_study_uid if run is not None else None
+
+
+def spool_report(config: ForwarderConfig) -> dict[str, Any]:
+    """Spool use for `status`: counts and bytes only (the spool holds PHI; this does not)."""
+    from edge_forwarder.intake.journal import Journal as IntakeJournal
+
+    spool = config.intake.spool_dir
+    journal_path = spool / "journal.sqlite3"
+    report: dict[str, Any] = {"spool_dir": str(spool)}
+    if journal_path.exists():
+        intake_journal = IntakeJournal(journal_path)
+        try:
+            report.update(asdict(intake_journal.spool_use()))
+        finally:
+            intake_journal.close()
+    if spool.exists():
+        disk = shutil.disk_usage(spool)
+        report.update(disk_free_bytes=disk.free, disk_total_bytes=disk.total)
+    report.update(
+        retention_delivered_days=config.retention.delivered_days,
+        retention_quarantine_days=config.retention.quarantine_days,
+        low_disk_free_bytes=config.retention.low_disk_free_bytes,
+        intake_refuses_below_bytes=config.intake.min_free_disk_bytes,
+    )
+    return report
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.1f} MiB"
+
+
+def _print_spool(report: dict[str, Any]) -> None:
+    print(f"spool {report['spool_dir']}")
+    if "pending_instances" in report:
+        print(
+            f"    awaiting forwarding: {report['pending_studies']} studies,"
+            f" {report['pending_instances']} instances, {_mib(report['pending_bytes'])}"
+        )
+        print(
+            f"    forwarded, kept {report['retention_delivered_days']:g} days:"
+            f" {report['delivered_studies']} studies, {report['delivered_instances']} instances,"
+            f" {_mib(report['delivered_bytes'])}"
+        )
+        print(
+            f"    quarantined: {report['quarantined']}"
+            f" (kept {report['retention_quarantine_days']:g} days)"
+        )
+    if "disk_free_bytes" in report:
+        print(
+            f"    disk free {_mib(report['disk_free_bytes'])} of"
+            f" {_mib(report['disk_total_bytes'])}; forwarded studies purged first below"
+            f" {_mib(report['low_disk_free_bytes'])}, intake refuses below"
+            f" {_mib(report['intake_refuses_below_bytes'])}"
+        )
+
+
+def cmd_status(
+    config: ForwarderConfig, run_id: str | None, as_json: bool, spool_only: bool = False
+) -> int:
+    if spool_only:
+        report = spool_report(config)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_spool(report)
+        return 0
     journal = Journal(config.database_path)
     runs = [r for r in journal.runs() if run_id is None or r.run_id == run_id]
     if as_json:
@@ -168,6 +247,8 @@ def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> in
         ]
         print(json.dumps(out, indent=2))
         return 0
+    if run_id is None:
+        _print_spool(spool_report(config))
     if not runs:
         print("no studies yet")
     for r in runs:
@@ -270,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="per-study timeline")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--spool", action="store_true", help="spool use and retention only")
     send = sub.add_parser("send", help="C-STORE a folder of DICOM files")
     send.add_argument("folder", type=Path)
     send.add_argument("--host", default="127.0.0.1")
@@ -300,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config)
         if args.command == "status":
-            return cmd_status(config, args.run_id, args.json)
+            return cmd_status(config, args.run_id, args.json, args.spool)
         if args.command == "retry":
             return cmd_retry(config, args.run_id, args.target, args.now)
         if args.command == "purge":

@@ -173,6 +173,18 @@ class ObservabilitySection(_Section):
     audit_log: Path | None = None  # default: <state_dir>/audit.jsonl
 
 
+class RetentionSection(_Section):
+    """How long identified originals stay on the edge once forwarded, and the low-disk rule."""
+
+    # Original instances of a forwarded study, and quarantined ones, after this many days.
+    delivered_days: float = Field(default=7.0, gt=0.0)
+    quarantine_days: float = Field(default=7.0, gt=0.0)
+    # Below this much free space in the spool, forwarded studies go first, oldest first,
+    # before their time: intake refuses at intake.min_free_disk_bytes, which must be lower.
+    low_disk_free_bytes: int = Field(default=2 * 1024**3, ge=0)
+    check_interval_s: float = Field(default=10.0, gt=0.0)
+
+
 class ForwarderConfig(_Section):
     """The whole config file; `load_config` turns errors into messages that name the field."""
 
@@ -188,6 +200,16 @@ class ForwarderConfig(_Section):
     pacs: PacsSection
     ehr: EhrSection
     observability: ObservabilitySection = ObservabilitySection()
+    retention: RetentionSection = RetentionSection()
+
+    @model_validator(mode="after")
+    def _retention_before_refusal(self) -> ForwarderConfig:
+        # Retention must free space before intake starts refusing modalities, not after.
+        if self.retention.low_disk_free_bytes <= self.intake.min_free_disk_bytes:
+            raise ValueError(
+                "retention.low_disk_free_bytes must be above intake.min_free_disk_bytes"
+            )
+        return self
 
     @field_validator("site")
     @classmethod

@@ -203,6 +203,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "upload": ("110106", "Export", "upload", "C"),
     "reidentify": ("110109", "Order Record", "reidentify", "U"),
     "export": ("110106", "Export", "export", "C"),
+    # Retention deleting spooled originals (or quarantined instances) of a study.
+    "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
 }
 
 
@@ -220,17 +222,22 @@ class AuditTrail:
         self,
         action: str,
         *,
-        pseudo_study_uid: str,
+        pseudo_study_uid: str | None,
         run_id: str | None = None,
         outcome: str = "0",
         destination: str | None = None,
         detail: str | None = None,
+        study_key: str | None = None,
     ) -> dict[str, Any]:
+        """Append one AuditEvent. A study is named by pseudo UID, or, where it never got
+        one (quarantined before de-identification), by the spool's opaque study key."""
         type_code, type_display, subtype, crud = _AUDIT_TYPES[action]
+        if pseudo_study_uid:
+            identifier = {"system": "urn:dicom:uid", "value": f"urn:oid:{pseudo_study_uid}"}
+        else:
+            identifier = {"system": "urn:edge-forwarder:study-key", "value": study_key or "none"}
         entity: dict[str, Any] = {
-            "what": {
-                "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{pseudo_study_uid}"}
-            },
+            "what": {"identifier": identifier},
             "type": {
                 "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
                 "code": "2",
