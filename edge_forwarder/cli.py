@@ -20,6 +20,7 @@ from edge_forwarder.retention import build_retention
 from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.transport.errors import ConfigError, ForwarderError
 from edge_forwarder.transport.journal import Journal
+from edge_forwarder.transport.result_gate import PathOutside, inside
 
 
 def _pseudo_ids(result: Any) -> tuple[str, str, str]:
@@ -262,6 +263,11 @@ def cmd_status(
             )
         for at, stage, detail in journal.timeline(r.run_id):
             print(f"    {at}  {stage}" + (f"  {detail}" if detail else ""))
+    rejected = [x for x in journal.rejected_results() if run_id is None or x.run_id == run_id]
+    if rejected:
+        print(f"{len(rejected)} result message(s) rejected at the inbound boundary:")
+        for x in rejected:
+            print(f"    {x.at}  result rejected ({x.run_id or 'no valid run'}): {x.reason}")
     return 0
 
 
@@ -332,14 +338,24 @@ def cmd_purge(config: ForwarderConfig, older_than_days: float, dry_run: bool) ->
         for r in finished:
             print(f"would purge {r.run_id} ({r.stage})")
         return 0
+    refused = 0
     for r in tqdm(finished, unit="run", desc="purge"):
-        for folder in (
-            config.state_dir / "outbox" / r.run_id,
-            config.state_dir / "deliveries" / r.run_id,
-        ):
+        try:
+            # Resolved and checked: a run id edited into the journal cannot aim rmtree
+            # outside state_dir (a symlinked folder resolves to its target, refused too).
+            folders = [
+                inside(config.state_dir / part, r.run_id) for part in ("outbox", "deliveries")
+            ]
+        except PathOutside:
+            refused += 1
+            log_event("purge_refused", logging.ERROR, reason="run folder outside state_dir")
+            continue
+        for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         journal.delete_run(r.run_id)
-    print(f"purged {len(finished)} run(s)")
+    if refused:
+        print(f"refused {refused} run(s) whose folder is outside {config.state_dir}")
+    print(f"purged {len(finished) - refused} run(s)")
     return 0
 
 

@@ -79,6 +79,9 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
     # pynetdicom logs dataset contents at DEBUG; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # The Encryption SDK logs a traceback of its own when a tampered object fails to close;
+    # the inbound boundary records that refusal instead (no traceback reaches stderr).
+    logging.getLogger("aws_encryption_sdk").setLevel(logging.CRITICAL)
     silence_dicom_library_warnings()
 
 

@@ -27,7 +27,8 @@ from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.pacs import PacsPeer, store
 from edge_forwarder.transport.reidentify import Identity, reidentify_bundle, reidentify_dicom
-from edge_forwarder.transport.results import ResultsPoller
+from edge_forwarder.transport.result_gate import check_result_objects, inside, translate
+from edge_forwarder.transport.results import ReceivedMessage, ResultsPoller
 from edge_forwarder.transport.uploader import SeriesTar, Uploader
 from imaging_ai.contracts import DeidRecord, SiteResultMessage
 from imaging_ai.errors import PipelineError
@@ -295,15 +296,65 @@ class ForwarderService:
     # ---- inbound: results -> re-id -> PACS + EHR -------------------------------------------
 
     def inbound_tick(self) -> None:
+        """Take what the results queue holds, then deliver. One bad message, or a queue
+        outage, never holds back the others or the deliveries already pending."""
         if self.poller is not None:
-            for received in self.poller.receive():
-                if received.message is None:
-                    # Not acknowledged: the queue's redrive policy parks it in the DLQ.
-                    log_event("result_message_rejected", logging.WARNING, reason=received.problem)
-                    continue
-                if self._take_result(received.message):
-                    self.poller.ack(received.receipt_handle)
+            try:
+                received = self.poller.receive()
+            except Exception as error:
+                verdict = translate(error)
+                log_event("results_poll_failed", logging.WARNING, reason=verdict.reason)
+                received = []
+            for item in received:
+                if self.stop_event.is_set():
+                    return
+                self._take_received(item)
         self.deliver_pending()
+
+    def _take_received(self, item: ReceivedMessage) -> None:
+        """The inbound boundary: every exception of one message ends here, translated."""
+        assert self.poller is not None
+        message = item.message
+        if message is None:
+            self._reject(item, None, item.problem or "not a valid SiteResultMessage")
+            return
+        try:
+            self._take_result(message)
+        except Exception as error:
+            verdict = translate(error)
+            if verdict.transient:
+                # Left on the queue: it comes back after its visibility timeout.
+                log_event(
+                    "result_retry_later",
+                    logging.WARNING,
+                    run_id=message.run_id,
+                    reason=verdict.reason,
+                )
+                return
+            self._reject(item, message, verdict.reason)
+            return
+        self.poller.ack(item.receipt_handle)
+
+    def _reject(
+        self, item: ReceivedMessage, message: SiteResultMessage | None, reason: str
+    ) -> None:
+        """A malformed or tampered result: recorded, dead-lettered on the edge, acknowledged
+        (so the queue never hands it out again), and its run FAILED with the reason, but only
+        when the message really is that run's (same study): a forged message cannot fail
+        another study's run."""
+        assert self.poller is not None
+        run_id = message.run_id if message is not None else None
+        self.journal.reject_result(item.message_id or item.receipt_handle[:64], run_id, reason)
+        run = self.journal.run(message.run_id) if message is not None else None
+        if (
+            run is not None
+            and message is not None
+            and run.pseudo_study_uid == message.pseudo_study_uid
+        ):
+            self.journal.advance(run.run_id, "FAILED", reason=f"result rejected: {reason}")
+        self.metrics.deliveries.labels("result", "rejected").inc()
+        log_event("result_rejected", logging.ERROR, run_id=run_id, reason=reason)
+        self.poller.ack(item.receipt_handle)
 
     def _run_for_message(self, message: SiteResultMessage) -> str:
         run = self.journal.run(message.run_id)
@@ -312,10 +363,13 @@ class ForwarderService:
             self.journal.open_run(
                 message.run_id, f"cloud:{message.run_id}", 0, message.pseudo_study_uid
             )
+        elif run.pseudo_study_uid != message.pseudo_study_uid:
+            # A message naming one study's run and another study: tampered or misrouted.
+            raise PermanentError("message names another study than its run")
         return message.run_id
 
-    def _take_result(self, message: SiteResultMessage) -> bool:
-        """Handle one message; True when it may be acknowledged."""
+    def _take_result(self, message: SiteResultMessage) -> None:
+        """Handle one validated message; raises for the boundary (`_take_received`) to translate."""
         run_id = self._run_for_message(message)
         if message.kind == "FAILED":
             reason = message.reason or "cloud reported a failure"
@@ -329,17 +383,11 @@ class ForwarderService:
                 reason=reason,
             )
             self.metrics.studies.labels("cloud_failed").inc()
-            return True
+            return
         if self.journal.deliveries(run_id=run_id):
-            return True  # at-least-once queue: this result was already taken
-        try:
-            objects = self.poller.fetch(message) if self.poller else {}
-        except PermanentError as error:
-            self.journal.advance(run_id, "FAILED", reason=str(error))
-            log_event(
-                "failed", logging.ERROR, stage="results_received", run_id=run_id, reason=str(error)
-            )
-            return True
+            return  # at-least-once queue: this result was already taken
+        objects = self.poller.fetch(message) if self.poller else {}
+        check_result_objects(objects, message.pseudo_study_uid)
         self.journal.advance(run_id, "results_received", detail=",".join(sorted(objects)))
         log_event(
             "results_received",
@@ -348,28 +396,22 @@ class ForwarderService:
             pseudo_study_uid=message.pseudo_study_uid,
             count=len(objects),
         )
-        try:
-            identity = self.identity_lookup(message.pseudo_study_uid)
-            if identity is None:
-                raise ReidentificationError("no crosswalk entry for this pseudonymous study")
-            payload = self.reidentify(objects, identity, run_id)
-        except (ReidentificationError, ForwarderError) as error:
-            self.journal.advance(run_id, "FAILED", reason=str(error))
-            log_event("failed", logging.ERROR, stage="reidentify", run_id=run_id, reason=str(error))
-            return True
+        identity = self.identity_lookup(message.pseudo_study_uid)
+        if identity is None:
+            raise ReidentificationError("no crosswalk entry for this pseudonymous study")
+        payload = self.reidentify(objects, identity, run_id)
         self.journal.advance(run_id, "reidentified")
         self.audit.record("reidentify", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id)
         if "sr.dcm" in payload or "seg.dcm" in payload:
             self.journal.set_delivery(run_id, PACS, PENDING, payload_dir=payload["dir"])
         if "report.bundle.json" in payload:
             self.journal.set_delivery(run_id, EHR, PENDING, payload_dir=payload["dir"])
-        return True
 
     def reidentify(
         self, objects: dict[str, bytes], identity: Identity, run_id: str
     ) -> dict[str, Any]:
         """Re-identify each result and keep it in the on-prem delivery folder (mode 0700)."""
-        out_dir = self.state_dir / "deliveries" / run_id
+        out_dir = inside(self.state_dir / "deliveries", run_id)
         out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         payload: dict[str, Any] = {"dir": out_dir}
         for name in ("sr.dcm", "seg.dcm"):
@@ -392,11 +434,19 @@ class ForwarderService:
         for row in self.journal.deliveries(state=PENDING):
             if self.stop_event.is_set():
                 return
-            if row.target == PACS:
-                self._deliver_pacs(row.run_id, Path(str(row.payload_dir)))
-            elif row.target == EHR:
-                self._deliver_ehr(row.run_id, Path(str(row.payload_dir)))
-            self._maybe_done(row.run_id)
+            try:
+                # The journal row names the folder; it must still be this run's, under ours.
+                folder = inside(self.state_dir / "deliveries", row.run_id)
+                if row.payload_dir is None or Path(row.payload_dir).resolve() != folder:
+                    raise PermanentError("delivery folder is not this run's (refused)")
+                if row.target == PACS:
+                    self._deliver_pacs(row.run_id, folder)
+                elif row.target == EHR:
+                    self._deliver_ehr(row.run_id, folder)
+                self._maybe_done(row.run_id)
+            except Exception as error:
+                # One broken delivery (a file gone, a path refused) never stops the others.
+                self._dead_letter(row.run_id, row.target, translate(error).reason)
         self.metrics.dead_letters.set(len(self.journal.deliveries(state=DEAD_LETTER)))
 
     def _on_retry(self, run_id: str, target: str) -> Callable[[int, BaseException, float], None]:
@@ -445,7 +495,10 @@ class ForwarderService:
         log_event("delivered_pacs", stage="delivered_pacs", run_id=run_id, count=len(objects))
 
     def _deliver_ehr(self, run_id: str, folder: Path) -> None:
-        bundle = json.loads((folder / "report.bundle.json").read_text())
+        try:
+            bundle = json.loads((folder / "report.bundle.json").read_text())
+        except ValueError:
+            raise PermanentError("the re-identified Bundle on disk is not JSON") from None
         try:
             retry(
                 lambda: self.ehr.post_transaction(bundle),
@@ -497,7 +550,7 @@ class ForwarderService:
         rows = self.journal.deliveries(run_id=run_id)
         if rows and all(r.state == DELIVERED for r in rows):
             self.journal.advance(run_id, "delivered")
-            shutil.rmtree(self.state_dir / "deliveries" / run_id, ignore_errors=True)
+            shutil.rmtree(inside(self.state_dir / "deliveries", run_id), ignore_errors=True)
 
     def _pseudo(self, run_id: str) -> str:
         run = self.journal.run(run_id)
