@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from edge_forwarder.cli import main
 from edge_forwarder.intake.journal import Journal
 from edge_forwarder.intake.spool import Spool
 from edge_forwarder.observability import AuditTrail
-from edge_forwarder.retention import DAY_S, Retention, RetentionPolicy
+from edge_forwarder.retention import DAY_S, PurgeReport, Retention, RetentionLoop, RetentionPolicy
 
 EXAMPLE = Path(__file__).parents[3] / "edge_forwarder" / "example-config.toml"
 INSTANCE = b"\x00" * 4096  # stands in for an identified original
@@ -168,3 +169,28 @@ def test_status_shows_spool_use(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["--config", str(tmp_path / "forwarder.toml"), "status", "--spool", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["delivered_bytes"] == 3 * len(INSTANCE) and report["pending_instances"] == 2
+
+
+def test_retention_loop_keeps_running_after_a_failed_pass(edge: Edge) -> None:
+    # Given a retention whose first pass fails (e.g. the journal is locked for a moment)
+    passes: list[int] = []
+    done = threading.Event()
+    retention = edge.retention([10**9])
+    real_purge = retention.purge
+
+    def flaky_purge() -> PurgeReport:
+        passes.append(1)
+        if len(passes) == 1:
+            raise OSError("transient")
+        done.set()
+        return real_purge()
+
+    retention.purge = flaky_purge  # type: ignore[method-assign]
+    loop = RetentionLoop(retention, interval_s=0.01)
+    # When the loop runs, Then the next pass still happens
+    loop.start()
+    try:
+        assert done.wait(10)
+    finally:
+        loop.stop()
+    assert len(passes) >= 2
