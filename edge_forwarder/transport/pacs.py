@@ -31,6 +31,9 @@ class PacsPeer:
     ssl_context: ssl.SSLContext | None = None
     server_name: str | None = None  # the name the PACS certificate must carry
 
+    def store(self, objects: list[bytes]) -> list[int]:
+        return store(self, objects)
+
 
 def client_tls_context(
     ca_file: Path, cert_file: Path | None, key_file: Path | None

@@ -3,71 +3,17 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What re-identification needs from the crosswalk for one study (built on-prem only)."""
-
-    pseudo_study_uid: str
-    original_study_uid: str
-    # pseudonym -> original, for series, frames of reference and instances
-    uid_map: dict[str, str]
-    patient_name: str
-    patient_id: str
-    patient_birth_date: str
-    patient_sex: str
-    accession_number: str
-    pseudo_patient_id: str | None = None
-    pseudo_patient_name: str | None = None
-    pseudo_accession_number: str | None = None
-    study_date: str | None = None
-    study_time: str | None = None
-    extra_pseudonyms: frozenset[str] = field(default_factory=frozenset)
-
-    def pseudonyms(self) -> set[str]:
-        """Every pseudonymous value that must not appear in what goes to PACS or EHR."""
-        values = {self.pseudo_study_uid, *self.uid_map, *self.extra_pseudonyms}
-        for value in (
-            self.pseudo_patient_id,
-            self.pseudo_patient_name,
-            self.pseudo_accession_number,
-        ):
-            if value:
-                values.add(value)
-        originals = self.originals()
-        return {v for v in values if v and v not in originals and v.rstrip("^") not in originals}
-
-    def originals(self) -> set[str]:
-        """Values that are the patient's own: never a pseudonym, even where the two agree."""
-        return {
-            self.original_study_uid,
-            *self.uid_map.values(),
-            *(v for v in (self.patient_id, self.patient_name, self.accession_number) if v),
-            *(self.patient_name.rstrip("^"),),
-        } - {""}
-
-    def with_cloud_values(self, values: Iterable[object]) -> Identity:
-        """This identity, also treating `values` the cloud sent for patient and accession as
-        pseudonyms: whatever the cloud called them, it only ever knew a pseudonym."""
-        extra = {str(v).strip() for v in values if v is not None and str(v).strip()}
-        return dataclasses.replace(self, extra_pseudonyms=self.extra_pseudonyms | extra)
-
-    def full_map(self) -> dict[str, str]:
-        return {self.pseudo_study_uid: self.original_study_uid, **self.uid_map}
-
 
 # A pseudonym counts as present when it appears whole, or when a long enough piece of its
 # distinctive part does (a truncated UID in a 16-char SH field, the patient pseudonym's digest
@@ -77,6 +23,7 @@ _DIGIT_WINDOW = 16
 _ALNUM_WINDOW = 10
 _SHORTEST_PIECE = 8  # shorter runs ("ANON", "2", "25") say nothing about one patient
 _RUN = re.compile(r"[0-9A-Za-z]+")
+_PATIENT_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber")
 
 
 class PseudonymScanner:
@@ -110,6 +57,26 @@ class PseudonymScanner:
         return any(p in upper for p in self.whole if len(p) >= _SHORTEST_PIECE)
 
 
+def pseudonyms_of(identity: StudyIdentity, cloud_values: Iterable[object] = ()) -> set[str]:
+    """The study's pseudonyms, plus what the cloud called the patient and the accession.
+
+    The cloud only ever knew pseudonyms, so whatever its results name the patient or the
+    accession (its pseudo patient name and accession included, which the crosswalk does not
+    store) must not survive re-identification either. The patient's own values never count.
+    """
+    originals = {
+        *identity.uid_map().values(),
+        identity.patient_id,
+        identity.patient_name,
+        identity.patient_name.rstrip("^"),
+        identity.accession_number,
+    } - {""}
+    values = identity.pseudonyms() | {
+        str(v).strip() for v in cloud_values if v is not None and str(v).strip()
+    }
+    return {v for v in values if v not in originals and v.rstrip("^") not in originals}
+
+
 def _local_uid(*parts: str) -> str:
     """A new UID derived from the pseudonymous one: stable, so a re-delivery replaces, not adds."""
     return generate_uid(entropy_srcs=["edge-forwarder-reid", *parts])
@@ -123,20 +90,15 @@ def _walk(dataset: Dataset) -> Iterator[Dataset]:
                 yield from _walk(item)
 
 
-_PATIENT_MODULE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-
-
-def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
+def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> bytes:
     """Restore original study/series/FoR/instance UIDs and the patient module in an SR or SEG.
 
     The result object gets a new SOP Instance UID (and a new series UID when the cloud made
     a new series) so PACS files it into the original study as a new, derived object.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
-    identity = identity.with_cloud_values(
-        dataset.get(keyword) for keyword in (*_PATIENT_MODULE[:2], "AccessionNumber")
-    )
-    mapping = identity.full_map()
+    pseudonyms = pseudonyms_of(identity, (dataset.get(k) for k in _PATIENT_KEYWORDS))
+    mapping = identity.uid_map()
     own_sop = str(dataset.SOPInstanceUID)
     own_series = str(dataset.SeriesInstanceUID)
     # The result's own UIDs are cloud-made: replace them with local ones, stable per run.
@@ -167,7 +129,7 @@ def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
     out = io.BytesIO()
     dataset.save_as(out, enforce_file_format=True)
     data = out.getvalue()
-    assert_no_pseudonyms_dicom(data, identity)
+    assert_no_pseudonyms_dicom(data, pseudonyms)
     return data
 
 
@@ -175,7 +137,7 @@ _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 
 
-def _texts(value: object, vr: str) -> list[str]:
+def _texts(value: object) -> list[str]:
     if isinstance(value, bytes | bytearray):
         # UN and OB may hide a string element (an unknown private tag): read it as Latin-1.
         return [bytes(value).decode("latin-1")]
@@ -184,18 +146,18 @@ def _texts(value: object, vr: str) -> list[str]:
     return [str(value)]
 
 
-def assert_no_pseudonyms_dicom(part10: bytes, identity: Identity) -> None:
+def assert_no_pseudonyms_dicom(part10: bytes, pseudonyms: Iterable[str]) -> None:
     """Refuse a dataset where any value still holds a pseudonym of this study, or a piece of
     one, in any element at any depth (text, UIDs, and binary values other than pixels)."""
     dataset = pydicom.dcmread(io.BytesIO(part10))
-    scanner = PseudonymScanner(identity.pseudonyms())
+    scanner = PseudonymScanner(pseudonyms)
     for item in _walk(dataset):
         for element in item:
             if element.VR == "SQ" or element.value is None or element.tag in _PIXEL_TAGS:
                 continue
             if element.VR in _BINARY_VRS and len(element.value) > 65536:
                 continue  # bulk data (e.g. an ICC profile), not a place for identifiers
-            if any(scanner.found_in(text) for text in _texts(element.value, element.VR)):
+            if any(scanner.found_in(text) for text in _texts(element.value)):
                 # The keyword only: the value is a pseudonym, but habits matter.
                 raise ReidentificationError(f"pseudonym left in {element.keyword or element.tag}")
 
@@ -215,7 +177,7 @@ def _rewrite_strings(node: Any, mapping: dict[str, str]) -> Any:
 
 def reidentify_bundle(
     bundle: dict[str, Any],
-    identity: Identity,
+    identity: StudyIdentity,
     *,
     patient_identifier_system: str,
     accession_identifier_system: str,
@@ -223,8 +185,8 @@ def reidentify_bundle(
     """Put the original patient, accession and study UID into a FHIR transaction Bundle."""
     if bundle.get("resourceType") != "Bundle":
         raise ReidentificationError("result is not a FHIR Bundle")
-    identity = identity.with_cloud_values(_cloud_patient_values(bundle))
-    mapping = identity.full_map()
+    pseudonyms = pseudonyms_of(identity, _cloud_patient_values(bundle))
+    mapping = identity.uid_map()
     if identity.pseudo_patient_id:
         mapping[identity.pseudo_patient_id] = identity.patient_id
     result: dict[str, Any] = _rewrite_strings(copy.deepcopy(bundle), mapping)
@@ -268,7 +230,7 @@ def reidentify_bundle(
             identifiers = [
                 i for i in resource.get("identifier", []) if i.get("system") == "urn:dicom:uid"
             ] or [{"system": "urn:dicom:uid"}]
-            identifiers[0]["value"] = f"urn:oid:{identity.original_study_uid}"
+            identifiers[0]["value"] = f"urn:oid:{identity.study_instance_uid}"
             if identity.accession_number:
                 identifiers.append(
                     {
@@ -289,14 +251,15 @@ def reidentify_bundle(
             resource["identifier"] = [
                 {"system": accession_identifier_system, "value": identity.accession_number}
             ]
-    assert_no_pseudonyms_json(result, identity)
+    assert_no_pseudonyms_json(result, pseudonyms)
     return result
 
 
 def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:
     """What the cloud called the patient and the accession: pseudonyms by construction."""
     values: list[str] = []
-    for entry in bundle.get("entry", []) if isinstance(bundle.get("entry"), list) else []:
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
@@ -314,9 +277,9 @@ def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:
     return values
 
 
-def assert_no_pseudonyms_json(node: Any, identity: Identity) -> None:
+def assert_no_pseudonyms_json(node: Any, pseudonyms: Iterable[str]) -> None:
     """Refuse a Bundle where any string, key or value, holds a pseudonym or a piece of one."""
-    scanner = PseudonymScanner(identity.pseudonyms())
+    scanner = PseudonymScanner(pseudonyms)
 
     def visit(value: Any) -> None:
         if isinstance(value, dict):

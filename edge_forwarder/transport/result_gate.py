@@ -22,12 +22,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_forwarder.crosswalk import CrosswalkError
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
+from imaging_ai.contracts import BUNDLE_NAME, SEG_NAME, SR_NAME
 from imaging_ai.errors import PipelineError
 
 # What a result object may be: the contract's SR and SEG, and a FHIR transaction Bundle.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-RESULT_SOP_CLASSES = {"sr.dcm": {COMPREHENSIVE_3D_SR}, "seg.dcm": {SEGMENTATION}}
+RESULT_SOP_CLASSES = {SR_NAME: {COMPREHENSIVE_3D_SR}, SEG_NAME: {SEGMENTATION}}
 # S3 and KMS answers worth a retry; any other refusal (AccessDenied, NoSuchKey, ...) is final.
 _TRANSIENT_AWS_CODES = frozenset(
     {
@@ -85,7 +86,7 @@ def check_result_objects(objects: dict[str, bytes], pseudo_study_uid: str) -> No
                 raise PermanentError(f"{name} has SOP class {sop_class}, not the contract's")
             if study != pseudo_study_uid:
                 raise PermanentError(f"{name} belongs to another study than its message")
-        elif name == "report.bundle.json":
+        elif name == BUNDLE_NAME:
             try:
                 bundle = json.loads(data)
             except (ValueError, UnicodeDecodeError):

@@ -14,11 +14,12 @@ import pydicom
 import pytest
 
 from edge_forwarder.cli import main
+from edge_forwarder.composition import Forwarder
 from edge_forwarder.observability import LOGGER_NAME, configure_logging
-from edge_forwarder.service import ForwarderService
 from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context, result_key
+from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.synthetic import write_ct_study
 from tests.integration.transport.conftest import (
     BUCKET,
@@ -30,7 +31,7 @@ from tests.integration.transport.conftest import (
     Pacs,
     write_config,
 )
-from tests.integration.transport.helpers import service_from_config
+from tests.integration.transport.helpers import forwarder_from_config
 
 pytestmark = pytest.mark.integration
 FORGED_STUDY = "2.25.123456789012345678901234567890"
@@ -55,7 +56,7 @@ def deployed_logging() -> Iterator[io.StringIO]:
     logging.getLogger(LOGGER_NAME).propagate = True
 
 
-def _answered(tmp: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr) -> tuple[ForwarderService, Any]:
+def _answered(tmp: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr) -> tuple[Forwarder, Any]:
     """A study uploaded, and its genuine results waiting on the queue."""
     study = write_ct_study(
         tmp / "ct", seed=5, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
@@ -63,8 +64,8 @@ def _answered(tmp: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr) -> tuple[Forwar
     intake = ListIntake(
         [FakeCompleted("study-5", 1, "default", {study.series_instance_uid: study.paths})]
     )
-    service, _ = service_from_config(write_config(tmp, cloud, pacs.port, ehr.url), intake)
-    service.outbound_tick()
+    service, _ = forwarder_from_config(write_config(tmp, cloud, pacs.port, ehr.url), intake)
+    service.outbound.tick()
     (run,) = service.journal.runs()
     cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
     return service, run
@@ -120,7 +121,7 @@ def test_malformed_messages_are_recorded_and_never_touch_a_path(
     for body in crafted:
         _send(cloud, body)
     # When the inbound loop runs once
-    service.inbound_tick()
+    service.inbound.tick()
     # Then the genuine results reached PACS and EHR, undelayed
     assert sorted(ds.Modality for ds in pacs.received()) == ["SEG", "SR"]
     assert len(ehr.received) == 1
@@ -190,7 +191,7 @@ def test_tampered_results_and_unreadable_crosswalk_fail_their_run_only(
             },
         )
     # When the inbound loop runs once
-    service.inbound_tick()
+    service.inbound.tick()
     # Then the genuine results were delivered in the same pass
     assert sorted(ds.Modality for ds in pacs.received()) == ["SEG", "SR"]
     assert service.journal.run(run.run_id).stage == "delivered"  # type: ignore[union-attr]
@@ -218,7 +219,7 @@ def test_purge_deletes_only_inside_state_dir(
 ) -> None:
     # Given a finished run, and journal rows edited on disk to aim at other folders
     service, run = _answered(tmp_path, cloud, pacs, ehr)
-    service.inbound_tick()
+    service.inbound.tick()
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("not the forwarder's")
@@ -226,8 +227,9 @@ def test_purge_deletes_only_inside_state_dir(
     deliveries.mkdir(exist_ok=True)
     (deliveries / "r8-link").symlink_to(victim)  # a symlink out of state_dir
     for run_id in ("../../victim", "r8-link"):
-        service.journal.open_run(run_id, f"edited-{run_id}", 1, run.pseudo_study_uid)
-        service.journal.advance(run_id, "delivered")
+        service.journal.open_run(
+            run_id, f"edited-{run_id}", 1, run.pseudo_study_uid, stage=EdgeStage.DELIVERED
+        )
     # When old runs are purged
     config = tmp_path / "forwarder.toml"
     assert main(["--config", str(config), "purge", "--older-than-days", "-1"]) == 0

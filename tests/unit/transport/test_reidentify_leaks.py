@@ -10,8 +10,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
+from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
-from edge_forwarder.transport.reidentify import Identity, reidentify_bundle, reidentify_dicom
+from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
 
 PSEUDO_STUDY = "2.25.219873487120938471209384712093847120"
 PSEUDO_SERIES = "2.25.118273645091827364509182736450918273"
@@ -22,18 +23,21 @@ ORIGINAL_SERIES = "1.2.840.113619.2.55.3.604688119.969.1268071029.320"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
-def _identity() -> Identity:
-    # As wiring builds it from the crosswalk: no pseudo patient name, no pseudo accession.
-    return Identity(
+def _identity() -> StudyIdentity:
+    # As the crosswalk gives it back: no pseudo patient name, no pseudo accession stored.
+    return StudyIdentity(
         pseudo_study_uid=PSEUDO_STUDY,
-        original_study_uid=ORIGINAL_STUDY,
-        uid_map={PSEUDO_SERIES: ORIGINAL_SERIES},
-        patient_name="DOE^JANE",
+        study_instance_uid=ORIGINAL_STUDY,
+        pseudo_patient_id=PSEUDO_PATIENT,
         patient_id="MRN0042",
+        patient_name="DOE^JANE",
         patient_birth_date="19700101",
         patient_sex="F",
         accession_number="ACC-REAL-1",
-        pseudo_patient_id=PSEUDO_PATIENT,
+        study_date="",
+        study_time="",
+        date_shift_days=0,
+        series={PSEUDO_SERIES: ORIGINAL_SERIES},
     )
 
 

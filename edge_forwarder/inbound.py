@@ -1,0 +1,197 @@
+"""Inbound: result messages from the cloud, re-identified on-prem, queued for PACS and EHR."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_forwarder.delivery import Delivery
+from edge_forwarder.identity import StudyIdentity
+from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.transport.errors import PermanentError, ReidentificationError
+from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
+from edge_forwarder.transport.result_gate import check_result_objects, inside, translate
+from edge_forwarder.transport.results import ReceivedMessage
+from imaging_ai.contracts import BUNDLE_NAME, DICOM_RESULT_NAMES, SiteResultMessage
+from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
+
+
+class ResultsSource(Protocol):
+    """The site's results queue and result objects (`transport.results.ResultsPoller`)."""
+
+    def receive(self) -> list[ReceivedMessage]: ...
+    def ack(self, receipt_handle: str) -> None: ...
+    def fetch(self, message: SiteResultMessage) -> dict[str, bytes]: ...
+
+
+class IdentityLookup(Protocol):
+    """The crosswalk vault (`crosswalk.CrosswalkVault`)."""
+
+    def study_by_pseudo(self, pseudo_study_uid: str) -> StudyIdentity | None: ...
+
+
+@dataclass(frozen=True)
+class IdentifierSystems:
+    """The EHR's identifier systems for the re-identified patient and accession number."""
+
+    patient: str
+    accession: str
+
+
+@dataclass(kw_only=True)
+class Inbound:
+    """Takes each result message once (the queue is at-least-once), then delivers."""
+
+    journal: Journal
+    results: ResultsSource
+    identities: IdentityLookup
+    identifier_systems: IdentifierSystems
+    delivery: Delivery
+    telemetry: Telemetry
+    deliveries_dir: Path
+
+    def tick(self) -> None:
+        """Take what the results queue holds, then deliver. One bad message, or a queue
+        outage, never holds back the others or the deliveries already pending."""
+        try:
+            received = self.results.receive()
+        except Exception as error:
+            log_event("results_poll_failed", logging.WARNING, reason=translate(error).reason)
+            received = []
+        for item in received:
+            self.take_received(item)
+        self.delivery.deliver_pending()
+
+    def take_received(self, item: ReceivedMessage) -> None:
+        """The inbound trust boundary: every exception of one message ends here, translated.
+
+        Transient (an S3, KMS or disk outage): left on the queue, it comes back after its
+        visibility timeout. Anything else is a malformed or tampered result: rejected.
+        """
+        message = item.message
+        if message is None:
+            self._reject(item, None, item.problem or "not a valid SiteResultMessage")
+            return
+        try:
+            self.take(message)
+        except Exception as error:
+            verdict = translate(error)
+            if verdict.transient:
+                log_event("result_retry_later", logging.WARNING, run_id=message.run_id,
+                          reason=verdict.reason)  # fmt: skip
+                return
+            self._reject(item, message, verdict.reason)
+            return
+        self.results.ack(item.receipt_handle)
+
+    def _reject(
+        self, item: ReceivedMessage, message: SiteResultMessage | None, reason: str
+    ) -> None:
+        """Recorded, dead-lettered on the edge (`rejected_results`), acknowledged so the
+        queue never hands it out again, and its run FAILED with the reason, but only when
+        the message names that run's own study: a forged message cannot fail another run."""
+        run_id = message.run_id if message is not None else None
+        self.journal.reject_result(item.message_id or item.receipt_handle[:64], run_id, reason)
+        run = self.journal.run(message.run_id) if message is not None else None
+        if (
+            run is not None
+            and message is not None
+            and run.pseudo_study_uid == message.pseudo_study_uid
+            and run.stage not in TERMINAL_EDGE_STAGES
+        ):
+            self.journal.advance(run.run_id, EdgeStage.FAILED, reason=f"result rejected: {reason}")
+        self.telemetry.metrics.deliveries.labels("result", "rejected").inc()
+        log_event("result_rejected", logging.ERROR, run_id=run_id, reason=reason)
+        self.results.ack(item.receipt_handle)
+
+    def take(self, message: SiteResultMessage) -> None:
+        """Handle one validated message; raise for the boundary (`take_received`) to judge."""
+        run_id = self._run_for(message)
+        if message.kind == "FAILED":
+            self._cloud_failed(run_id, message)
+            return
+        if self.journal.deliveries(run_id=run_id):
+            return  # at-least-once queue: this result was already taken
+        objects = self.results.fetch(message)
+        check_result_objects(objects, message.pseudo_study_uid)
+        self.journal.advance(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
+        log_event(
+            EdgeStage.RESULTS_RECEIVED,
+            stage=EdgeStage.RESULTS_RECEIVED,
+            run_id=run_id,
+            pseudo_study_uid=message.pseudo_study_uid,
+            count=len(objects),
+        )
+        identity = self.identities.study_by_pseudo(message.pseudo_study_uid)
+        if identity is None:
+            raise ReidentificationError("no crosswalk entry for this pseudonymous study")
+        folder = self.reidentify(objects, identity, run_id)
+        self.journal.advance(run_id, EdgeStage.REIDENTIFIED)
+        self.telemetry.audit.record(
+            "reidentify", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id
+        )
+        if any(name in objects for name in DICOM_RESULT_NAMES):
+            self.journal.set_delivery(
+                run_id, DeliveryTarget.PACS, DeliveryState.PENDING, payload_dir=folder
+            )
+        if BUNDLE_NAME in objects:
+            self.journal.set_delivery(
+                run_id, DeliveryTarget.EHR, DeliveryState.PENDING, payload_dir=folder
+            )
+
+    def reidentify(self, objects: dict[str, bytes], identity: StudyIdentity, run_id: str) -> Path:
+        """Re-identify each result into the on-prem delivery folder (mode 0700); return it."""
+        folder = inside(self.deliveries_dir, run_id)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in DICOM_RESULT_NAMES:
+            if name in objects:
+                (folder / name).write_bytes(reidentify_dicom(objects[name], identity, run_id))
+        if BUNDLE_NAME in objects:
+            bundle: dict[str, Any] = reidentify_bundle(
+                json.loads(objects[BUNDLE_NAME]),
+                identity,
+                patient_identifier_system=self.identifier_systems.patient,
+                accession_identifier_system=self.identifier_systems.accession,
+            )
+            (folder / BUNDLE_NAME).write_text(json.dumps(bundle))
+        return folder
+
+    def _run_for(self, message: SiteResultMessage) -> str:
+        run = self.journal.run(message.run_id)
+        if run is not None and run.pseudo_study_uid != message.pseudo_study_uid:
+            # One study's run named with another study: tampered or misrouted.
+            raise PermanentError("message names another study than its run")
+        if run is None:
+            # A result for a run this journal does not know (purged, or a cloud re-run): the
+            # cloud has its upload, so the run opens as uploaded.
+            self.journal.open_run(
+                message.run_id,
+                f"cloud:{message.run_id}",
+                0,
+                message.pseudo_study_uid,
+                stage=EdgeStage.UPLOADED,
+                detail="opened from a cloud message",
+            )
+        return message.run_id
+
+    def _cloud_failed(self, run_id: str, message: SiteResultMessage) -> None:
+        reason = message.reason or "cloud reported a failure"
+        run = self.journal.run(run_id)
+        if run is not None and run.stage in TERMINAL_EDGE_STAGES:
+            # A late or repeated message for a run that has ended: nothing left to change.
+            self.journal.note(run_id, "cloud_failed_after_end", detail=reason)
+            return
+        self.journal.advance(run_id, EdgeStage.FAILED, reason=f"cloud: {reason}")
+        log_event(
+            "cloud_failed",
+            logging.ERROR,
+            stage=EdgeStage.FAILED,
+            run_id=run_id,
+            pseudo_study_uid=message.pseudo_study_uid,
+            reason=reason,
+        )
+        self.telemetry.metrics.studies.labels("cloud_failed").inc()
