@@ -80,7 +80,7 @@ class Delivery:
                 self._finish_if_done(row.run_id)
             except Exception as error:
                 # One broken delivery (a file gone, a path refused) never stops the others.
-                self._dead_letter(row.run_id, row.target, translate(error).reason)
+                self._park(row.run_id, row.target, translate(error).reason)
         dead = self.journal.deliveries(state=DeliveryState.DEAD_LETTER)
         self.telemetry.metrics.dead_letters.set(len(dead))
 
@@ -172,6 +172,15 @@ class Delivery:
         self.telemetry.metrics.deliveries.labels(target, "delivered").inc()
         counted = {} if count is None else {"count": count}
         log_event(stage, stage=stage, run_id=run_id, **counted)
+
+    def _park(self, run_id: str, target: DeliveryTarget, reason: str) -> None:
+        """Dead-letter a delivery that broke outside its retries; if even that cannot be
+        recorded in full (its run is in a state that does not allow it), say so and go on."""
+        try:
+            self._dead_letter(run_id, target, reason)
+        except Exception as error:
+            log_event("dead_letter_failed", logging.ERROR, run_id=run_id, target=target,
+                      error=type(error).__name__)  # fmt: skip
 
     def _dead_letter(
         self, run_id: str, target: DeliveryTarget, reason: str, http: int | None = None
