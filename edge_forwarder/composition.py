@@ -102,7 +102,7 @@ def build_forwarder(
     )
     delivery = Delivery(
         journal=journal,
-        pacs=_pacs(config.pacs),
+        pacs=pacs_peer(config.pacs),
         ehr=_ehr(config),
         pacs_retry=_retry_policy(config.pacs, max_backoff_s),
         ehr_retry=_retry_policy(config.ehr, max_backoff_s),
@@ -154,7 +154,8 @@ def _pseudo_study_uid(journal: Journal, study_key: str, run_number: int) -> str 
     return run.pseudo_study_uid if run is not None else None
 
 
-def _pacs(section: PacsSection) -> PacsPeer:
+def pacs_peer(section: PacsSection) -> PacsPeer:
+    """The PACS peer of `[pacs]`, with its DICOM TLS context when `[pacs.tls]` is set."""
     tls = section.tls
     return PacsPeer(
         section.host,

@@ -10,6 +10,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from edge_forwarder.composition import pacs_peer
+from edge_forwarder.config import PacsSection, PacsTlsSection
 from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.pacs import PacsPeer, client_tls_context, store
 from tests.integration.transport.conftest import Pacs, start_storescp
@@ -50,17 +52,18 @@ def _sample() -> bytes:
 def test_client_certificate_from_the_hospital_ca_delivers(
     tls_pacs: Pacs, hospital_ca: TestCa
 ) -> None:
-    # Given a PACS that requires a client certificate from the hospital CA, and ours from it
+    # Given a PACS that requires a client certificate from the hospital CA, and [pacs.tls]
+    # naming the CA, our certificate from it and its key
     ours = hospital_ca.issue("edge-forwarder", server=False)
-    peer = PacsPeer(
-        "127.0.0.1",
-        tls_pacs.port,
-        "PACS",
+    section = PacsSection(
+        host="127.0.0.1",
+        port=tls_pacs.port,
+        ae_title="PACS",
         timeout_s=10,
-        ssl_context=client_tls_context(hospital_ca.cert, ours.cert, ours.key),
+        tls=PacsTlsSection(ca_file=hospital_ca.cert, cert_file=ours.cert, key_file=ours.key),
     )
-    # When we C-STORE over TLS
-    statuses = store(peer, [_sample()])
+    # When the forwarder's PACS peer, built from that section, C-STOREs
+    statuses = pacs_peer(section).store([_sample()])
     # Then the PACS stored it
     assert statuses == [0x0000]
     assert len(tls_pacs.received()) == 1
