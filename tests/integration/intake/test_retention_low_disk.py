@@ -12,16 +12,18 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail
 from edge_forwarder.retention import Retention, RetentionPolicy
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
-from tests.integration.intake.conftest import encode, send
+from tests.integration.intake.conftest import encode
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
 FS_SIZE = 8 * MIB
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @pytest.fixture
@@ -70,9 +72,16 @@ def test_low_disk_frees_forwarded_studies_and_intake_keeps_accepting(
     statuses: list[int] = []
 
     def receive(datasets: list[Dataset]) -> None:
-        for dataset in datasets:
-            statuses.extend(send(intake.port, [dataset]))
-            retention.purge()  # what the retention loop does every check_interval_s
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CT_IMAGE)
+        assoc = ae.associate("127.0.0.1", intake.port, ae_title="EDGE_FWD")
+        assert assoc.is_established
+        try:
+            for dataset in datasets:
+                statuses.append(int(assoc.send_c_store(dataset).Status))
+                retention.purge()  # what the retention loop does every check_interval_s
+        finally:
+            assoc.release()
 
     def forward_all() -> list[str]:
         done = intake.poll_completed(now=time.time() + 60)
