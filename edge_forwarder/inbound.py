@@ -118,7 +118,7 @@ class Inbound:
             return  # at-least-once queue: this result was already taken
         objects = self.results.fetch(message)
         check_result_objects(objects, message.pseudo_study_uid)
-        self.journal.advance(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
+        self._advance_once(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
         log_event(
             EdgeStage.RESULTS_RECEIVED,
             stage=EdgeStage.RESULTS_RECEIVED,
@@ -130,7 +130,7 @@ class Inbound:
         if identity is None:
             raise ReidentificationError("no crosswalk entry for this pseudonymous study")
         folder = self.reidentify(objects, identity, run_id)
-        self.journal.advance(run_id, EdgeStage.REIDENTIFIED)
+        self._advance_once(run_id, EdgeStage.REIDENTIFIED)
         self.telemetry.audit.record(
             "reidentify", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id
         )
@@ -159,6 +159,13 @@ class Inbound:
             )
             (folder / BUNDLE_NAME).write_text(json.dumps(bundle))
         return folder
+
+    def _advance_once(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
+        # A message taken again after a transient failure (disk full while re-identifying)
+        # finds its run already at this stage: the step is redone, the move is not.
+        run = self.journal.run(run_id)
+        if run is None or run.stage is not stage:
+            self.journal.advance(run_id, stage, detail=detail)
 
     def _run_for(self, message: SiteResultMessage) -> str:
         run = self.journal.run(message.run_id)

@@ -130,3 +130,34 @@ def test_a_delivery_row_edited_to_point_elsewhere_is_dead_lettered_not_read(
     assert b"not ours to send" not in pacs.stored
     # And the genuine result was still delivered
     assert len(pacs.stored) == 1
+
+
+class FlakyVault(Vault):
+    """A crosswalk on a disk that fails once (an I/O error), then reads again."""
+
+    def __init__(self) -> None:
+        super().__init__(set())
+        self.failures = 1
+
+    def study_by_pseudo(self, pseudo_study_uid: str) -> StudyIdentity | None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk I/O error")
+        return super().study_by_pseudo(pseudo_study_uid)
+
+
+def test_a_result_taken_again_after_a_transient_failure_is_delivered(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given a result whose re-identification meets a transient I/O error the first time
+    results = FakeResults()
+    inbound, pacs = _inbound(tmp_path, journal, telemetry, results, FlakyVault())
+    results.send(_ready(GOOD), {SR_NAME: _sr()})
+    # When the inbound loop runs, Then the message waits on the queue, unrejected
+    inbound.tick()
+    assert results.acked == [] and journal.rejected_results() == []
+    # When it runs again (the queue hands the message out again)
+    inbound.tick()
+    # Then the result is delivered: the run does not trip over the stage it already reached
+    assert results.acked == ["receipt-0"] and len(pacs.stored) == 1
+    assert journal.run(GOOD).stage is EdgeStage.DELIVERED  # type: ignore[union-attr]
