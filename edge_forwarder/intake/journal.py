@@ -87,8 +87,12 @@ class SpoolUse:
     quarantined: int
 
 
-# Columns added after the first release: applied to existing journals at open.
-_MIGRATIONS = ("ALTER TABLE study ADD COLUMN forwarded_at REAL",)
+# Columns added after the first release: applied to existing journals at open. Studies
+# forwarded before forwarded_at existed count from their last instance, so retention sees them.
+_MIGRATIONS = (
+    "ALTER TABLE study ADD COLUMN forwarded_at REAL",
+    "UPDATE study SET forwarded_at = last_at WHERE state = 'FORWARDED' AND forwarded_at IS NULL",
+)
 
 
 class Journal:

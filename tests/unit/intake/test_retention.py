@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_forwarder.cli import main
+from edge_forwarder.durable_db import open_durable_db
+from edge_forwarder.intake.journal import _SCHEMA as INTAKE_SCHEMA
 from edge_forwarder.intake.journal import Journal
 from edge_forwarder.intake.spool import Spool
 from edge_forwarder.observability import AuditTrail
@@ -194,3 +196,18 @@ def test_retention_loop_keeps_running_after_a_failed_pass(edge: Edge) -> None:
     finally:
         loop.stop()
     assert len(passes) >= 2
+
+
+def test_a_journal_from_before_retention_gets_its_forwarded_studies_dated(tmp_path: Path) -> None:
+    # Given an intake journal written before forwarded_at existed, with a forwarded study
+    path = tmp_path / "journal.sqlite3"
+    old = open_durable_db(path, INTAKE_SCHEMA)  # the schema of the first release
+    old.execute("INSERT INTO study VALUES ('st-old', '1.2.3', 'FORWARDED', 1, 5, 7, 'm', 0, NULL)")
+    old.execute("INSERT INTO instance VALUES ('1.2.3.1', 'st-old', '1.2.3.9', 'x', 6, 10, '{}')")
+    old.close()
+    # When the current forwarder opens it
+    journal = Journal(path)
+    # Then the study counts as forwarded at its last instance, and retention sees it
+    (study,) = journal.delivered_studies()
+    assert (study.study_key, study.forwarded_at, study.instance_count) == ("st-old", 7.0, 1)
+    journal.close()
