@@ -105,6 +105,15 @@ class Inbound:
         ):
             self.journal.advance(run.run_id, EdgeStage.FAILED, reason=f"result rejected: {reason}")
         self.telemetry.metrics.deliveries.labels("result", "rejected").inc()
+        self.telemetry.audit.record(
+            "import",
+            pseudo_study_uid=message.pseudo_study_uid if message is not None else None,
+            study_key="unparsed result message",
+            run_id=run_id,
+            outcome="8",
+            destination="results queue",
+            detail=f"rejected: {reason}",
+        )
         log_event("result_rejected", logging.ERROR, run_id=run_id, reason=reason)
         self.results.ack(item.receipt_handle)
 

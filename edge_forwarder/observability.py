@@ -208,6 +208,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "upload": ("110106", "Export", "upload", "C"),
     "reidentify": ("110109", "Order Record", "reidentify", "U"),
     "export": ("110106", "Export", "export", "C"),
+    # A result from the cloud taken in; outcome 8 when it was refused at the boundary.
+    "import": ("110107", "Import", "import", "C"),
     # Retention deleting spooled originals (or quarantined instances) of a study.
     "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
 }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_forwarder.crosswalk import CrosswalkError
 from edge_forwarder.identity import StudyIdentity
@@ -41,6 +43,10 @@ class Vault:
         if pseudo_study_uid in self.broken:
             raise CrosswalkError("crosswalk row does not decrypt under this key")
         return IDENTITY
+
+
+def _audit(telemetry: Telemetry) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in telemetry.audit.path.read_text().splitlines()]
 
 
 def _ready(run_id: str) -> SiteResultMessage:
@@ -107,6 +113,9 @@ def test_crosswalk_error_is_translated_at_the_boundary(
     )
     (rejected,) = journal.rejected_results()
     assert rejected.run_id == OTHER and results.acked == ["receipt-0"] and pacs.stored == []
+    # And the refusal is in the audit trail (DCM 110107 Import, outcome 8 = failure)
+    (event,) = [e for e in _audit(telemetry) if e["type"]["code"] == "110107"]
+    assert event["outcome"] == "8" and "crosswalk entry cannot be read" in event["outcomeDesc"]
 
 
 def test_a_delivery_row_edited_to_point_elsewhere_is_dead_lettered_not_read(
