@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.delivery import Delivery
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
@@ -20,7 +20,7 @@ from edge_forwarder.outbound import CompletedStudies, Outbound
 from edge_forwarder.retention import RetentionLoop, build_retention
 from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.service import ForwarderService
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer, client_tls_context
@@ -112,15 +112,7 @@ def build_forwarder(
     )
     inbound = Inbound(
         journal=journal,
-        results=ResultsPoller(
-            site=config.site,
-            bucket=config.aws.bucket,
-            kms_key_arn=config.aws.kms_key_arn,
-            queue_name=config.results_queue_name,
-            wait_time_s=config.results.wait_time_s,
-            visibility_timeout_s=config.results.visibility_timeout_s,
-            region=config.aws.region,
-        ),
+        results=_results(config),
         identities=vault,
         identifier_systems=IdentifierSystems(
             patient=config.ehr.patient_identifier_system,
@@ -186,6 +178,18 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
         journal,
         on_bytes=metrics.uploaded_bytes.inc,
         on_retry=lambda attempt, error, wait: metrics.upload_retries.inc(),
+    )
+
+
+def _results(config: ForwarderConfig) -> ResultsPoller:
+    return ResultsPoller(
+        site=config.site,
+        bucket=config.aws.bucket,
+        kms_key_arn=config.aws.kms_key_arn,
+        queue_name=config.results_queue_name,
+        wait_time_s=config.results.wait_time_s,
+        visibility_timeout_s=config.results.visibility_timeout_s,
+        region=config.aws.region,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aws_cdk import App, Stack
@@ -13,6 +13,7 @@ from aws_cdk import aws_sqs as sqs
 from aws_cdk.assertions import Template
 from imaging_ai_infra.config import load_stage_config
 from imaging_ai_infra.edge_access import EdgeAccess
+from imaging_ai_infra.platform import Platform
 
 from tests.infrastructure.conftest import SITES, Synthesized
 from tests.tls_support import TestCa
@@ -28,8 +29,10 @@ def _edge_template(context: dict[str, Any]) -> dict[str, Any]:
     key = kms.Key(stack, "Key")
     bucket = s3.Bucket(stack, "Data", encryption_key=key)
     queues: dict[str, sqs.IQueue] = {site: sqs.Queue(stack, f"Q{site}") for site in SITES}
-    EdgeAccess(stack, "EdgeAccess", config=config, data_bucket=bucket, data_key=key,
-               site_queues=queues)  # fmt: skip
+    # EdgeAccess reads the stage config, the data bucket and the data key of the platform.
+    platform = Platform(config=config, network=cast(Any, None), data_bucket=bucket,
+                        data_key=key, audit_key=key, state_table=cast(Any, None))  # fmt: skip
+    EdgeAccess(stack, "EdgeAccess", platform=platform, site_queues=queues)
     return dict(Template.from_stack(stack).to_json())
 
 

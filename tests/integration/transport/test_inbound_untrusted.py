@@ -20,18 +20,14 @@ from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context, result_key
 from imaging_ai.edge_stage import EdgeStage
-from imaging_ai.synthetic import write_ct_study
 from tests.integration.transport.conftest import (
     BUCKET,
     SITE,
     CloudSide,
     Ehr,
-    FakeCompleted,
-    ListIntake,
     Pacs,
-    write_config,
 )
-from tests.integration.transport.helpers import forwarder_from_config
+from tests.integration.transport.helpers import completed_study
 
 pytestmark = pytest.mark.integration
 FORGED_STUDY = "2.25.123456789012345678901234567890"
@@ -58,17 +54,11 @@ def deployed_logging() -> Iterator[io.StringIO]:
 
 def _answered(tmp: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr) -> tuple[Forwarder, Any]:
     """A study uploaded, and its genuine results waiting on the queue."""
-    study = write_ct_study(
-        tmp / "ct", seed=5, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
-    )
-    intake = ListIntake(
-        [FakeCompleted("study-5", 1, "default", {study.series_instance_uid: study.paths})]
-    )
-    service, _ = forwarder_from_config(write_config(tmp, cloud, pacs.port, ehr.url), intake)
-    service.outbound.tick()
-    (run,) = service.journal.runs()
-    cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
-    return service, run
+    edge = completed_study(tmp, cloud, pacs.port, ehr.url, seed=5)
+    edge.forwarder.outbound.tick()
+    (run,) = edge.forwarder.journal.runs()
+    cloud.answer(cloud.read_manifest(run.pseudo_study_uid), edge.study)
+    return edge.forwarder, run
 
 
 def _send(cloud: CloudSide, body: str | dict[str, Any]) -> None:
