@@ -27,6 +27,7 @@ _DOSE_REPORT_CLASSES = frozenset(
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC and its multi-frame variants
 # The image-based check reads a coarse copy: lungs are litres, 2 mm voxels are plenty.
 _CHECK_VOXEL_MM = 2.0
+_REASON_LIMIT = 480
 
 
 class SkipReason(StrEnum):
@@ -239,4 +240,9 @@ def not_analyzed_reason(skips: Sequence[Skip]) -> str:
     for skip in skips:
         seen[str(skip)] = seen.get(str(skip), 0) + 1
     parts = [text if count == 1 else f"{text} x{count}" for text, count in seen.items()]
-    return "no series within the model's intended use: " + "; ".join(parts)
+    reason = "no series within the model's intended use: " + "; ".join(parts)
+    # The run state keeps 500 characters and the site message at most 1000: a study with
+    # dozens of odd series still gets one readable line, cut where a reason ends.
+    if len(reason) > _REASON_LIMIT:
+        reason = reason[: reason.rfind(";", 0, _REASON_LIMIT - 12)] + "; and more"
+    return reason

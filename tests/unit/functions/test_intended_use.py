@@ -185,3 +185,12 @@ def test_the_site_reason_names_each_distinct_reason_once() -> None:
         "no series within the model's intended use: localizer (ImageType LOCALIZER) x2; "
         "dose report (modality SR)"
     )
+
+
+def test_a_study_of_many_odd_series_still_gets_one_short_line() -> None:
+    skips = [
+        Skip(f"1.{n}", SkipReason.WRONG_REGION, f"BodyPartExamined PART{n}") for n in range(60)
+    ]
+    reason = not_analyzed_reason(skips)
+    assert len(reason) <= 480 and reason.endswith("; and more")
+    assert "wrong region (BodyPartExamined PART0)" in reason
