@@ -193,4 +193,4 @@ def test_a_study_of_many_odd_series_still_gets_one_short_line() -> None:
     ]
     reason = not_analyzed_reason(skips)
     assert len(reason) <= 480 and reason.endswith("; and more")
-    assert "wrong region (BodyPartExamined PART0)" in reason
+    assert "wrong region (BodyPartExamined P0)" in reason
