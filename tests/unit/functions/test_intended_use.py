@@ -188,9 +188,9 @@ def test_the_site_reason_names_each_distinct_reason_once() -> None:
 
 
 def test_a_study_of_many_odd_series_still_gets_one_short_line() -> None:
-    skips = [
-        Skip(f"1.{n}", SkipReason.WRONG_REGION, f"BodyPartExamined PART{n}") for n in range(60)
-    ]
+    # Given 60 series each skipped for its own body part
+    skips = [Skip(f"1.{n}", SkipReason.WRONG_REGION, f"BodyPartExamined P{n}") for n in range(60)]
+    # When the site's reason is written, Then it fits the state and message limits
     reason = not_analyzed_reason(skips)
     assert len(reason) <= 480 and reason.endswith("; and more")
     assert "wrong region (BodyPartExamined P0)" in reason
