@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 from typing import Protocol
@@ -12,9 +11,9 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from imaging_ai.errors import PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.results import build_results
 
 
 class ResultsBuilder(Protocol):
@@ -59,12 +58,8 @@ def build_result_objects(
     unreported_findings: int = 0,
 ) -> dict[str, bytes]:
     """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
-    try:
-        # Imported by name so this unit builds before the results library lands.
-        results = importlib.import_module("imaging_ai.results")
-    except ImportError as error:
-        raise PipelineError("the results library (imaging_ai.results) is not installed") from error
-    objects = results.build_results(
+    # Imported with this module: highdicom and the FHIR models load in Lambda's INIT phase.
+    objects = build_results(
         source_headers,
         labels,
         output,

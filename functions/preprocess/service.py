@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -11,7 +10,8 @@ from pydantic import ValidationError
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
-from functions.common.observability import logger, metrics, tracer
+from functions.common.observability import StepSeconds, logger, metrics, tracer
+from functions.common.source_headers import pack_source_headers
 from functions.preprocess.adapters import AsyncEndpoint
 from functions.preprocess.series import (
     check_deidentified,
@@ -139,16 +139,23 @@ class PreprocessService:
     def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
         card = self._model_card(manifest.model_name)
         series = select_series(manifest, card.series_selection)
-        with self._store.open_encrypted(
-            series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
-        ) as plaintext:
-            datasets = read_series_tar(plaintext)
+        steps = StepSeconds()
+        header_bytes_by_uid: dict[str, bytes] = {}
+        with (
+            steps.step("read_decrypt_untar"),
+            self._store.open_encrypted(
+                series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
+            ) as plaintext,
+        ):
+            datasets = read_series_tar(plaintext, header_bytes_by_uid)
         # Only now is the whole object authenticated and checked against the manifest.
         check_deidentified(datasets)
         check_matches_manifest(datasets, manifest, series)
-        volume = build_volume(datasets)
+        with steps.step("build_volume"):
+            volume = build_volume(datasets)
         del datasets
-        image, grid = prepare_model_input(volume, card)
+        with steps.step("resample_normalize"):
+            image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
             site=run.site,
             pseudo_study_uid=run.pseudo_study_uid,
@@ -160,19 +167,24 @@ class PreprocessService:
             sop_instance_uids=volume.sop_instance_uids,
         )
         # Postprocess builds SEG/SR from these headers, so it never re-reads the series.
-        headers = json.dumps([ds.to_json_dict() for ds in volume.headers]).encode()
-        del volume
-        self._store.write_encrypted(
-            source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
-            headers,
-            run.site,
-            run.pseudo_study_uid,
-        )
-        self._store.write(
-            preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
-            pack_model_input(image, meta),
-            "application/x-npz",
-        )
+        with steps.step("write_headers"):
+            headers = pack_source_headers(
+                [header_bytes_by_uid[uid] for uid in volume.sop_instance_uids]
+            )
+            del volume, header_bytes_by_uid
+            self._store.write_encrypted(
+                source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
+                headers,
+                run.site,
+                run.pseudo_study_uid,
+            )
+        with steps.step("write_model_input"):
+            self._store.write(
+                preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
+                pack_model_input(image, meta),
+                "application/x-npz",
+            )
+        logger.info("model input built", step_seconds=steps.seconds)
         metrics.add_metric(
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )

@@ -52,6 +52,7 @@ class DemoSummary:
     truth_nodules_mm: list[float] = field(default_factory=list)
     privacy: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +81,7 @@ def collect_summary(
         stage_seconds=pipeline.timeline.durations(),
         truth_nodules_mm=[round(n.diameter_mm, 1) for n in study.phantom.nodules],
         failures=pipeline.failures,
+        peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -165,6 +167,9 @@ def print_summary(
     missing = [s for s in STAGES if s not in dict(summary.stage_seconds)]
     if missing:
         out(f"  not reached: {', '.join(missing)}")
+    out("Peak resident memory per process (MiB):")
+    for name, mib in summary.peak_rss_mb.items():
+        out(f"  {name:<17} {mib:7.0f}")
     out(line)
     assert pipeline.pacs and pipeline.ehr
     out(f"PACS (Orthanc {pipeline.pacs.rest_url}), original study {study.study_instance_uid}:")

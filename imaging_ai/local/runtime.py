@@ -29,11 +29,24 @@ from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import Stage
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import LocalEventSources, event_sources
+from imaging_ai.local.dispatcher import (
+    FAILURE_HANDLER,
+    POSTPROCESS_HANDLER,
+    PREPROCESS_HANDLER,
+    LocalEventSources,
+    event_sources,
+)
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.local.function_process import FunctionProcess
 from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
-from imaging_ai.local.processes import ManagedProcess, dcmtk_tool, http_ready, tcp_ready
+from imaging_ai.local.processes import (
+    ManagedProcess,
+    dcmtk_tool,
+    http_ready,
+    peak_rss_bytes,
+    tcp_ready,
+)
 from imaging_ai.local.provision import LocalResources, provision
 from imaging_ai.local.timeline import Timeline
 from imaging_ai.logs import get_logger
@@ -93,6 +106,7 @@ class LocalPipeline:
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _endpoint: AsyncEndpoint | None = field(default=None, init=False)
     _sources: LocalEventSources | None = field(default=None, init=False)
+    _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
@@ -172,12 +186,23 @@ class LocalPipeline:
                 "POWERTOOLS_DEV": "false",
             }
         )
+        # One process per function, INIT done before the first event (a warm function).
+        self._say("starting the Lambda functions, one process each")
+        self._functions = {
+            name: FunctionProcess(handler, name, logs / "lambda.log").start()
+            for name, handler in (
+                ("preprocess", PREPROCESS_HANDLER),
+                ("postprocess", POSTPROCESS_HANDLER),
+                ("failure", FAILURE_HANDLER),
+            )
+        }
         self._sources = event_sources(
             self.resources.preprocess.url,
             self.resources.preprocess.dlq_url,
             self.resources.postprocess.url,
             self.resources.postprocess.dlq_url,
             wait_time_s=1,
+            invokers=self._functions,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
@@ -195,6 +220,8 @@ class LocalPipeline:
             process.stop()
         for thread in self._threads:
             thread.join(timeout=15)
+        for function in self._functions.values():
+            function.stop()
         if self._endpoint:
             self._endpoint.stop()
         for server in (self.ehr, self.pacs):
@@ -271,6 +298,14 @@ class LocalPipeline:
         )
         if result.returncode != 0:
             raise PipelineError(f"storescu failed ({result.returncode}): {result.stderr[-500:]}")
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak resident bytes of each process of the pipeline, by what it runs."""
+        peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
+        for process in self._processes:
+            if process.process is not None:
+                peaks[process.name] = peak_rss_bytes(process.process.pid)
+        return peaks
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
         return self.timeline.wait_for(("delivered_pacs", "delivered_ehr"), timeout_s)
