@@ -423,11 +423,15 @@ def _forwarder_config(
     pacs: Orthanc,
     ehr_url: str,
 ) -> str:
-    """The forwarder's TOML config for the local hospital (relative paths: next to the file)."""
+    """The forwarder's TOML config for the local hospital (relative paths: next to the file).
+
+    The loops poll every 0.2 s: each tick is a few local reads, and a study waits for the next
+    tick after its quiet timer and again after its results arrive.
+    """
     return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
 site = {_toml_string(site)}
 state_dir = "state"
-poll_interval_s = 0.5
+poll_interval_s = 0.2
 
 [intake]
 ae_title = {_toml_string(FORWARDER_AE_TITLE)}
