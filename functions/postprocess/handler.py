@@ -22,7 +22,10 @@ from functions.common.bootstrap import (
 from functions.common.events import InferenceResultRecord
 from functions.common.observability import logger, metrics, tracer
 from functions.common.settings import CommonSettings
+from functions.postprocess.results import warm_up
 from functions.postprocess.service import PostprocessService
+
+warm_up()  # Lambda's INIT phase: the first event builds results as fast as the next ones
 
 
 @once
