@@ -52,6 +52,8 @@ from imaging_ai.model_io import (
 from imaging_ai.results.seg import build_segmentation
 from tests.functions_support import SITE, make_series, upload_study
 
+# Peer comparisons: best of this many, alternating (the function stages run once, warm).
+REPEATS = 3
 MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
 
 
@@ -66,7 +68,7 @@ _MADE: list[Any] = []
 def _recording_steps() -> Any:
     """The services' own step timer, kept so the benchmark reads what they logged."""
 
-    class RecordedSteps(StepSeconds):  # type: ignore[misc,valid-type]
+    class RecordedSteps(StepSeconds):
         def __init__(self) -> None:
             super().__init__()
             _MADE.append(self)
@@ -82,6 +84,16 @@ def timed(run: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = run()
     return time.perf_counter() - started, result
+
+
+def best_of(repeats: int, ours: Callable[[], Any], peer: Callable[[], Any]) -> tuple[float, float]:
+    """Fastest of `repeats` runs each, ours and the peer alternating: on a shared machine a
+    burst of load then hits both sides alike."""
+    ours_s, peer_s = float("inf"), float("inf")
+    for _ in range(repeats):
+        ours_s = min(ours_s, timed(ours)[0])
+        peer_s = min(peer_s, timed(peer)[0])
+    return ours_s, peer_s
 
 
 def model_output(image_location: str, card: ModelCard, study: Any) -> tuple[str, dict[str, Any]]:
@@ -168,7 +180,11 @@ def seg_peer(study: Any, labels: np.ndarray, card: ModelCard) -> tuple[float, fl
             del header.PixelData
         headers.append(header)
     study_uid = str(headers[0].StudyInstanceUID)
-    ours_s, seg = timed(lambda: build_segmentation(headers, labels, card, study_uid, "bench"))
+
+    def ours() -> Any:
+        return build_segmentation(headers, labels, card, study_uid, "bench")
+
+    seg = ours()
 
     def peer() -> Any:
         return hd.seg.Segmentation(
@@ -188,21 +204,29 @@ def seg_peer(study: Any, labels: np.ndarray, card: ModelCard) -> tuple[float, fl
             device_serial_number=seg.DeviceSerialNumber,
         )
 
-    peer_s, reference = timed(peer)
-    if seg.PixelData != reference.PixelData:
+    if seg.PixelData != peer().PixelData:
         raise SystemExit("our SEG frames differ from highdicom's own build")
+    ours_s, peer_s = best_of(REPEATS, ours, peer)
     return ours_s, peer_s, int(seg.NumberOfFrames)
 
 
-def npz_peer(image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def npz_vs_peer(image: np.ndarray, meta: Any, labels: np.ndarray, output: Any) -> dict[str, float]:
     def savez_compressed(**arrays: np.ndarray) -> bytes:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
         return buffer.getvalue()
 
+    input_s, input_peer_s = best_of(
+        REPEATS, lambda: pack_model_input(image, meta), lambda: savez_compressed(image=image)
+    )
+    labels_s, labels_peer_s = best_of(
+        REPEATS, lambda: pack_model_output(labels, output), lambda: savez_compressed(labels=labels)
+    )
     return {
-        "input_peer_s": timed(lambda: savez_compressed(image=image))[0],
-        "labels_peer_s": timed(lambda: savez_compressed(labels=labels))[0],
+        "input_s": input_s,
+        "input_peer_s": input_peer_s,
+        "labels_s": labels_s,
+        "labels_peer_s": labels_peer_s,
     }
 
 
@@ -244,9 +268,7 @@ def main() -> None:
             image, meta = unpack_model_input(
                 client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
             )
-            ours_input_s, _ = timed(lambda: pack_model_input(image, meta))
-            ours_labels_s, _ = timed(lambda: pack_model_output(result["labels"], result["output"]))
-            peers = npz_peer(image, result["labels"])
+            peers = npz_vs_peer(image, meta, result["labels"], result["output"])
     finally:
         moto.stop()
         os.environ.clear()
@@ -265,11 +287,14 @@ def main() -> None:
     for step, seconds in result["postprocess_steps"].items():
         print(f"  {step:42} {seconds:8.2f}")
     print()
-    print(f"{'against a peer, same data, same run':44} {'ours':>8} {'peer':>8} {'peer/ours':>9}")
+    print(
+        f"{'against a peer, same data, same run, best of ' + str(REPEATS):44} {'ours':>8} "
+        f"{'peer':>8} {'peer/ours':>9}"
+    )
     rows = [
         (f"SEG ({frames} frames) vs highdicom stacked masks", ours_seg_s, peer_seg_s),
-        ("model input npz vs np.savez_compressed", ours_input_s, peers["input_peer_s"]),
-        ("label map npz vs np.savez_compressed", ours_labels_s, peers["labels_peer_s"]),
+        ("model input npz vs np.savez_compressed", peers["input_s"], peers["input_peer_s"]),
+        ("label map npz vs np.savez_compressed", peers["labels_s"], peers["labels_peer_s"]),
     ]
     for name, ours, peer in rows:
         print(f"{name:44} {ours:8.3f} {peer:8.3f} {peer / ours:9.1f}")
