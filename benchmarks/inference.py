@@ -92,7 +92,8 @@ def measure(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     warmup_seconds, _ = once()
-    seconds, findings = [], []
+    seconds: list[float] = []
+    findings: list[Finding] = []
     for _ in range(repeats):
         elapsed, findings = once()
         seconds.append(elapsed)
