@@ -93,6 +93,10 @@ class FunctionProcess:
     def pid(self) -> int | None:
         return None if self._process is None else int(self._process.pid)
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and bool(self._process.is_alive())
+
     def peak_rss_bytes(self) -> int:
         """High-water mark of the process's resident memory since it started (VmHWM)."""
         return 0 if self.pid is None else peak_rss_bytes(self.pid)
