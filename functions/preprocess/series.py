@@ -10,6 +10,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from functions.common.source_headers import header_bytes
 from imaging_ai.contracts import Manifest, ManifestSeries, series_key
 from imaging_ai.errors import ContractError, IntegrityError, PipelineError
 from imaging_ai.intended_use import Skip, not_analyzed_reason, screen_manifest_series
@@ -50,9 +51,15 @@ def candidate_series(
     return candidates, skips
 
 
-def read_series_tar(stream: IO[bytes]) -> list[Dataset]:
+def read_series_tar(
+    stream: IO[bytes], header_bytes_by_uid: dict[str, bytes] | None = None
+) -> list[Dataset]:
     """Every DICOM file of a series tar, in archive order, read as a stream (mode "r|"): only
-    the current member is held besides the datasets already parsed."""
+    the current member is held besides the datasets already parsed.
+
+    `header_bytes_by_uid`, when given, receives each file's bytes before its pixel data, by
+    SOP Instance UID (the source headers postprocess reads).
+    """
     datasets: list[Dataset] = []
     try:
         with tarfile.open(fileobj=stream, mode="r|") as archive:
@@ -64,7 +71,11 @@ def read_series_tar(stream: IO[bytes]) -> list[Dataset]:
                     continue
                 with extracted:
                     # A streamed member cannot seek back, which pydicom's reader may do.
-                    dataset = pydicom.dcmread(io.BytesIO(extracted.read()))
+                    file_bytes = extracted.read()
+                    dataset = pydicom.dcmread(io.BytesIO(file_bytes))
+                if header_bytes_by_uid is not None:
+                    uid = str(dataset.get("SOPInstanceUID", ""))
+                    header_bytes_by_uid[uid] = header_bytes(file_bytes, dataset)
                 # pydicom keeps the source buffer on the dataset: the file's bytes would stay
                 # alive beside the PixelData copied out of them (2x the series in memory).
                 dataset.buffer = None

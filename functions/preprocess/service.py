@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -11,7 +10,8 @@ from pydantic import ValidationError
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
-from functions.common.observability import logger, metrics, tracer
+from functions.common.observability import StepSeconds, logger, metrics, tracer
+from functions.common.source_headers import pack_source_headers, volume_header_bytes
 from functions.preprocess.adapters import AsyncEndpoint
 from functions.preprocess.series import (
     NotAnalyzed,
@@ -146,11 +146,14 @@ class PreprocessService:
         """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
         not an error) when no series is within the model's intended use."""
         card = self._model_card(manifest.model_name)
-        selected = self._select(manifest, run, card)
+        steps = StepSeconds()
+        header_bytes_by_uid: dict[str, bytes] = {}
+        selected = self._select(manifest, run, card, steps, header_bytes_by_uid)
         if isinstance(selected, NotAnalyzed):
             return selected
         series, volume = selected
-        image, grid = prepare_model_input(volume, card)
+        with steps.step("resample_normalize"):
+            image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
             site=run.site,
             pseudo_study_uid=run.pseudo_study_uid,
@@ -162,26 +165,34 @@ class PreprocessService:
             sop_instance_uids=volume.sop_instance_uids,
         )
         # Postprocess builds SEG/SR from these headers, so it never re-reads the series.
-        headers = json.dumps([ds.to_json_dict() for ds in volume.headers]).encode()
-        del volume
-        self._store.write_encrypted(
-            source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
-            headers,
-            run.site,
-            run.pseudo_study_uid,
-        )
-        self._store.write(
-            preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
-            pack_model_input(image, meta),
-            "application/x-npz",
-        )
+        with steps.step("write_headers"):
+            headers = pack_source_headers(volume_header_bytes(volume, header_bytes_by_uid))
+            del volume, header_bytes_by_uid
+            self._store.write_encrypted(
+                source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
+                headers,
+                run.site,
+                run.pseudo_study_uid,
+            )
+        with steps.step("write_model_input"):
+            self._store.write(
+                preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
+                pack_model_input(image, meta),
+                "application/x-npz",
+            )
+        logger.info("model input built", step_seconds=steps.seconds)
         metrics.add_metric(
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )
         return None
 
     def _select(
-        self, manifest: Manifest, run: RunKey, card: ModelCard
+        self,
+        manifest: Manifest,
+        run: RunKey,
+        card: ModelCard,
+        steps: StepSeconds,
+        header_bytes_by_uid: dict[str, bytes],
     ) -> tuple[ManifestSeries, Volume] | NotAnalyzed:
         """The first candidate (most instances first) within the model's intended use.
 
@@ -192,17 +203,28 @@ class PreprocessService:
         candidates, skips = candidate_series(manifest, use)
         chosen: tuple[ManifestSeries, Volume] | None = None
         for series in candidates:
-            with self._store.open_encrypted(
-                series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
-            ) as plaintext:
-                datasets = read_series_tar(plaintext)
+            header_bytes_by_uid.clear()
+            with (
+                steps.step("read_decrypt_untar"),
+                self._store.open_encrypted(
+                    series.object_key,
+                    run.site,
+                    run.pseudo_study_uid,
+                    series.sha256,
+                    series.size_bytes,
+                ) as plaintext,
+            ):
+                datasets = read_series_tar(plaintext, header_bytes_by_uid)
             # Only now is the whole object authenticated and checked against the manifest.
             check_deidentified(datasets)
             check_matches_manifest(datasets, manifest, series)
             skip = screen_headers(series.pseudo_series_uid, datasets, use)
             if skip is None:
                 try:
-                    volume = build_volume(datasets, use.max_gantry_tilt_deg, use.max_slice_gap_mm)
+                    with steps.step("build_volume"):
+                        volume = build_volume(
+                            datasets, use.max_gantry_tilt_deg, use.max_slice_gap_mm
+                        )
                 except GeometryError as error:
                     skip = Skip(series.pseudo_series_uid, SkipReason.GEOMETRY, str(error))
                 else:

@@ -54,6 +54,8 @@ class DemoSummary:
     truth_nodules_mm: list[float] = field(default_factory=list)
     privacy: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -82,6 +84,8 @@ def collect_summary(
         stage_seconds=pipeline.timeline.durations(),
         truth_nodules_mm=[round(n.diameter_mm, 1) for n in study.phantom.nodules],
         failures=pipeline.failures,
+        peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
+        step_seconds=function_steps(pipeline.work_dir / "logs"),
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -131,6 +135,35 @@ def collect_summary(
     return summary
 
 
+# The log lines that carry where an invocation's time went (`step_seconds`), by function.
+_STEP_LINES = {"model input built": "preprocess", "results written": "postprocess"}
+
+
+def function_steps(logs: Path) -> dict[str, dict[str, float]]:
+    """Step timings the functions and the inference server logged (the last run of each)."""
+    steps: dict[str, dict[str, float]] = {}
+    for name, key, function in (
+        ("lambda.log", "message", None),
+        ("inference.log", "event", "inference server"),
+    ):
+        path = logs / name
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            message = str(entry.get(key, ""))
+            if function is None and message in _STEP_LINES:
+                steps[_STEP_LINES[message]] = dict(entry.get("step_seconds", {}))
+            elif function is not None and message == "inference_done":
+                steps[function] = {"predict": float(entry.get("seconds", 0.0))}
+    return steps
+
+
 def _stored_ids(resource_type: str) -> list[str]:
     """Ids of one resource type in the EHR's store (the local FHIR server has no search)."""
     table = client("dynamodb")
@@ -167,6 +200,11 @@ def print_summary(
     missing = [s for s in STAGES if s not in dict(summary.stage_seconds)]
     if missing:
         out(f"  not reached: {', '.join(missing)}")
+    for function, steps in summary.step_seconds.items():
+        out(f"  in {function}: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
+    out("Peak resident memory per process (MiB):")
+    for name, mib in summary.peak_rss_mb.items():
+        out(f"  {name:<17} {mib:7.0f}")
     out(line)
     assert pipeline.pacs and pipeline.ehr
     out(f"PACS (Orthanc {pipeline.pacs.rest_url}), original study {study.study_instance_uid}:")

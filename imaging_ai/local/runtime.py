@@ -31,11 +31,24 @@ from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import LocalEventSources, event_sources
+from imaging_ai.local.dispatcher import (
+    FAILURE_HANDLER,
+    POSTPROCESS_HANDLER,
+    PREPROCESS_HANDLER,
+    LocalEventSources,
+    event_sources,
+)
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.local.function_process import FunctionProcess
 from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
-from imaging_ai.local.processes import ManagedProcess, dcmtk_tool, http_ready, tcp_ready
+from imaging_ai.local.processes import (
+    ManagedProcess,
+    dcmtk_tool,
+    http_ready,
+    peak_rss_bytes,
+    tcp_ready,
+)
 from imaging_ai.local.provision import LocalResources, provision
 from imaging_ai.local.timeline import (
     EDGE_TIMELINE_STAGES,
@@ -91,6 +104,7 @@ class LocalPipeline:
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _endpoint: AsyncEndpoint | None = field(default=None, init=False)
     _sources: LocalEventSources | None = field(default=None, init=False)
+    _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
@@ -170,12 +184,23 @@ class LocalPipeline:
                 "POWERTOOLS_DEV": "false",
             }
         )
+        # One process per function, INIT done before the first event (a warm function).
+        self._say("starting the Lambda functions, one process each")
+        self._functions = {
+            name: FunctionProcess(handler, name, logs / "lambda.log").start()
+            for name, handler in (
+                ("preprocess", PREPROCESS_HANDLER),
+                ("postprocess", POSTPROCESS_HANDLER),
+                ("failure", FAILURE_HANDLER),
+            )
+        }
         self._sources = event_sources(
             self.resources.preprocess.url,
             self.resources.preprocess.dlq_url,
             self.resources.postprocess.url,
             self.resources.postprocess.dlq_url,
             wait_time_s=1,
+            invokers=self._functions,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
@@ -193,6 +218,8 @@ class LocalPipeline:
             process.stop()
         for thread in self._threads:
             thread.join(timeout=15)
+        for function in self._functions.values():
+            function.stop()
         if self._endpoint:
             self._endpoint.stop()
         for server in (self.ehr, self.pacs):
@@ -276,6 +303,14 @@ class LocalPipeline:
         return send_instances(
             found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
         )
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak resident bytes of each process of the pipeline, by what it runs."""
+        peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
+        for process in self._processes:
+            if process.process is not None:
+                peaks[process.name] = peak_rss_bytes(process.process.pid)
+        return peaks
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
         return self.timeline.wait_for(
@@ -417,12 +452,16 @@ def _forwarder_config(
     pacs: Orthanc,
     ehr_url: str,
 ) -> str:
-    """The forwarder's TOML config for the local hospital (relative paths: next to the file)."""
+    """The forwarder's TOML config for the local hospital (relative paths: next to the file).
+
+    The loops poll every 0.2 s: each tick is a few local reads, and a study waits for the next
+    tick after its quiet timer and again after its results arrive.
+    """
     model_name = card.name
     return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
 site = {_toml_string(site)}
 state_dir = "state"
-poll_interval_s = 0.5
+poll_interval_s = 0.2
 
 [intake]
 ae_title = {_toml_string(FORWARDER_AE_TITLE)}

@@ -13,12 +13,17 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
+from functions.common.source_headers import (
+    pack_source_headers,
+    unpack_source_headers,
+    volume_header_bytes,
+)
 from imaging_ai.inference.findings import longest_diameter_mm
 from imaging_ai.reslice import labels_on_source_slices
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.synthetic import FakePatient, Phantom, iter_ct_slices, make_chest_phantom
 from imaging_ai.synthetic_series import enhanced_ct, tilted_series
-from imaging_ai.volume import GeometryError, Volume, build_volume
+from imaging_ai.volume import GeometryError, Volume, build_volume, join_frames
 from tests.functions_support import model_card
 
 TILT_DEG = 25.0
@@ -164,3 +169,28 @@ def test_an_enhanced_multi_frame_ct_builds_the_same_volume_as_its_single_frames(
     np.testing.assert_array_equal(multi.voxels, single.voxels)
     assert multi.geometry == single.geometry
     assert len(multi.headers) == len(slices)
+
+
+def test_enhanced_ct_frame_headers_survive_the_source_headers_handoff(phantom: Phantom) -> None:
+    # Given an Enhanced CT built into a volume as preprocess reads it (file bytes by SOP UID)
+    slices = _regular_slices(phantom)
+    buffer = io.BytesIO()
+    enhanced_ct(slices).save_as(buffer, enforce_file_format=True)
+    file_bytes = buffer.getvalue()
+    enhanced = pydicom.dcmread(io.BytesIO(file_bytes))
+    uid = str(enhanced.SOPInstanceUID)
+    volume = build_volume([enhanced])
+
+    # When its headers go to postprocess through the source-headers tar
+    packed = pack_source_headers(volume_header_bytes(volume, {uid: file_bytes}))
+    headers = unpack_source_headers(packed)
+
+    # Then every frame keeps its own frame number and position, and the SEG can rejoin them
+    assert [str(ds.SOPInstanceUID) for ds in headers] == volume.sop_instance_uids
+    assert sorted(int(ds.ReferencedFrameNumber) for ds in headers) == list(
+        range(1, len(slices) + 1)
+    )
+    labels = np.zeros((len(headers), 4, 4), dtype=np.uint8)
+    joined, _ = join_frames(headers, labels)
+    assert len(joined) == 1
+    assert int(joined[0].NumberOfFrames) == len(slices)
