@@ -1,15 +1,85 @@
-"""The durable spool: an instance is fsync'ed and renamed into place before it is journaled."""
+"""The durable spool: instances arrive in tmp/ in chunks, are fsync'ed, then moved into place."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
+import secrets
 import shutil
 from pathlib import Path
 
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from pynetdicom.dsutils import create_file_meta
+
+# Written as PDUs arrive; the OS gets the data in large writes, not one per PDV.
+_WRITE_BUFFER = 1024 * 1024
+
+
+def part10_prefix(sop_class: str, sop_instance: str, syntax: str) -> bytes:
+    """Preamble, DICM and the file meta group of a Part 10 file holding one received data set."""
+    meta = io.BytesIO()
+    meta.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(
+        meta,  # type: ignore[arg-type]
+        create_file_meta(
+            sop_class_uid=UID(sop_class),
+            sop_instance_uid=UID(sop_instance),
+            transfer_syntax=UID(syntax),
+        ),
+    )
+    return meta.getvalue()
+
+
+class IncomingFile:
+    """One instance being received: a Part 10 file in tmp/, its data set size capped.
+
+    The data set bytes go to disk as the PDUs arrive, so memory does not grow with the
+    instance. `write` returns False once the data set exceeds `limit`; the caller refuses it.
+    """
+
+    def __init__(self, path: Path, limit: int, sop_class: str, sop_instance: str, syntax: str):
+        self.path = path
+        self.limit = limit
+        self.dataset_bytes = 0
+        self.transfer_syntax = syntax
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        prefix = part10_prefix(sop_class, sop_instance, syntax)
+        self.dataset_offset = len(prefix)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        self._file.write(prefix)
+
+    def write(self, chunk: bytes | memoryview) -> bool:
+        self.dataset_bytes += len(chunk)
+        if self.dataset_bytes > self.limit:
+            return False
+        self._file.write(chunk)
+        return True
+
+    def complete(self) -> None:
+        """The last fragment arrived: hand the bytes to the OS (fsync comes with the store)."""
+        self._file.flush()
+
+    def sync(self) -> int:
+        """fsync the data and close; return the file size."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        size = self._file.tell()
+        self._file.close()
+        return size
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):  # the disk is full or gone: the file goes anyway
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
 
 class Spool:
-    """Files under `root`: objects/<study_key>/<hash>.dcm, quarantine/, tmp/ for writes."""
+    """Files under `root`: objects/<study_key>/<hash>.dcm, quarantine/, tmp/ for receiving."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -31,19 +101,29 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def path_for(self, study_key: str, sop_uid: str) -> Path:
-        # Hashed names keep UIDs (identifiers) out of the file system listing.
-        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
-        return self.objects / study_key / f"{name}.dcm"
+    def incoming(self, limit: int, sop_class: str, sop_instance: str, syntax: str) -> IncomingFile:
+        path = self.tmp / f"{secrets.token_hex(12)}.part"
+        return IncomingFile(path, limit, sop_class, sop_instance, syntax)
 
-    def quarantine_path(self, data: bytes) -> Path:
-        return self.quarantine_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.dcm"
+    def scratch_path(self) -> Path:
+        """A private file name in tmp/ for a derived file (an inflated copy to check)."""
+        return self.tmp / f"{secrets.token_hex(12)}.scratch"
+
+    def path_for(self, study_key: str, sop_uid: str) -> Path:
+        # Hashed names keep UIDs (identifiers) out of the file system listing; the random
+        # suffix lets a replacement land beside the version it replaces until the journal
+        # has switched to it.
+        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
+        return self.objects / study_key / f"{name}-{secrets.token_hex(4)}.dcm"
+
+    def quarantine_path(self, digest: str) -> Path:
+        return self.quarantine_dir / f"{digest[:32]}-{secrets.token_hex(4)}.dcm"
 
     def write_durably(self, target: Path, data: bytes) -> None:
         """Write, fsync the file, rename into place, fsync the directory."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / (target.name + f".{os.getpid()}.{id(data)}.part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.tmp / f"{secrets.token_hex(12)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
@@ -56,8 +136,13 @@ class Spool:
             raise
         os.close(fd)
         os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(target.parent)
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make renames and new entries in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

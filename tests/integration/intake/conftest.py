@@ -14,9 +14,16 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from edge_forwarder.intake import Intake, IntakeSettings
+from edge_forwarder.intake.settings import SenderRule
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
 
 pytestmark = pytest.mark.integration
+
+# The senders the intake tests use: every one on loopback, named by its calling AE title.
+TEST_SENDERS = [
+    SenderRule(name="modality", ae_title="MODALITY", addresses=["127.0.0.1"]),
+    SenderRule(name="fuzzer", ae_title="FUZZER", addresses=["127.0.0.1"]),
+]
 
 
 @dataclass
@@ -65,6 +72,7 @@ def start_intake(tmp_path: Path) -> Iterator[Callable[..., Intake]]:
             "quiet_seconds_study": 5.0,
             "quiet_seconds_series": 2.0,
             "min_free_disk_bytes": 0,
+            "senders": TEST_SENDERS,
             **overrides,
         }
         intake = Intake(IntakeSettings(**values))

@@ -21,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from edge_forwarder.intake import Intake
+from edge_forwarder.intake.settings import SenderRule
 from imaging_ai.local.orthanc import orthanc_binary, start_orthanc
 from tests.integration.intake.conftest import SpooledStudy
 
@@ -34,7 +35,9 @@ def test_orthanc_forwards_a_study_through_its_modality_store(
     start_intake: Callable[..., Intake], study: SpooledStudy, tmp_path: Path
 ) -> None:
     # Given our SCP accepting only Orthanc's AE title, and Orthanc knowing it as a modality
-    intake = start_intake(allowed_calling_aets=["ORTHANC"])
+    intake = start_intake(
+        senders=[SenderRule(name="orthanc", ae_title="ORTHANC", addresses=["127.0.0.1"])]
+    )
     peer = {"edge": ("EDGE_FWD", "127.0.0.1", intake.port)}
     pacs = start_orthanc(tmp_path / "orthanc", modalities=peer)
     try:

@@ -139,7 +139,16 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path)
     settings_path = tmp_path / "intake.json"
     spool = tmp_path / "spool"
     settings_path.write_text(
-        json.dumps({"port": 0, "spool_dir": str(spool), "min_free_disk_bytes": 0})
+        json.dumps(
+            {
+                "port": 0,
+                "spool_dir": str(spool),
+                "min_free_disk_bytes": 0,
+                "senders": [
+                    {"name": "modality", "ae_title": "MODALITY", "addresses": ["127.0.0.1"]}
+                ],
+            }
+        )
     )
     process, port = _start_subprocess(settings_path)
     acknowledged: list[str] = []

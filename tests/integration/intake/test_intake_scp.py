@@ -14,6 +14,7 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from edge_forwarder.intake import ExpectedSeriesRule, Intake, RoutingRule
+from edge_forwarder.intake.settings import SenderRule
 from tests.integration.intake.conftest import SpooledStudy, send, write_study
 
 pytestmark = pytest.mark.integration
@@ -155,7 +156,9 @@ def test_unwritable_spool_answers_out_of_resources(
 
 
 def test_calling_ae_allow_list(start_intake: Callable[..., Intake]) -> None:
-    intake = start_intake(allowed_calling_aets=["CT_SCANNER"])
+    intake = start_intake(
+        senders=[SenderRule(name="ct", ae_title="CT_SCANNER", addresses=["127.0.0.0/8"])]
+    )
     echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
     assert subprocess.run([*echo, "-aet", "CT_SCANNER"], capture_output=True).returncode == 0
     assert subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True).returncode != 0
@@ -188,7 +191,7 @@ def test_missing_uid_and_garbage_get_failure_statuses(
     truncated.write_bytes(study.paths[1].read_bytes()[:-1000])
     statuses = send(intake.port, [no_study, truncated])
     assert statuses == [0xA900, 0xC210]
-    echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
+    echo = ["echoscu", "-aet", "MODALITY", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
     assert subprocess.run(echo, capture_output=True).returncode == 0
 
 
