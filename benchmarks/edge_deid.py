@@ -133,8 +133,16 @@ def _storescu(port: int, paths: list[Path]) -> None:
 
 def _ingest_ours(paths: list[Path], spool: Path) -> float:
     from edge_forwarder.intake import Intake, IntakeSettings
+    from edge_forwarder.intake.settings import SenderRule
 
-    intake = Intake(IntakeSettings(port=0, spool_dir=spool, min_free_disk_bytes=0))
+    intake = Intake(
+        IntakeSettings(
+            port=0,
+            spool_dir=spool,
+            min_free_disk_bytes=0,
+            senders=[SenderRule(name="bench", ae_title="STORESCU", addresses=["127.0.0.1"])],
+        )
+    )
     intake.start()
     try:
         return _timed(lambda: _storescu(intake.port, paths))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import filecmp
-import mmap
 import os
 import sqlite3
 import ssl
@@ -21,10 +20,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge_forwarder.deid import BURNED_IN_RISK_SOP_CLASSES
-from edge_forwarder.deid.codec import iter_elements
 from edge_forwarder.intake.admission import SenderPolicy
 from edge_forwarder.intake.association import IntakeServer, start_intake_server
 from edge_forwarder.intake.commit import GroupCommit
+from edge_forwarder.intake.header import HeaderError, read_header, tags_for
 from edge_forwarder.intake.journal import Journal, JournalBatch
 from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
@@ -84,6 +83,10 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _DEFER_BYTES = 64 * 1024
 _INFLATE_CHUNK = 1024 * 1024
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Read for the burned-in and pixel data length checks.
+_CHECKED = (
+    "BurnedInAnnotation", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,7 @@ class Intake:
         self.journal = Journal(settings.spool_dir / "journal.sqlite3")
         self.policy = SenderPolicy(settings)
         self._attributes = rule_attributes([*settings.routing, *settings.expected_series])
+        self._wanted = tags_for([*_REQUIRED, *_CHECKED, *self._attributes])
         self._allowed_risky = {
             uid for rule in settings.routing for uid in rule.allow_burned_in_risk_sop_classes
         }
@@ -321,12 +325,12 @@ class Intake:
     def _read_header(self, incoming: IncomingFile) -> tuple[Any, int | None]:
         syntax = incoming.transfer_syntax
         if syntax != _DEFLATED:
-            return _read_header(incoming.path, syntax)
+            return _read_header(incoming.path, incoming.dataset_offset, syntax, self._wanted)
         # Inflated into a scratch copy, capped: a small deflate bomb never reaches memory.
         scratch = self.spool.scratch_path()
         try:
-            _inflate(incoming, scratch, self.settings.max_instance_bytes)
-            return _read_header(scratch, _EXPLICIT_LE)
+            offset = _inflate(incoming, scratch, self.settings.max_instance_bytes)
+            return _read_header(scratch, offset, _EXPLICIT_LE, self._wanted)
         finally:
             scratch.unlink(missing_ok=True)
 
@@ -491,30 +495,25 @@ class Intake:
         log.warning("study_failed", study_key=study_key, run_number=run_number, reason=reason)
 
 
-def _read_header(path: Path, syntax: str) -> tuple[Any, int | None]:
-    """Decode the header from the file; walk the element structure after it without reading
-    pixel values (a truncated instance is caught here); tell whether pixel data is there."""
+def _read_header(
+    path: Path, offset: int, syntax: str, wanted: frozenset[int]
+) -> tuple[Any, int | None]:
+    """Read the wanted attributes, check the element structure of the whole data set without
+    reading pixel values (a truncated instance is caught here), tell if pixel data is there."""
+    header: Any
+    if syntax == _BIG_ENDIAN:
+        # Retired and rare: pydicom reads it (header only, large values left on disk).
+        try:
+            with open(path, "rb") as stream:
+                header = pydicom.dcmread(stream, stop_before_pixels=True, defer_size=_DEFER_BYTES)
+                more = stream.read(1) != b""
+        except Exception as exc:
+            raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
+        return header, (-1 if more else None)
     try:
-        with open(path, "rb") as stream:
-            header = pydicom.dcmread(stream, stop_before_pixels=True, defer_size=_DEFER_BYTES)
-            offset = stream.tell()
-            size = os.fstat(stream.fileno()).st_size
-            if syntax == _BIG_ENDIAN or offset >= size:
-                # Big endian (retired) is left to pydicom; nothing after the header: no pixels.
-                return header, (-1 if offset < size else None)
-            with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    pixel_length = None
-                    for element in iter_elements(view, offset, size, syntax == "1.2.840.10008.1.2"):
-                        if element.tag >> 16 == 0x7FE0:
-                            pixel_length = element.length
-                finally:
-                    view.release()
-    except _Refused:
-        raise
-    except Exception as exc:
-        raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
+        header, pixel_length = read_header(path, offset, syntax, wanted)
+    except HeaderError as error:
+        raise _Refused(STATUS_CANNOT_UNDERSTAND, str(error)) from error
     if pixel_length is not None and syntax in _NATIVE and pixel_length != 0xFFFFFFFF:
         try:
             frames = int(_text(header, "NumberOfFrames") or 1)
@@ -568,7 +567,7 @@ def _text(header: Any, keyword: str) -> str:
         raise _Refused(STATUS_CANNOT_UNDERSTAND, f"undecodable_{keyword}") from exc
 
 
-def _inflate(incoming: IncomingFile, scratch: Path, cap: int) -> None:
+def _inflate(incoming: IncomingFile, scratch: Path, cap: int) -> int:
     """Write the inflated data set of a deflated instance as an explicit VR LE Part 10 file.
 
     zlib output is pulled `_INFLATE_CHUNK` bytes at a time and counted: past `cap` the
@@ -579,7 +578,8 @@ def _inflate(incoming: IncomingFile, scratch: Path, cap: int) -> None:
     with open(incoming.path, "rb") as source, open(scratch, "wb") as out:
         source.seek(incoming.dataset_offset)
         # The same file meta, naming the syntax the inflated bytes are in.
-        out.write(part10_prefix(incoming.sop_class, incoming.sop_instance, _EXPLICIT_LE))
+        prefix = part10_prefix(incoming.sop_class, incoming.sop_instance, _EXPLICIT_LE)
+        out.write(prefix)
         try:
             while chunk := source.read(_INFLATE_CHUNK):
                 data = inflater.decompress(chunk, _INFLATE_CHUNK)
@@ -597,3 +597,4 @@ def _inflate(incoming: IncomingFile, scratch: Path, cap: int) -> None:
         if total + len(rest) > cap:
             raise _Refused(STATUS_OUT_OF_RESOURCES, "inflated_too_large")
         out.write(rest)
+    return len(prefix)

@@ -407,6 +407,12 @@ min_free_disk_bytes = 104857600
 model = {_toml_string(model_name)}
 modality = ["CT"]
 
+# Only the local modality (DCMTK storescu in `send_study`) may store, and only from loopback.
+[[intake.senders]]
+name = "local-modality"
+ae_title = {_toml_string(MODALITY_AE_TITLE)}
+addresses = ["127.0.0.1"]
+
 [deid]
 site_secret = {{ file = "site-secret.hex" }}
 
