@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -32,27 +32,18 @@ from edge_forwarder.deid.codec import (
     sequence_header,
 )
 from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions
+from edge_forwarder.identity import StudyIdentity
+from imaging_ai.dicom_policy import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NEEDS_FULL_DECODE,
+    REQUIRED_ATTRIBUTES,
+    BurnedInRisk,
+    burned_in_risk,
+)
 from imaging_ai.errors import PipelineError
 
 IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1445.1"  # this project's root, see README
 IMPLEMENTATION_VERSION_NAME: Final = b"IMAGING_AI_01"
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-_NEEDS_FULL_DECODE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflate, BE
-
-# SOP classes whose pixels often carry burned-in text: secondary capture and ultrasound.
-BURNED_IN_RISK_SOP_CLASSES: Final = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.7",
-        "1.2.840.10008.5.1.4.1.1.7.1",
-        "1.2.840.10008.5.1.4.1.1.7.2",
-        "1.2.840.10008.5.1.4.1.1.7.3",
-        "1.2.840.10008.5.1.4.1.1.7.4",
-        "1.2.840.10008.5.1.4.1.1.6.1",
-        "1.2.840.10008.5.1.4.1.1.6.2",
-        "1.2.840.10008.5.1.4.1.1.3.1",
-    }
-)
-
 # Tags read while rewriting (originals for the crosswalk, and context for the rules).
 T_SPECIFIC_CHARSET = 0x00080005
 T_SOP_CLASS = 0x00080016
@@ -109,12 +100,7 @@ _ORIGINAL_TAGS = _PRESCAN_TAGS | {
     T_FRAME_OF_REFERENCE,
     T_BURNED_IN,
 }
-_REQUIRED = (
-    (T_SOP_CLASS, "SOPClassUID"),
-    (T_SOP_INSTANCE, "SOPInstanceUID"),
-    (T_STUDY_UID, "StudyInstanceUID"),
-    (T_SERIES_UID, "SeriesInstanceUID"),
-)
+_REQUIRED = tuple((int(tag_for_keyword(k) or 0), k) for k in REQUIRED_ATTRIBUTES)
 
 _DUMMY_TEXT: dict[bytes, bytes] = {
     b"AE": b"ANONYMOUS",
@@ -215,23 +201,6 @@ class DeidOptions:
 
 
 @dataclass(frozen=True)
-class OriginalIdentifiers:
-    """What the crosswalk needs to put an instance back: PHI, kept on the edge only."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    frame_of_reference_uid: str | None
-    patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
-    accession_number: str
-    study_date: str
-    study_time: str
-
-
-@dataclass(frozen=True)
 class PseudoIdentifiers:
     study_instance_uid: str
     series_instance_uid: str
@@ -246,7 +215,7 @@ class PseudoIdentifiers:
 @dataclass(frozen=True)
 class DeidResult:
     dataset_bytes: bytes  # the de-identified DICOM Part 10 file
-    original: OriginalIdentifiers
+    identity: StudyIdentity  # what the crosswalk keeps to put this instance back (PHI)
     pseudo: PseudoIdentifiers
     sop_class_uid: str
     modality: str
@@ -370,7 +339,7 @@ class Deidentifier:
         transfer_syntax = _text(meta.get(T_TRANSFER_SYNTAX, b""))
         if not transfer_syntax:
             raise DeidError(QuarantineReason.UNDECODABLE, "file meta has no TransferSyntaxUID")
-        if transfer_syntax in _NEEDS_FULL_DECODE:
+        if transfer_syntax in NEEDS_FULL_DECODE:
             # Deflated and big endian data sets are re-encoded losslessly as explicit little
             # endian; every other syntax (compressed ones included) passes through as sent.
             return self._deidentify_bytes(_reencode(part10))
@@ -393,40 +362,45 @@ class Deidentifier:
         sop_class = _text(originals[T_SOP_CLASS])
         self._check_burned_in(sop_class, _text(originals.get(T_BURNED_IN, b"")))
 
-        original = OriginalIdentifiers(
-            study_instance_uid=_text(originals[T_STUDY_UID]),
-            series_instance_uid=_text(originals[T_SERIES_UID]),
-            sop_instance_uid=_text(originals[T_SOP_INSTANCE]),
-            frame_of_reference_uid=_text(originals.get(T_FRAME_OF_REFERENCE, b"")) or None,
+        study_uid = _text(originals[T_STUDY_UID])
+        series_uid = _text(originals[T_SERIES_UID])
+        sop_uid = _text(originals[T_SOP_INSTANCE])
+        frame_uid = _text(originals.get(T_FRAME_OF_REFERENCE, b""))
+        study_date = _text(originals.get(T_STUDY_DATE, b""))
+        pseudo = PseudoIdentifiers(
+            study_instance_uid=self.pseudo_uid(study_uid),
+            series_instance_uid=self.pseudo_uid(series_uid),
+            sop_instance_uid=self.pseudo_uid(sop_uid),
+            frame_of_reference_uid=self.pseudo_uid(frame_uid) if frame_uid else None,
+            patient_id=self.pseudo_patient_id(patient_id),
+            patient_name=self.pseudo_patient_name(patient_id),
+            date_shift_days=ctx.shift_days,
+            study_date=_shift_dates(study_date.encode(), ctx.shift_days).decode()
+            if self.options.retain_longitudinal_temporal_modified_dates
+            else "",
+        )
+        identity = StudyIdentity(
+            pseudo_study_uid=pseudo.study_instance_uid,
+            study_instance_uid=study_uid,
+            pseudo_patient_id=pseudo.patient_id,
             patient_id=patient_id,
             patient_name=_decode_person_name(originals.get(T_PATIENT_NAME, b""), ctx.encodings),
             patient_birth_date=_text(originals.get(T_BIRTH_DATE, b"")),
             patient_sex=_text(originals.get(T_SEX, b"")),
             accession_number=_text(originals.get(T_ACCESSION, b"")),
-            study_date=_text(originals.get(T_STUDY_DATE, b"")),
+            study_date=study_date,
             study_time=_text(originals.get(T_STUDY_TIME, b"")),
-        )
-        pseudo_patient = self.pseudo_patient_id(patient_id)
-        pseudo = PseudoIdentifiers(
-            study_instance_uid=self.pseudo_uid(original.study_instance_uid),
-            series_instance_uid=self.pseudo_uid(original.series_instance_uid),
-            sop_instance_uid=self.pseudo_uid(original.sop_instance_uid),
-            frame_of_reference_uid=(
-                self.pseudo_uid(original.frame_of_reference_uid)
-                if original.frame_of_reference_uid
-                else None
-            ),
-            patient_id=pseudo_patient,
-            patient_name=self.pseudo_patient_name(patient_id),
             date_shift_days=ctx.shift_days,
-            study_date=_shift_dates(original.study_date.encode(), ctx.shift_days).decode()
-            if self.options.retain_longitudinal_temporal_modified_dates
-            else "",
+            series={pseudo.series_instance_uid: series_uid},
+            frames_of_reference={pseudo.frame_of_reference_uid: frame_uid}
+            if pseudo.frame_of_reference_uid
+            else {},
+            instances={pseudo.sop_instance_uid: sop_uid},
         )
         header = self._file_meta(meta, sop_class, pseudo.sop_instance_uid, transfer_syntax)
         return DeidResult(
             dataset_bytes=header + b"".join(body),
-            original=original,
+            identity=identity,
             pseudo=pseudo,
             sop_class_uid=sop_class,
             modality=_text(originals.get(T_MODALITY, b"")),
@@ -437,10 +411,11 @@ class Deidentifier:
     def _check_burned_in(self, sop_class: str, burned_in: str) -> None:
         if not self.options.quarantine_burned_in:
             return
-        allowed = sop_class in self.options.allowed_burned_in_risk_sop_classes
-        if burned_in.upper() == "YES" and not allowed:
+        allowed = frozenset(self.options.allowed_burned_in_risk_sop_classes)
+        risk = burned_in_risk(sop_class, burned_in, allowed)
+        if risk is BurnedInRisk.ANNOTATION:
             raise DeidError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
-        if sop_class in BURNED_IN_RISK_SOP_CLASSES and not allowed:
+        if risk is BurnedInRisk.RISK_SOP_CLASS:
             raise DeidError(QuarantineReason.BURNED_IN_RISK_SOP_CLASS, "SOPClassUID")
 
     def _rewrite(

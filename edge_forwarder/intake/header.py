@@ -18,8 +18,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from edge_forwarder.deid.codec import iter_elements
+from imaging_ai.dicom_policy import IMPLICIT_VR_LITTLE_ENDIAN
 
-IMPLICIT_LE = "1.2.840.10008.1.2"
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _PIXEL_GROUP = 0x7FE0
 # Attributes the intake reads are UIDs, codes and short texts: anything larger is an attack
@@ -49,7 +49,7 @@ def read_header(
 
     `offset` is where the data set starts in the Part 10 file; `syntax` must be little endian.
     """
-    implicit = syntax == IMPLICIT_LE
+    implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
     raw: dict[BaseTag, DataElement | RawDataElement] = {}
     pixel_length = None
     with open(path, "rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as m:

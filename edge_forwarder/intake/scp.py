@@ -19,7 +19,6 @@ from pydicom.dataelem import RawDataElement
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from edge_forwarder.deid import BURNED_IN_RISK_SOP_CLASSES
 from edge_forwarder.intake.admission import SenderPolicy
 from edge_forwarder.intake.association import IntakeServer, start_intake_server
 from edge_forwarder.intake.commit import GroupCommit
@@ -28,6 +27,16 @@ from edge_forwarder.intake.journal import Journal, JournalBatch
 from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
+from imaging_ai.dicom_policy import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    BURNED_IN_RISK_SOP_CLASSES,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    REQUIRED_ATTRIBUTES,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    burned_in_risk,
+)
 from imaging_ai.logs import get_logger
 
 # Keyword fields, as the forwarder logs: its JSON formatter prints the allow-listed ones.
@@ -56,29 +65,14 @@ STORAGE_CLASSES = (
     *sorted(BURNED_IN_RISK_SOP_CLASSES),
 )
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-# Stored as sent: the edge never transcodes (PS3.5 syntaxes in common use).
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
-_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
-_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_EXPLICIT_LE = EXPLICIT_VR_LITTLE_ENDIAN
+_DEFLATED = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+_BIG_ENDIAN = EXPLICIT_VR_BIG_ENDIAN
+_REQUIRED = REQUIRED_ATTRIBUTES
+# Read for the burned-in and pixel data length checks.
+_CHECKED = (
+    "BurnedInAnnotation", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated"
+)  # fmt: skip
 # Values above this stay on disk while the header is read; attributes we read are tiny.
 _DEFER_BYTES = 64 * 1024
 _INFLATE_CHUNK = 1024 * 1024
@@ -157,9 +151,9 @@ class Intake:
         self.policy = SenderPolicy(settings)
         self._attributes = rule_attributes([*settings.routing, *settings.expected_series])
         self._wanted = tags_for([*_REQUIRED, *_CHECKED, *self._attributes])
-        self._allowed_risky = {
+        self._allowed_risky = frozenset(
             uid for rule in settings.routing for uid in rule.allow_burned_in_risk_sop_classes
-        }
+        )
         self._server: IntakeServer | None = None
         self._ae = self._make_ae()
         self._commit: GroupCommit[_Arrival, _Placed] = GroupCommit(self._place_batch)
@@ -179,7 +173,7 @@ class Intake:
         ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for uid in STORAGE_CLASSES:
-            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+            ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -335,12 +329,12 @@ class Intake:
             scratch.unlink(missing_ok=True)
 
     def _quarantine_reason(self, header: Any, sop_class: str, pixel_tag: bool) -> str | None:
-        if not self.settings.quarantine_burned_in or sop_class in self._allowed_risky:
-            pass
-        elif _text(header, "BurnedInAnnotation").upper() == "YES":
-            return "burned_in_annotation"
-        elif sop_class in BURNED_IN_RISK_SOP_CLASSES:
-            return "burned_in_risk_sop_class"
+        if self.settings.quarantine_burned_in:
+            risk = burned_in_risk(
+                sop_class, _text(header, "BurnedInAnnotation"), self._allowed_risky
+            )
+            if risk is not None:
+                return risk.value
         if not pixel_tag and not sop_class.startswith(SR_CLASS_PREFIX):
             return "missing_pixel_data"
         return None
@@ -514,7 +508,11 @@ def _read_header(
         header, pixel_length = read_header(path, offset, syntax, wanted)
     except HeaderError as error:
         raise _Refused(STATUS_CANNOT_UNDERSTAND, str(error)) from error
-    if pixel_length is not None and syntax in _NATIVE and pixel_length != 0xFFFFFFFF:
+    if (
+        pixel_length is not None
+        and syntax in UNCOMPRESSED_LITTLE_ENDIAN
+        and pixel_length != 0xFFFFFFFF
+    ):
         try:
             frames = int(_text(header, "NumberOfFrames") or 1)
             expected = (

@@ -38,6 +38,7 @@ def test_the_pacs_association_has_tcp_nodelay(pacs: Pacs) -> None:
 
 class _FhirStub(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the client's connection goes back to its pool
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         body = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
