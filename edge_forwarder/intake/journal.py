@@ -1,4 +1,4 @@
-"""The intake journal (SQLite, WAL, synchronous=FULL): instances, study runs and quarantine."""
+"""The intake journal (SQLite, WAL, synchronous=FULL): instances, study runs, quarantine, audit."""
 
 from __future__ import annotations
 
@@ -127,13 +127,6 @@ class Journal:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-
-    def add_quarantine(self, study_key: str | None, path: Path, reason: str, now: float) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO quarantine (at, study_key, path, reason) VALUES (?, ?, ?, ?)",
-                (now, study_key, str(path), reason),
-            )
 
     def audit_rows(self) -> list[AuditRow]:
         with self._lock:

@@ -137,25 +137,6 @@ class Spool:
     def quarantine_path(self, digest: str) -> Path:
         return self.quarantine_dir / f"{digest[:32]}-{secrets.token_hex(4)}.dcm"
 
-    def write_durably(self, target: Path, data: bytes) -> None:
-        """Write, fsync the file, rename into place, fsync the directory."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / f"{secrets.token_hex(12)}.part"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, target)
-        fsync_directory(target.parent)
-
 
 def fsync_directory(folder: Path) -> None:
     """Make renames and new entries in `folder` durable."""
