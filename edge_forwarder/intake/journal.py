@@ -213,6 +213,10 @@ class Journal:
             ).fetchone()
         return StudyRow(r[0], r[1], int(r[2]), float(r[3]), float(r[4])) if r else None
 
+    def paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT path FROM instance").fetchall()}
+
     def sop_uids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT sop_uid FROM instance").fetchall()}

@@ -207,6 +207,7 @@ class Intake:
     def start(self) -> None:
         """Resume the spool after a restart, then serve associations in the background."""
         dropped = self.spool.clear_partial_writes()
+        dropped += self.spool.sweep_unjournaled(self.journal.paths())
         reopened = self.journal.reopen_claimed()
         log.info("intake_resumed", count=reopened, parts=dropped)
         self._warn_about_trust()
@@ -253,10 +254,12 @@ class Intake:
         # specific status ourselves and keep serving whatever the input was.
         incoming: IncomingFile | None = getattr(event.request, "_intake_incoming", None)
         sender = getattr(event.assoc.acse, "sender", None)
+        placed = False
         try:
             if incoming is None:
                 raise _Refused(STATUS_CANNOT_UNDERSTAND, "no_data_set")
             outcome = self._store(incoming, sender, str(event.context.abstract_syntax))
+            placed = True
         except _Refused as refused:
             log.warning("store_refused", status=refused.status, reason=refused.reason, name=sender)
             return refused.status
@@ -267,8 +270,8 @@ class Intake:
             log.error("store_failed", error=type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
         finally:
-            if incoming is not None:
-                incoming.discard()  # a no-op once the file was moved into the spool
+            if incoming is not None and not placed:
+                incoming.discard()  # refused or failed: its file goes, wherever it got to
         if outcome.outcome is Outcome.STORED and outcome.first:
             # The study's first instance is durably on the edge: when a timeline starts.
             log.info("received", stage="received", study_key=outcome.study_key, count=1)
@@ -295,7 +298,6 @@ class Intake:
     def _store(self, incoming: IncomingFile, sender: str | None, context_class: str) -> _Placed:
         if self._disk_low():
             raise _Refused(STATUS_OUT_OF_RESOURCES, "spool_disk_low")
-        size = incoming.sync()
         header, pixel_length = self._read_header(incoming)
         for keyword in _REQUIRED:
             if not _text(header, keyword):
@@ -303,6 +305,10 @@ class Intake:
         sop_class = _text(header, "SOPClassUID")
         if sop_class != context_class:
             raise _Refused(STATUS_DATASET_MISMATCH, "sop_class_mismatch")
+        # Moved first, then fsync'ed: see IncomingFile.move_to. Until its journal row commits
+        # the file is unacknowledged; a crash leaves it for the start-up sweep.
+        incoming.move_to(self.spool.object_path())
+        size = incoming.sync()
         arrival = _Arrival(
             file=incoming.path,
             size=size,
@@ -344,9 +350,10 @@ class Intake:
     def _place_batch(self, batch: list[_Arrival]) -> list[_Placed | BaseException]:
         """Move each fsync'ed file into place and journal it, all in one transaction.
 
-        Order, for kill -9 at any point: file data fsync'ed (by the receiving thread) ->
-        renamed -> directories fsync'ed -> journal commit -> acknowledged. A crash before the
-        commit leaves an unjournaled file and an unacknowledged instance; never the reverse.
+        Order, for kill -9 at any point: moved into objects/ and fsync'ed (by the receiving
+        thread) -> directories fsync'ed -> journal commit -> acknowledged. A crash before the
+        commit leaves an unjournaled file (swept at start) and an unacknowledged instance;
+        never the reverse.
         """
         results: list[_Placed | BaseException] = []
         folders: set[Path] = set()
@@ -389,17 +396,12 @@ class Intake:
                 )
                 return _Placed(Outcome.CONFLICT, stored.study_key, False, conflict)
         study_key = journal.study_key_for(arrival.study_uid, arrival.now)
-        target = self.spool.path_for(study_key, arrival.sop_uid)
-        if not target.parent.exists():
-            target.parent.mkdir(parents=True)
-            folders.add(target.parent.parent)
-        os.replace(arrival.file, target)
-        folders.add(target.parent)
+        folders.add(arrival.file.parent)  # already in place (moved before its fsync)
         _, _, first = journal.add_instance(
             study_key,
             arrival.sop_uid,
             arrival.series_uid,
-            target,
+            arrival.file,
             arrival.size,
             arrival.attrs,
             arrival.sender,

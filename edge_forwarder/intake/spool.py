@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import secrets
@@ -90,6 +89,12 @@ class IncomingFile:
         self._file.close()
         return size
 
+    def move_to(self, target: Path) -> None:
+        """Rename into place before the fsync: on ext4 the file's fsync then commits the rename
+        too, and the folder's fsync that must follow finds nothing left to write."""
+        os.replace(self.path, target)
+        self.path = target
+
     def discard(self) -> None:
         with contextlib.suppress(OSError):  # the disk is full or gone: the file goes anyway
             self._file.close()
@@ -107,6 +112,10 @@ class Spool:
         for folder in (self.objects, self.quarantine_dir, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+        if not all((self.objects / shard).is_dir() for shard in "0123456789abcdef"):
+            for shard in "0123456789abcdef":
+                (self.objects / shard).mkdir(mode=0o700, exist_ok=True)
+            fsync_directory(self.objects)
 
     def clear_partial_writes(self) -> int:
         """Drop files a crash left half-written; none of them was ever acknowledged."""
@@ -127,12 +136,21 @@ class Spool:
         """A private file name in tmp/ for a derived file (an inflated copy to check)."""
         return self.tmp / f"{secrets.token_hex(12)}.scratch"
 
-    def path_for(self, study_key: str, sop_uid: str) -> Path:
-        # Hashed names keep UIDs (identifiers) out of the file system listing; the random
-        # suffix lets a replacement land beside the version it replaces until the journal
-        # has switched to it.
-        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
-        return self.objects / study_key / f"{name}-{secrets.token_hex(4)}.dcm"
+    def object_path(self) -> Path:
+        """Where a received instance lives for good: a random name (no UID, no PHI) in one of
+        16 folders made at start, so placing it creates no folder."""
+        name = secrets.token_hex(16)
+        return self.objects / name[0] / f"{name}.dcm"
+
+    def sweep_unjournaled(self, journaled: set[str]) -> int:
+        """Delete object files no journal row names: moved in by a store that crashed before
+        its commit (never acknowledged), or replaced versions a crash kept from deletion."""
+        count = 0
+        for path in self.objects.rglob("*.dcm"):
+            if str(path) not in journaled:
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
 
     def quarantine_path(self, digest: str) -> Path:
         return self.quarantine_dir / f"{digest[:32]}-{secrets.token_hex(4)}.dcm"

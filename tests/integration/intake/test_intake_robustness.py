@@ -197,6 +197,9 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path)
     try:
         journal = Journal(spool / "journal.sqlite3")
         assert set(acknowledged) <= journal.sop_uids()
+        # and no file is left in the spool that the journal does not name
+        on_disk = {str(p) for p in (spool / "objects").rglob("*.dcm")}
+        assert on_disk == journal.paths()
         paths = [
             p
             for files in journal.instance_paths(journal.open_studies()[0].study_key).values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -140,7 +141,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(
 ) -> None:
     intake = start_intake(min_free_disk_bytes=10**18)
     assert set(send(intake.port, study.paths[:2])) == {0xA700}
-    assert list((intake.settings.spool_dir / "objects").iterdir()) == []
+    assert list((intake.settings.spool_dir / "objects").rglob("*.dcm")) == []
     assert intake.poll_completed(now=time.time() + LATER) == []
 
 
@@ -149,7 +150,7 @@ def test_unwritable_spool_answers_out_of_resources(
 ) -> None:
     intake = start_intake()
     objects = intake.settings.spool_dir / "objects"
-    objects.rmdir()
+    shutil.rmtree(objects)
     objects.write_bytes(b"")  # a file where the spool folder should be: every write fails
     assert send(intake.port, study.paths[:1]) == [0xA700]
     assert intake.poll_completed(now=time.time() + LATER) == []
@@ -226,3 +227,20 @@ def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
     assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
     logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
     assert study.study_uid not in logged
+
+
+def test_a_restart_sweeps_files_no_journal_row_names(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given a stored study, and a file a store that crashed before its commit left in place
+    intake = start_intake()
+    assert send(intake.port, study.paths[:2]) == [0, 0]
+    orphan = intake.spool.object_path()
+    orphan.write_bytes(study.paths[2].read_bytes())
+    intake.stop()
+    # When the intake starts again on the same spool
+    restarted = start_intake()
+    # Then the orphan is gone and every acknowledged instance is still there
+    assert not orphan.exists()
+    on_disk = {str(p) for p in (restarted.settings.spool_dir / "objects").rglob("*.dcm")}
+    assert on_disk == restarted.journal.paths() and len(on_disk) == 2
