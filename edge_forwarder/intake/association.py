@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import select
 import socket
 import ssl
 import struct
@@ -52,6 +53,7 @@ _MAX_COMMAND_SET = 64 * 1024
 # Data sets of non-storage messages (none of our services take one) stay in memory.
 _MAX_OTHER_DATASET = 64 * 1024
 _REACTOR_WAIT_S = 0.02
+_DUL_WAIT_S = 0.001
 # One recv() per this many bytes at most; pynetdicom's own loop reads 4 KiB at a time.
 _RECV_CHUNK = 256 * 1024
 
@@ -133,6 +135,7 @@ class IntakeRequestHandler(RequestHandler):
         assoc.name = f"AcceptorThread@{timestamp}"
         sock = BoundedSocket(assoc, self.request, self.server.max_pdu, self.server.pdu_timeout_s)
         assoc.set_socket(sock)
+        assoc.dul._run_loop_delay = 0  # BoundedSocket.ready waits instead
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
@@ -176,6 +179,24 @@ class BoundedSocket(AssociationSocket):
         self._max_pdu = max_pdu
         self._timeout_s = timeout_s
         self._body_limit: int | None = None  # None: the next read is a PDU header
+
+    @property
+    def ready(self) -> bool:
+        # pynetdicom's DUL loop sleeps 1 ms, then polls the socket with a zero timeout: up to
+        # 1 ms before each incoming PDU is seen. Waiting in select instead (the loop's own
+        # sleep set to 0, see `_create_association`) sees data the moment it arrives, and
+        # still comes back within 1 ms to send what the association queued.
+        sock = self.socket
+        if sock is None or not self._is_connected:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # TLS records already read that select cannot see
+        try:
+            readable, _, _ = select.select([sock], [], [], _DUL_WAIT_S)
+        except (OSError, ValueError):
+            self.event_queue.put("Evt17")  # the connection is gone
+            return False
+        return bool(readable)
 
     def recv(self, nr_bytes: int) -> bytearray:
         # pynetdicom reads a PDU as recv(6) for its header, then recv(length) for its body.
