@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -141,6 +142,30 @@ class Spool:
         16 folders made at start, so placing it creates no folder."""
         name = secrets.token_hex(16)
         return self.objects / name[0] / f"{name}.dcm"
+
+    def path_for(self, study_key: str, sop_uid: str) -> Path:
+        """A per-study file name (tools and tests that write outside the SCP); hashed, so no
+        UID (an identifier) shows in a listing."""
+        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
+        return self.objects / study_key / f"{name}-{secrets.token_hex(4)}.dcm"
+
+    def write_durably(self, target: Path, data: bytes) -> None:
+        """Write, fsync the file, rename into place, fsync the directory."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{secrets.token_hex(12)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, target)
+        fsync_directory(target.parent)
 
     def sweep_unjournaled(self, journaled: set[str]) -> int:
         """Delete object files no journal row names: moved in by a store that crashed before
