@@ -1,7 +1,7 @@
 """Benchmark: edge de-identification (+ encryption) against dicognito, deid and a pydicom floor.
 
-Runs every contender on the same synthetic study in one process and, last, the C-STORE ingest
-of that study into our SCP against DCMTK storescp. Prints a table, then one JSON line.
+Runs every contender on the same synthetic study in one process. Prints a table, then one JSON
+line. C-STORE ingest against DCMTK storescp is `benchmarks/intake.py`.
 `ours_mb_s` is what the forwarder does with a completed study: de-identify every spooled
 instance, tar each series, encrypt each tar with one KMS data key (1 MiB frames, committing
 suite without signing) and hash it; the other `ours_*` figures leave steps out.
@@ -16,7 +16,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from edge_forwarder.transport.packaging import pack_series, seal
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import encryption_context
-from imaging_ai.local.moto_server import free_port, start_moto_server
+from imaging_ai.local.moto_server import start_moto_server
 from imaging_ai.synthetic import write_ct_study
 
 SITE_SECRET = b"benchmark-site-secret-0123456789"
@@ -123,47 +122,6 @@ def _pydicom_floor(files: list[bytes]) -> Callable[[], None]:
     return run
 
 
-def _storescu(port: int, paths: list[Path]) -> None:
-    subprocess.run(
-        ["storescu", "-aec", "EDGE_FWD", "127.0.0.1", str(port), *map(str, paths)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def _ingest_ours(paths: list[Path], spool: Path) -> float:
-    from edge_forwarder.intake import Intake, IntakeSettings
-
-    intake = Intake(IntakeSettings(port=0, spool_dir=spool, min_free_disk_bytes=0))
-    intake.start()
-    try:
-        return _timed(lambda: _storescu(intake.port, paths))
-    finally:
-        intake.stop()
-
-
-def _ingest_storescp(paths: list[Path], out_dir: Path) -> float:
-    port = free_port()
-    out_dir.mkdir()
-    server = subprocess.Popen(
-        ["storescp", "-aet", "EDGE_FWD", "-od", str(out_dir), str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(100):
-            if (
-                subprocess.run(["echoscu", "127.0.0.1", str(port)], capture_output=True).returncode
-                == 0
-            ):
-                break
-            time.sleep(0.05)
-        return _timed(lambda: _storescu(port, paths))
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slices", type=int, default=200)
@@ -200,8 +158,6 @@ def main() -> None:
             }
         finally:
             moto.stop()
-        ingest_ours = _ingest_ours(paths, tmp / "spool")
-        ingest_storescp = _ingest_storescp(paths, tmp / "storescp-out")
 
     rates = {name: megabytes / s for name, s in seconds.items()}
     print(f"study: {len(paths)} CT slices of {args.size}², {megabytes:.1f} MB in "
@@ -210,10 +166,6 @@ def main() -> None:
     print(f"{'contender':56} {'seconds':>8} {'MB/s':>8}")
     for name, s in seconds.items():
         print(f"{name:56} {s:8.2f} {rates[name]:8.1f}")
-    print(f"{'C-STORE ingest, our SCP (fsync + journal)':56} {ingest_ours:8.2f} "
-          f"{megabytes / ingest_ours:8.1f}")  # fmt: skip
-    print(f"{'C-STORE ingest, DCMTK storescp':56} {ingest_storescp:8.2f} "
-          f"{megabytes / ingest_storescp:8.1f}")  # fmt: skip
     ours = rates[FORWARDER]
     summary = {
         "ours_mb_s": round(ours, 1),  # de-id + tar + encryption per series, as the forwarder
@@ -224,7 +176,6 @@ def main() -> None:
         "deid_mb_s": round(rates["deid 0.4 default recipe"], 1),
         "pydicom_rw_mb_s": round(rates["pydicom read + write (floor)"], 1),
         "ratio_vs_dicognito": round(ours / rates["dicognito 0.19"], 2),
-        "ingest_ratio_vs_storescp": round(ingest_storescp / ingest_ours, 2),
     }
     sys.stdout.flush()
     print(json.dumps(summary))

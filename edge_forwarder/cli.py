@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("folder", type=Path)
     send.add_argument("--host", default="127.0.0.1")
     send.add_argument("--port", type=int, default=11112)
-    send.add_argument("--ae-title", default="EDGEFWD")
+    send.add_argument("--ae-title", default="EDGE_FWD")  # the intake's default called AE
     send.add_argument("--calling-ae-title", default="SENDER")
     again = sub.add_parser("retry", help="re-queue dead-lettered deliveries")
     again.add_argument("run_id", nargs="?")

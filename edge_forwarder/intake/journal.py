@@ -1,4 +1,4 @@
-"""The intake journal (SQLite, WAL, synchronous=FULL): instances, study runs and quarantine."""
+"""The intake journal (SQLite, WAL, synchronous=FULL): instances, study runs, quarantine, audit."""
 
 from __future__ import annotations
 
@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS instance (
     attrs TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS instance_study ON instance (study_key, series_uid);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,       -- instance_replaced, instance_conflict_quarantined, ...
+    study_key TEXT,
+    sender TEXT,               -- the allow-list entry's name: no PHI
+    reason TEXT
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -52,6 +60,26 @@ class SeriesSummary:
     last_at: float
     count: int
     attrs: dict[str, str]  # routing attributes of one of its instances
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What the journal holds for one SOP Instance UID (the path is a PHI-free spool file)."""
+
+    study_key: str
+    study_uid: str
+    study_state: str
+    path: Path
+    sender: str | None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    at: float
+    event: str
+    study_key: str | None
+    sender: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -91,6 +119,7 @@ class SpoolUse:
 # forwarded before forwarded_at existed count from their last instance, so retention sees them.
 _MIGRATIONS = (
     "ALTER TABLE study ADD COLUMN forwarded_at REAL",
+    "ALTER TABLE instance ADD COLUMN sender TEXT",  # journals written before senders had names
     "UPDATE study SET forwarded_at = last_at WHERE state = 'FORWARDED' AND forwarded_at IS NULL",
 )
 
@@ -113,6 +142,16 @@ class Journal:
             self._db.close()
 
     @contextmanager
+    def batch(self) -> Iterator[JournalBatch]:
+        """One transaction for many stores (group commit): one WAL fsync for all of them.
+
+        Each store runs in `JournalBatch.item()`, a savepoint: one that fails is rolled back
+        alone and the others still commit.
+        """
+        with self._transaction() as db:
+            yield JournalBatch(db)
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -123,73 +162,12 @@ class Journal:
                 raise
             self._db.execute("COMMIT")
 
-    def study_key_for(self, study_uid: str, now: float) -> str:
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT study_key FROM study WHERE study_uid = ?", (study_uid,)
-            ).fetchone()
-            if row:
-                return str(row[0])
-            key = "st-" + uuid.uuid4().hex[:20]
-            db.execute(
-                "INSERT INTO study (study_key, study_uid, first_at, last_at) VALUES (?, ?, ?, ?)",
-                (key, study_uid, now, now),
-            )
-            return key
-
-    def add_instance(
-        self,
-        study_key: str,
-        sop_uid: str,
-        series_uid: str,
-        path: Path,
-        size: int,
-        attrs: dict[str, str],
-        now: float,
-    ) -> tuple[str, int, bool]:
-        """Journal one spooled instance; return the study's (state, run_number) after it, and
-        whether it is the study's first instance.
-
-        An instance arriving after its study was forwarded opens a revision run; one arriving
-        while the study is being forwarded marks a revision to open when that run ends.
-        """
-        with self._transaction() as db:
-            first = (
-                db.execute(
-                    "SELECT 1 FROM instance WHERE study_key = ? LIMIT 1", (study_key,)
-                ).fetchone()
-                is None
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO instance VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sop_uid, study_key, series_uid, str(path), now, size, json.dumps(attrs)),
-            )
-            state, run = db.execute(
-                "SELECT state, run_number FROM study WHERE study_key = ?", (study_key,)
-            ).fetchone()
-            if state in ("FORWARDED", "FAILED"):
-                state, run = "OPEN", run + 1
-                db.execute(
-                    "UPDATE study SET state = 'OPEN', run_number = ?, reason = NULL "
-                    "WHERE study_key = ?",
-                    (run, study_key),
-                )
-            elif state == "CLAIMED":
-                db.execute(
-                    "UPDATE study SET pending_revision = 1 WHERE study_key = ?", (study_key,)
-                )
-            elif state == "UNROUTED":
-                state = "OPEN"  # a new series may match a rule now
-                db.execute("UPDATE study SET state = 'OPEN' WHERE study_key = ?", (study_key,))
-            db.execute("UPDATE study SET last_at = ? WHERE study_key = ?", (now, study_key))
-            return str(state), int(run), first
-
-    def add_quarantine(self, study_key: str | None, path: Path, reason: str, now: float) -> None:
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO quarantine (at, study_key, path, reason) VALUES (?, ?, ?, ?)",
-                (now, study_key, str(path), reason),
-            )
+    def audit_rows(self) -> list[AuditRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, event, study_key, sender, reason FROM audit ORDER BY id"
+            ).fetchall()
+        return [AuditRow(float(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
 
     def quarantined(self) -> list[tuple[str | None, str, str]]:
         with self._lock:
@@ -270,6 +248,10 @@ class Journal:
             ).fetchone()
         return StudyRow(r[0], r[1], int(r[2]), float(r[3]), float(r[4])) if r else None
 
+    def paths(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT path FROM instance").fetchall()}
+
     def sop_uids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT sop_uid FROM instance").fetchall()}
@@ -330,3 +312,130 @@ class Journal:
                 groups[state] = (int(studies), int(instances), int(size))
             (quarantined,) = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
         return SpoolUse(*groups["delivered"], *groups["pending"], int(quarantined))
+
+    # ---- single writes (tools and tests; the SCP writes through `batch`) -------------------
+
+    def study_key_for(self, study_uid: str, now: float) -> str:
+        with self.batch() as batch:
+            return batch.study_key_for(study_uid, now)
+
+    def add_instance(
+        self,
+        study_key: str,
+        sop_uid: str,
+        series_uid: str,
+        path: Path,
+        size: int,
+        attrs: dict[str, str],
+        now: float,
+        sender: str | None = None,
+    ) -> tuple[str, int, bool]:
+        with self.batch() as batch:
+            return batch.add_instance(
+                study_key, sop_uid, series_uid, path, size, attrs, sender, now
+            )
+
+    def add_quarantine(self, study_key: str | None, path: Path, reason: str, now: float) -> None:
+        with self.batch() as batch:
+            batch.add_quarantine(study_key, path, reason, now)
+
+
+class JournalBatch:
+    """The writes of one group commit; each store goes in its own `item()` savepoint."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @contextmanager
+    def item(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT store")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO store")
+            self._db.execute("RELEASE store")
+            raise
+        self._db.execute("RELEASE store")
+
+    def study_key_for(self, study_uid: str, now: float) -> str:
+        row = self._db.execute(
+            "SELECT study_key FROM study WHERE study_uid = ?", (study_uid,)
+        ).fetchone()
+        if row:
+            return str(row[0])
+        key = "st-" + uuid.uuid4().hex[:20]
+        self._db.execute(
+            "INSERT INTO study (study_key, study_uid, first_at, last_at) VALUES (?, ?, ?, ?)",
+            (key, study_uid, now, now),
+        )
+        return key
+
+    def stored(self, sop_uid: str) -> StoredInstance | None:
+        row = self._db.execute(
+            "SELECT i.study_key, s.study_uid, s.state, i.path, i.sender FROM instance i "
+            "JOIN study s ON s.study_key = i.study_key WHERE i.sop_uid = ?",
+            (sop_uid,),
+        ).fetchone()
+        return StoredInstance(row[0], row[1], row[2], Path(row[3]), row[4]) if row else None
+
+    def add_instance(
+        self,
+        study_key: str,
+        sop_uid: str,
+        series_uid: str,
+        path: Path,
+        size: int,
+        attrs: dict[str, str],
+        sender: str | None,
+        now: float,
+    ) -> tuple[str, int, bool]:
+        """Journal one spooled instance; return the study's (state, run_number) after it, and
+        whether it is the study's first instance.
+
+        An instance arriving after its study was forwarded opens a revision run; one arriving
+        while the study is being forwarded marks a revision to open when that run ends.
+        """
+        db = self._db
+        first = (
+            db.execute(
+                "SELECT 1 FROM instance WHERE study_key = ? LIMIT 1", (study_key,)
+            ).fetchone()
+            is None
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO instance "
+            "(sop_uid, study_key, series_uid, path, received_at, size, attrs, sender) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sop_uid, study_key, series_uid, str(path), now, size, json.dumps(attrs), sender),
+        )
+        state, run = db.execute(
+            "SELECT state, run_number FROM study WHERE study_key = ?", (study_key,)
+        ).fetchone()
+        if state in ("FORWARDED", "FAILED"):
+            state, run = "OPEN", run + 1
+            db.execute(
+                "UPDATE study SET state = 'OPEN', run_number = ?, reason = NULL "
+                "WHERE study_key = ?",
+                (run, study_key),
+            )
+        elif state == "CLAIMED":
+            db.execute("UPDATE study SET pending_revision = 1 WHERE study_key = ?", (study_key,))
+        elif state == "UNROUTED":
+            state = "OPEN"  # a new series may match a rule now
+            db.execute("UPDATE study SET state = 'OPEN' WHERE study_key = ?", (study_key,))
+        db.execute("UPDATE study SET last_at = ? WHERE study_key = ?", (now, study_key))
+        return str(state), int(run), first
+
+    def add_quarantine(self, study_key: str | None, path: Path, reason: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO quarantine (at, study_key, path, reason) VALUES (?, ?, ?, ?)",
+            (now, study_key, str(path), reason),
+        )
+
+    def audit(
+        self, event: str, study_key: str | None, sender: str | None, reason: str | None, now: float
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, event, study_key, sender, reason) VALUES (?, ?, ?, ?, ?)",
+            (now, event, study_key, sender, reason),
+        )

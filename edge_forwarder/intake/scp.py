@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-import io
+import filecmp
+import os
 import sqlite3
 import ssl
+import threading
 import time
+import zlib
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
-from edge_forwarder.deid.codec import iter_elements
-from edge_forwarder.intake.journal import Journal
+from edge_forwarder.intake.admission import SenderPolicy
+from edge_forwarder.intake.association import IntakeServer, start_intake_server
+from edge_forwarder.intake.commit import GroupCommit
+from edge_forwarder.intake.header import HeaderError, read_header, tags_for
+from edge_forwarder.intake.journal import Journal, JournalBatch
 from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
-from edge_forwarder.intake.spool import Spool
+from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
 from imaging_ai.dicom_policy import (
     ACCEPTED_TRANSFER_SYNTAXES,
     BURNED_IN_RISK_SOP_CLASSES,
-    IMPLICIT_VR_LITTLE_ENDIAN,
-    NEEDS_FULL_DECODE,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
     REQUIRED_ATTRIBUTES,
     UNCOMPRESSED_LITTLE_ENDIAN,
     burned_in_risk,
@@ -57,6 +65,22 @@ STORAGE_CLASSES = (
     *sorted(BURNED_IN_RISK_SOP_CLASSES),
 )
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_EXPLICIT_LE = EXPLICIT_VR_LITTLE_ENDIAN
+_DEFLATED = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+_BIG_ENDIAN = EXPLICIT_VR_BIG_ENDIAN
+_REQUIRED = REQUIRED_ATTRIBUTES
+# Read for the burned-in and pixel data length checks.
+_CHECKED = (
+    "BurnedInAnnotation", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated"
+)  # fmt: skip
+# Values above this stay on disk while the header is read; attributes we read are tiny.
+_DEFER_BYTES = 64 * 1024
+_INFLATE_CHUNK = 1024 * 1024
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# Read for the burned-in and pixel data length checks.
+_CHECKED = (
+    "BurnedInAnnotation", "NumberOfFrames", "Rows", "Columns", "SamplesPerPixel", "BitsAllocated"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -78,25 +102,63 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class Outcome(Enum):
+    """What became of one received instance (all of them are acknowledged: kept durably)."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changes
+    REPLACED = "replaced"  # same sender, study not forwarded yet: a modality's correction
+    CONFLICT = "conflict"  # different bytes otherwise: quarantined, never replacing
+    QUARANTINED = "quarantined"  # burned-in risk, no pixel data
+
+
+@dataclass
+class _Arrival:
+    """A received, fsync'ed instance waiting for its journal row (one group commit)."""
+
+    file: Path
+    size: int
+    sender: str | None
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    attrs: dict[str, str]
+    quarantine_reason: str | None
+    now: float
+
+
+@dataclass(frozen=True)
+class _Placed:
+    outcome: Outcome
+    study_key: str | None
+    first: bool
+    reason: str | None = None
+
+
 class Intake:
     """Owns the SCP, the spool and the completion detector of one forwarder.
 
     Parameters
     ----------
     settings
-        Endpoint, spool, timers and rules; see `IntakeSettings`.
+        Endpoint, senders, spool, timers and rules; see `IntakeSettings`.
     """
 
     def __init__(self, settings: IntakeSettings) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_dir)
         self.journal = Journal(settings.spool_dir / "journal.sqlite3")
+        self.policy = SenderPolicy(settings)
         self._attributes = rule_attributes([*settings.routing, *settings.expected_series])
+        self._wanted = tags_for([*_REQUIRED, *_CHECKED, *self._attributes])
         self._allowed_risky = frozenset(
             uid for rule in settings.routing for uid in rule.allow_burned_in_risk_sop_classes
         )
-        self._server: ThreadedAssociationServer | None = None
+        self._server: IntakeServer | None = None
         self._ae = self._make_ae()
+        self._commit: GroupCommit[_Arrival, _Placed] = GroupCommit(self._place_batch)
+        self._free_checked = (0.0, 0)
+        self._free_lock = threading.Lock()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -107,9 +169,8 @@ class Intake:
         ae.dimse_timeout = s.dimse_timeout_s
         ae.network_timeout = s.network_timeout_s
         ae.maximum_pdu_size = s.maximum_pdu_size
-        ae.maximum_associations = 16
-        if s.allowed_calling_aets is not None:
-            ae.require_calling_aet = list(s.allowed_calling_aets)
+        ae.maximum_associations = s.max_associations
+        ae.require_called_aet = True
         ae.add_supported_context(Verification)
         for uid in STORAGE_CLASSES:
             ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
@@ -127,19 +188,49 @@ class Intake:
             context.load_verify_locations(s.tls_ca)
         return context
 
+    def _warn_about_trust(self) -> None:
+        """Said at every start, so a weakened setup never goes unnoticed in the logs."""
+        s = self.settings
+        if s.allow_any_sender:
+            log.warning(
+                "intake_accepts_any_sender",
+                reason="allow_any_sender is set: any host that can reach the port may store",
+            )
+        if s.tls_cert is not None and s.tls_ca is None:
+            log.warning(
+                "intake_tls_without_client_authentication",
+                reason="tls_ca is not set: TLS encrypts, but senders are not authenticated",
+            )
+        elif s.tls_cert is None:
+            log.info("intake_plain_tcp", reason="no TLS: mutual TLS is the recommended setup")
+
     def start(self) -> None:
         """Resume the spool after a restart, then serve associations in the background."""
         dropped = self.spool.clear_partial_writes()
+        dropped += self.spool.sweep_unjournaled(self.journal.paths())
         reopened = self.journal.reopen_claimed()
         log.info("intake_resumed", count=reopened, parts=dropped)
+        self._warn_about_trust()
+        s = self.settings
+        tls = self._ssl_context()
+
+        def configure(server: IntakeServer) -> None:
+            server.policy = self.policy
+            server.spool = self.spool
+            server.tls = tls
+            server.max_instance_bytes = s.max_instance_bytes
+            server.max_pdu = s.maximum_pdu_size
+            server.pdu_timeout_s = s.network_timeout_s
+            server.handshake_timeout_s = s.acse_timeout_s
+
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
-        self._server = self._ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=self._ssl_context(),
+        self._server = start_intake_server(self._ae, (s.host, s.port), handlers, configure)
+        log.info(
+            "intake_listening",
+            target=f"{s.host}:{self.port}",
+            count=len(s.senders),
+            kind="tls" if tls is not None else "tcp",
         )
-        log.info("intake_listening", target=f"{self.settings.host}:{self.port}")
 
     @property
     def port(self) -> int:
@@ -161,10 +252,16 @@ class Intake:
     def _on_store(self, event: Any) -> int:
         # A handler that raises makes pynetdicom answer a generic failure; we answer the
         # specific status ourselves and keep serving whatever the input was.
+        incoming: IncomingFile | None = getattr(event.request, "_intake_incoming", None)
+        sender = getattr(event.assoc.acse, "sender", None)
+        placed = False
         try:
-            return self._store(event)
+            if incoming is None:
+                raise _Refused(STATUS_CANNOT_UNDERSTAND, "no_data_set")
+            outcome = self._store(incoming, sender, str(event.context.abstract_syntax))
+            placed = True
         except _Refused as refused:
-            log.warning("store_refused", status=refused.status, reason=refused.reason)
+            log.warning("store_refused", status=refused.status, reason=refused.reason, name=sender)
             return refused.status
         except (OSError, sqlite3.OperationalError) as exc:
             log.error("store_out_of_resources", error=type(exc).__name__)
@@ -172,56 +269,164 @@ class Intake:
         except Exception as exc:  # the service must survive any input
             log.error("store_failed", error=type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND
-
-    def _store(self, event: Any) -> int:
-        s = self.settings
-        if self.spool.free_bytes() < s.min_free_disk_bytes:
-            raise _Refused(STATUS_OUT_OF_RESOURCES, "spool_disk_low")
-        if event.request.DataSet.getbuffer().nbytes > s.max_instance_bytes:
-            raise _Refused(STATUS_OUT_OF_RESOURCES, "instance_too_large")
-        data = event.encoded_dataset()
-        header, pixel_length = _read_header(data)
-        for keyword in REQUIRED_ATTRIBUTES:
-            try:
-                present = bool(str(header.get(keyword, "") or ""))
-            except Exception as exc:  # a value that does not decode
-                raise _Refused(STATUS_CANNOT_UNDERSTAND, f"undecodable_{keyword}") from exc
-            if not present:
-                raise _Refused(STATUS_DATASET_MISMATCH, f"missing_{keyword}")
-        sop_class = str(header.SOPClassUID)
-        if sop_class != str(event.context.abstract_syntax):
-            raise _Refused(STATUS_DATASET_MISMATCH, "sop_class_mismatch")
-        now = time.time()
-        reason = self._quarantine_reason(header, sop_class, pixel_length is not None)
-        if reason is not None:
-            path = self.spool.quarantine_path(data)
-            self.spool.write_durably(path, data)
-            self.journal.add_quarantine(None, path, reason, now)
-            log.warning("instance_quarantined", reason=reason)
-            return STATUS_SUCCESS  # kept durably on the edge, so acknowledged
-        study_key = self.journal.study_key_for(str(header.StudyInstanceUID), now)
-        sop_uid = str(header.SOPInstanceUID)
-        path = self.spool.path_for(study_key, sop_uid)
-        self.spool.write_durably(path, data)
-        attrs = {k: str(header.get(k, "") or "") for k in self._attributes}
-        _, _, first = self.journal.add_instance(
-            study_key, sop_uid, str(header.SeriesInstanceUID), path, len(data), attrs, now
-        )
-        if first:
+        finally:
+            if incoming is not None and not placed:
+                incoming.discard()  # refused or failed: its file goes, wherever it got to
+        if outcome.outcome is Outcome.STORED and outcome.first:
             # The study's first instance is durably on the edge: when a timeline starts.
-            log.info("received", stage="received", study_key=study_key, count=1)
+            log.info("received", stage="received", study_key=outcome.study_key, count=1)
+        elif outcome.outcome in (Outcome.REPLACED, Outcome.CONFLICT, Outcome.QUARANTINED):
+            level = log.info if outcome.outcome is Outcome.REPLACED else log.warning
+            level(
+                f"instance_{outcome.outcome.value}",
+                study_key=outcome.study_key,
+                reason=outcome.reason,
+                name=sender,
+            )
         return STATUS_SUCCESS
+
+    def _disk_low(self) -> bool:
+        # statvfs on every store costs a syscall per instance; the answer changes slowly.
+        now = time.monotonic()
+        with self._free_lock:
+            checked_at, free = self._free_checked
+            if now - checked_at > 0.5:
+                free = self.spool.free_bytes()
+                self._free_checked = (now, free)
+        return free < self.settings.min_free_disk_bytes
+
+    def _store(self, incoming: IncomingFile, sender: str | None, context_class: str) -> _Placed:
+        if self._disk_low():
+            raise _Refused(STATUS_OUT_OF_RESOURCES, "spool_disk_low")
+        header, pixel_length = self._read_header(incoming)
+        for keyword in _REQUIRED:
+            if not _text(header, keyword):
+                raise _Refused(STATUS_DATASET_MISMATCH, f"missing_{keyword}")
+        sop_class = _text(header, "SOPClassUID")
+        if sop_class != context_class:
+            raise _Refused(STATUS_DATASET_MISMATCH, "sop_class_mismatch")
+        # Moved first, then fsync'ed: see IncomingFile.move_to. Until its journal row commits
+        # the file is unacknowledged; a crash leaves it for the start-up sweep.
+        incoming.move_to(self.spool.object_path())
+        size = incoming.sync()
+        arrival = _Arrival(
+            file=incoming.path,
+            size=size,
+            sender=sender,
+            study_uid=_text(header, "StudyInstanceUID"),
+            series_uid=_text(header, "SeriesInstanceUID"),
+            sop_uid=_text(header, "SOPInstanceUID"),
+            attrs={k: _text(header, k) for k in self._attributes},
+            quarantine_reason=self._quarantine_reason(header, sop_class, pixel_length is not None),
+            now=time.time(),
+        )
+        return self._commit.submit(arrival)
+
+    def _read_header(self, incoming: IncomingFile) -> tuple[Any, int | None]:
+        syntax = incoming.transfer_syntax
+        if syntax != _DEFLATED:
+            return _read_header(incoming.path, incoming.dataset_offset, syntax, self._wanted)
+        # Inflated into a scratch copy, capped: a small deflate bomb never reaches memory.
+        scratch = self.spool.scratch_path()
+        try:
+            offset = _inflate(incoming, scratch, self.settings.max_instance_bytes)
+            return _read_header(scratch, offset, _EXPLICIT_LE, self._wanted)
+        finally:
+            scratch.unlink(missing_ok=True)
 
     def _quarantine_reason(self, header: Any, sop_class: str, pixel_tag: bool) -> str | None:
         if self.settings.quarantine_burned_in:
             risk = burned_in_risk(
-                sop_class, str(header.get("BurnedInAnnotation", "")), self._allowed_risky
+                sop_class, _text(header, "BurnedInAnnotation"), self._allowed_risky
             )
             if risk is not None:
                 return risk.value
         if not pixel_tag and not sop_class.startswith(SR_CLASS_PREFIX):
             return "missing_pixel_data"
         return None
+
+    # ---- placing received instances (group commit) ----------------------------------------
+
+    def _place_batch(self, batch: list[_Arrival]) -> list[_Placed | BaseException]:
+        """Move each fsync'ed file into place and journal it, all in one transaction.
+
+        Order, for kill -9 at any point: moved into objects/ and fsync'ed (by the receiving
+        thread) -> directories fsync'ed -> journal commit -> acknowledged. A crash before the
+        commit leaves an unjournaled file (swept at start) and an unacknowledged instance;
+        never the reverse.
+        """
+        results: list[_Placed | BaseException] = []
+        folders: set[Path] = set()
+        superseded: list[Path] = []
+        with self.journal.batch() as journal:
+            for arrival in batch:
+                try:
+                    with journal.item():
+                        results.append(self._place(journal, arrival, folders, superseded))
+                except Exception as error:
+                    results.append(error)
+            for folder in sorted(folders, key=lambda p: len(p.parts)):
+                fsync_directory(folder)
+        # Only once the journal points at the new versions may the old ones go.
+        for path in superseded:
+            path.unlink(missing_ok=True)
+        return results
+
+    def _place(
+        self, journal: JournalBatch, arrival: _Arrival, folders: set[Path], superseded: list[Path]
+    ) -> _Placed:
+        if arrival.quarantine_reason is not None:
+            self._quarantine(journal, arrival, None, arrival.quarantine_reason, folders)
+            return _Placed(Outcome.QUARANTINED, None, False, arrival.quarantine_reason)
+        stored = journal.stored(arrival.sop_uid)
+        if stored is not None:
+            if _same_bytes(stored.path, arrival.file):
+                arrival.file.unlink(missing_ok=True)
+                return _Placed(Outcome.DUPLICATE, stored.study_key, False)
+            conflict = _conflict(stored, arrival)
+            if conflict is not None:
+                # Never a silent overwrite: the new version is kept aside for a person.
+                self._quarantine(journal, arrival, stored.study_key, conflict, folders)
+                journal.audit(
+                    "instance_conflict_quarantined",
+                    stored.study_key,
+                    arrival.sender,
+                    conflict,
+                    arrival.now,
+                )
+                return _Placed(Outcome.CONFLICT, stored.study_key, False, conflict)
+        study_key = journal.study_key_for(arrival.study_uid, arrival.now)
+        folders.add(arrival.file.parent)  # already in place (moved before its fsync)
+        _, _, first = journal.add_instance(
+            study_key,
+            arrival.sop_uid,
+            arrival.series_uid,
+            arrival.file,
+            arrival.size,
+            arrival.attrs,
+            arrival.sender,
+            arrival.now,
+        )
+        if stored is None:
+            return _Placed(Outcome.STORED, study_key, first)
+        superseded.append(stored.path)
+        journal.audit(
+            "instance_replaced", study_key, arrival.sender, "resent_by_sender", arrival.now
+        )
+        return _Placed(Outcome.REPLACED, study_key, False, "resent_by_sender")
+
+    def _quarantine(
+        self,
+        journal: JournalBatch,
+        arrival: _Arrival,
+        study_key: str | None,
+        reason: str,
+        folders: set[Path],
+    ) -> None:
+        target = self.spool.quarantine_path(os.urandom(16).hex())
+        os.replace(arrival.file, target)
+        folders.add(target.parent)
+        journal.add_quarantine(study_key, target, reason, arrival.now)
 
     # ---- completion -----------------------------------------------------------------------
 
@@ -286,38 +491,110 @@ class Intake:
         log.warning("study_failed", study_key=study_key, run_number=run_number, reason=reason)
 
 
-def _read_header(data: bytes) -> tuple[Any, int | None]:
-    """Decode the header; check the element structure after it; tell if pixel data is there."""
-    stream = io.BytesIO(data)
+def _read_header(
+    path: Path, offset: int, syntax: str, wanted: frozenset[int]
+) -> tuple[Any, int | None]:
+    """Read the wanted attributes, check the element structure of the whole data set without
+    reading pixel values (a truncated instance is caught here), tell if pixel data is there."""
+    header: Any
+    if syntax == _BIG_ENDIAN:
+        # Retired and rare: pydicom reads it (header only, large values left on disk).
+        try:
+            with open(path, "rb") as stream:
+                header = pydicom.dcmread(stream, stop_before_pixels=True, defer_size=_DEFER_BYTES)
+                more = stream.read(1) != b""
+        except Exception as exc:
+            raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
+        return header, (-1 if more else None)
     try:
-        header = pydicom.dcmread(stream, stop_before_pixels=True)
-        syntax = str(header.file_meta.TransferSyntaxUID)
-        if syntax in NEEDS_FULL_DECODE:
-            return header, -1  # the stream is inflated or big endian: pydicom vouched for it
-        offset = stream.tell()
-        # Walking the remaining element headers catches truncated pixel data without
-        # touching the pixel values themselves.
-        pixel_length = None
-        for element in iter_elements(
-            memoryview(data), offset, len(data), syntax == IMPLICIT_VR_LITTLE_ENDIAN
-        ):
-            if element.tag >> 16 == 0x7FE0:
-                pixel_length = element.length
-    except Exception as exc:
-        raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
+        header, pixel_length = read_header(path, offset, syntax, wanted)
+    except HeaderError as error:
+        raise _Refused(STATUS_CANNOT_UNDERSTAND, str(error)) from error
     if (
         pixel_length is not None
         and syntax in UNCOMPRESSED_LITTLE_ENDIAN
         and pixel_length != 0xFFFFFFFF
     ):
         try:
-            frames = int(header.get("NumberOfFrames", 1) or 1)
+            frames = int(_text(header, "NumberOfFrames") or 1)
             expected = (
-                int(header.Rows) * int(header.Columns) * int(header.SamplesPerPixel)
-                * frames * int(header.BitsAllocated) // 8
+                int(_text(header, "Rows")) * int(_text(header, "Columns"))
+                * int(_text(header, "SamplesPerPixel")) * frames
+                * int(_text(header, "BitsAllocated")) // 8
             )  # fmt: skip
+        except _Refused:
+            raise
         except Exception as exc:
             raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_image_pixel_module") from exc
         if pixel_length not in (expected, expected + 1):
             raise _Refused(STATUS_CANNOT_UNDERSTAND, "pixel_data_length_mismatch")
     return header, pixel_length
+
+
+def _conflict(stored: Any, arrival: _Arrival) -> str | None:
+    """Why a different version of a stored instance may not replace it, or None if it may.
+
+    The rule (docs/edge-forwarder.md): the sender that stored it may resend a corrected
+    version while its study is still on the edge and not handed out for forwarding.
+    """
+    if stored.study_uid != arrival.study_uid:
+        return "conflict_other_study"
+    if stored.sender is None or stored.sender != arrival.sender:
+        return "conflict_other_sender"
+    if stored.study_state not in ("OPEN", "UNROUTED"):
+        return "conflict_study_forwarded"
+    return None
+
+
+def _same_bytes(stored: Path, received: Path) -> bool:
+    try:
+        return filecmp.cmp(stored, received, shallow=False)
+    except FileNotFoundError:
+        return False  # the stored version is gone (purged): the new one takes its place
+
+
+def _text(header: Any, keyword: str) -> str:
+    """A small attribute as text; a huge or undecodable value refuses the instance."""
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag is None or tag not in header:
+        return ""
+    raw = header.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.length > _DEFER_BYTES:
+        raise _Refused(STATUS_CANNOT_UNDERSTAND, f"oversized_{keyword}")
+    try:
+        return str(header[tag].value or "")
+    except Exception as exc:  # a value that does not decode
+        raise _Refused(STATUS_CANNOT_UNDERSTAND, f"undecodable_{keyword}") from exc
+
+
+def _inflate(incoming: IncomingFile, scratch: Path, cap: int) -> int:
+    """Write the inflated data set of a deflated instance as an explicit VR LE Part 10 file.
+
+    zlib output is pulled `_INFLATE_CHUNK` bytes at a time and counted: past `cap` the
+    instance is refused, so a data set that inflates a thousandfold costs one chunk of memory.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with open(incoming.path, "rb") as source, open(scratch, "wb") as out:
+        source.seek(incoming.dataset_offset)
+        # The same file meta, naming the syntax the inflated bytes are in.
+        prefix = part10_prefix(incoming.sop_class, incoming.sop_instance, _EXPLICIT_LE)
+        out.write(prefix)
+        try:
+            while chunk := source.read(_INFLATE_CHUNK):
+                data = inflater.decompress(chunk, _INFLATE_CHUNK)
+                while True:
+                    total += len(data)
+                    if total > cap:
+                        raise _Refused(STATUS_OUT_OF_RESOURCES, "inflated_too_large")
+                    out.write(data)
+                    if not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, _INFLATE_CHUNK)
+            rest = inflater.flush()
+        except zlib.error as exc:
+            raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_deflate") from exc
+        if total + len(rest) > cap:
+            raise _Refused(STATUS_OUT_OF_RESOURCES, "inflated_too_large")
+        out.write(rest)
+    return len(prefix)

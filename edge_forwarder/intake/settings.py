@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Model(BaseModel):
@@ -53,18 +55,60 @@ class ExpectedSeriesRule(SeriesMatch):
     name: str = Field(pattern=r"^[A-Za-z0-9 _.-]{1,64}$")  # logged: keep it free of PHI
 
 
+class SenderRule(_Model):
+    """One modality or PACS allowed to store: its calling AE title AND one of its addresses."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9 _.-]{1,64}$")  # logged and audited: no PHI
+    ae_title: str = Field(min_length=1, max_length=16)
+    # IP addresses or networks ("10.1.2.3", "10.1.2.0/28", "::1").
+    addresses: list[str] = Field(min_length=1)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or not value.isprintable() or "\\" in value:
+            raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return value
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return value
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.addresses]
+
+
 class IntakeSettings(_Model):
     ae_title: str = Field(default="EDGE_FWD", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)  # 0 picks a free port (tests)
-    allowed_calling_aets: list[str] | None = None  # None accepts any calling AE title
+    # Default deny: only these senders may open an association (see docs/edge-forwarder.md).
+    senders: list[SenderRule] = Field(default_factory=list)
+    # Accept any calling AE title from any address: only for a closed test network. The
+    # forwarder logs a warning at every start while it is set.
+    allow_any_sender: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    tls_ca: Path | None = None  # when set, peers must present a certificate signed by it
+    # When set, peers must present a certificate signed by it (mutual TLS, recommended).
+    # TLS without it encrypts but does not authenticate the sender; the forwarder says so.
+    tls_ca: Path | None = None
     acse_timeout_s: float = Field(default=30.0, gt=0)
     dimse_timeout_s: float = Field(default=60.0, gt=0)
-    network_timeout_s: float = Field(default=120.0, gt=0)
-    maximum_pdu_size: int = Field(default=0, ge=0)  # 0: unlimited
+    # Idle timeout: an association with no complete PDU for this long is aborted, and one
+    # PDU must arrive whole within it, so a trickling peer cannot hold a slot.
+    network_timeout_s: float = Field(default=60.0, gt=0)
+    # The largest P-DATA PDU we accept (and announce); bigger PDUs end the association.
+    maximum_pdu_size: int = Field(default=131072, ge=4096, le=4 * 1024**2)
+    # Slots: all associations at once, and per sender (so one sender cannot fill them all).
+    max_associations: int = Field(default=32, ge=1, le=1024)
+    max_associations_per_sender: int = Field(default=4, ge=1, le=1024)
     spool_dir: Path
     quiet_seconds_study: float = Field(default=60.0, ge=0)
     quiet_seconds_series: float = Field(default=30.0, ge=0)
@@ -74,13 +118,33 @@ class IntakeSettings(_Model):
     routing: list[RoutingRule] = Field(
         default_factory=lambda: [RoutingRule(model="lung-nodule-demo", modality=["CT"])]
     )
+    # Enforced while receiving, and on the inflated size of a deflated data set.
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)
     min_free_disk_bytes: int = Field(default=1024**3, ge=0)
     quarantine_burned_in: bool = True
 
-    @field_validator("allowed_calling_aets")
+    @model_validator(mode="before")
     @classmethod
-    def _aets(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and any(not 0 < len(v) <= 16 for v in value):
-            raise ValueError("AE titles are 1-16 characters")
-        return value
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "allowed_calling_aets" in data:
+            raise ValueError(
+                "allowed_calling_aets was replaced by [[intake.senders]] entries that name "
+                "each sender's calling AE title and addresses"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _who_may_send(self) -> IntakeSettings:
+        if not self.senders and not self.allow_any_sender:
+            raise ValueError(
+                "no sender may store: add [[intake.senders]] entries (name, ae_title, "
+                "addresses), or set allow_any_sender = true to accept any host (unsafe)"
+            )
+        names = [sender.name for sender in self.senders]
+        if len(set(names)) != len(names):
+            raise ValueError("sender names must be unique")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key (the SCP's own certificate)")
+        return self

@@ -1,15 +1,109 @@
-"""The durable spool: an instance is fsync'ed and renamed into place before it is journaled."""
+"""The durable spool: instances arrive in tmp/ in chunks, are fsync'ed, then moved into place."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
+import secrets
 import shutil
+import struct
 from pathlib import Path
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+# Written as PDUs arrive; the OS gets the data in large writes, not one per PDV.
+_WRITE_BUFFER = 1024 * 1024
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" " if vr == b"SH" else b"\x00"
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 2, group_element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, group_element, vr, len(value)) + value
+
+
+def part10_prefix(sop_class: str, sop_instance: str, syntax: str) -> bytes:
+    """Preamble, DICM and the file meta group of a Part 10 file holding one received data set.
+
+    Encoded by hand (PS3.10 7.1): it runs once per instance, and pydicom's writer, with its
+    value validation, cost more than the rest of the store path together.
+    """
+    for uid in (sop_class, sop_instance, syntax):
+        if len(uid) > 64 or not _UID.fullmatch(uid):
+            raise ValueError("not a valid UID in the command set")
+    body = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", sop_class.encode("ascii")),
+            _meta_element(0x0003, b"UI", sop_instance.encode("ascii")),
+            _meta_element(0x0010, b"UI", syntax.encode("ascii")),
+            _meta_element(0x0012, b"UI", PYNETDICOM_IMPLEMENTATION_UID.encode("ascii")),
+            _meta_element(0x0013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")),
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+class IncomingFile:
+    """One instance being received: a Part 10 file in tmp/, its data set size capped.
+
+    The data set bytes go to disk as the PDUs arrive, so memory does not grow with the
+    instance. `write` returns False once the data set exceeds `limit`; the caller refuses it.
+    """
+
+    def __init__(self, path: Path, limit: int, sop_class: str, sop_instance: str, syntax: str):
+        self.path = path
+        self.limit = limit
+        self.dataset_bytes = 0
+        self.transfer_syntax = syntax
+        self.sop_class = sop_class
+        self.sop_instance = sop_instance
+        prefix = part10_prefix(sop_class, sop_instance, syntax)
+        self.dataset_offset = len(prefix)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        self._file.write(prefix)
+
+    def write(self, chunk: bytes | memoryview) -> bool:
+        self.dataset_bytes += len(chunk)
+        if self.dataset_bytes > self.limit:
+            return False
+        self._file.write(chunk)
+        return True
+
+    def complete(self) -> None:
+        """The last fragment arrived: hand the bytes to the OS (fsync comes with the store)."""
+        self._file.flush()
+
+    def sync(self) -> int:
+        """fsync the data and close; return the file size."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        size = self._file.tell()
+        self._file.close()
+        return size
+
+    def move_to(self, target: Path) -> None:
+        """Rename into place before the fsync: on ext4 the file's fsync then commits the rename
+        too, and the folder's fsync that must follow finds nothing left to write."""
+        os.replace(self.path, target)
+        self.path = target
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):  # the disk is full or gone: the file goes anyway
+            self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
 class Spool:
-    """Files under `root`: objects/<study_key>/<hash>.dcm, quarantine/, tmp/ for writes."""
+    """Files under `root`: objects/<study_key>/<hash>.dcm, quarantine/, tmp/ for receiving."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -19,6 +113,10 @@ class Spool:
         for folder in (self.objects, self.quarantine_dir, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+        if not all((self.objects / shard).is_dir() for shard in "0123456789abcdef"):
+            for shard in "0123456789abcdef":
+                (self.objects / shard).mkdir(mode=0o700, exist_ok=True)
+            fsync_directory(self.objects)
 
     def clear_partial_writes(self) -> int:
         """Drop files a crash left half-written; none of them was ever acknowledged."""
@@ -31,24 +129,35 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def path_for(self, study_key: str, sop_uid: str) -> Path:
-        # Hashed names keep UIDs (identifiers) out of the file system listing.
-        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
-        return self.objects / study_key / f"{name}.dcm"
+    def incoming(self, limit: int, sop_class: str, sop_instance: str, syntax: str) -> IncomingFile:
+        path = self.tmp / f"{secrets.token_hex(12)}.part"
+        return IncomingFile(path, limit, sop_class, sop_instance, syntax)
 
-    def quarantine_path(self, data: bytes) -> Path:
-        return self.quarantine_dir / f"{hashlib.sha256(data).hexdigest()[:32]}.dcm"
+    def scratch_path(self) -> Path:
+        """A private file name in tmp/ for a derived file (an inflated copy to check)."""
+        return self.tmp / f"{secrets.token_hex(12)}.scratch"
+
+    def object_path(self) -> Path:
+        """Where a received instance lives for good: a random name (no UID, no PHI) in one of
+        16 folders made at start, so placing it creates no folder."""
+        name = secrets.token_hex(16)
+        return self.objects / name[0] / f"{name}.dcm"
+
+    def path_for(self, study_key: str, sop_uid: str) -> Path:
+        """A per-study file name (tools and tests that write outside the SCP); hashed, so no
+        UID (an identifier) shows in a listing."""
+        name = hashlib.sha256(sop_uid.encode("ascii", "replace")).hexdigest()[:32]
+        return self.objects / study_key / f"{name}-{secrets.token_hex(4)}.dcm"
 
     def write_durably(self, target: Path, data: bytes) -> None:
         """Write, fsync the file, rename into place, fsync the directory."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp / (target.name + f".{os.getpid()}.{id(data)}.part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = self.tmp / f"{secrets.token_hex(12)}.part"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
-                view = view[written:]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -56,8 +165,26 @@ class Spool:
             raise
         os.close(fd)
         os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(target.parent)
+
+    def sweep_unjournaled(self, journaled: set[str]) -> int:
+        """Delete object files no journal row names: moved in by a store that crashed before
+        its commit (never acknowledged), or replaced versions a crash kept from deletion."""
+        count = 0
+        for path in self.objects.rglob("*.dcm"):
+            if str(path) not in journaled:
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
+
+    def quarantine_path(self, digest: str) -> Path:
+        return self.quarantine_dir / f"{digest[:32]}-{secrets.token_hex(4)}.dcm"
+
+
+def fsync_directory(folder: Path) -> None:
+    """Make renames and new entries in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

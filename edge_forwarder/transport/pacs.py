@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 
 from edge_forwarder.secret_files import check_private
 from edge_forwarder.transport.errors import ConfigError, PermanentError, TransientError
@@ -70,13 +72,12 @@ def _association(peer: PacsPeer, datasets: Sequence[Dataset]) -> AE:
     return ae
 
 
-def store(peer: PacsPeer, objects: list[bytes]) -> list[int]:
-    """C-STORE every Part 10 object in one association; raise Transient/PermanentError.
+def open_association(peer: PacsPeer, datasets: Sequence[Dataset]) -> Association:
+    """An established association for `datasets`, with Nagle off; raise Transient/PermanentError.
 
     A rejected association (e.g. unknown calling AE) is permanent only after the caller's
     retries: PACS admins fix AE tables while we wait, so the caller decides when to give up.
     """
-    datasets = [pydicom.dcmread(io.BytesIO(blob)) for blob in objects]
     ae = _association(peer, datasets)
     tls_args = None
     if peer.ssl_context is not None:
@@ -89,6 +90,18 @@ def store(peer: PacsPeer, objects: list[bytes]) -> list[int]:
         raise PermanentError("PACS rejected the association (check the AE titles)")
     if assoc.is_aborted or not assoc.is_established:
         raise TransientError("PACS association failed or aborted")
+    # pynetdicom leaves Nagle on: each small PDU after a large one would wait ~40 ms for the
+    # PACS's delayed ACK.
+    transport = assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return assoc
+
+
+def store(peer: PacsPeer, objects: list[bytes]) -> list[int]:
+    """C-STORE every Part 10 object in one association; raise Transient/PermanentError."""
+    datasets = [pydicom.dcmread(io.BytesIO(blob)) for blob in objects]
+    assoc = open_association(peer, datasets)
     statuses: list[int] = []
     try:
         for dataset in datasets:

@@ -473,6 +473,13 @@ quiet_seconds_series = {quiet_seconds}
 min_free_disk_bytes = 104857600
 
 {_routes(card)}
+
+# Only the local modality (DCMTK storescu in `send_study`) may store, and only from loopback.
+[[intake.senders]]
+name = "local-modality"
+ae_title = {_toml_string(MODALITY_AE_TITLE)}
+addresses = ["127.0.0.1"]
+
 [deid]
 site_secret = {{ file = "site-secret.hex" }}
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +19,17 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from edge_forwarder.intake import Intake, IntakeSettings
+from edge_forwarder.intake.settings import SenderRule
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+
+# The senders the intake tests use: every one on loopback, named by its calling AE title.
+TEST_SENDERS = [
+    SenderRule(name="modality", ae_title="MODALITY", addresses=["127.0.0.1"]),
+    SenderRule(name="fuzzer", ae_title="FUZZER", addresses=["127.0.0.1"]),
+]
 
 
 @dataclass
@@ -65,6 +78,7 @@ def start_intake(tmp_path: Path) -> Iterator[Callable[..., Intake]]:
             "quiet_seconds_study": 5.0,
             "quiet_seconds_series": 2.0,
             "min_free_disk_bytes": 0,
+            "senders": TEST_SENDERS,
             **overrides,
         }
         intake = Intake(IntakeSettings(**values))
@@ -108,3 +122,64 @@ def encode(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+@dataclass
+class IntakeProcess:
+    """The intake as its own process (`python -m edge_forwarder.intake`), for RSS and kill -9."""
+
+    process: subprocess.Popen[str]
+    port: int
+
+    def rss_kib(self) -> int:
+        return _status_kib(self.process.pid, "VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        return _status_kib(self.process.pid, "VmHWM")
+
+    def reset_peak_rss(self) -> None:
+        # Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS (Linux >= 4.0).
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
+
+
+def start_intake_process(settings_path: Path, settings: dict[str, Any]) -> IntakeProcess:
+    """Write `settings` as JSON and start the intake on them; returns once it listens."""
+    settings_path.write_text(json.dumps(settings))
+    env = os.environ.copy()
+    # The child must import this checkout (the worktree), not the installed package.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_forwarder.intake", str(settings_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("READY "), line
+    return IntakeProcess(process, int(line.split()[1]))
+
+
+def report_rss(label: str, before_kib: int, peak_kib: int) -> None:
+    """Print the figures the issue asks for (visible with `pytest -s`)."""
+    growth = (peak_kib - before_kib) / 1024
+    print(f"\n[rss] {label}: before {before_kib / 1024:.1f} MiB, peak {peak_kib / 1024:.1f} MiB, "
+          f"growth {growth:.1f} MiB")  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 
 from edge_forwarder.intake import Intake
+from edge_forwarder.intake.settings import SenderRule
 from imaging_ai.local.orthanc import orthanc_binary, start_orthanc
 from tests.integration.intake.conftest import SpooledStudy
 
@@ -34,7 +37,9 @@ def test_orthanc_forwards_a_study_through_its_modality_store(
     start_intake: Callable[..., Intake], study: SpooledStudy, tmp_path: Path
 ) -> None:
     # Given our SCP accepting only Orthanc's AE title, and Orthanc knowing it as a modality
-    intake = start_intake(allowed_calling_aets=["ORTHANC"])
+    intake = start_intake(
+        senders=[SenderRule(name="orthanc", ae_title="ORTHANC", addresses=["127.0.0.1"])]
+    )
     peer = {"edge": ("EDGE_FWD", "127.0.0.1", intake.port)}
     pacs = start_orthanc(tmp_path / "orthanc", modalities=peer)
     try:
@@ -181,3 +186,67 @@ def test_tls_scp_stores_from_a_trusted_client_and_refuses_the_others(
     again = _associate(intake.port, _client_context(site.ca, site))
     assert again.is_established
     again.release()
+
+
+def test_a_peer_that_never_starts_tls_does_not_block_the_others(
+    start_intake: Callable[..., Intake], tmp_path: Path
+) -> None:
+    # Given the SCP on mutual TLS, and a peer that opens TCP connections but never says hello
+    site = _make_pki(tmp_path / "site", "site")
+    intake = start_intake(
+        tls_cert=site.server_cert, tls_key=site.server_key, tls_ca=site.ca, acse_timeout_s=30
+    )
+    silent = [socket.create_connection(("127.0.0.1", intake.port)) for _ in range(3)]
+    try:
+        # When a trusted modality connects meanwhile
+        started = time.monotonic()
+        assoc = _associate(intake.port, _client_context(site.ca, site))
+        # Then it gets its association at once, not after the silent peers time out
+        assert assoc.is_established
+        assoc.release()
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.events: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.events.append(record.getMessage())
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        ({"senders": [], "allow_any_sender": True}, "intake_accepts_any_sender"),
+        ({"tls_ca": None}, "intake_tls_without_client_authentication"),
+    ],
+)
+def test_a_weakened_setup_is_said_at_every_start(
+    start_intake: Callable[..., Intake],
+    tmp_path: Path,
+    settings: dict[str, object],
+    warning: str,
+) -> None:
+    site = _make_pki(tmp_path / "site", "site")
+    tls = {"tls_cert": site.server_cert, "tls_key": site.server_key, "tls_ca": site.ca}
+    records = _Records()
+    intake_log = logging.getLogger("edge_forwarder.intake")
+    saved = intake_log.level
+    intake_log.setLevel(logging.INFO)
+    intake_log.addHandler(records)
+    try:
+        # When the intake starts twice with the setting
+        for _ in range(2):
+            start_intake(**{**tls, **settings}).stop()
+    finally:
+        intake_log.removeHandler(records)
+        intake_log.setLevel(saved)
+    # Then each start logs the warning; the default (mutual TLS, named senders) logs none
+    assert records.events.count(warning) == 2
+    assert set(records.events) == {warning}

@@ -160,7 +160,16 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path)
     settings_path = tmp_path / "intake.json"
     spool = tmp_path / "spool"
     settings_path.write_text(
-        json.dumps({"port": 0, "spool_dir": str(spool), "min_free_disk_bytes": 0})
+        json.dumps(
+            {
+                "port": 0,
+                "spool_dir": str(spool),
+                "min_free_disk_bytes": 0,
+                "senders": [
+                    {"name": "modality", "ae_title": "MODALITY", "addresses": ["127.0.0.1"]}
+                ],
+            }
+        )
     )
     process, port = _start_subprocess(settings_path)
     acknowledged: list[str] = []
@@ -209,6 +218,9 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path)
     try:
         journal = Journal(spool / "journal.sqlite3")
         assert set(acknowledged) <= journal.sop_uids()
+        # and no file is left in the spool that the journal does not name
+        on_disk = {str(p) for p in (spool / "objects").rglob("*.dcm")}
+        assert on_disk == journal.paths()
         paths = [
             p
             for files in journal.instance_paths(journal.open_studies()[0].study_key).values()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from edge_forwarder.intake import ExpectedSeriesRule, Intake, RoutingRule
+from edge_forwarder.intake.settings import SenderRule
 from tests.integration.intake.conftest import SpooledStudy, send, write_study
 
 pytestmark = pytest.mark.integration
@@ -139,7 +141,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(
 ) -> None:
     intake = start_intake(min_free_disk_bytes=10**18)
     assert set(send(intake.port, study.paths[:2])) == {0xA700}
-    assert list((intake.settings.spool_dir / "objects").iterdir()) == []
+    assert list((intake.settings.spool_dir / "objects").rglob("*.dcm")) == []
     assert intake.poll_completed(now=time.time() + LATER) == []
 
 
@@ -148,14 +150,16 @@ def test_unwritable_spool_answers_out_of_resources(
 ) -> None:
     intake = start_intake()
     objects = intake.settings.spool_dir / "objects"
-    objects.rmdir()
+    shutil.rmtree(objects)
     objects.write_bytes(b"")  # a file where the spool folder should be: every write fails
     assert send(intake.port, study.paths[:1]) == [0xA700]
     assert intake.poll_completed(now=time.time() + LATER) == []
 
 
 def test_calling_ae_allow_list(start_intake: Callable[..., Intake]) -> None:
-    intake = start_intake(allowed_calling_aets=["CT_SCANNER"])
+    intake = start_intake(
+        senders=[SenderRule(name="ct", ae_title="CT_SCANNER", addresses=["127.0.0.0/8"])]
+    )
     echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
     assert subprocess.run([*echo, "-aet", "CT_SCANNER"], capture_output=True).returncode == 0
     assert subprocess.run([*echo, "-aet", "INTRUDER"], capture_output=True).returncode != 0
@@ -188,7 +192,7 @@ def test_missing_uid_and_garbage_get_failure_statuses(
     truncated.write_bytes(study.paths[1].read_bytes()[:-1000])
     statuses = send(intake.port, [no_study, truncated])
     assert statuses == [0xA900, 0xC210]
-    echo = ["echoscu", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
+    echo = ["echoscu", "-aet", "MODALITY", "-aec", "EDGE_FWD", "127.0.0.1", str(intake.port)]
     assert subprocess.run(echo, capture_output=True).returncode == 0
 
 
@@ -223,3 +227,20 @@ def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
     assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
     logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
     assert study.study_uid not in logged
+
+
+def test_a_restart_sweeps_files_no_journal_row_names(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given a stored study, and a file a store that crashed before its commit left in place
+    intake = start_intake()
+    assert send(intake.port, study.paths[:2]) == [0, 0]
+    orphan = intake.spool.object_path()
+    orphan.write_bytes(study.paths[2].read_bytes())
+    intake.stop()
+    # When the intake starts again on the same spool
+    restarted = start_intake()
+    # Then the orphan is gone and every acknowledged instance is still there
+    assert not orphan.exists()
+    on_disk = {str(p) for p in (restarted.settings.spool_dir / "objects").rglob("*.dcm")}
+    assert on_disk == restarted.journal.paths() and len(on_disk) == 2

@@ -264,6 +264,8 @@ poll_interval_s = 0.2
 [intake]
 spool_dir = "spool"
 port = {scp_port}
+# `edge-forwarder send` calls as SENDER.
+senders = [{{ name = "test-modality", ae_title = "SENDER", addresses = ["127.0.0.1"] }}]
 {extra}
 
 [deid]

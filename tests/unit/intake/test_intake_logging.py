@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edge_forwarder.intake import ExpectedSeriesRule, Intake, IntakeSettings, RoutingRule
+from edge_forwarder.intake.settings import SenderRule
 from edge_forwarder.observability import LOGGER_NAME, configure_logging
 
 LATER = 3600.0
@@ -35,16 +36,19 @@ def json_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonLog]:
 
 
 def _intake(tmp_path: Path, **overrides: object) -> Intake:
-    return Intake(IntakeSettings(spool_dir=tmp_path / "spool", **overrides))
+    senders = [SenderRule(name="ct", ae_title="CT", addresses=["127.0.0.1"])]
+    return Intake(IntakeSettings(spool_dir=tmp_path / "spool", senders=senders, **overrides))
 
 
 def _journal_ct_series(intake: Intake, study_uid: str, now: float) -> str:
-    study_key = intake.journal.study_key_for(study_uid, now)
     attrs = {"Modality": "CT", "SeriesDescription": "CHEST SOFT TISSUE"}
-    for number in range(3):
-        intake.journal.add_instance(
-            study_key, f"1.2.3.4.{number}", "1.2.3.9", Path(f"/spool/{number}.dcm"), 10, attrs, now
-        )
+    with intake.journal.batch() as journal:
+        study_key = journal.study_key_for(study_uid, now)
+        for number in range(3):
+            path = Path(f"/spool/{number}.dcm")
+            journal.add_instance(
+                study_key, f"1.2.3.4.{number}", "1.2.3.9", path, 10, attrs, "ct", now
+            )
     return study_key
 
 
