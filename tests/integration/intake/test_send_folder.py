@@ -38,7 +38,17 @@ def test_send_skips_dicomdir_and_other_files_and_sends_every_instance(
 
     # When it is sent with `edge-forwarder send`
     sent = subprocess.run(
-        [*CLI, "send", str(tmp_path / "cd"), "--port", str(intake.port), "--ae-title", "EDGE_FWD"],
+        [
+            *CLI,
+            "send",
+            str(tmp_path / "cd"),
+            "--port",
+            str(intake.port),
+            "--ae-title",
+            "EDGE_FWD",
+            "--calling-ae-title",
+            "MODALITY",
+        ],  # a sender the intake allows
         capture_output=True,
         text=True,
         timeout=120,
