@@ -109,6 +109,15 @@ class EdgeAccess(Construct):
                 actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 resources=[object_arn(f"{incoming}*")],
             ),
+            # HeadObject is authorized by s3:GetObject: the uploader asks whether an object it
+            # journaled as unfinished is already stored (same SHA-256 metadata) before sending
+            # it again. The site reads back only its own de-identified, envelope-encrypted
+            # uploads; ListBucket cannot answer this (it returns no object metadata).
+            iam.PolicyStatement(
+                sid="CheckOwnUploads",
+                actions=["s3:GetObject"],
+                resources=[object_arn(f"{incoming}*")],
+            ),
             iam.PolicyStatement(
                 sid="FetchOwnResults",
                 actions=["s3:GetObject", "s3:GetObjectVersion"],

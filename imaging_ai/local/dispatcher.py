@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imaging_ai.aws import client
+from imaging_ai.aws import Credentials, acting_as, client
 from imaging_ai.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -124,9 +124,16 @@ class SqsDispatcher:
     batch_size: int = 10
     wait_time_s: int = 1
     retry_delay_s: int | None = 0
+    # The function's execution role: Lambda's event source mapping polls, and the handler
+    # runs, as that role. None: the process's own credentials.
+    role: Credentials | None = None
     _queue_arn: str | None = None
 
     def poll_once(self) -> BatchOutcome:
+        with acting_as(self.role):
+            return self._poll_once()
+
+    def _poll_once(self) -> BatchOutcome:
         sqs = client("sqs")
         messages = sqs.receive_message(
             QueueUrl=self.queue_url,
@@ -223,17 +230,23 @@ def event_sources(
     postprocess_queue_url: str,
     postprocess_dlq_url: str,
     wait_time_s: int = 0,
+    roles: Mapping[str, Credentials] | None = None,
 ) -> LocalEventSources:
-    """Preprocess and postprocess on their queues; the failure handler on both DLQs."""
+    """Preprocess and postprocess on their queues; the failure handler on both DLQs.
+
+    `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
+    of its execution role.
+    """
+    roles = roles or {}
+    mappings = [
+        (preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
+        (postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
+        (preprocess_dlq_url, FAILURE_HANDLER, "failure"),
+        (postprocess_dlq_url, FAILURE_HANDLER, "failure"),
+    ]
     return LocalEventSources(
         [
-            SqsDispatcher(
-                preprocess_queue_url, PREPROCESS_HANDLER, "preprocess", wait_time_s=wait_time_s
-            ),
-            SqsDispatcher(
-                postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess", wait_time_s=wait_time_s
-            ),
-            SqsDispatcher(preprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
-            SqsDispatcher(postprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
+            SqsDispatcher(url, handler, name, wait_time_s=wait_time_s, role=roles.get(name))
+            for url, handler, name in mappings
         ]
     )
