@@ -15,6 +15,7 @@ What moto 5.2 evaluates by itself, read from `moto/iam/access_control.py`:
 - no service-to-service checks: S3 does not ask KMS for SSE-KMS objects and SQS does not for
   SSE queues, so statements conditioned on `kms:ViaService` are never exercised.
 
+- SQS GetQueueUrl is authorized against "*" (moto reads the queue from QueueUrl only);
 - it authorizes a batch call by its API name (`sqs:DeleteMessageBatch`), where IAM uses the
   single action (`sqs:DeleteMessage`), and HeadBucket as `s3:HeadBucket` (IAM: s3:ListBucket).
 
@@ -42,6 +43,7 @@ IAM_ACTIONS = {
     "s3:HeadBucket": "s3:ListBucket",
 }
 _LOCK = threading.Lock()
+_ORIGINAL_SQS_RESOURCE: Any = None
 
 
 def _params(response: Any) -> dict[str, Any]:
@@ -85,6 +87,15 @@ def _dynamodb_resource(self: Any) -> str:
     return f"arn:aws:dynamodb:{self.region}:{self.current_account}:table/{table}"
 
 
+def _sqs_resource(self: Any) -> str:
+    # moto names the queue from QueueUrl only; GetQueueUrl carries QueueName instead.
+    if self._get_action() == "GetQueueUrl":
+        name = _params(self).get("QueueName")
+        if name:
+            return f"arn:aws:sqs:{self.region}:{self.current_account}:{name}"
+    return str(_ORIGINAL_SQS_RESOURCE(self))
+
+
 def _sns_resource(self: Any) -> str:
     params = _params(self)
     return str(params.get("TopicArn") or params.get("TargetArn") or "*")
@@ -119,6 +130,11 @@ def install() -> None:
     from moto.dynamodb.responses import DynamoHandler
     from moto.kms.responses import KmsResponse
     from moto.sns.responses import SNSResponse
+    from moto.sqs.responses import SQSResponse
+
+    global _ORIGINAL_SQS_RESOURCE
+    _ORIGINAL_SQS_RESOURCE = SQSResponse._determine_resource
+    SQSResponse._determine_resource = _sqs_resource  # type: ignore[method-assign]
 
     KmsResponse._determine_resource = _kms_resource  # type: ignore[attr-defined]
     DynamoHandler._determine_resource = _dynamodb_resource  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ from tests.cloud_contract import (
     site_role,
 )
 from tests.functions_support import UploadedStudy, model_card
+from tests.integration.transport.conftest import ehr, pacs  # noqa: F401  (the real peers)
 
 pytestmark = pytest.mark.integration
 _HANDLERS = {
