@@ -38,7 +38,7 @@ def once(factory: Callable[[], T]) -> Callable[[], T]:
 def reset() -> None:
     """Forget settings, clients and services (tests point the functions at a fresh server)."""
     for cached in _CACHED:
-        cached.cache_clear()  # type: ignore[attr-defined]
+        cached.cache_clear()
     reset_clients()
     envelope.reset_providers()
 
