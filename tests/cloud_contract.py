@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging_ai.local.identities import RoleSpec
+from imaging_ai.local.identities import SAGEMAKER_ROLE, RoleSpec, function_role, site_role
 from imaging_ai.local.provision import LocalResources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +27,7 @@ ACCOUNT = "123456789012"  # moto's default account
 # Every site a test acts for: the transport and function tests' and the local runtime's.
 CONTRACT_SITES = ("site-a", "site-b", "demo-site")
 FUNCTIONS = ("preprocess", "postprocess", "failure")
-SAGEMAKER_ROLE = "imaging-ai-sagemaker-execution"
-
-
-def function_role(name: str) -> str:
-    return f"imaging-ai-{name}-role"
-
-
-def site_role(site: str) -> str:
-    return f"imaging-ai-site-{site}"
+__all__ = ["SAGEMAKER_ROLE", "function_role", "role_specs", "site_role", "synthesize_prod"]
 
 
 def synthesize_prod(work_dir: Path, sites: Iterable[str] = CONTRACT_SITES) -> dict[str, Any]:

@@ -26,6 +26,18 @@ _DEPLOYER_POLICY = {
 }
 # create_user, put_user_policy, create_access_key: the calls that make the first principal.
 _BOOTSTRAP_CALLS = 3
+# How the local runtime names the stack's roles (the tests map the template's roles to these).
+SAGEMAKER_ROLE = "imaging-ai-sagemaker-execution"
+
+
+def function_role(name: str) -> str:
+    """The execution role of the function `name` (preprocess, postprocess, failure)."""
+    return f"imaging-ai-{name}-role"
+
+
+def site_role(site: str) -> str:
+    """The role a site's edge forwarder runs as."""
+    return f"imaging-ai-site-{site}"
 
 
 @dataclass(frozen=True)
