@@ -87,18 +87,10 @@ class IamStack:
         assert [entry["action"] for entry in new] == [action], new
         self.expected_denials.extend(new)
 
-    def unexpected_denials(self) -> list[dict[str, str]]:
-        return [d for d in self.server.denials() if d not in self.expected_denials]
 
-
-@pytest.fixture
-def iam_stack(
-    iam_moto_server: MotoServer,
-    contract_template: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[IamStack]:
-    """Given the local stack provisioned by a deployer, every CDK role created and assumed."""
-    server = iam_moto_server
+def _provision(
+    server: MotoServer, template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> IamStack:
     server.reset()
     deployer = create_deployer(server)
     for name, value in {**server.environment(), **deployer.environment()}.items():
@@ -109,19 +101,58 @@ def iam_stack(
     envelope.reset_providers()
     bootstrap.reset()
     resources = provision(CONTRACT_SITES, [model_card()])
-    identities = create_roles(server, deployer, role_specs(contract_template, resources))
+    identities = create_roles(server, deployer, role_specs(template, resources))
     for name, value in resources.function_environment().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
-    stack = IamStack(server, resources, identities)
-    yield stack
+    return IamStack(server, resources, identities)
+
+
+def _forget_clients() -> None:
     bootstrap.reset()
     reset_clients()
     envelope.reset_providers()
-    unexpected = stack.unexpected_denials()
+
+
+def _fail_on_unexpected_denials(stack: IamStack, since: int = 0) -> None:
+    unexpected = [
+        denial for denial in stack.server.denials()[since:] if denial not in stack.expected_denials
+    ]
     if unexpected:
         pytest.fail(f"calls were denied by the CDK roles' policies: {unexpected}")
+
+
+@pytest.fixture
+def iam_stack(
+    iam_moto_server: MotoServer,
+    contract_template: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[IamStack]:
+    """Given the local stack provisioned by a deployer, every CDK role created and assumed."""
+    stack = _provision(iam_moto_server, contract_template, monkeypatch)
+    yield stack
+    _forget_clients()
+    _fail_on_unexpected_denials(stack)
+
+
+@pytest.fixture(scope="module")
+def _shared_iam_stack(
+    iam_moto_server: MotoServer, contract_template: dict[str, Any]
+) -> Iterator[IamStack]:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        stack = _provision(iam_moto_server, contract_template, monkeypatch)
+        yield stack
+        _forget_clients()
+
+
+@pytest.fixture
+def iam_probe(_shared_iam_stack: IamStack) -> Iterator[IamStack]:
+    """The same stack as `iam_stack`, provisioned once per module: for tests that only probe
+    what a role may do and change nothing (creating the nine roles costs seconds)."""
+    seen = len(_shared_iam_stack.server.denials())
+    yield _shared_iam_stack
+    _fail_on_unexpected_denials(_shared_iam_stack, since=seen)
 
 
 def _container(study: UploadedStudy) -> type[BaseHTTPRequestHandler]:

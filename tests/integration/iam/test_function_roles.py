@@ -85,22 +85,3 @@ def test_a_dead_lettered_manifest_event_becomes_failed_for_the_manifests_run(
     assert run is not None and run.stage is Stage.FAILED
     (message,) = _site_messages(iam_stack)
     assert message.kind == "FAILED" and message.run_id == study.run_id
-
-
-@pytest.mark.parametrize(
-    ("function", "foreign_queue"),
-    [
-        ("preprocess", "postprocess"),
-        ("postprocess", "preprocess"),
-        ("failure", "preprocess"),
-        ("failure", "postprocess"),
-    ],
-)
-def test_a_function_cannot_consume_another_functions_queue(
-    iam_stack: IamStack, function: str, foreign_queue: str
-) -> None:
-    # Given a function's role and a work queue that belongs to another function
-    queue_url = getattr(iam_stack.resources, foreign_queue).url
-    # When it tries to receive from that queue, Then it is refused
-    with acting_as(iam_stack.function(function)), iam_stack.denied("sqs:ReceiveMessage"):
-        client("sqs").receive_message(QueueUrl=queue_url)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,6 @@ from imaging_ai import envelope
 from imaging_ai.aws import Credentials, acting_as, client, reset_clients
 from imaging_ai.contracts import manifest_key
 from imaging_ai.synthetic import write_ct_study
-from tests.cloud_contract import role_specs, site_role
 from tests.integration.iam.conftest import IamStack
 from tests.integration.transport.conftest import (
     SITE,
@@ -114,62 +112,3 @@ def test_a_killed_upload_resumes_as_the_site_role(
         for row in rows:
             body = s3.get_object(Bucket="imaging-ai-data", Key=row.object_key)["Body"].read()
             assert hashlib.sha256(body).hexdigest() == row.sha256
-
-
-def _other_sites_object(stack: IamStack, prefix: str) -> str:
-    key = f"{prefix}/{OTHER_SITE}/2.25.9/run-1/sr.dcm.enc"
-    with acting_as(stack.identities.deployer):
-        client("s3").put_object(Bucket=stack.resources.data_bucket, Key=key, Body=b"x")
-    return key
-
-
-@pytest.mark.parametrize("prefix", ["incoming", "results"])
-def test_a_site_cannot_read_another_sites_objects(iam_stack: IamStack, prefix: str) -> None:
-    # Given an object of site-b
-    key = _other_sites_object(iam_stack, prefix)
-    # When site-a's role reads it, Then it is refused
-    with acting_as(iam_stack.site(SITE)), iam_stack.denied("s3:GetObject"):
-        client("s3").get_object(Bucket=iam_stack.resources.data_bucket, Key=key)
-
-
-@pytest.mark.parametrize(
-    "key", [f"incoming/{OTHER_SITE}/2.25.9/2.25.8.tar.enc", f"results/{SITE}/2.25.9/r/sr.dcm.enc"]
-)
-def test_a_site_cannot_write_another_sites_uploads_or_any_results(
-    iam_stack: IamStack, key: str
-) -> None:
-    # When site-a's role writes under site-b's uploads, or under results/ (even its own),
-    # Then it is refused
-    with acting_as(iam_stack.site(SITE)), iam_stack.denied("s3:PutObject"):
-        client("s3").put_object(Bucket=iam_stack.resources.data_bucket, Key=key, Body=b"x")
-
-
-def test_a_site_cannot_poll_another_sites_results_queue(iam_stack: IamStack) -> None:
-    queue_url = iam_stack.resources.site_results_queues[OTHER_SITE]
-    with acting_as(iam_stack.site(SITE)), iam_stack.denied("sqs:ReceiveMessage"):
-        client("sqs").receive_message(QueueUrl=queue_url)
-
-
-def test_every_key_use_of_a_site_role_is_pinned_to_its_site_or_to_a_service(
-    iam_stack: IamStack, contract_template: dict[str, Any]
-) -> None:
-    """moto does not evaluate IAM conditions, so "site-a cannot decrypt with site-b's encryption
-    context" cannot be shown by a call here; the template must carry the condition instead."""
-    specs = {spec.name: spec for spec in role_specs(contract_template, iam_stack.resources)}
-    for site in ("site-a", "site-b", "demo-site"):
-        statements = [
-            statement
-            for document in specs[site_role(site)].policies.values()
-            for statement in document["Statement"]
-            if any(str(action).startswith("kms:") for action in _listed(statement["Action"]))
-        ]
-        assert statements
-        for statement in statements:
-            condition = statement.get("Condition", {})
-            pinned = condition.get("StringEquals", {}).get("kms:EncryptionContext:site") == site
-            via_service = "kms:ViaService" in condition.get("StringEquals", {})
-            assert pinned or via_service, statement
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
