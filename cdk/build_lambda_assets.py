@@ -4,8 +4,8 @@
 For every function: `pip install` its `functions/<name>/requirements.txt` as manylinux2014
 x86_64 CPython 3.12 wheels (the Lambda platform, whatever this machine is), then copy the
 `functions/` package and the shared `imaging_ai/` library, minus the parts that never run in
-Lambda (the inference model code and the local runtime). `--no-deps` skips the pip step: the
-asset then synthesizes (CI gates, tests) but cannot run.
+Lambda (the inference model code, the local runtime and the synthetic study generator).
+`--no-deps` skips the pip step: the asset then synthesizes (CI gates, tests) but cannot run.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / ".build"
 FUNCTION_NAMES = ("preprocess", "postprocess", "failure")
 LAMBDA_PLATFORM = ("manylinux2014_x86_64", "3.12", "cp")
-# Never shipped to Lambda: model code runs in the container; `local` is the laptop runtime.
-LIBRARY_EXCLUDES = ("inference", "local")
+# Never shipped to Lambda: model code runs in the container; `local` is the laptop runtime;
+# `synthetic.py` makes fake-PHI studies for tests and the demo. The import-linter contract
+# "The Lambda functions reach nothing their assets leave out" keeps this list honest.
+LIBRARY_EXCLUDES = ("inference", "local", "synthetic.py")
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "node_modules", ".mypy_cache")
 
 

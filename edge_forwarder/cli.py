@@ -13,106 +13,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from edge_forwarder.composition import build_forwarder
 from edge_forwarder.config import ForwarderConfig, load_config
 from edge_forwarder.observability import MetricsServer, configure_logging, log_event
 from edge_forwarder.transport.errors import ConfigError, ForwarderError
-from edge_forwarder.transport.journal import Journal
+from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
-
-def _pseudo_ids(result: Any) -> tuple[str, str, str]:
-    pseudo = result.pseudo
-
-    def pick(*names: str) -> str:
-        for name in names:
-            value = getattr(pseudo, name, None)
-            if value:
-                return str(value)
-        raise ForwarderError(f"de-identification result lacks {names[0]}")
-
-    return (
-        pick("study_instance_uid", "study_uid"),
-        pick("series_instance_uid", "series_uid"),
-        pick("sop_instance_uid", "instance_uid"),
-    )
-
-
-def build_service(config: ForwarderConfig, intake: Any = None, max_backoff_s: float = 60.0) -> Any:
-    """Wire the intake (the real one unless given), de-identifier and crosswalk into the service.
-
-    Tests pass a list-backed intake and a short backoff cap; everything else is as deployed.
-    """
-    from edge_forwarder.crosswalk import CrosswalkVault
-    from edge_forwarder.deid import Deidentifier, DeidOptions
-    from edge_forwarder.intake import Intake
-    from edge_forwarder.service import DeliverySettings, ForwarderService
-    from edge_forwarder.transport.backoff import Backoff
-    from edge_forwarder.transport.wiring import (
-        build_ehr,
-        build_pacs,
-        build_parts,
-        build_poller,
-        build_uploader,
-        identity_from_crosswalk,
-    )
-    from imaging_ai.contracts import DeidRecord
-
-    parts = build_parts(config)
-    options = DeidOptions(**config.deid.options)
-    deidentifier = Deidentifier(config.deid.site_secret.read(), options)
-    vault = CrosswalkVault(config.crosswalk.path, config.crosswalk.key.read())
-
-    def deid_record(result: Any) -> DeidRecord:
-        return DeidRecord(
-            table_edition=result.table_edition,
-            options=options.option_names(),
-            method_codes=list(result.method_codes) or [c for c, _ in options.method_codes()],
-        )
-
-    def lookup(pseudo_study_uid: str) -> Any:
-        entry = vault.study_by_pseudo(pseudo_study_uid)
-        return None if entry is None else identity_from_crosswalk(entry)
-
-    if intake is None:
-        intake = Intake(config.intake)
-    service = ForwarderService(
-        site=config.site,
-        state_dir=config.state_dir,
-        journal=parts.journal,
-        intake=intake,
-        deidentifier=deidentifier,
-        crosswalk=vault,
-        identity_lookup=lookup,
-        deid_record=deid_record,
-        pseudo_ids=_pseudo_ids,
-        uploader=build_uploader(config, parts),
-        poller=build_poller(config),
-        ehr=build_ehr(config),
-        delivery=DeliverySettings(
-            pacs=build_pacs(config),
-            pacs_attempts=config.pacs.max_attempts,
-            pacs_backoff=Backoff(config.pacs.retry_base_s, max_backoff_s),
-            ehr_attempts=config.ehr.max_attempts,
-            ehr_backoff=Backoff(config.ehr.retry_base_s, max_backoff_s),
-            patient_identifier_system=config.ehr.patient_identifier_system,
-            accession_identifier_system=config.ehr.accession_identifier_system,
-        ),
-        audit=parts.audit,
-        metrics=parts.metrics,
-        health=parts.health,
-        poll_interval_s=config.poll_interval_s,
-    )
-    return service, intake, parts
+# Finished runs `purge` may forget: ended, or parked with a dead-lettered delivery.
+_PURGEABLE = (*TERMINAL_EDGE_STAGES, EdgeStage.DEAD_LETTER_PACS, EdgeStage.DEAD_LETTER_EHR)
 
 
 def cmd_run(config: ForwarderConfig) -> int:
-    service, intake, parts = build_service(config)
+    forwarder = build_forwarder(config)
     metrics_server = None
     if config.observability.metrics_port:
         metrics_server = MetricsServer(
             config.observability.metrics_host,
             config.observability.metrics_port,
-            parts.metrics,
-            parts.health,
+            forwarder.telemetry.metrics,
+            forwarder.telemetry.health,
         )
         metrics_server.start()
     stopping = threading.Event()
@@ -122,16 +42,13 @@ def cmd_run(config: ForwarderConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    intake.start()
-    service.start()
-    log_event("started", stage="started", endpoint=metrics_server.port if metrics_server else None)
+    forwarder.start()
+    log_event("started", endpoint=metrics_server.port if metrics_server else None)
     stopping.wait()
-    log_event("stopping", stage="stopping")
-    service.stop()
-    intake.stop()
+    log_event("stopping")
+    forwarder.stop()
     if metrics_server is not None:
         metrics_server.stop()
-    parts.journal.close()
     return 0
 
 
@@ -211,24 +128,28 @@ def cmd_send(folder: Path, host: str, port: int, ae_title: str, calling: str) ->
     return 1 if failed else 0
 
 
-def cmd_retry(config: ForwarderConfig, run_id: str | None, target: str | None, now: bool) -> int:
+def cmd_retry(
+    config: ForwarderConfig, run_id: str | None, target: DeliveryTarget | None, now: bool
+) -> int:
     """Move dead-lettered deliveries back to PENDING (the running service picks them up)."""
     from tqdm import tqdm
 
     journal = Journal(config.database_path)
     rows = [
         d
-        for d in journal.deliveries(state="DEAD_LETTER")
+        for d in journal.deliveries(state=DeliveryState.DEAD_LETTER)
         if (run_id is None or d.run_id == run_id) and (target is None or d.target == target)
     ]
     for row in rows:
-        journal.set_delivery(row.run_id, row.target, "PENDING", last_error=row.last_error)
+        journal.set_delivery(
+            row.run_id, row.target, DeliveryState.PENDING, last_error=row.last_error
+        )
         journal.note(row.run_id, f"retry_requested_{row.target}")
     print(f"{len(rows)} delivery(ies) queued again")
     if now and rows:
-        service, _intake, _parts = build_service(config)
+        forwarder = build_forwarder(config)
         for _ in tqdm(range(1), desc="delivering"):
-            service.deliver_pending()
+            forwarder.inbound.delivery.deliver_pending()
     return 0
 
 
@@ -238,21 +159,13 @@ def cmd_purge(config: ForwarderConfig, older_than_days: float, dry_run: bool) ->
 
     journal = Journal(config.database_path)
     cutoff = (datetime.now(UTC) - timedelta(days=older_than_days)).isoformat()
-    finished = [
-        r
-        for r in journal.runs()
-        if r.updated_at < cutoff
-        and (r.stage in ("delivered", "FAILED") or r.stage.startswith("dead_letter"))
-    ]
+    finished = [r for r in journal.runs(*_PURGEABLE) if r.updated_at < cutoff]
     if dry_run:
         for r in finished:
             print(f"would purge {r.run_id} ({r.stage})")
         return 0
     for r in tqdm(finished, unit="run", desc="purge"):
-        for folder in (
-            config.state_dir / "outbox" / r.run_id,
-            config.state_dir / "deliveries" / r.run_id,
-        ):
+        for folder in (config.spool_dir / r.run_id, config.deliveries_dir / r.run_id):
             shutil.rmtree(folder, ignore_errors=True)
         journal.delete_run(r.run_id)
     print(f"purged {len(finished)} run(s)")
@@ -275,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--calling-ae-title", default="SENDER")
     again = sub.add_parser("retry", help="re-queue dead-lettered deliveries")
     again.add_argument("run_id", nargs="?")
-    again.add_argument("--target", choices=["pacs", "ehr"])
+    again.add_argument("--target", choices=list(DeliveryTarget), type=DeliveryTarget)
     again.add_argument("--now", action="store_true", help="deliver now, in this process")
     purge = sub.add_parser("purge", help="forget finished runs")
     purge.add_argument("--older-than-days", type=float, default=30.0)

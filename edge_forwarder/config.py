@@ -159,7 +159,13 @@ class ForwarderConfig(_Section):
 
     @property
     def spool_dir(self) -> Path:
+        """The outbox: one folder per run, its encrypted series and manifest until uploaded."""
         return self.state_dir / "outbox"
+
+    @property
+    def deliveries_dir(self) -> Path:
+        """One folder per run (mode 0700): re-identified results until PACS and EHR have them."""
+        return self.state_dir / "deliveries"
 
     @property
     def audit_log_path(self) -> Path:

@@ -7,13 +7,13 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge_forwarder.deid import DeidResult
 from edge_forwarder.durable_db import open_durable_db
+from edge_forwarder.identity import StudyIdentity
 from imaging_ai.errors import PipelineError
 
 _SCHEMA = """
@@ -45,29 +45,21 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+# The study-level originals, sealed together as one JSON object per study.
+_SEALED_STUDY_FIELDS = (
+    "study_instance_uid",
+    "patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "accession_number",
+    "study_date",
+    "study_time",
+)
+
+
 class CrosswalkError(PipelineError):
     """The vault cannot be opened or read (wrong key, tampered row)."""
-
-
-@dataclass(frozen=True)
-class StudyCrosswalk:
-    """Everything re-identification needs for one study; PHI, never leaves the edge."""
-
-    site: str
-    pseudo_study_uid: str
-    study_instance_uid: str
-    pseudo_patient_id: str
-    patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
-    accession_number: str
-    study_date: str
-    study_time: str
-    date_shift_days: int
-    series: dict[str, str]  # pseudo series UID -> original
-    frames_of_reference: dict[str, str]  # pseudo frame of reference UID -> original
-    instances: dict[str, str]  # pseudo SOP instance UID -> original
 
 
 class CrosswalkVault:
@@ -101,40 +93,28 @@ class CrosswalkVault:
 
     def record(self, site: str, result: DeidResult) -> None:
         """Keep the mapping of one de-identified instance (idempotent) and audit the event."""
-        original, pseudo = result.original, result.pseudo
-        study = {
-            "study_instance_uid": original.study_instance_uid,
-            "patient_id": original.patient_id,
-            "patient_name": original.patient_name,
-            "patient_birth_date": original.patient_birth_date,
-            "patient_sex": original.patient_sex,
-            "accession_number": original.accession_number,
-            "study_date": original.study_date,
-            "study_time": original.study_time,
-        }
+        identity = result.identity
+        study = {name: getattr(identity, name) for name in _SEALED_STUDY_FIELDS}
         uids = [
-            ("series", pseudo.series_instance_uid, original.series_instance_uid),
-            ("instance", pseudo.sop_instance_uid, original.sop_instance_uid),
-        ]
-        if pseudo.frame_of_reference_uid and original.frame_of_reference_uid:
-            uids.append(
-                (
-                    "frame_of_reference",
-                    pseudo.frame_of_reference_uid,
-                    original.frame_of_reference_uid,
-                )
+            (level, pseudo_uid, original_uid)
+            for level, mapping in (
+                ("series", identity.series),
+                ("instance", identity.instances),
+                ("frame_of_reference", identity.frames_of_reference),
             )
+            for pseudo_uid, original_uid in mapping.items()
+        ]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
                     "INSERT OR IGNORE INTO study VALUES (?, ?, ?, ?, ?)",
                     (
-                        pseudo.study_instance_uid,
+                        identity.pseudo_study_uid,
                         site,
-                        pseudo.patient_id,
-                        pseudo.date_shift_days,
-                        self._seal(json.dumps(study).encode(), pseudo.study_instance_uid),
+                        identity.pseudo_patient_id,
+                        identity.date_shift_days,
+                        self._seal(json.dumps(study).encode(), identity.pseudo_study_uid),
                     ),
                 )
                 for level, pseudo_uid, original_uid in uids:
@@ -143,7 +123,7 @@ class CrosswalkVault:
                         (
                             pseudo_uid,
                             level,
-                            pseudo.study_instance_uid,
+                            identity.pseudo_study_uid,
                             self._seal(original_uid.encode(), pseudo_uid),
                         ),
                     )
@@ -154,8 +134,8 @@ class CrosswalkVault:
                     (
                         time.time(),
                         site,
-                        pseudo.study_instance_uid,
-                        pseudo.sop_instance_uid,
+                        identity.pseudo_study_uid,
+                        result.pseudo.sop_instance_uid,
                         result.sop_class_uid,
                         result.table_edition,
                         ",".join(result.method_codes),
@@ -166,7 +146,7 @@ class CrosswalkVault:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def study_by_pseudo(self, pseudo_study_uid: str) -> StudyCrosswalk | None:
+    def study_by_pseudo(self, pseudo_study_uid: str) -> StudyIdentity | None:
         with self._lock:
             row = self._db.execute(
                 "SELECT site, pseudo_patient_id, date_shift_days, sealed FROM study "
@@ -179,13 +159,12 @@ class CrosswalkVault:
                 "SELECT level, pseudo_uid, sealed FROM uid_map WHERE pseudo_study_uid = ?",
                 (pseudo_study_uid,),
             ).fetchall()
-        site, pseudo_patient_id, shift, sealed = row
+        _site, pseudo_patient_id, shift, sealed = row
         study = json.loads(self._open(sealed, pseudo_study_uid))
         levels: dict[str, dict[str, str]] = {"series": {}, "frame_of_reference": {}, "instance": {}}
         for level, pseudo_uid, sealed_uid in mapped:
             levels[level][pseudo_uid] = self._open(sealed_uid, pseudo_uid).decode()
-        return StudyCrosswalk(
-            site=site,
+        return StudyIdentity(
             pseudo_study_uid=pseudo_study_uid,
             pseudo_patient_id=pseudo_patient_id,
             date_shift_days=int(shift),

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 import warnings
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,7 @@ LOGGER_NAME = "edge_forwarder"
 _ALLOWED_FIELDS = frozenset(
     {
         "stage",
+        "step",
         "study_key",
         "run_number",
         "run_id",
@@ -268,3 +270,12 @@ class AuditTrail:
         with self._lock, self.path.open("a", encoding="utf-8") as sink:
             sink.write(json.dumps(event) + "\n")
         return event
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What every part of the forwarder reports to."""
+
+    metrics: Metrics
+    health: HealthState
+    audit: AuditTrail

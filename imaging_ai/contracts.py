@@ -13,7 +13,12 @@ from imaging_ai.errors import ContractError
 
 MANIFEST_SCHEMA_VERSION: Final = "1.0"
 MANIFEST_NAME = "manifest.json.enc"
-RESULT_NAMES = ("sr.dcm", "seg.dcm", "report.bundle.json")
+# The result objects of a run, by name (S3 keys, the edge's delivery folder).
+SR_NAME: Final = "sr.dcm"
+SEG_NAME: Final = "seg.dcm"
+BUNDLE_NAME: Final = "report.bundle.json"
+DICOM_RESULT_NAMES: Final = (SR_NAME, SEG_NAME)  # what goes to PACS
+RESULT_NAMES: Final = (*DICOM_RESULT_NAMES, BUNDLE_NAME)
 
 # A DICOM UID (PS3.5 9.1): digits and dots, no leading zero per component, at most 64 chars.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -42,28 +47,37 @@ def check_run_id(value: str) -> str:
 
 # ---- S3 keys -------------------------------------------------------------------------------
 
+# The data bucket's top-level prefixes (cdk/imaging_ai_infra/names.py copies them for IAM).
+INCOMING_PREFIX: Final = "incoming/"
+PREPROCESSED_PREFIX: Final = "preprocessed/"
+INFERENCE_OUTPUT_PREFIX: Final = "inference-output/"
+INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
+RESULTS_PREFIX: Final = "results/"
+MODELS_PREFIX: Final = "models/"
+
 
 def series_key(site: str, pseudo_study_uid: str, pseudo_series_uid: str) -> str:
     return (
-        f"incoming/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{INCOMING_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
         f"{check_uid(pseudo_series_uid)}.tar.enc"
     )
 
 
 def manifest_key(site: str, pseudo_study_uid: str) -> str:
-    return f"incoming/{check_site(site)}/{check_uid(pseudo_study_uid)}/{MANIFEST_NAME}"
+    return f"{INCOMING_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/{MANIFEST_NAME}"
 
 
 def preprocessed_key(site: str, pseudo_study_uid: str, run_id: str) -> str:
     return (
-        f"preprocessed/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{PREPROCESSED_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
         f"{check_run_id(run_id)}/input.npz"
     )
 
 
 def inference_output_prefix(site: str, pseudo_study_uid: str, run_id: str) -> str:
     return (
-        f"inference-output/{check_site(site)}/{check_uid(pseudo_study_uid)}/{check_run_id(run_id)}/"
+        f"{INFERENCE_OUTPUT_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{check_run_id(run_id)}/"
     )
 
 
@@ -71,7 +85,7 @@ def result_key(site: str, pseudo_study_uid: str, run_id: str, name: str) -> str:
     if name not in RESULT_NAMES:
         raise ContractError("unknown result object name")
     return (
-        f"results/{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{RESULTS_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
         f"{check_run_id(run_id)}/{name}.enc"
     )
 
@@ -79,7 +93,7 @@ def result_key(site: str, pseudo_study_uid: str, run_id: str, name: str) -> str:
 def parse_manifest_key(key: str) -> tuple[str, str]:
     """Return (site, pseudo_study_uid) of a manifest key, or raise ContractError."""
     parts = key.split("/")
-    if len(parts) != 4 or parts[0] != "incoming" or parts[3] != MANIFEST_NAME:
+    if len(parts) != 4 or f"{parts[0]}/" != INCOMING_PREFIX or parts[3] != MANIFEST_NAME:
         raise ContractError("not a manifest key")
     return check_site(parts[1]), check_uid(parts[2])
 
@@ -189,7 +203,7 @@ def model_card_key(model_name: str) -> str:
     """Where the Lambdas read a deployed model's `model.json` in the data bucket."""
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", model_name):
         raise ContractError("model name must be 1-63 chars of A-Z, a-z, 0-9, '.', '_' and '-'")
-    return f"models/{model_name}/model.json"
+    return f"{MODELS_PREFIX}{model_name}/model.json"
 
 
 # ---- Names shared by the local runtime and the CDK stack ----------------------------------

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
+from imaging_ai.dicom_policy import UNCOMPRESSED_LITTLE_ENDIAN
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import VolumeGeometry
@@ -20,10 +20,6 @@ FloatArray = npt.NDArray[np.float32]
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_RELATIVE_TOLERANCE = 0.01
 _DRIFT_RELATIVE_TOLERANCE = 0.05  # in-plane drift of slice positions, as a fraction of a pixel
-_UNCOMPRESSED_LITTLE_ENDIAN = {
-    UID("1.2.840.10008.1.2"),  # Implicit VR Little Endian
-    UID("1.2.840.10008.1.2.1"),  # Explicit VR Little Endian
-}
 
 
 class GeometryError(ContractError):
@@ -68,7 +64,7 @@ def _slice_pixels(ds: Dataset) -> npt.NDArray[np.generic]:
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
     stored = int(ds.get("BitsStored", bits))
-    if syntax in _UNCOMPRESSED_LITTLE_ENDIAN and bits in (8, 16) and stored == bits:
+    if syntax in UNCOMPRESSED_LITTLE_ENDIAN and bits in (8, 16) and stored == bits:
         dtype = np.dtype(f"{'<i' if signed else '<u'}{bits // 8}")
         raw = ds.PixelData
         expected = rows * columns * dtype.itemsize

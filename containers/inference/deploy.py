@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging_ai.contracts import LOCAL_NAMES
+from imaging_ai.contracts import (
+    INFERENCE_FAILURE_PREFIX,
+    INFERENCE_OUTPUT_PREFIX,
+    LOCAL_NAMES,
+    MODELS_PREFIX,
+)
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
 
@@ -166,15 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     missing = [f"--{name.replace('_', '-')}" for name in required if not getattr(args, name)]
     if missing:
         parser.error(f"missing for a real deployment: {' '.join(missing)}")
-    key = f"models/{card.name}/{card.version}/model.tar.gz"
+    key = f"{MODELS_PREFIX}{card.name}/{card.version}/model.tar.gz"
     plan = EndpointPlan(
         endpoint_name=args.endpoint_name,
         model_s3_uri=upload(args.out, args.bucket, key),
         image_uri=args.image_uri,
         role_arn=args.role_arn,
         instance_type=args.instance_type,
-        output_s3_uri=f"s3://{args.bucket}/inference-output/",
-        failure_s3_uri=f"s3://{args.bucket}/inference-failures/",
+        output_s3_uri=f"s3://{args.bucket}/{INFERENCE_OUTPUT_PREFIX}",
+        # The prefix the stack's IAM grants cover (was "inference-failures/": denied).
+        failure_s3_uri=f"s3://{args.bucket}/{INFERENCE_FAILURE_PREFIX}",
         success_topic_arn=args.success_topic_arn,
         error_topic_arn=args.error_topic_arn,
         kms_key_arn=args.kms_key_arn,

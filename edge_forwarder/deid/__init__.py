@@ -1,16 +1,15 @@
 """PS3.15 Annex E de-identification of DICOM instances, driven by the shipped Table E.1-1."""
 
 from edge_forwarder.deid.engine import (
-    BURNED_IN_RISK_SOP_CLASSES,
     Deidentifier,
     DeidError,
     DeidOptions,
     DeidResult,
-    OriginalIdentifiers,
     PseudoIdentifiers,
     QuarantineReason,
 )
 from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions, table_rows
+from imaging_ai.dicom_policy import BURNED_IN_RISK_SOP_CLASSES
 
 __all__ = [
     "BURNED_IN_RISK_SOP_CLASSES",
@@ -20,7 +19,6 @@ __all__ = [
     "DeidOptions",
     "DeidResult",
     "Deidentifier",
-    "OriginalIdentifiers",
     "PseudoIdentifiers",
     "QuarantineReason",
     "resolve_actions",

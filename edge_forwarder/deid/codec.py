@@ -180,11 +180,17 @@ SEQUENCE_DELIMITER = _U16.pack(0xFFFE, 0xE0DD) + _U32.pack(0)
 
 
 def read_file_meta(buf: memoryview) -> tuple[dict[int, bytes], int]:
-    """Values of the group 0002 elements after the preamble, and where the data set starts.
+    """Values of the file meta elements after the preamble, and where the data set starts.
 
-    The group is always explicit VR little endian; the peek at each group number keeps the
-    walk from parsing the first data set element with the wrong VR rules.
+    The group is always explicit VR little endian. Its group length (0002,0000) bounds it
+    when it agrees with the elements: group 0002 elements after that point belong to the
+    data set body (they are misplaced there, and de-identification drops them), so they can
+    neither override the transfer syntax nor be parsed with the wrong VR rules. Without a
+    usable group length, a peek at each group number finds the end.
     """
+    bounded = _bounded_file_meta(buf)
+    if bounded is not None:
+        return bounded
     meta: dict[int, bytes] = {}
     pos = 132
     while pos + 4 <= len(buf) and _U16.unpack_from(buf, pos)[0] == 0x0002:
@@ -192,6 +198,26 @@ def read_file_meta(buf: memoryview) -> tuple[dict[int, bytes], int]:
         end = value_start + length
         if length == UNDEFINED_LENGTH or end > len(buf):
             raise CodecError("malformed file meta information")
-        meta[tag] = bytes(buf[value_start:end])
+        meta.setdefault(tag, bytes(buf[value_start:end]))
         pos = end
     return meta, pos
+
+
+def _bounded_file_meta(buf: memoryview) -> tuple[dict[int, bytes], int] | None:
+    if len(buf) < 144 or bytes(buf[132:138]) != b"\x02\x00\x00\x00UL":
+        return None
+    if _SHORT_LEN.unpack_from(buf, 138)[0] != 4:
+        return None
+    meta_end = 144 + _U32.unpack_from(buf, 140)[0]
+    if meta_end > len(buf):
+        return None
+    meta: dict[int, bytes] = {}
+    pos = 144
+    while pos < meta_end:
+        tag, _, length, value_start = _header(buf, pos, meta_end, False)
+        end = value_start + length
+        if tag >> 16 != 0x0002 or length == UNDEFINED_LENGTH or end > meta_end:
+            return None
+        meta[tag] = bytes(buf[value_start:end])
+        pos = end
+    return meta, meta_end

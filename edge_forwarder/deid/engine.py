@@ -6,16 +6,15 @@ import base64
 import hashlib
 import hmac
 import io
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import StrEnum
 from typing import Final
 
 import pydicom
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels.utils import pack_bits
 from pydicom.uid import ExplicitVRLittleEndian
 
 from edge_forwarder.deid.codec import (
@@ -23,6 +22,7 @@ from edge_forwarder.deid.codec import (
     ITEM_START_UNDEFINED,
     SEQUENCE_DELIMITER,
     TEXT_VRS,
+    UNDEFINED_LENGTH,
     CodecError,
     Element,
     encode_element,
@@ -32,27 +32,21 @@ from edge_forwarder.deid.codec import (
     sequence_header,
 )
 from edge_forwarder.deid.table import TABLE_EDITION, Action, resolve_actions
+from edge_forwarder.deid.vocabulary import REPLACEMENT, vocabulary
+from edge_forwarder.identity import StudyIdentity
+from imaging_ai.dicom_policy import (
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NEEDS_FULL_DECODE,
+    REQUIRED_ATTRIBUTES,
+    BurnedInRisk,
+    burned_in_risk,
+)
 from imaging_ai.errors import PipelineError
 
+_ITEM_TAG: Final = b"\xfe\xff\x00\xe0"  # (FFFE,E000) little endian
+_SEQ_END_TAG: Final = b"\xfe\xff\xdd\xe0"  # (FFFE,E0DD): an empty undefined-length sequence
 IMPLEMENTATION_CLASS_UID: Final = "1.2.826.0.1.3680043.10.1445.1"  # this project's root, see README
 IMPLEMENTATION_VERSION_NAME: Final = b"IMAGING_AI_01"
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
-_NEEDS_FULL_DECODE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})  # deflate, BE
-
-# SOP classes whose pixels often carry burned-in text: secondary capture and ultrasound.
-BURNED_IN_RISK_SOP_CLASSES: Final = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.7",
-        "1.2.840.10008.5.1.4.1.1.7.1",
-        "1.2.840.10008.5.1.4.1.1.7.2",
-        "1.2.840.10008.5.1.4.1.1.7.3",
-        "1.2.840.10008.5.1.4.1.1.7.4",
-        "1.2.840.10008.5.1.4.1.1.6.1",
-        "1.2.840.10008.5.1.4.1.1.6.2",
-        "1.2.840.10008.5.1.4.1.1.3.1",
-    }
-)
-
 # Tags read while rewriting (originals for the crosswalk, and context for the rules).
 T_SPECIFIC_CHARSET = 0x00080005
 T_SOP_CLASS = 0x00080016
@@ -83,7 +77,7 @@ _LONGITUDINAL_MODIFIED = 0x00280303
 _ADDED_TAGS = frozenset(
     {_PATIENT_IDENTITY_REMOVED, _DEID_METHOD, _DEID_METHOD_CODES, _LONGITUDINAL_MODIFIED}
 )
-# Values read before the rewrite: the patient ID keys the date shift; the rest feed Clean.
+# Identifiers the crosswalk keeps (on the edge only) besides the UIDs.
 _PRESCAN_TAGS = frozenset(
     {
         T_ACCESSION,
@@ -109,12 +103,7 @@ _ORIGINAL_TAGS = _PRESCAN_TAGS | {
     T_FRAME_OF_REFERENCE,
     T_BURNED_IN,
 }
-_REQUIRED = (
-    (T_SOP_CLASS, "SOPClassUID"),
-    (T_SOP_INSTANCE, "SOPInstanceUID"),
-    (T_STUDY_UID, "StudyInstanceUID"),
-    (T_SERIES_UID, "SeriesInstanceUID"),
-)
+_REQUIRED = tuple((int(tag_for_keyword(k) or 0), k) for k in REQUIRED_ATTRIBUTES)
 
 _DUMMY_TEXT: dict[bytes, bytes] = {
     b"AE": b"ANONYMOUS",
@@ -138,7 +127,8 @@ _BINARY_WIDTH = {
     b"SV": 8,
     b"UV": 8,
 }
-_DIGIT_RUN = re.compile(rb"\d{5,}|\d{3}[-. ]\d{4}")
+# VRs whose value may hold several values separated by a backslash (LT, ST, UT may not).
+_MULTI_VALUED_TEXT = frozenset({b"AE", b"CS", b"LO", b"PN", b"SH", b"UC"})
 
 
 class QuarantineReason(StrEnum):
@@ -169,7 +159,10 @@ class DeidOptions:
     retain_longitudinal_temporal_modified_dates: bool = True  # consistent per-patient shift
     retain_patient_characteristics: bool = True
     retain_device_identity: bool = False
-    clean_descriptors: bool = True
+    # Opt-in: without it the Basic Profile removes (or dummies) every descriptor, comment,
+    # history, protocol and reason attribute; with it they are cleaned by the allow-list
+    # vocabulary (edge_forwarder/deid/vocabulary.py), never kept as sent.
+    clean_descriptors: bool = False
     retain_safe_private: bool = False
     safe_private_allow_list: tuple[tuple[str, int], ...] = ()  # (private creator, element)
     retain_institution_identity: bool = False
@@ -215,23 +208,6 @@ class DeidOptions:
 
 
 @dataclass(frozen=True)
-class OriginalIdentifiers:
-    """What the crosswalk needs to put an instance back: PHI, kept on the edge only."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    frame_of_reference_uid: str | None
-    patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
-    accession_number: str
-    study_date: str
-    study_time: str
-
-
-@dataclass(frozen=True)
 class PseudoIdentifiers:
     study_instance_uid: str
     series_instance_uid: str
@@ -246,7 +222,7 @@ class PseudoIdentifiers:
 @dataclass(frozen=True)
 class DeidResult:
     dataset_bytes: bytes  # the de-identified DICOM Part 10 file
-    original: OriginalIdentifiers
+    identity: StudyIdentity  # what the crosswalk keeps to put this instance back (PHI)
     pseudo: PseudoIdentifiers
     sop_class_uid: str
     modality: str
@@ -262,7 +238,6 @@ class _Context:
     implicit: bool
     encodings: list[str]
     shift_days: int
-    scrub_tokens: list[bytes]
     patient_id: str = ""
     originals: dict[int, bytes] = field(default_factory=dict)
 
@@ -370,7 +345,7 @@ class Deidentifier:
         transfer_syntax = _text(meta.get(T_TRANSFER_SYNTAX, b""))
         if not transfer_syntax:
             raise DeidError(QuarantineReason.UNDECODABLE, "file meta has no TransferSyntaxUID")
-        if transfer_syntax in _NEEDS_FULL_DECODE:
+        if transfer_syntax in NEEDS_FULL_DECODE:
             # Deflated and big endian data sets are re-encoded losslessly as explicit little
             # endian; every other syntax (compressed ones included) passes through as sent.
             return self._deidentify_bytes(_reencode(part10))
@@ -382,7 +357,6 @@ class Deidentifier:
             implicit=implicit,
             encodings=_encodings(prescan.get(T_SPECIFIC_CHARSET, b"")),
             shift_days=self.date_shift_days(patient_id),
-            scrub_tokens=_scrub_tokens(prescan),
             patient_id=patient_id,
         )
         body = self._rewrite(buf, pos, len(buf), ctx, top_level=True)
@@ -393,40 +367,45 @@ class Deidentifier:
         sop_class = _text(originals[T_SOP_CLASS])
         self._check_burned_in(sop_class, _text(originals.get(T_BURNED_IN, b"")))
 
-        original = OriginalIdentifiers(
-            study_instance_uid=_text(originals[T_STUDY_UID]),
-            series_instance_uid=_text(originals[T_SERIES_UID]),
-            sop_instance_uid=_text(originals[T_SOP_INSTANCE]),
-            frame_of_reference_uid=_text(originals.get(T_FRAME_OF_REFERENCE, b"")) or None,
+        study_uid = _text(originals[T_STUDY_UID])
+        series_uid = _text(originals[T_SERIES_UID])
+        sop_uid = _text(originals[T_SOP_INSTANCE])
+        frame_uid = _text(originals.get(T_FRAME_OF_REFERENCE, b""))
+        study_date = _text(originals.get(T_STUDY_DATE, b""))
+        pseudo = PseudoIdentifiers(
+            study_instance_uid=self.pseudo_uid(study_uid),
+            series_instance_uid=self.pseudo_uid(series_uid),
+            sop_instance_uid=self.pseudo_uid(sop_uid),
+            frame_of_reference_uid=self.pseudo_uid(frame_uid) if frame_uid else None,
+            patient_id=self.pseudo_patient_id(patient_id),
+            patient_name=self.pseudo_patient_name(patient_id),
+            date_shift_days=ctx.shift_days,
+            study_date=_shift_dates(study_date.encode(), ctx.shift_days).decode()
+            if self.options.retain_longitudinal_temporal_modified_dates
+            else "",
+        )
+        identity = StudyIdentity(
+            pseudo_study_uid=pseudo.study_instance_uid,
+            study_instance_uid=study_uid,
+            pseudo_patient_id=pseudo.patient_id,
             patient_id=patient_id,
             patient_name=_decode_person_name(originals.get(T_PATIENT_NAME, b""), ctx.encodings),
             patient_birth_date=_text(originals.get(T_BIRTH_DATE, b"")),
             patient_sex=_text(originals.get(T_SEX, b"")),
             accession_number=_text(originals.get(T_ACCESSION, b"")),
-            study_date=_text(originals.get(T_STUDY_DATE, b"")),
+            study_date=study_date,
             study_time=_text(originals.get(T_STUDY_TIME, b"")),
-        )
-        pseudo_patient = self.pseudo_patient_id(patient_id)
-        pseudo = PseudoIdentifiers(
-            study_instance_uid=self.pseudo_uid(original.study_instance_uid),
-            series_instance_uid=self.pseudo_uid(original.series_instance_uid),
-            sop_instance_uid=self.pseudo_uid(original.sop_instance_uid),
-            frame_of_reference_uid=(
-                self.pseudo_uid(original.frame_of_reference_uid)
-                if original.frame_of_reference_uid
-                else None
-            ),
-            patient_id=pseudo_patient,
-            patient_name=self.pseudo_patient_name(patient_id),
             date_shift_days=ctx.shift_days,
-            study_date=_shift_dates(original.study_date.encode(), ctx.shift_days).decode()
-            if self.options.retain_longitudinal_temporal_modified_dates
-            else "",
+            series={pseudo.series_instance_uid: series_uid},
+            frames_of_reference={pseudo.frame_of_reference_uid: frame_uid}
+            if pseudo.frame_of_reference_uid
+            else {},
+            instances={pseudo.sop_instance_uid: sop_uid},
         )
         header = self._file_meta(meta, sop_class, pseudo.sop_instance_uid, transfer_syntax)
         return DeidResult(
             dataset_bytes=header + b"".join(body),
-            original=original,
+            identity=identity,
             pseudo=pseudo,
             sop_class_uid=sop_class,
             modality=_text(originals.get(T_MODALITY, b"")),
@@ -437,29 +416,37 @@ class Deidentifier:
     def _check_burned_in(self, sop_class: str, burned_in: str) -> None:
         if not self.options.quarantine_burned_in:
             return
-        allowed = sop_class in self.options.allowed_burned_in_risk_sop_classes
-        if burned_in.upper() == "YES" and not allowed:
+        allowed = frozenset(self.options.allowed_burned_in_risk_sop_classes)
+        risk = burned_in_risk(sop_class, burned_in, allowed)
+        if risk is BurnedInRisk.ANNOTATION:
             raise DeidError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
-        if sop_class in BURNED_IN_RISK_SOP_CLASSES and not allowed:
+        if risk is BurnedInRisk.RISK_SOP_CLASS:
             raise DeidError(QuarantineReason.BURNED_IN_RISK_SOP_CLASS, "SOPClassUID")
 
     def _rewrite(
         self, buf: memoryview, start: int, end: int, ctx: _Context, top_level: bool
     ) -> list[bytes | memoryview]:
         out: list[bytes | memoryview] = []
+        # Private creators are scoped to one data set: an item's block reservations must not
+        # decide what the enclosing data set keeps.
+        creators: dict[int, str] = {}
         for element in iter_elements(buf, start, end, ctx.implicit):
             tag = element.tag
+            group = tag >> 16
             if top_level:
                 if tag in _ORIGINAL_TAGS:
                     ctx.originals[tag] = bytes(buf[element.value_start : element.end])
                 if tag in _ADDED_TAGS:
                     continue
-            group = tag >> 16
             if group & 1:
-                piece: bytes | memoryview | None = self._private(buf, element, ctx)
-            elif tag & 0xFFFF == 0 or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
-                # Group lengths are retired; curves and overlays may carry drawn-in identifiers.
+                piece: bytes | memoryview | None = self._private(buf, element, ctx, creators)
+            elif group in (0x0000, 0x0002, 0xFFFC, 0xFFFE) or tag & 0xFFFF == 0:
+                # Command and file meta elements have no place in a data set body (whatever
+                # they say, e.g. a source AE title, stays behind); trailing padding and stray
+                # items carry no attribute, only bytes; group lengths are retired.
                 piece = None
+            elif 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+                piece = None  # curves and overlays may carry drawn-in identifiers
             else:
                 piece = self._apply(buf, element, ctx)
             if piece is not None:
@@ -515,30 +502,27 @@ class Deidentifier:
             encoded[implicit] = parts
         return encoded
 
-    def _private(self, buf: memoryview, element: Element, ctx: _Context) -> memoryview | None:
+    def _private(
+        self, buf: memoryview, element: Element, ctx: _Context, creators: dict[int, str]
+    ) -> bytes | memoryview | None:
         if not self.options.retain_safe_private or not self._safe_private:
             return None
         tag = element.tag
         low = tag & 0xFFFF
         if 0x0010 <= low <= 0x00FF:
             creator = _text(bytes(buf[element.value_start : element.end])).strip().upper()
-            ctx.originals[tag] = creator.encode()
+            creators[tag] = creator
             return buf[element.start : element.end] if creator in self._safe_creators else None
         if low < 0x1000:
             return None
-        creator_tag = (tag & 0xFFFF0000) | (low >> 8)
-        creator = ctx.originals.get(creator_tag, b"").decode("ascii", "replace")
-        if (creator, low & 0xFF) in self._safe_private:
-            return buf[element.start : element.end]
-        return None
-
-    def _vr(self, element: Element) -> bytes:
-        if element.vr is not None:
-            return element.vr
-        try:
-            return dictionary_VR(element.tag).split(" ")[0].encode("ascii")
-        except KeyError:
-            return b"UN"
+        creator = creators.get((tag & 0xFFFF0000) | (low >> 8), "")
+        if (creator, low & 0xFF) not in self._safe_private:
+            return None
+        if element.vr == b"SQ" or _may_be_sequence(buf, element):
+            # A retained private sequence is walked like any other: the allow-list vouches
+            # for the attribute, not for whatever a vendor nested inside it.
+            return self._sequence(buf, element, ctx, element.vr or b"UN")
+        return buf[element.start : element.end]
 
     def _apply(self, buf: memoryview, element: Element, ctx: _Context) -> bytes | memoryview | None:
         tag = element.tag
@@ -554,44 +538,63 @@ class Deidentifier:
             else:
                 pseudo = self.pseudo_patient_id(text).encode("ascii")
             return encode_element(tag, vr, pseudo, ctx.implicit)
-        vr = self._vr(element)
+        declared = element.vr if element.vr is not None else _dictionary_vr(tag)
+        # A value of unknown representation (explicit UN, or a tag the dictionary does not
+        # know in an implicit data set) is never copied as sent: it is read as the dictionary
+        # says, or as a sequence (PS3.5 6.2.2), or dropped.
+        hidden = declared is None or declared == b"UN"
+        vr = (_dictionary_vr(tag) if hidden else declared) or b"UN"
+        if not hidden and vr != b"SQ" and _dictionary_vr(tag) == b"SQ":
+            return None  # a sequence declared as OB, LT...: its items cannot be walked safely
+        if hidden and vr == b"UN":
+            if action is Action.REMOVE or not _may_be_sequence(buf, element):
+                return None
+            return self._sequence(buf, element, ctx, b"UN")
+        # How a sequence is written back: sent as UN, its items stay implicit VR inside UN.
+        sequence_vr = b"UN" if element.vr == b"UN" else b"SQ"
         if action is None or action is Action.KEEP:
-            if vr == b"SQ" or (element.vr == b"UN" and element.length == 0xFFFFFFFF):
-                return self._sequence(buf, element, ctx, vr)
+            if vr == b"SQ" or (element.vr == b"UN" and element.length == UNDEFINED_LENGTH):
+                return self._sequence(buf, element, ctx, sequence_vr)
+            if hidden:
+                return _encode_or_drop(tag, vr, bytes(buf[element.value_start : element.end]), ctx)
             return buf[element.start : element.end]
         if action is Action.REMOVE:
             return None
         if vr == b"SQ":
             if action in (Action.CLEAN, Action.REMAP_UID):
-                return self._sequence(buf, element, ctx, vr)
+                return self._sequence(buf, element, ctx, sequence_vr)
             # Z, and D: an empty sequence; a dummy item could only repeat attribute names.
-            return sequence_header(tag, vr, ctx.implicit, 0)
+            return sequence_header(tag, sequence_vr, ctx.implicit, 0)
         value = bytes(buf[element.value_start : element.end])
         if action is Action.EMPTY:
             return encode_element(tag, vr, b"", ctx.implicit)
         if action is Action.REMAP_UID or (action is Action.DUMMY and vr == b"UI"):
-            return encode_element(tag, vr, self._remap_uids(value), ctx.implicit)
+            return _encode_or_drop(tag, vr, self._remap_uids(value), ctx)
         if action is Action.DUMMY:
             return encode_element(tag, vr, _dummy(vr), ctx.implicit)
         return self._clean(tag, vr, value, ctx)
 
     def _clean(self, tag: int, vr: bytes, value: bytes, ctx: _Context) -> bytes | None:
         if vr == b"DA" or vr == b"DT":
-            return encode_element(tag, vr, _shift_dates(value, ctx.shift_days), ctx.implicit)
+            return encode_element(tag, vr, _shift_dates(value, ctx.shift_days, vr), ctx.implicit)
         if vr == b"TM":
             return encode_element(tag, vr, value, ctx.implicit)
         if vr == b"AE":
             return encode_element(tag, vr, _dummy(vr), ctx.implicit)
         if vr in TEXT_VRS:
-            return encode_element(tag, vr, _scrub(value, ctx.scrub_tokens), ctx.implicit)
+            cleaned = _clean_descriptor(value, vr, ctx.encodings)
+            return _encode_or_drop(tag, vr, cleaned, ctx)
         return encode_element(tag, vr, _dummy(vr), ctx.implicit)
 
     def _remap_uids(self, value: bytes) -> bytes:
         uids = [_text(part) for part in value.split(b"\\")]
         return "\\".join(self.pseudo_uid(uid) if uid else "" for uid in uids).encode("ascii")
 
-    def _sequence(self, buf: memoryview, element: Element, ctx: _Context, vr: bytes) -> bytes:
-        # Undefined-length UN is an implicit VR sequence whatever the data set's syntax.
+    def _sequence(
+        self, buf: memoryview, element: Element, ctx: _Context, vr: bytes
+    ) -> bytes | None:
+        """Rewrite every item; a UN value that does not parse as items is dropped."""
+        # UN holds an implicit VR little endian sequence whatever the data set's syntax.
         implicit_items = ctx.implicit or element.vr == b"UN"
         item_ctx = (
             ctx
@@ -600,15 +603,19 @@ class Deidentifier:
                 implicit=True,
                 encodings=ctx.encodings,
                 shift_days=ctx.shift_days,
-                scrub_tokens=ctx.scrub_tokens,
                 patient_id=ctx.patient_id,
             )
         )
         parts = [sequence_header(element.tag, vr, ctx.implicit)]
-        for start, end in iter_items(buf, element, implicit_items):
-            parts.append(ITEM_START_UNDEFINED)
-            parts.extend(bytes(p) for p in self._rewrite(buf, start, end, item_ctx, False))
-            parts.append(ITEM_DELIMITER)
+        try:
+            for start, end in iter_items(buf, element, implicit_items):
+                parts.append(ITEM_START_UNDEFINED)
+                parts.extend(bytes(p) for p in self._rewrite(buf, start, end, item_ctx, False))
+                parts.append(ITEM_DELIMITER)
+        except CodecError:
+            if vr == b"UN":
+                return None  # it was not a sequence after all, and cannot be read as anything
+            raise
         parts.append(SEQUENCE_DELIMITER)
         return b"".join(parts)
 
@@ -634,12 +641,13 @@ def _piece_tag(piece: bytes | memoryview) -> int:
 
 
 def _prescan(buf: memoryview, pos: int, implicit: bool) -> dict[int, bytes]:
-    """Read the few values needed before rewriting (they precede group 0x0011)."""
+    """Read what the rewrite needs first: the patient ID (it keys the date shift) and the
+    character set (Clean Descriptors decodes with it); both precede group 0x0011."""
     found: dict[int, bytes] = {}
     for element in iter_elements(buf, pos, len(buf), implicit):
-        if element.tag > T_BIRTH_DATE:
+        if element.tag > T_PATIENT_ID:
             break
-        if element.tag in _PRESCAN_TAGS or element.tag == T_SPECIFIC_CHARSET:
+        if element.tag in (T_PATIENT_ID, T_SPECIFIC_CHARSET):
             found[element.tag] = bytes(buf[element.value_start : element.end])
     return found
 
@@ -658,33 +666,55 @@ def _decode_person_name(value: bytes, encodings: list[str]) -> str:
         return value.rstrip(b"\x00 ").decode("latin-1")
 
 
-def _scrub_tokens(prescan: dict[int, bytes]) -> list[bytes]:
-    """Identifying strings that Clean removes from descriptors of the same instance."""
-    tokens: set[bytes] = set()
-    for tag in _PRESCAN_TAGS:
-        value = prescan.get(tag, b"").rstrip(b"\x00 ")
-        if not value:
-            continue
-        tokens.add(value.upper())
-        for part in re.split(rb"[\^=\\ ,]+", value):
-            if len(part) >= 3:
-                tokens.add(part.upper())
-    return sorted(tokens, key=len, reverse=True)
+def _dictionary_vr(tag: int) -> bytes | None:
+    """The data dictionary's VR of a standard tag (the first of "US or SS"), None if unknown."""
+    try:
+        return dictionary_VR(tag).split(" ")[0].encode("ascii")
+    except KeyError:
+        return None
 
 
-def _scrub(value: bytes, tokens: Iterable[bytes]) -> bytes:
-    """Clean a descriptor: drop this instance's identifiers and long numbers, keep the rest."""
-    if any(byte >= 0x80 for byte in value):
-        return b"CLEANED"  # a multi-byte character set cannot be scrubbed token by token
-    cleaned = value.rstrip(b"\x00 ")
-    upper = cleaned.upper()
-    for token in tokens:
-        index = upper.find(token)
-        while index >= 0:
-            cleaned = cleaned[:index] + b"*" * len(token) + cleaned[index + len(token) :]
-            upper = cleaned.upper()
-            index = upper.find(token)
-    return _DIGIT_RUN.sub(lambda m: b"*" * len(m.group(0)), cleaned)
+def _may_be_sequence(buf: memoryview, element: Element) -> bool:
+    """Whether a value of unknown representation opens like an implicit VR sequence."""
+    if element.length == UNDEFINED_LENGTH:
+        return True
+    start = element.value_start
+    return element.length >= 8 and bytes(buf[start : start + 4]) in (_ITEM_TAG, _SEQ_END_TAG)
+
+
+def _encode_or_drop(tag: int, vr: bytes, value: bytes, ctx: _Context) -> bytes | None:
+    """Encode under `vr`; a value that cannot take that VR's form is dropped, not passed on."""
+    try:
+        return encode_element(tag, vr, value, ctx.implicit)
+    except CodecError:
+        return None
+
+
+def _clean_descriptor(value: bytes, vr: bytes, encodings: list[str]) -> bytes:
+    """Clean Descriptors by the allow-list: only vocabulary terms and numbers with units stay.
+
+    It never relies on finding the patient's identifiers elsewhere in the header: a name, a
+    phone number or an MRN that appears only here is not a vocabulary term, so it is replaced.
+    """
+    raw = value.rstrip(b"\x00 ")
+    if not raw:
+        return b""
+    if any(byte >= 0x80 or byte == 0x1B for byte in raw):
+        try:
+            text = str(pydicom.charset.decode_bytes(raw, encodings, set()))
+        except (LookupError, ValueError):
+            return REPLACEMENT.encode("ascii")
+        if "\x1b" in text:
+            return REPLACEMENT.encode("ascii")  # an escape sequence we could not interpret
+    else:
+        text = raw.decode("ascii")
+    words = vocabulary()
+    values = text.split("\\") if vr in _MULTI_VALUED_TEXT else [text.replace("\\", " ")]
+    cleaned = [words.clean(part) for part in values]
+    if vr == b"CS" and any(REPLACEMENT in part for part in cleaned):
+        return _dummy(vr)  # "*" is not a CS character
+    # Kept tokens are vocabulary words, hence ASCII, valid in every character set.
+    return "\\".join(cleaned).encode("ascii")
 
 
 def _shift_one(value: bytes, days: int) -> bytes:
@@ -695,11 +725,38 @@ def _shift_one(value: bytes, days: int) -> bytes:
     return (shifted.strftime("%Y%m%d") + text[8:]).encode("ascii")
 
 
-def _shift_dates(value: bytes, days: int) -> bytes:
+def _date_bounds(part: bytes, vr: bytes) -> list[bytes]:
+    """Split one DA/DT value into its range bounds (one bound when it is not a range).
+
+    A DT may end in a UTC offset "-HHMM", which is not a range separator: a 4-digit piece
+    after a full date that reads as a valid offset stays with the DT before it.
+    """
+    if vr != b"DT":
+        return part.split(b"-", 1) if len(part) > 14 or part.count(b"-") else [part]
+    bounds: list[bytes] = []
+    for piece in part.split(b"-"):
+        is_offset = (
+            bounds
+            and len(bounds[-1]) > 4
+            and b"+" not in bounds[-1]
+            and b"-" not in bounds[-1]
+            and len(piece) == 4
+            and piece.isdigit()
+            and int(piece[:2]) <= 14
+            and piece[2:] in (b"00", b"15", b"30", b"45")
+        )
+        if is_offset:
+            bounds[-1] += b"-" + piece
+        else:
+            bounds.append(piece)
+    return bounds
+
+
+def _shift_dates(value: bytes, days: int, vr: bytes = b"DA") -> bytes:
     """Shift every date of a DA/DT value (multi-valued and ranges too) by `days`."""
     out = []
     for part in value.rstrip(b"\x00 ").split(b"\\"):
-        bounds = part.split(b"-", 1) if len(part) > 14 or part.count(b"-") else [part]
+        bounds = _date_bounds(part, vr)
         out.append(b"-".join(_shift_one(p, days) if p else b"" for p in bounds))
     return b"\\".join(out)
 
@@ -718,6 +775,10 @@ def _reencode(part10: bytes) -> bytes:
     """Decode with pydicom and re-encode as explicit VR little endian Part 10."""
     try:
         ds = pydicom.dcmread(io.BytesIO(part10), force=True)
+        if ds.original_encoding[1] is False and "PixelData" in ds:
+            # Read big endian: pydicom converts every value but the pixel data, which must
+            # be decoded in the source byte order before the transfer syntax changes.
+            _pixels_to_little_endian(ds)
         meta = FileMetaDataset(getattr(ds, "file_meta", FileMetaDataset()))
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if "SOPClassUID" in ds:
@@ -728,7 +789,8 @@ def _reencode(part10: bytes) -> bytes:
         if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
             raise DeidError(QuarantineReason.UNDECODABLE, "compressed pixel data needs Part 10")
         out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        # dcmwrite, unlike save_as, may change the byte order of a data set read big endian.
+        pydicom.dcmwrite(out, ds, enforce_file_format=True)
     except DeidError:
         raise
     except Exception as exc:
@@ -737,3 +799,24 @@ def _reencode(part10: bytes) -> bytes:
     if data[128:132] != b"DICM":
         raise DeidError(QuarantineReason.UNDECODABLE, "not a DICOM data set")
     return data
+
+
+def _pixels_to_little_endian(ds: Dataset) -> None:
+    """Replace the native pixel data of a data set read big endian by its little endian form."""
+    if ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian).is_compressed:
+        raise DeidError(QuarantineReason.UNDECODABLE, "compressed big endian pixel data")
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        raise DeidError(QuarantineReason.UNDECODABLE, "big endian pixel data") from exc
+    if bits == 1:
+        data = pack_bits(pixels)
+    elif pixels.dtype.itemsize * 8 == bits:
+        data = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False).tobytes()
+        if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+            ds.PlanarConfiguration = 0  # pixel_array returns the samples interleaved
+    else:
+        raise DeidError(QuarantineReason.UNDECODABLE, "big endian pixel data")
+    ds.PixelData = data
+    ds["PixelData"].VR = "OB" if bits <= 8 else "OW"

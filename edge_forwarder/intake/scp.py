@@ -15,12 +15,20 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from edge_forwarder.deid import BURNED_IN_RISK_SOP_CLASSES
 from edge_forwarder.deid.codec import iter_elements
 from edge_forwarder.intake.journal import Journal
 from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import Spool
+from imaging_ai.dicom_policy import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    BURNED_IN_RISK_SOP_CLASSES,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    NEEDS_FULL_DECODE,
+    REQUIRED_ATTRIBUTES,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    burned_in_risk,
+)
 from imaging_ai.logs import get_logger
 
 # Keyword fields, as the forwarder logs: its JSON formatter prints the allow-listed ones.
@@ -49,28 +57,6 @@ STORAGE_CLASSES = (
     *sorted(BURNED_IN_RISK_SOP_CLASSES),
 )
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
-# Stored as sent: the edge never transcodes (PS3.5 syntaxes in common use).
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
-    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
-    "1.2.840.10008.1.2.4.203",  # HTJ2K
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-]
-_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-_NOT_WALKABLE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
-_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @dataclass(frozen=True)
@@ -106,9 +92,9 @@ class Intake:
         self.spool = Spool(settings.spool_dir)
         self.journal = Journal(settings.spool_dir / "journal.sqlite3")
         self._attributes = rule_attributes([*settings.routing, *settings.expected_series])
-        self._allowed_risky = {
+        self._allowed_risky = frozenset(
             uid for rule in settings.routing for uid in rule.allow_burned_in_risk_sop_classes
-        }
+        )
         self._server: ThreadedAssociationServer | None = None
         self._ae = self._make_ae()
 
@@ -126,7 +112,7 @@ class Intake:
             ae.require_calling_aet = list(s.allowed_calling_aets)
         ae.add_supported_context(Verification)
         for uid in STORAGE_CLASSES:
-            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+            ae.add_supported_context(uid, list(ACCEPTED_TRANSFER_SYNTAXES))
         return ae
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -195,7 +181,7 @@ class Intake:
             raise _Refused(STATUS_OUT_OF_RESOURCES, "instance_too_large")
         data = event.encoded_dataset()
         header, pixel_length = _read_header(data)
-        for keyword in _REQUIRED:
+        for keyword in REQUIRED_ATTRIBUTES:
             try:
                 present = bool(str(header.get(keyword, "") or ""))
             except Exception as exc:  # a value that does not decode
@@ -227,12 +213,12 @@ class Intake:
         return STATUS_SUCCESS
 
     def _quarantine_reason(self, header: Any, sop_class: str, pixel_tag: bool) -> str | None:
-        if not self.settings.quarantine_burned_in or sop_class in self._allowed_risky:
-            pass
-        elif str(header.get("BurnedInAnnotation", "")).upper() == "YES":
-            return "burned_in_annotation"
-        elif sop_class in BURNED_IN_RISK_SOP_CLASSES:
-            return "burned_in_risk_sop_class"
+        if self.settings.quarantine_burned_in:
+            risk = burned_in_risk(
+                sop_class, str(header.get("BurnedInAnnotation", "")), self._allowed_risky
+            )
+            if risk is not None:
+                return risk.value
         if not pixel_tag and not sop_class.startswith(SR_CLASS_PREFIX):
             return "missing_pixel_data"
         return None
@@ -306,20 +292,24 @@ def _read_header(data: bytes) -> tuple[Any, int | None]:
     try:
         header = pydicom.dcmread(stream, stop_before_pixels=True)
         syntax = str(header.file_meta.TransferSyntaxUID)
-        if syntax in _NOT_WALKABLE:
+        if syntax in NEEDS_FULL_DECODE:
             return header, -1  # the stream is inflated or big endian: pydicom vouched for it
         offset = stream.tell()
         # Walking the remaining element headers catches truncated pixel data without
         # touching the pixel values themselves.
         pixel_length = None
         for element in iter_elements(
-            memoryview(data), offset, len(data), syntax == "1.2.840.10008.1.2"
+            memoryview(data), offset, len(data), syntax == IMPLICIT_VR_LITTLE_ENDIAN
         ):
             if element.tag >> 16 == 0x7FE0:
                 pixel_length = element.length
     except Exception as exc:
         raise _Refused(STATUS_CANNOT_UNDERSTAND, "undecodable_dataset") from exc
-    if pixel_length is not None and syntax in _NATIVE and pixel_length != 0xFFFFFFFF:
+    if (
+        pixel_length is not None
+        and syntax in UNCOMPRESSED_LITTLE_ENDIAN
+        and pixel_length != 0xFFFFFFFF
+    ):
         try:
             frames = int(header.get("NumberOfFrames", 1) or 1)
             expected = (

@@ -6,23 +6,24 @@ import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from edge_forwarder.durable_db import open_durable_db
+from imaging_ai.edge_stage import EdgeStage, check_edge_move
 
-# Stages a study run goes through on the edge, in order; FAILED / DEAD_LETTER end a run.
-STAGES = (
-    "received",
-    "complete",
-    "deidentified",
-    "prepared",
-    "uploaded",
-    "results_received",
-    "reidentified",
-    "delivered_pacs",
-    "delivered_ehr",
-)
+
+class DeliveryTarget(StrEnum):
+    PACS = "pacs"
+    EHR = "ehr"
+
+
+class DeliveryState(StrEnum):
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    DEAD_LETTER = "DEAD_LETTER"
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -77,10 +78,17 @@ class RunRow:
     study_key: str
     run_number: int
     pseudo_study_uid: str
-    stage: str
+    stage: EdgeStage
     reason: str | None
     spool_dir: str | None
     updated_at: str
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> RunRow:
+        run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at = row
+        return cls(
+            run_id, study_key, run_number, pseudo, EdgeStage(stage), reason, spool_dir, updated_at
+        )
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,25 @@ class ObjectRow:
 @dataclass(frozen=True)
 class DeliveryRow:
     run_id: str
-    target: str
-    state: str
+    target: DeliveryTarget
+    state: DeliveryState
     attempts: int
     last_error: str | None
     payload_dir: str | None
     updated_at: str
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> DeliveryRow:
+        run_id, target, state, attempts, last_error, payload_dir, updated_at = row
+        return cls(
+            run_id,
+            DeliveryTarget(target),
+            DeliveryState(state),
+            attempts,
+            last_error,
+            payload_dir,
+            updated_at,
+        )
 
 
 class Journal:
@@ -124,58 +145,84 @@ class Journal:
     # ---- runs and timeline ----------------------------------------------------------------
 
     def open_run(
-        self, run_id: str, study_key: str, run_number: int, pseudo_study_uid: str
+        self,
+        run_id: str,
+        study_key: str,
+        run_number: int,
+        pseudo_study_uid: str,
+        stage: EdgeStage = EdgeStage.RECEIVED,
+        detail: str | None = None,
     ) -> RunRow:
-        self._execute(
-            "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid, stage,"
-            " updated_at) VALUES (?, ?, ?, ?, 'received', ?)",
-            (run_id, study_key, run_number, pseudo_study_uid, _now()),
-        )
+        """Open a run in `stage` (recorded in its timeline); an open run is returned as it is."""
+        now = _now()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                opened = self._db.execute(
+                    "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
+                    " stage, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, study_key, run_number, pseudo_study_uid, stage.value, now),
+                ).rowcount
+                if opened:
+                    self._db.execute(
+                        "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
+                        (run_id, stage.value, detail, now),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         run = self.run(run_id)
         assert run is not None
         return run
 
     def run(self, run_id: str) -> RunRow | None:
         rows = self._execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
-        return RunRow(*rows[0]) if rows else None
+        return RunRow.from_row(rows[0]) if rows else None
 
     def run_for(self, study_key: str, run_number: int) -> RunRow | None:
         rows = self._execute(
             "SELECT * FROM runs WHERE study_key = ? AND run_number = ?", (study_key, run_number)
         )
-        return RunRow(*rows[0]) if rows else None
+        return RunRow.from_row(rows[0]) if rows else None
 
-    def runs(self, stage: str | None = None) -> list[RunRow]:
-        if stage is None:
-            rows = self._execute("SELECT * FROM runs ORDER BY updated_at")
-        else:
-            rows = self._execute("SELECT * FROM runs WHERE stage = ? ORDER BY updated_at", (stage,))
-        return [RunRow(*row) for row in rows]
+    def runs(self, *stages: EdgeStage) -> list[RunRow]:
+        """Every run, or those in one of `stages`, least recently updated first."""
+        rows = self._execute("SELECT * FROM runs ORDER BY updated_at")
+        runs = [RunRow.from_row(row) for row in rows]
+        return [r for r in runs if r.stage in stages] if stages else runs
 
     def runs_of_study(self, pseudo_study_uid: str) -> list[RunRow]:
         rows = self._execute(
             "SELECT * FROM runs WHERE pseudo_study_uid = ? ORDER BY run_number", (pseudo_study_uid,)
         )
-        return [RunRow(*row) for row in rows]
+        return [RunRow.from_row(row) for row in rows]
 
     def set_spool_dir(self, run_id: str, spool_dir: Path) -> None:
         self._execute("UPDATE runs SET spool_dir = ? WHERE run_id = ?", (str(spool_dir), run_id))
 
     def advance(
-        self, run_id: str, stage: str, detail: str | None = None, reason: str | None = None
+        self, run_id: str, stage: EdgeStage, detail: str | None = None, reason: str | None = None
     ) -> None:
-        """Record a stage in the run's timeline and make it the run's current stage."""
+        """Move the run to `stage` and record it in its timeline.
+
+        Raises EdgeStageError where the run's current stage does not allow the move.
+        """
         now = _now()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                (current,) = self._db.execute(
+                    "SELECT stage FROM runs WHERE run_id = ?", (run_id,)
+                ).fetchone()
+                check_edge_move(EdgeStage(current), stage)
                 self._db.execute(
                     "UPDATE runs SET stage = ?, reason = ?, updated_at = ? WHERE run_id = ?",
-                    (stage, reason, now, run_id),
+                    (stage.value, reason, now, run_id),
                 )
                 self._db.execute(
                     "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
-                    (run_id, stage, detail or reason, now),
+                    (run_id, stage.value, detail or reason, now),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -263,8 +310,8 @@ class Journal:
     def set_delivery(
         self,
         run_id: str,
-        target: str,
-        state: str,
+        target: DeliveryTarget,
+        state: DeliveryState,
         *,
         last_error: str | None = None,
         payload_dir: Path | None = None,
@@ -279,8 +326,8 @@ class Journal:
             " updated_at = excluded.updated_at",
             (
                 run_id,
-                target,
-                state,
+                DeliveryTarget(target).value,
+                DeliveryState(state).value,
                 attempts_delta,
                 last_error,
                 str(payload_dir) if payload_dir else None,
@@ -289,12 +336,13 @@ class Journal:
             ),
         )
 
-    def deliveries(self, run_id: str | None = None, state: str | None = None) -> list[DeliveryRow]:
+    def deliveries(
+        self, run_id: str | None = None, state: DeliveryState | None = None
+    ) -> list[DeliveryRow]:
         sql, args = "SELECT * FROM deliveries WHERE 1 = 1", list[Any]()
         if run_id is not None:
             sql, args = sql + " AND run_id = ?", [*args, run_id]
         if state is not None:
-            sql, args = sql + " AND state = ?", [*args, state]
-        return [
-            DeliveryRow(*row) for row in self._execute(sql + " ORDER BY updated_at", tuple(args))
-        ]
+            sql, args = sql + " AND state = ?", [*args, DeliveryState(state).value]
+        rows = self._execute(sql + " ORDER BY updated_at", tuple(args))
+        return [DeliveryRow.from_row(row) for row in rows]

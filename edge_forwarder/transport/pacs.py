@@ -25,6 +25,9 @@ class PacsPeer:
     calling_ae_title: str = "EDGEFWD"
     timeout_s: float = 30.0
 
+    def store(self, objects: list[bytes]) -> list[int]:
+        return store(self, objects)
+
 
 def _association(peer: PacsPeer, datasets: Sequence[Dataset]) -> AE:
     ae = AE(ae_title=peer.calling_ae_title)

@@ -5,53 +5,14 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What re-identification needs from the crosswalk for one study (built on-prem only)."""
-
-    pseudo_study_uid: str
-    original_study_uid: str
-    # pseudonym -> original, for series, frames of reference and instances
-    uid_map: dict[str, str]
-    patient_name: str
-    patient_id: str
-    patient_birth_date: str
-    patient_sex: str
-    accession_number: str
-    pseudo_patient_id: str | None = None
-    pseudo_patient_name: str | None = None
-    pseudo_accession_number: str | None = None
-    study_date: str | None = None
-    study_time: str | None = None
-    extra_pseudonyms: frozenset[str] = field(default_factory=frozenset)
-
-    def pseudonyms(self) -> set[str]:
-        """Every pseudonymous value that must not appear in what goes to PACS or EHR."""
-        values = {self.pseudo_study_uid, *self.uid_map, *self.extra_pseudonyms}
-        for value in (
-            self.pseudo_patient_id,
-            self.pseudo_patient_name,
-            self.pseudo_accession_number,
-        ):
-            if value:
-                values.add(value)
-        return {v for v in values if v and v not in self.originals()}
-
-    def originals(self) -> set[str]:
-        return {self.original_study_uid, *self.uid_map.values()}
-
-    def full_map(self) -> dict[str, str]:
-        return {self.pseudo_study_uid: self.original_study_uid, **self.uid_map}
 
 
 def _local_uid(*parts: str) -> str:
@@ -67,17 +28,14 @@ def _walk(dataset: Dataset) -> Iterator[Dataset]:
                 yield from _walk(item)
 
 
-_PATIENT_MODULE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-
-
-def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
+def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> bytes:
     """Restore original study/series/FoR/instance UIDs and the patient module in an SR or SEG.
 
     The result object gets a new SOP Instance UID (and a new series UID when the cloud made
     a new series) so PACS files it into the original study as a new, derived object.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
-    mapping = identity.full_map()
+    mapping = identity.uid_map()
     own_sop = str(dataset.SOPInstanceUID)
     own_series = str(dataset.SeriesInstanceUID)
     # The result's own UIDs are cloud-made: replace them with local ones, stable per run.
@@ -112,7 +70,7 @@ def reidentify_dicom(part10: bytes, identity: Identity, run_id: str) -> bytes:
     return data
 
 
-def assert_no_pseudonyms_dicom(part10: bytes, identity: Identity) -> None:
+def assert_no_pseudonyms_dicom(part10: bytes, identity: StudyIdentity) -> None:
     """Refuse a dataset where any UI or text value still equals a pseudonym of this study."""
     dataset = pydicom.dcmread(io.BytesIO(part10))
     pseudonyms = identity.pseudonyms()
@@ -144,7 +102,7 @@ def _rewrite_strings(node: Any, mapping: dict[str, str]) -> Any:
 
 def reidentify_bundle(
     bundle: dict[str, Any],
-    identity: Identity,
+    identity: StudyIdentity,
     *,
     patient_identifier_system: str,
     accession_identifier_system: str,
@@ -152,7 +110,7 @@ def reidentify_bundle(
     """Put the original patient, accession and study UID into a FHIR transaction Bundle."""
     if bundle.get("resourceType") != "Bundle":
         raise ReidentificationError("result is not a FHIR Bundle")
-    mapping = identity.full_map()
+    mapping = identity.uid_map()
     if identity.pseudo_patient_id:
         mapping[identity.pseudo_patient_id] = identity.patient_id
     result: dict[str, Any] = _rewrite_strings(copy.deepcopy(bundle), mapping)
@@ -196,7 +154,7 @@ def reidentify_bundle(
             identifiers = [
                 i for i in resource.get("identifier", []) if i.get("system") == "urn:dicom:uid"
             ] or [{"system": "urn:dicom:uid"}]
-            identifiers[0]["value"] = f"urn:oid:{identity.original_study_uid}"
+            identifiers[0]["value"] = f"urn:oid:{identity.study_instance_uid}"
             if identity.accession_number:
                 identifiers.append(
                     {
@@ -221,7 +179,7 @@ def reidentify_bundle(
     return result
 
 
-def assert_no_pseudonyms_json(node: Any, identity: Identity) -> None:
+def assert_no_pseudonyms_json(node: Any, identity: StudyIdentity) -> None:
     pseudonyms = identity.pseudonyms()
 
     def visit(value: Any) -> None:

@@ -11,7 +11,13 @@ from botocore.exceptions import ClientError
 
 from imaging_ai import state
 from imaging_ai.aws import client
-from imaging_ai.contracts import LOCAL_NAMES, MANIFEST_NAME, model_card_key, site_results_queue_name
+from imaging_ai.contracts import (
+    INCOMING_PREFIX,
+    LOCAL_NAMES,
+    MANIFEST_NAME,
+    model_card_key,
+    site_results_queue_name,
+)
 from imaging_ai.model_card import ModelCard
 
 KMS_ALIAS = "alias/imaging-ai-data"
@@ -19,7 +25,7 @@ MANIFEST_RULE_NAME = "imaging-ai-manifest-created"
 MAX_RECEIVE_COUNT = 3
 QUEUE_VISIBILITY_TIMEOUT_S = 60
 # One rule pattern for the local stack and the CDK stack: only a study's commit marker counts.
-MANIFEST_KEY_WILDCARD = f"incoming/*/*/{MANIFEST_NAME}"
+MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}"
 _BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
 

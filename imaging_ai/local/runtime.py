@@ -27,7 +27,8 @@ from typing import Any
 
 from imaging_ai import envelope
 from imaging_ai.aws import Credentials, client, reset_clients
-from imaging_ai.contracts import Stage
+from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREFIX, Stage
+from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 from imaging_ai.local.dispatcher import LocalEventSources, event_sources
@@ -46,7 +47,7 @@ from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_serve
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
 from imaging_ai.local.processes import ManagedProcess, dcmtk_tool, http_ready, tcp_ready
 from imaging_ai.local.provision import LocalResources, provision
-from imaging_ai.local.timeline import Timeline
+from imaging_ai.local.timeline import EDGE_TIMELINE_STAGES, FAILED, Timeline
 from imaging_ai.logs import get_logger
 from imaging_ai.model_card import ModelCard, load_model_card
 from imaging_ai.state import RunStateStore
@@ -58,16 +59,6 @@ DEFAULT_MODEL_DIR = REPO_ROOT / "containers" / "inference" / "model"
 FORWARDER_AE_TITLE = "EDGE_FWD"
 MODALITY_AE_TITLE = "CT_MODALITY"
 
-# Edge log events that are timeline stages (the forwarder prints them as JSON lines).
-_EDGE_STAGES = {
-    "received",
-    "complete",
-    "deidentified",
-    "uploaded",
-    "results_received",
-    "delivered_pacs",
-    "delivered_ehr",
-}
 # Edge events after which the study cannot arrive without someone acting on it.
 _EDGE_FAILURES = {"failed", "dead_letter", "cloud_failed"}
 _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
@@ -177,8 +168,8 @@ class LocalPipeline:
             AsyncEndpointConfig(
                 endpoint_name=self.resources.endpoint_name,
                 inference_url=f"http://127.0.0.1:{inference_port}",
-                s3_output_path=f"s3://{bucket}/inference-output",
-                s3_failure_path=f"s3://{bucket}/inference-failure",
+                s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
+                s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
                 success_topic_arn=self.resources.inference_success_topic_arn,
                 error_topic_arn=self.resources.inference_error_topic_arn,
                 execution_role=self._role(SAGEMAKER_ROLE),
@@ -357,7 +348,9 @@ class LocalPipeline:
             raise PipelineError(f"storescu failed ({result.returncode}): {result.stderr[-500:]}")
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
-        return self.timeline.wait_for(("delivered_pacs", "delivered_ehr"), timeout_s)
+        return self.timeline.wait_for(
+            (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR), timeout_s
+        )
 
     # -- watchers ----------------------------------------------------------------------------
 
@@ -380,12 +373,12 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
-        if event in _EDGE_STAGES:
+        if event in EDGE_TIMELINE_STAGES:
             self.timeline.record(str(event), _detail(entry))
         elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
             if event in _EDGE_FAILURES:
-                self.timeline.record("failed", f"{event}: {entry.get('reason', '')}")
+                self.timeline.record(FAILED, f"{event}: {entry.get('reason', '')}")
 
     def _on_inference_result(self, inference_id: str, status: str) -> None:
         if status == "Completed":
@@ -408,7 +401,7 @@ class LocalPipeline:
                         if stage in run.stage_times:
                             self.timeline.record(name)
                     if run.stage == Stage.FAILED:
-                        self.timeline.record("failed", run.reason or "")
+                        self.timeline.record(FAILED, run.reason or "")
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -7,32 +7,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from imaging_ai.edge_stage import EdgeStage
+
+# The edge stages a user follows (the forwarder logs each under its value as event name).
+EDGE_TIMELINE_STAGES = (
+    EdgeStage.RECEIVED,
+    EdgeStage.COMPLETE,
+    EdgeStage.DEIDENTIFIED,
+    EdgeStage.UPLOADED,
+    EdgeStage.RESULTS_RECEIVED,
+    EdgeStage.DELIVERED_PACS,
+    EdgeStage.DELIVERED_EHR,
+)
+# Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
+CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
+FAILED = "failed"
+
 # The order a user reads; each stage is recorded once, the first time it is seen.
-STAGES = (
-    "received",
-    "complete",
-    "deidentified",
-    "uploaded",
-    "preprocessed",
-    "inferred",
-    "reported",
-    "results_received",
-    "delivered_pacs",
-    "delivered_ehr",
+STAGES: tuple[str, ...] = (
+    *EDGE_TIMELINE_STAGES[:4],
+    *CLOUD_TIMELINE_STEPS,
+    *EDGE_TIMELINE_STAGES[4:],
 )
 
 DESCRIPTIONS = {
-    "received": "first instance stored durably by the edge C-STORE SCP",
-    "complete": "study complete (quiet timer expired), routed to a model",
-    "deidentified": "de-identified on the edge, crosswalk kept on-prem",
-    "uploaded": "encrypted series + manifest (commit marker) in S3",
+    EdgeStage.RECEIVED: "first instance stored durably by the edge C-STORE SCP",
+    EdgeStage.COMPLETE: "study complete (quiet timer expired), routed to a model",
+    EdgeStage.DEIDENTIFIED: "de-identified on the edge, crosswalk kept on-prem",
+    EdgeStage.UPLOADED: "encrypted series + manifest (commit marker) in S3",
     "preprocessed": "Lambda built the model-ready volume and invoked the endpoint",
     "inferred": "inference server segmented and measured (async endpoint)",
     "reported": "Lambda wrote SEG + SR + FHIR Bundle, encrypted, told the site",
-    "results_received": "edge fetched and decrypted the results",
-    "delivered_pacs": "re-identified SR + SEG stored in the PACS",
-    "delivered_ehr": "re-identified FHIR Bundle accepted by the EHR",
-    "failed": "FAILED",
+    EdgeStage.RESULTS_RECEIVED: "edge fetched and decrypted the results",
+    EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
+    EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
+    FAILED: "FAILED",
 }
 
 
@@ -64,12 +73,12 @@ class Timeline:
         """Block until every stage is recorded, or FAILED is, or the time is up."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not all(s in self.events for s in stages) and "failed" not in self.events:
+            while not all(s in self.events for s in stages) and FAILED not in self.events:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(remaining)
-            return "failed" not in self.events
+            return FAILED not in self.events
 
     def durations(self) -> list[tuple[str, float]]:
         """Seconds each stage took since the one recorded before it, in the order they happened."""

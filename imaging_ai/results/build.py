@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from highdicom._standard_utils import (
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
 
 from imaging_ai.contracts import check_run_id
 from imaging_ai.errors import ContractError
@@ -17,6 +22,58 @@ from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.results.fhir import build_bundle
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.results.sr import build_structured_report
+
+# What the SEG and SR copy of the source's Patient and Study IEs: the (pseudonymous) identity
+# and the study keys re-identification restores. highdicom would otherwise copy both IEs whole,
+# so a descriptor, comment or history the profile kept would travel into every result.
+RESULT_PATIENT_STUDY_ATTRIBUTES = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "PatientIdentityRemoved",
+        "DeidentificationMethod",
+        "DeidentificationMethodCodeSequence",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+    }
+)
+
+
+def _patient_study_keywords(sop_class_uid: str) -> frozenset[str]:
+    """Root attributes of the Patient and Study IE modules of one IOD (as highdicom copies)."""
+    iod = get_sop_class_iod_map().get(sop_class_uid)
+    if iod is None:
+        raise ContractError("source SOP class has no IOD definition")
+    attributes = get_module_attribute_map()
+    return frozenset(
+        str(item["keyword"])
+        for module in get_iod_module_map()[iod]
+        if module["ie"] in ("Patient", "Study")
+        for item in attributes[module["key"]]
+        if len(item["path"]) == 0
+    )
+
+
+def result_source_headers(source_headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The source headers as the result builders see them: Patient and Study IEs allow-listed."""
+    dropped = _patient_study_keywords(str(source_headers[0].SOPClassUID))
+    dropped -= RESULT_PATIENT_STUDY_ATTRIBUTES
+    views = []
+    for header in source_headers:
+        view = pydicom.Dataset()
+        for element in header:
+            if element.keyword not in dropped:
+                view.add(element)
+        if hasattr(header, "file_meta"):
+            view.file_meta = header.file_meta
+        views.append(view)
+    return views
 
 
 @dataclass(frozen=True)
@@ -98,6 +155,7 @@ def build_results(
     _check_inputs(source_headers, labels, output, card)
     now = datetime.now(UTC)
     study_uid = str(source_headers[0].StudyInstanceUID)
+    source_headers = result_source_headers(source_headers)
     seg = build_segmentation(source_headers, labels, card, study_uid, run_id)
     if unreported_findings < 0:
         raise ContractError("unreported_findings cannot be negative")

@@ -23,13 +23,16 @@ def test_missing_function_sources_fail_with_a_clear_message(tmp_path: Path) -> N
         )
 
 
-def test_assets_hold_functions_and_library_without_inference_or_local(tmp_path: Path) -> None:
-    # Given a source tree whose library also has inference/ and local/ packages
+def test_assets_hold_functions_and_library_without_inference_local_or_synthetic(
+    tmp_path: Path,
+) -> None:
+    # Given a source tree whose library also has inference/, local/ and synthetic.py
     source = _stub_function_sources(tmp_path / "src")
     for excluded in ("inference", "local"):
         (source / "imaging_ai" / excluded).mkdir()
         (source / "imaging_ai" / excluded / "__init__.py").write_text("")
     (source / "imaging_ai" / "contracts.py").write_text("")
+    (source / "imaging_ai" / "synthetic.py").write_text("")
     # When synth-only assets are built
     built = build_lambda_assets.build_assets(
         source_root=source, out_dir=tmp_path / "out", install_dependencies=False
@@ -41,6 +44,7 @@ def test_assets_hold_functions_and_library_without_inference_or_local(tmp_path: 
         assert (asset / "imaging_ai" / "contracts.py").is_file()
         assert not (asset / "imaging_ai" / "inference").exists()
         assert not (asset / "imaging_ai" / "local").exists()
+        assert not (asset / "imaging_ai" / "synthetic.py").exists()
 
 
 def test_pip_targets_the_lambda_platform(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -74,7 +78,16 @@ def test_copied_names_match_the_runtime_contracts() -> None:
     # The stack may not import runtime code; this test is where the two meet.
     from imaging_ai import contracts, state
 
-    assert names.MANIFEST_NAME == contracts.MANIFEST_NAME
+    for copied in (
+        "MANIFEST_NAME",
+        "INCOMING_PREFIX",
+        "PREPROCESSED_PREFIX",
+        "INFERENCE_OUTPUT_PREFIX",
+        "INFERENCE_FAILURE_PREFIX",
+        "RESULTS_PREFIX",
+        "MODELS_PREFIX",
+    ):
+        assert getattr(names, copied) == getattr(contracts, copied), copied
     assert contracts.manifest_key("site-a", "1.2.3").startswith(names.INCOMING_PREFIX)
     assert contracts.preprocessed_key("site-a", "1.2", "r1").startswith(names.PREPROCESSED_PREFIX)
     assert contracts.inference_output_prefix("site-a", "1.2", "r1").startswith(

@@ -27,7 +27,7 @@ from tests.integration.transport.conftest import (
     Pacs,
     write_config,
 )
-from tests.integration.transport.helpers import service_from_config
+from tests.integration.transport.helpers import forwarder_from_config
 from tests.integration.transport.test_upload_faults import (
     _CHILD,
     MIB,
@@ -62,15 +62,15 @@ def test_the_forwarder_uploads_and_fetches_results_as_its_site_role(
     intake = ListIntake(
         [FakeCompleted("study-1", 1, "default", {study.series_instance_uid: study.paths})]
     )
-    service, _ = service_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
+    forwarder, _ = forwarder_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
 
     # When it uploads a study, the cloud answers, and it fetches the results
-    service.outbound_tick()
-    (run,) = service.journal.runs()
+    forwarder.outbound.tick()
+    (run,) = forwarder.journal.runs()
     assert run.stage == "uploaded"
     with acting_as(iam_stack.identities.deployer):
         cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
-    service.inbound_tick()
+    forwarder.inbound.tick()
 
     # Then SR + SEG reached the PACS and the Bundle the EHR: no call needed more than the role
     assert sorted(ds.Modality for ds in pacs.received()) == ["SEG", "SR"]

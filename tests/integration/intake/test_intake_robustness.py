@@ -9,15 +9,15 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
@@ -143,31 +143,45 @@ def test_kill_9_during_a_transfer_loses_no_acknowledged_instance(tmp_path: Path)
     )
     process, port = _start_subprocess(settings_path)
     acknowledged: list[str] = []
+    killed = threading.Event()
+
+    def kill_mid_data_set(event: Any) -> None:
+        # Runs on pynetdicom's socket thread as soon as a PDU has left: the kill lands after
+        # the first data-set fragment of the 11th instance, before the SCP could answer it.
+        # (A timer thread raced the sender: its kill could land between `is_established`
+        # and `send_c_store`, and pynetdicom then raises RuntimeError.)
+        if killed.is_set() or len(acknowledged) < 10:
+            return
+        items = getattr(event.pdu, "presentation_data_value_items", [])
+        if any(not item.presentation_data_value[0] & 1 for item in items):  # bit 0: command
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+            killed.set()
+
     try:
         # When it is killed with SIGKILL while a modality is sending
-        def kill_after_some() -> None:
-            while len(acknowledged) < 10:
-                time.sleep(0.005)
-            os.kill(process.pid, signal.SIGKILL)
-
-        killer = threading.Thread(target=kill_after_some)
-        killer.start()
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(CT)
         ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 5
-        assoc = ae.associate("127.0.0.1", port, ae_title="EDGE_FWD")
+        assoc = ae.associate(
+            "127.0.0.1",
+            port,
+            ae_title="EDGE_FWD",
+            evt_handlers=[(evt.EVT_PDU_SENT, kill_mid_data_set)],
+        )
+        assert assoc.is_established
         for path in study.paths:
-            if not assoc.is_established:
+            if killed.is_set():
                 break
             ds = pydicom.dcmread(path)
             status = assoc.send_c_store(ds)
             if "Status" in status and int(status.Status) == 0:
                 acknowledged.append(str(ds.SOPInstanceUID))
         assoc.abort()
-        killer.join(timeout=10)
     finally:
         process.kill()
         process.wait(timeout=10)
+    assert killed.is_set()
     assert 10 <= len(acknowledged) < len(study.paths)
     # Then after a restart every acknowledged instance is journaled and readable in full
     process, _ = _start_subprocess(settings_path)

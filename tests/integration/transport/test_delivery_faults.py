@@ -18,7 +18,7 @@ from tests.integration.transport.conftest import (
     start_storescp,
     write_config,
 )
-from tests.integration.transport.helpers import service_from_config
+from tests.integration.transport.helpers import forwarder_from_config
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +31,11 @@ def _uploaded_and_answered(tmp: Path, cloud: CloudSide, pacs_port: int, ehr: Ehr
         [FakeCompleted("study-9", 1, "default", {study.series_instance_uid: study.paths})]
     )
     path = write_config(tmp, cloud, pacs_port, ehr.url, **kw)
-    service, _config = service_from_config(path, intake)
-    service.outbound_tick()
-    (run,) = service.journal.runs()
+    forwarder, _config = forwarder_from_config(path, intake)
+    forwarder.outbound.tick()
+    (run,) = forwarder.journal.runs()
     cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
-    return service, run, path
+    return forwarder, run, path
 
 
 def test_pacs_refusing_our_ae_ends_in_visible_dead_letter_then_retry_delivers(
@@ -44,11 +44,11 @@ def test_pacs_refusing_our_ae_ends_in_visible_dead_letter_then_retry_delivers(
     # Given a PACS that refuses every association (as for an unknown calling AE)
     refusing = start_storescp(tmp_path / "pacs", extra=["--refuse"])
     try:
-        service, run, path = _uploaded_and_answered(tmp_path, cloud, refusing.port, ehr)
+        forwarder, run, path = _uploaded_and_answered(tmp_path, cloud, refusing.port, ehr)
         # When the inbound loop delivers
-        service.inbound_tick()
+        forwarder.inbound.tick()
         # Then PACS delivery is dead-lettered after its retries, the EHR got its Bundle
-        (pacs_row,) = service.journal.deliveries(run_id=run.run_id, state="DEAD_LETTER")
+        (pacs_row,) = forwarder.journal.deliveries(run_id=run.run_id, state="DEAD_LETTER")
         assert pacs_row.target == "pacs" and pacs_row.attempts == 3
         # storescp --refuse sends A-ASSOCIATE-RJ and closes at once; pynetdicom sometimes
         # sees the close first and reports an abort. Either way the reason is recorded.
@@ -65,11 +65,11 @@ def test_pacs_refusing_our_ae_ends_in_visible_dead_letter_then_retry_delivers(
         text = path.read_text().replace(f"port = {refusing.port}", f"port = {fixed.port}")
         path.write_text(text)
         assert main(["retry", "--config", str(path)]) == 0
-        service2, _ = service_from_config(path, ListIntake())
-        service2.deliver_pending()
+        forwarder2, _ = forwarder_from_config(path, ListIntake())
+        forwarder2.inbound.delivery.deliver_pending()
         # Then the SR and SEG arrive and the run is delivered
         assert len(fixed.received()) == 2
-        final = service2.journal.run(run.run_id)
+        final = forwarder2.journal.run(run.run_id)
         assert final is not None and final.stage == "delivered"
     finally:
         fixed.process.terminate()
@@ -81,14 +81,14 @@ def test_ehr_500_then_201_is_retried_and_delivered(
 ) -> None:
     # Given an EHR that fails once with 500, then accepts
     ehr.script = [(500, {"resourceType": "OperationOutcome"}), (201, {"resourceType": "Bundle"})]
-    service, run, _ = _uploaded_and_answered(tmp_path, cloud, pacs.port, ehr)
+    forwarder, run, _ = _uploaded_and_answered(tmp_path, cloud, pacs.port, ehr)
     # When the inbound loop delivers
-    service.inbound_tick()
+    forwarder.inbound.tick()
     # Then the Bundle was posted twice and the run is delivered
     assert len(ehr.received) == 2 and ehr.received[0] == ehr.received[1]
-    (row,) = [d for d in service.journal.deliveries(run_id=run.run_id) if d.target == "ehr"]
+    (row,) = [d for d in forwarder.journal.deliveries(run_id=run.run_id) if d.target == "ehr"]
     assert row.state == "DELIVERED" and row.attempts == 2
-    assert any(stage == "retry_ehr" for _, stage, _ in service.journal.timeline(run.run_id))
+    assert any(stage == "retry_ehr" for _, stage, _ in forwarder.journal.timeline(run.run_id))
 
 
 def test_ehr_422_is_not_retried_and_keeps_the_operation_outcome(
@@ -99,10 +99,10 @@ def test_ehr_422_is_not_retried_and_keeps_the_operation_outcome(
         "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad reference"}],
     }
     ehr.script = [(422, outcome)]
-    service, run, _path = _uploaded_and_answered(tmp_path, cloud, pacs.port, ehr)
-    service.inbound_tick()
+    forwarder, run, _path = _uploaded_and_answered(tmp_path, cloud, pacs.port, ehr)
+    forwarder.inbound.tick()
     assert len(ehr.received) == 1
-    (row,) = [d for d in service.journal.deliveries(run_id=run.run_id) if d.target == "ehr"]
+    (row,) = [d for d in forwarder.journal.deliveries(run_id=run.run_id) if d.target == "ehr"]
     assert row.state == "DEAD_LETTER" and "HTTP 422" in (row.last_error or "")
     kept = Path(str(row.payload_dir)) / "ehr-operation-outcome.json"
     assert json.loads(kept.read_text()) == outcome

@@ -24,7 +24,7 @@ from tests.integration.transport.conftest import (
     Pacs,
     write_config,
 )
-from tests.integration.transport.helpers import service_from_config
+from tests.integration.transport.helpers import forwarder_from_config
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +43,15 @@ def test_study_round_trip_restores_identity_and_leaks_nothing(
     intake = ListIntake(
         [FakeCompleted("study-1", 1, "default", {study.series_instance_uid: study.paths})]
     )
-    service, config = service_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
+    forwarder, config = forwarder_from_config(
+        write_config(tmp_path, cloud, pacs.port, ehr.url), intake
+    )
 
     # When the outbound loop runs once
-    service.outbound_tick()
+    forwarder.outbound.tick()
 
     # Then one encrypted tar per series and the manifest are in S3, manifest checksums match
-    (run,) = service.journal.runs()
+    (run,) = forwarder.journal.runs()
     assert run.stage == "uploaded" and intake.forwarded == [("study-1", 1)]
     manifest = cloud.read_manifest(run.pseudo_study_uid)
     assert manifest.run_id == run.run_id and len(manifest.series) == 1
@@ -72,7 +74,7 @@ def test_study_round_trip_restores_identity_and_leaks_nothing(
 
     # When the cloud answers with SR + SEG + Bundle and the inbound loop runs
     cloud.answer(manifest, study)
-    service.inbound_tick()
+    forwarder.inbound.tick()
 
     # Then PACS holds SR + SEG in the ORIGINAL study with the original patient module
     received = pacs.received()
@@ -109,7 +111,7 @@ def test_study_round_trip_restores_identity_and_leaks_nothing(
     assert "ANON-" not in text
 
     # ... and the timeline shows every stage, the audit trail every event
-    stages = [stage for _, stage, _ in service.journal.timeline(run.run_id)]
+    stages = [stage for _, stage, _ in forwarder.journal.timeline(run.run_id)]
     for stage in (
         "received",
         "complete",
@@ -142,14 +144,14 @@ def test_cloud_failure_is_visible_in_status(
     intake = ListIntake(
         [FakeCompleted("study-2", 1, "default", {study.series_instance_uid: study.paths})]
     )
-    service, _ = service_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
-    service.outbound_tick()
-    (run,) = service.journal.runs()
+    forwarder, _ = forwarder_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
+    forwarder.outbound.tick()
+    (run,) = forwarder.journal.runs()
     # When the cloud reports a failure
     cloud.fail(run.pseudo_study_uid, run.run_id, "no series matched the model's selection")
-    service.inbound_tick()
+    forwarder.inbound.tick()
     # Then the run is FAILED with the cloud's reason, and nothing went to PACS or EHR
-    failed = service.journal.run(run.run_id)
+    failed = forwarder.journal.run(run.run_id)
     assert failed is not None and failed.stage == "FAILED"
     assert "no series matched" in (failed.reason or "")
     assert pacs.received() == [] and ehr.received == []

@@ -33,16 +33,16 @@ def test_study_round_trips_and_is_idempotent(tmp_path: Path, results: list[DeidR
     study = vault.study_by_pseudo(results[0].pseudo.study_instance_uid)
     # Then every original identifier comes back, once per UID
     assert study is not None
-    original = results[0].original
-    assert study.study_instance_uid == original.study_instance_uid
+    first = results[0].identity
+    assert study.study_instance_uid == first.study_instance_uid
     assert (study.patient_name, study.patient_id) == ("DOE^JANE^Q", "MRN-4711-0815")
     assert study.accession_number == FakePatient().accession_number
     assert study.date_shift_days == results[0].pseudo.date_shift_days
-    assert study.series == {results[0].pseudo.series_instance_uid: original.series_instance_uid}
+    assert study.series == first.series
+    assert study.instances == {k: v for r in results for k, v in r.identity.instances.items()}
     assert len(study.instances) == len(results)
-    assert study.frames_of_reference[results[0].pseudo.frame_of_reference_uid or ""] == (
-        original.frame_of_reference_uid
-    )
+    assert study.frames_of_reference == first.frames_of_reference
+    assert len(study.frames_of_reference) == 1
     # and every de-identification left an audit record without PHI
     events = vault.audit_events(results[0].pseudo.study_instance_uid)
     assert len(events) == len(results) + 1
@@ -58,7 +58,7 @@ def test_values_are_sealed_at_rest_and_need_the_key(
     vault.record("site-a", results[0])
     vault.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
-    for value in [*FakePatient().phi_values(), results[0].original.study_instance_uid]:
+    for value in [*FakePatient().phi_values(), results[0].identity.study_instance_uid]:
         assert value.encode() not in raw
     with pytest.raises(CrosswalkError):
         CrosswalkVault(path, b"x" * 32).study_by_pseudo(results[0].pseudo.study_instance_uid)
@@ -73,7 +73,7 @@ def test_midi_b_export_maps_old_to_new(tmp_path: Path, results: list[DeidResult]
         uids = {row["id_old"]: row["id_new"] for row in csv.DictReader(handle)}
     with open(tmp_path / "midi" / "patid_mapping.csv", encoding="utf-8") as handle:
         patients = list(csv.DictReader(handle))
-    original, pseudo = results[0].original, results[0].pseudo
-    assert uids[original.study_instance_uid] == pseudo.study_instance_uid
-    assert uids[original.sop_instance_uid] == pseudo.sop_instance_uid
-    assert patients == [{"id_old": original.patient_id, "id_new": pseudo.patient_id}]
+    identity, pseudo = results[0].identity, results[0].pseudo
+    assert uids[identity.study_instance_uid] == pseudo.study_instance_uid
+    assert uids[identity.instances[pseudo.sop_instance_uid]] == pseudo.sop_instance_uid
+    assert patients == [{"id_old": identity.patient_id, "id_new": pseudo.patient_id}]

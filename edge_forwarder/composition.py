@@ -1,0 +1,169 @@
+"""The composition root: the one place that builds the forwarder from its config.
+
+`edge-forwarder run` (and through it the local runtime), `edge-forwarder retry --now` and the
+transport tests all build the forwarder here.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
+from edge_forwarder.crosswalk import CrosswalkVault
+from edge_forwarder.deid import Deidentifier, DeidOptions
+from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.inbound import IdentifierSystems, Inbound
+from edge_forwarder.intake import Intake
+from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
+from edge_forwarder.outbound import CompletedStudies, Outbound
+from edge_forwarder.service import ForwarderService
+from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
+from edge_forwarder.transport.journal import Journal
+from edge_forwarder.transport.pacs import PacsPeer
+from edge_forwarder.transport.results import ResultsPoller
+from edge_forwarder.transport.uploader import Uploader, UploadSettings
+
+FORWARDER_VERSION = "0.1.0"
+
+
+@dataclass
+class Forwarder:
+    """Everything `edge-forwarder run` starts and stops."""
+
+    service: ForwarderService
+    journal: Journal
+    telemetry: Telemetry
+    listener: Intake | None  # the C-STORE SCP, where the intake is the real one
+
+    @property
+    def outbound(self) -> Outbound:
+        return self.service.outbound
+
+    @property
+    def inbound(self) -> Inbound:
+        return self.service.inbound
+
+    def start(self) -> None:
+        if self.listener is not None:
+            self.listener.start()
+        self.service.start()
+
+    def stop(self) -> None:
+        self.service.stop()
+        if self.listener is not None:
+            self.listener.stop()
+        self.journal.close()
+
+
+def build_forwarder(
+    config: ForwarderConfig,
+    intake: CompletedStudies | None = None,
+    max_backoff_s: float = 60.0,
+) -> Forwarder:
+    """Build the forwarder as deployed: the real intake unless one is given.
+
+    Tests pass a list-backed intake and a short backoff cap; everything else is as deployed.
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    journal = Journal(config.database_path)
+    telemetry = Telemetry(
+        metrics=Metrics(),
+        health=HealthState(stale_after_s=max(120.0, 6 * config.results.wait_time_s)),
+        audit=AuditTrail(config.audit_log_path, config.site),
+    )
+    stop = threading.Event()
+    vault = CrosswalkVault(config.crosswalk.path, config.crosswalk.key.read())
+    listener: Intake | None = None
+    if intake is None:
+        intake = listener = Intake(config.intake)
+    outbound = Outbound(
+        site=config.site,
+        journal=journal,
+        intake=intake,
+        deidentifier=Deidentifier(
+            config.deid.site_secret.read(), DeidOptions(**config.deid.options)
+        ),
+        crosswalk=vault,
+        uploader=_uploader(config, journal, telemetry.metrics),
+        telemetry=telemetry,
+        outbox=config.spool_dir,
+        stop=stop,
+    )
+    delivery = Delivery(
+        journal=journal,
+        pacs=PacsPeer(
+            config.pacs.host,
+            config.pacs.port,
+            config.pacs.ae_title,
+            config.pacs.calling_ae_title,
+            config.pacs.timeout_s,
+        ),
+        ehr=_ehr(config),
+        pacs_retry=_retry_policy(config.pacs, max_backoff_s),
+        ehr_retry=_retry_policy(config.ehr, max_backoff_s),
+        telemetry=telemetry,
+        deliveries_dir=config.deliveries_dir,
+        stop=stop,
+    )
+    inbound = Inbound(
+        journal=journal,
+        results=ResultsPoller(
+            site=config.site,
+            bucket=config.aws.bucket,
+            kms_key_arn=config.aws.kms_key_arn,
+            queue_name=config.results_queue_name,
+            wait_time_s=config.results.wait_time_s,
+            visibility_timeout_s=config.results.visibility_timeout_s,
+            region=config.aws.region,
+        ),
+        identities=vault,
+        identifier_systems=IdentifierSystems(
+            patient=config.ehr.patient_identifier_system,
+            accession=config.ehr.accession_identifier_system,
+        ),
+        delivery=delivery,
+        telemetry=telemetry,
+        deliveries_dir=config.deliveries_dir,
+    )
+    service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
+    return Forwarder(service=service, journal=journal, telemetry=telemetry, listener=listener)
+
+
+def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Uploader:
+    return Uploader(
+        UploadSettings(
+            bucket=config.aws.bucket,
+            kms_key_arn=config.aws.kms_key_arn,
+            site=config.site,
+            model_name=config.aws.model_name,
+            forwarder_version=FORWARDER_VERSION,
+            part_size=config.upload.part_size_mib * 1024 * 1024,
+            parallel_parts=config.upload.parallel_parts,
+            bandwidth_limit_bytes_s=config.upload.bandwidth_limit_mbps * 1e6 / 8,
+            backoff=Backoff(config.upload.base_backoff_s, config.upload.max_backoff_s),
+        ),
+        journal,
+        on_bytes=metrics.uploaded_bytes.inc,
+        on_retry=lambda attempt, error, wait: metrics.upload_retries.inc(),
+    )
+
+
+def _retry_policy(target: PacsSection | EhrSection, max_backoff_s: float) -> RetryPolicy:
+    return RetryPolicy(target.max_attempts, Backoff(target.retry_base_s, max_backoff_s))
+
+
+def _ehr(config: ForwarderConfig) -> EhrClient:
+    tokens = None
+    oauth = config.ehr.oauth2
+    if oauth is not None:
+        tokens = token_source_from_files(
+            oauth.token_url,
+            oauth.client_id,
+            oauth.scope,
+            client_secret=oauth.client_secret.read() if oauth.client_secret else None,
+            private_key_file=oauth.private_key_file,
+            key_id=oauth.key_id,
+        )
+    return EhrClient(config.ehr.base_url, timeout_s=config.ehr.timeout_s, tokens=tokens)

@@ -1,0 +1,299 @@
+"""Outbound: completed studies de-identified, packed, encrypted and uploaded to S3."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from edge_forwarder.deid import Deidentifier, DeidResult
+from edge_forwarder.intake import CompletedStudy
+from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.transport.errors import PermanentError
+from edge_forwarder.transport.journal import Journal, RunRow
+from edge_forwarder.transport.packaging import pack_series
+from edge_forwarder.transport.uploader import SeriesTar
+from imaging_ai.contracts import DeidRecord
+from imaging_ai.edge_stage import (
+    AWAITING_UPLOAD,
+    OUTBOUND_ORDER,
+    OUTBOUND_UNFINISHED,
+    EdgeStage,
+)
+from imaging_ai.errors import PipelineError
+
+
+class CompletedStudies(Protocol):
+    """The intake's queue of completed studies (`intake.Intake`)."""
+
+    def poll_completed(self) -> list[CompletedStudy]: ...
+    def mark_forwarded(self, study_key: str, run_number: int) -> None: ...
+    def mark_failed(self, study_key: str, run_number: int, reason: str) -> None: ...
+
+
+class IdentityStore(Protocol):
+    """The crosswalk vault (`crosswalk.CrosswalkVault`)."""
+
+    def record(self, site: str, result: DeidResult) -> None: ...
+
+
+class Upload(Protocol):
+    """Encrypt into the outbox, then send to S3 (`transport.uploader.Uploader`)."""
+
+    def prepare(
+        self,
+        run_id: str,
+        pseudo_study_uid: str,
+        series: list[SeriesTar],
+        deidentification: DeidRecord,
+        revises_run_id: str | None = None,
+        model_name: str | None = None,
+    ) -> object: ...
+
+    def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
+
+
+def make_run_id(pseudo_study_uid: str, run_number: int) -> str:
+    digest = hashlib.sha256(f"{pseudo_study_uid}:{run_number}".encode()).hexdigest()[:10]
+    return f"r{run_number}-{digest}"
+
+
+def pseudo_ids(result: DeidResult) -> tuple[str, str, str]:
+    """(study, series, SOP instance) pseudonyms of one de-identified instance."""
+    pseudo = result.pseudo
+    return pseudo.study_instance_uid, pseudo.series_instance_uid, pseudo.sop_instance_uid
+
+
+@dataclass
+class _Packed:
+    series: list[SeriesTar]
+    quarantined: int
+    last_result: DeidResult | None
+
+
+@dataclass(kw_only=True)
+class Outbound:
+    """Takes each completed study once; a study interrupted before PREPARED is taken again."""
+
+    site: str
+    journal: Journal
+    intake: CompletedStudies
+    deidentifier: Deidentifier
+    crosswalk: IdentityStore
+    uploader: Upload
+    telemetry: Telemetry
+    outbox: Path
+    stop: threading.Event
+
+    def tick(self) -> None:
+        for study in self.intake.poll_completed():
+            if self.stop.is_set():
+                return
+            self.take(study)
+        pending = self.journal.runs(*AWAITING_UPLOAD)
+        self.telemetry.metrics.backlog.set(len(pending))
+        for run in pending:
+            if self.stop.is_set():
+                return
+            self.upload(run.run_id)
+
+    # ---- take: complete -> de-identified -> prepared ---------------------------------------
+
+    def take(self, study: CompletedStudy) -> None:
+        known = self.journal.run_for(study.study_key, study.run_number)
+        if known is not None and known.stage not in OUTBOUND_UNFINISHED:
+            return  # already prepared; the upload pass picks it up
+        started = time.monotonic()
+        run: RunRow | None = known
+        try:
+            run = run or self._open_run(study)
+            self._reach(run.run_id, EdgeStage.COMPLETE)
+            log_event(
+                EdgeStage.COMPLETE,
+                stage=EdgeStage.COMPLETE,
+                run_id=run.run_id,
+                pseudo_study_uid=run.pseudo_study_uid,
+                run_number=study.run_number,
+                series_count=len(study.series),
+                instance_count=_instance_count(study),
+            )
+            packed = self._deidentify(study)
+            self._reach(
+                run.run_id,
+                EdgeStage.DEIDENTIFIED,
+                detail=f"instances={_instance_count(study)} quarantined={packed.quarantined}",
+            )
+            self.telemetry.audit.record(
+                "deidentify", pseudo_study_uid=run.pseudo_study_uid, run_id=run.run_id
+            )
+            log_event(
+                EdgeStage.DEIDENTIFIED,
+                stage=EdgeStage.DEIDENTIFIED,
+                run_id=run.run_id,
+                pseudo_study_uid=run.pseudo_study_uid,
+                instance_count=_instance_count(study),
+                seconds=round(time.monotonic() - started, 2),
+            )
+            self.telemetry.metrics.studies.labels("deidentified").inc()
+            self._prepare(run, study, packed)
+            self.telemetry.metrics.stage_seconds.labels("prepare").observe(
+                time.monotonic() - started
+            )
+        except Exception as error:
+            reason = type(error).__name__
+            run_id = run.run_id if run is not None else None
+            log_event("failed", logging.ERROR, stage=EdgeStage.FAILED,
+                      step=EdgeStage.DEIDENTIFIED, run_id=run_id, reason=reason)  # fmt: skip
+            if run_id is not None:
+                self.journal.advance(run_id, EdgeStage.FAILED, reason=reason)
+            self.intake.mark_failed(study.study_key, study.run_number, reason)
+            self.telemetry.metrics.studies.labels("failed").inc()
+
+    def _open_run(self, study: CompletedStudy) -> RunRow:
+        """Open the study's run, named after its pseudonymous study UID (known before de-id)."""
+        pseudo_study_uid = self.deidentifier.pseudo_uid(_study_instance_uid(study))
+        return self.journal.open_run(
+            make_run_id(pseudo_study_uid, study.run_number),
+            study.study_key,
+            study.run_number,
+            pseudo_study_uid,
+            detail=f"instances={_instance_count(study)}",
+        )
+
+    def _reach(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
+        """Advance to `stage`, unless a taken-again run had reached it before it stopped."""
+        run = self.journal.run(run_id)
+        assert run is not None
+        if OUTBOUND_ORDER.index(run.stage) < OUTBOUND_ORDER.index(stage):
+            self.journal.advance(run_id, stage, detail=detail)
+
+    def _deidentify(self, study: CompletedStudy) -> _Packed:
+        """De-identify every series into its own tar in a fresh folder of the outbox."""
+        key_hash = hashlib.sha256(study.study_key.encode()).hexdigest()[:16]
+        folder = self.outbox / f"tmp-{key_hash}-{study.run_number}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        packed = _Packed(series=[], quarantined=0, last_result=None)
+        for index, paths in enumerate(study.series.values()):
+            tar_path = folder / f"series-{index:03d}.tar"
+            series = pack_series(
+                paths,
+                self.deidentifier.deidentify_bytes,
+                pseudo_ids,
+                tar_path,
+                on_deidentified=lambda result: self.crosswalk.record(self.site, result),
+                on_quarantined=_log_quarantine,
+            )
+            packed.quarantined += series.quarantined
+            packed.last_result = series.last_result or packed.last_result
+            if not series.instances:
+                tar_path.unlink()
+                continue
+            final = tar_path.rename(folder / f"{series.pseudo_series_uid}.tar")
+            packed.series.append(
+                SeriesTar(series.pseudo_series_uid, series.modality, final, series.instances)
+            )
+        if not packed.series:
+            raise PermanentError("every instance of the study was quarantined")
+        return packed
+
+    def _prepare(self, run: RunRow, study: CompletedStudy, packed: _Packed) -> None:
+        """Move the tars into the run's outbox folder and let the uploader encrypt them."""
+        assert packed.series and packed.last_result is not None
+        run_dir = self.outbox / run.run_id
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        packed.series[0].tar_path.parent.rename(run_dir)
+        series = [
+            SeriesTar(s.pseudo_series_uid, s.modality, run_dir / s.tar_path.name, s.instances)
+            for s in packed.series
+        ]
+        self.journal.set_spool_dir(run.run_id, run_dir)
+        self.uploader.prepare(
+            run.run_id,
+            run.pseudo_study_uid,
+            series,
+            self._deid_record(packed.last_result),
+            self._previous_run_id(run.pseudo_study_uid, study.run_number),
+            model_name=study.route or None,
+        )
+        self.journal.advance(run.run_id, EdgeStage.PREPARED)
+
+    def _deid_record(self, result: DeidResult) -> DeidRecord:
+        options = self.deidentifier.options
+        return DeidRecord(
+            table_edition=result.table_edition,
+            options=options.option_names(),
+            method_codes=list(result.method_codes) or [c for c, _ in options.method_codes()],
+        )
+
+    def _previous_run_id(self, pseudo_study_uid: str, run_number: int) -> str | None:
+        earlier = [
+            r for r in self.journal.runs_of_study(pseudo_study_uid) if r.run_number < run_number
+        ]
+        return earlier[-1].run_id if earlier else None
+
+    # ---- upload: prepared -> uploading -> uploaded -----------------------------------------
+
+    def upload(self, run_id: str) -> None:
+        run = self.journal.run(run_id)
+        assert run is not None
+        started = time.monotonic()
+        self._reach(run_id, EdgeStage.UPLOADING)
+        sent = self.uploader.upload(run_id, stop=self.stop)
+        elapsed = time.monotonic() - started
+        self.journal.advance(run_id, EdgeStage.UPLOADED, detail=f"bytes={sent}")
+        self.telemetry.audit.record(
+            "upload", pseudo_study_uid=run.pseudo_study_uid, run_id=run_id, destination="s3"
+        )
+        log_event(
+            EdgeStage.UPLOADED,
+            stage=EdgeStage.UPLOADED,
+            run_id=run_id,
+            pseudo_study_uid=run.pseudo_study_uid,
+            bytes=sent,
+            seconds=round(elapsed, 2),
+            mib_per_s=round(sent / 1048576 / elapsed, 1) if elapsed > 0 else None,
+        )
+        self.telemetry.metrics.studies.labels("uploaded").inc()
+        self.telemetry.metrics.stage_seconds.labels("upload").observe(elapsed)
+        self.intake.mark_forwarded(run.study_key, run.run_number)
+        if run.spool_dir:
+            shutil.rmtree(run.spool_dir, ignore_errors=True)
+
+
+def _instance_count(study: CompletedStudy) -> int:
+    return sum(len(paths) for paths in study.series.values())
+
+
+def _study_instance_uid(study: CompletedStudy) -> str:
+    """The study's original UID, read from the first spooled instance that names one."""
+    for paths in study.series.values():
+        for path in paths:
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[0x0020000D])
+            except (OSError, ValueError, EOFError, InvalidDicomError):
+                continue  # an unreadable instance is quarantined by de-identification
+            uid = str(header.get("StudyInstanceUID", "") or "")
+            if uid:
+                return uid
+    raise PermanentError("no instance of the study names its StudyInstanceUID")
+
+
+def _log_quarantine(error: PipelineError) -> None:
+    # Quarantined (e.g. burned-in text risk): the instance stays on-prem.
+    log_event(
+        "quarantined",
+        logging.WARNING,
+        stage=EdgeStage.DEIDENTIFIED,
+        reason=str(getattr(error, "reason", type(error).__name__)),
+    )

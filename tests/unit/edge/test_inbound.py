@@ -1,0 +1,217 @@
+"""Inbound alone: result messages are taken once, re-identified, and queued for delivery."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edge_forwarder.identity import StudyIdentity
+from edge_forwarder.inbound import IdentifierSystems, Inbound
+from edge_forwarder.observability import Telemetry
+from edge_forwarder.transport.journal import Journal
+from imaging_ai.contracts import BUNDLE_NAME, SR_NAME, SiteResultMessage
+from imaging_ai.edge_stage import EdgeStage
+from tests.unit.edge.conftest import FakeEhr, FakePacs, FakeResults, make_delivery
+
+PSEUDO_STUDY, PSEUDO_SERIES, PSEUDO_PATIENT = "2.25.101", "2.25.102", "ANON-TESTPATIENT"
+IDENTITY = StudyIdentity(
+    pseudo_study_uid=PSEUDO_STUDY,
+    study_instance_uid="1.2.3.4.1",
+    pseudo_patient_id=PSEUDO_PATIENT,
+    patient_id="MRN-0042",
+    patient_name="DOE^JANE",
+    patient_birth_date="19700101",
+    patient_sex="F",
+    accession_number="ACC-77",
+    study_date="20240102",
+    study_time="101500",
+    date_shift_days=-10,
+    series={PSEUDO_SERIES: "1.2.3.4.2"},
+)
+RUN_ID = "r1-abcdef0123"
+
+
+class Vault:
+    def __init__(self, *known: StudyIdentity) -> None:
+        self.known = {i.pseudo_study_uid: i for i in known}
+
+    def study_by_pseudo(self, pseudo_study_uid: str) -> StudyIdentity | None:
+        return self.known.get(pseudo_study_uid)
+
+
+def _sr() -> bytes:
+    """A result as the cloud writes it: pseudonymous study, series reference and patient."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.SOPInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.StudyInstanceUID = PSEUDO_STUDY
+    ds.PatientName, ds.PatientID = f"{PSEUDO_PATIENT}^", PSEUDO_PATIENT
+    ds.Modality = "SR"
+    reference = Dataset()
+    reference.SeriesInstanceUID = PSEUDO_SERIES
+    ds.ReferencedSeriesSequence = [reference]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _bundle() -> bytes:
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "identifier": [{"value": PSEUDO_PATIENT}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {
+                    "resourceType": "ImagingStudy",
+                    "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{PSEUDO_STUDY}"}],
+                }
+            },
+        ],
+    }
+    return json.dumps(bundle).encode()
+
+
+def _ready(run_id: str = RUN_ID) -> SiteResultMessage:
+    return SiteResultMessage(
+        kind="RESULT_READY", site="site-a", pseudo_study_uid=PSEUDO_STUDY, run_id=run_id
+    )
+
+
+def _failed(reason: str) -> SiteResultMessage:
+    return SiteResultMessage(
+        kind="FAILED", site="site-a", pseudo_study_uid=PSEUDO_STUDY, run_id=RUN_ID, reason=reason
+    )
+
+
+@pytest.fixture
+def parts(tmp_path: Path, journal: Journal, telemetry: Telemetry):  # type: ignore[no-untyped-def]
+    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
+    folder = tmp_path / "deliveries"
+    inbound = Inbound(
+        journal=journal,
+        results=results,
+        identities=Vault(IDENTITY),
+        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
+        delivery=make_delivery(journal, telemetry, pacs, ehr, folder),
+        telemetry=telemetry,
+        deliveries_dir=folder,
+    )
+    return inbound, results, pacs, ehr
+
+
+def _uploaded_run(journal: Journal) -> None:
+    journal.open_run(RUN_ID, "key-1", 1, PSEUDO_STUDY, stage=EdgeStage.UPLOADED)
+
+
+def _stages(journal: Journal, run_id: str = RUN_ID) -> list[str]:
+    return [stage for _, stage, _ in journal.timeline(run_id)]
+
+
+def test_results_are_re_identified_and_delivered_once_though_the_message_comes_twice(
+    parts: Any, journal: Journal, tmp_path: Path
+) -> None:
+    # Given an uploaded run whose results message the queue delivers twice
+    inbound, results, pacs, ehr = parts
+    _uploaded_run(journal)
+    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _bundle()})
+    results.send(_ready())
+    # When the inbound loop runs
+    inbound.tick()
+    # Then PACS got the SR once, under the original study and patient, no pseudonym left
+    (stored,) = pacs.stored
+    sr = pydicom.dcmread(io.BytesIO(stored))
+    assert (sr.StudyInstanceUID, sr.PatientID) == ("1.2.3.4.1", "MRN-0042")
+    assert sr.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.4.2"
+    assert PSEUDO_PATIENT.encode() not in stored and PSEUDO_STUDY.encode() not in stored
+    # ... the EHR got the Bundle with the original MRN and study UID
+    (bundle,) = ehr.posted
+    text = json.dumps(bundle)
+    assert "MRN-0042" in text and "urn:oid:1.2.3.4.1" in text and PSEUDO_PATIENT not in text
+    # ... both messages were acknowledged, and the run is delivered with its folder gone
+    assert results.acked == ["receipt-0", "receipt-1"]
+    assert _stages(journal) == [
+        EdgeStage.UPLOADED,
+        EdgeStage.RESULTS_RECEIVED,
+        EdgeStage.REIDENTIFIED,
+        EdgeStage.DELIVERED_PACS,
+        EdgeStage.DELIVERED_EHR,
+        EdgeStage.DELIVERED,
+    ]
+    assert not (tmp_path / "deliveries" / RUN_ID).exists()
+
+
+def test_a_cloud_failure_ends_the_run_and_a_late_one_changes_nothing(
+    parts: Any, journal: Journal
+) -> None:
+    # Given an uploaded run the cloud reports FAILED, twice
+    inbound, results, pacs, ehr = parts
+    _uploaded_run(journal)
+    results.send(_failed("no series matched"))
+    results.send(_failed("no series matched"))
+    # When the inbound loop runs
+    inbound.tick()
+    # Then the run is FAILED with the cloud's reason, once; nothing was delivered
+    run = journal.run(RUN_ID)
+    assert run is not None and run.stage is EdgeStage.FAILED
+    assert run.reason == "cloud: no series matched"
+    assert _stages(journal).count(EdgeStage.FAILED) == 1
+    assert len(results.acked) == 2 and pacs.stored == [] and ehr.posted == []
+
+
+def test_a_result_without_a_crosswalk_entry_fails_the_run_and_is_acknowledged(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given a vault that does not know the study
+    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
+    inbound = Inbound(
+        journal=journal,
+        results=results,
+        identities=Vault(),
+        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
+        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
+        telemetry=telemetry,
+        deliveries_dir=tmp_path / "d",
+    )
+    _uploaded_run(journal)
+    results.send(_ready(), {SR_NAME: _sr()})
+    # When the inbound loop runs
+    inbound.tick()
+    # Then the run failed at re-identification; nothing reached PACS
+    run = journal.run(RUN_ID)
+    assert run is not None and run.stage is EdgeStage.FAILED
+    assert "no crosswalk entry" in (run.reason or "")
+    assert results.acked == ["receipt-0"] and pacs.stored == []
+
+
+def test_a_result_for_a_run_the_journal_does_not_know_opens_it_as_uploaded(
+    parts: Any, journal: Journal
+) -> None:
+    # Given a results message for a run this journal never saw (a cloud re-run)
+    inbound, results, pacs, _ehr = parts
+    results.send(_ready("r9-cloudrerun"), {SR_NAME: _sr()})
+    # When the inbound loop runs
+    inbound.tick()
+    # Then the run is opened where the cloud has it and delivered
+    assert _stages(journal, "r9-cloudrerun") == [
+        EdgeStage.UPLOADED,
+        EdgeStage.RESULTS_RECEIVED,
+        EdgeStage.REIDENTIFIED,
+        EdgeStage.DELIVERED_PACS,
+        EdgeStage.DELIVERED,
+    ]
+    assert len(pacs.stored) == 1
