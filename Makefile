@@ -70,7 +70,8 @@ clean:
 # ---- LocalStack (issue 13) ----------------------------------------------------------------
 # localstack-core from PyPI, in its own venv (it pins boto3 1.40), run as a host process (no
 # Docker). 4.10.0 is the newest that runs on Python 3.11 (Debian 12's): 4.11+ call uuid5 with
-# bytes and use 3.12 generics; 2026.x needs 3.12+ and a LocalStack account token. Pins below:
+# bytes (KMS CreateKey fails), 4.14 and 2026.3 use 3.12 generics (2026.x also brings the
+# LocalStack account token). docs/local-backends.md has the details. Pins below:
 # cbor2 6 dropped the module LocalStack imports; pyOpenSSL 25+ dropped X509.add_extensions,
 # and pyOpenSSL 24.2 needs cryptography < 44. moto-ext serves STS and EventBridge's internals.
 LOCALSTACK_VENV := .tools/localstack-venv
