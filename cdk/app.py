@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import build_lambda_assets
 from imaging_ai_infra.app_builder import build_app
-from imaging_ai_infra.config import DEFAULT_ASSET_ROOT, FUNCTION_NAMES
+from imaging_ai_infra.config import DEFAULT_ASSET_ROOT
 
 
 def _cli_context(argv: list[str]) -> dict[str, str]:
@@ -37,7 +37,7 @@ def ensure_assets(context: dict[str, Any]) -> None:
     asset_root = Path(context.get("lambda_asset_root") or DEFAULT_ASSET_ROOT)
     missing = [
         name
-        for name in FUNCTION_NAMES
+        for name in build_lambda_assets.FUNCTION_NAMES
         if not (asset_root / name / "functions" / name / "handler.py").is_file()
     ]
     if not missing:

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.delivery import Delivery
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
 from edge_forwarder.outbound import CompletedStudies, Outbound
 from edge_forwarder.service import ForwarderService
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer
@@ -93,13 +93,7 @@ def build_forwarder(
     )
     delivery = Delivery(
         journal=journal,
-        pacs=PacsPeer(
-            config.pacs.host,
-            config.pacs.port,
-            config.pacs.ae_title,
-            config.pacs.calling_ae_title,
-            config.pacs.timeout_s,
-        ),
+        pacs=_pacs(config.pacs),
         ehr=_ehr(config),
         pacs_retry=_retry_policy(config.pacs, max_backoff_s),
         ehr_retry=_retry_policy(config.ehr, max_backoff_s),
@@ -109,15 +103,7 @@ def build_forwarder(
     )
     inbound = Inbound(
         journal=journal,
-        results=ResultsPoller(
-            site=config.site,
-            bucket=config.aws.bucket,
-            kms_key_arn=config.aws.kms_key_arn,
-            queue_name=config.results_queue_name,
-            wait_time_s=config.results.wait_time_s,
-            visibility_timeout_s=config.results.visibility_timeout_s,
-            region=config.aws.region,
-        ),
+        results=_results(config),
         identities=vault,
         identifier_systems=IdentifierSystems(
             patient=config.ehr.patient_identifier_system,
@@ -147,6 +133,24 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
         journal,
         on_bytes=metrics.uploaded_bytes.inc,
         on_retry=lambda attempt, error, wait: metrics.upload_retries.inc(),
+    )
+
+
+def _pacs(section: PacsSection) -> PacsPeer:
+    return PacsPeer(
+        section.host, section.port, section.ae_title, section.calling_ae_title, section.timeout_s
+    )
+
+
+def _results(config: ForwarderConfig) -> ResultsPoller:
+    return ResultsPoller(
+        site=config.site,
+        bucket=config.aws.bucket,
+        kms_key_arn=config.aws.kms_key_arn,
+        queue_name=config.results_queue_name,
+        wait_time_s=config.results.wait_time_s,
+        visibility_timeout_s=config.results.visibility_timeout_s,
+        region=config.aws.region,
     )
 
 

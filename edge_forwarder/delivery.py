@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_forwarder.observability import Telemetry, log_event
-from edge_forwarder.transport.backoff import Backoff, retry
+from edge_forwarder.transport.backoff import RetryPolicy, retry
 from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
@@ -42,12 +42,6 @@ class Ehr(Protocol):
     """The hospital EHR's FHIR endpoint (`transport.ehr.EhrClient`)."""
 
     def post_transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int
-    backoff: Backoff
 
 
 @dataclass(kw_only=True)

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-from typing import Protocol
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from imaging_ai.errors import PipelineError
+from imaging_ai.contracts import BUNDLE_NAME, SEG_NAME, SR_NAME
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.results import build_results
 
-
-class ResultsBuilder(Protocol):
-    def __call__(
-        self,
-        source_headers: list[Dataset],
-        labels: npt.NDArray[np.uint8],
-        output: ModelOutputMeta,
-        card: ModelCard,
-        run_id: str,
-        predecessor_sr: Dataset | None,
-        unreported_findings: int,
-    ) -> dict[str, bytes]: ...
+# (source headers, labels, output, card, run id, predecessor SR, unreported findings) ->
+# result object name -> bytes; `build_result_objects` is the one the function uses.
+ResultsBuilder = Callable[
+    [list[Dataset], npt.NDArray[np.uint8], ModelOutputMeta, ModelCard, str, Dataset | None, int],
+    dict[str, bytes],
+]
 
 
 def cap_findings(output: ModelOutputMeta, max_findings: int) -> tuple[ModelOutputMeta, int]:
@@ -59,12 +53,7 @@ def build_result_objects(
     unreported_findings: int = 0,
 ) -> dict[str, bytes]:
     """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
-    try:
-        # Imported by name so this unit builds before the results library lands.
-        results = importlib.import_module("imaging_ai.results")
-    except ImportError as error:
-        raise PipelineError("the results library (imaging_ai.results) is not installed") from error
-    objects = results.build_results(
+    objects = build_results(
         source_headers,
         labels,
         output,
@@ -74,7 +63,7 @@ def build_result_objects(
         unreported_findings=unreported_findings,
     )
     return {
-        "sr.dcm": dataset_bytes(objects.sr),
-        "seg.dcm": dataset_bytes(objects.seg),
-        "report.bundle.json": json.dumps(objects.bundle, separators=(",", ":")).encode(),
+        SR_NAME: dataset_bytes(objects.sr),
+        SEG_NAME: dataset_bytes(objects.seg),
+        BUNDLE_NAME: json.dumps(objects.bundle, separators=(",", ":")).encode(),
     }

@@ -16,18 +16,14 @@ from edge_forwarder.transport.uploader import Uploader
 from imaging_ai import envelope
 from imaging_ai.aws import Credentials, acting_as, client, reset_clients
 from imaging_ai.contracts import manifest_key
-from imaging_ai.synthetic import write_ct_study
 from tests.integration.iam.conftest import IamStack
 from tests.integration.transport.conftest import (
     SITE,
     CloudSide,
     Ehr,
-    FakeCompleted,
-    ListIntake,
     Pacs,
-    write_config,
 )
-from tests.integration.transport.helpers import forwarder_from_config
+from tests.integration.transport.helpers import completed_study
 from tests.integration.transport.test_upload_faults import (
     _CHILD,
     MIB,
@@ -56,13 +52,8 @@ def test_the_forwarder_uploads_and_fetches_results_as_its_site_role(
     resources = iam_stack.resources
     cloud = CloudSide(resources.kms_key_arn, resources.site_results_queues[SITE])
     _run_as_site(monkeypatch, iam_stack.site(SITE))
-    study = write_ct_study(
-        tmp_path / "ct", seed=11, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
-    )
-    intake = ListIntake(
-        [FakeCompleted("study-1", 1, "default", {study.series_instance_uid: study.paths})]
-    )
-    forwarder, _ = forwarder_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
+    edge = completed_study(tmp_path, cloud, pacs.port, ehr.url, seed=11)
+    forwarder, study = edge.forwarder, edge.study
 
     # When it uploads a study, the cloud answers, and it fetches the results
     forwarder.outbound.tick()
