@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BACKEND ?= moto
 
 demo: system-deps venv ehr-server $(if $(filter localstack,$(BACKEND)),localstack-venv)
-	IMAGING_AI_BACKEND=$(BACKEND) $(BIN)/python -m imaging_ai.local.demo
+	IMAGING_AI_BACKEND=$(BACKEND) $(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
 
 # The e2e test runs on both backends (IAM-enforcing moto and LocalStack).
 test: system-deps venv ehr-server localstack-venv lint typecheck architecture cdk-gates
@@ -35,7 +35,7 @@ ehr-server: venv
 # DCMTK, Orthanc and dicom3tools are the real DICOM peers; node + npm run the local EHR.
 # Installed when we are root, and only what is missing: a Node.js from another source
 # (e.g. NodeSource, which bundles npm) must not meet Debian's npm package.
-TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools \
+TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools dcm2niix:dcm2niix \
                  Orthanc:orthanc node:nodejs npm:npm
 system-deps:
 	@missing=""; \

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -15,14 +14,23 @@ from pydicom.dataset import Dataset
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
 from functions.common.observability import (
+    StepSeconds,
     add_metric_with_dimension,
     logger,
     metrics,
     tracer,
 )
+from functions.common.source_headers import unpack_source_headers
 from functions.postprocess.results import ResultsBuilder, build_result_objects, cap_findings
 from imaging_ai.async_inference import AsyncInferenceNotification
-from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
+from imaging_ai.contracts import (
+    RESULT_NAMES,
+    TERMINAL_STAGES,
+    SiteResultMessage,
+    Stage,
+    model_card_key,
+    result_key,
+)
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import unpack_model_output
@@ -71,7 +79,7 @@ class PostprocessService:
         current = self._state.get(run)
         if current is None:
             return self._fail(run, None, "inference result for a run that was never received")
-        if current.stage in (Stage.DELIVERED, Stage.FAILED):
+        if current.stage in TERMINAL_STAGES:
             logger.info("duplicate inference notification", stage=current.stage.value)
             metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
             return PostprocessOutcome.DUPLICATE
@@ -135,7 +143,9 @@ class PostprocessService:
         location = notification.response_parameters.output_location
         if not location:
             raise ContractError("completed notification has no output location")
-        labels, output = unpack_model_output(self._store.read_uri(location))
+        steps = StepSeconds()
+        with steps.step("read_output"):
+            labels, output = unpack_model_output(self._store.read_uri(location))
         meta = output.input
         if (meta.site, meta.pseudo_study_uid, meta.run_id) != (
             run.site,
@@ -144,14 +154,19 @@ class PostprocessService:
         ):
             raise ContractError("inference output belongs to another run")
         card = self._model_card(output.model_name)
-        headers = self._source_headers(run)
+        with steps.step("read_headers"):
+            headers = self._source_headers(run)
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
             raise ContractError("stored source headers do not match the model input's slices")
         predecessor = self._predecessor_sr(run, current.attributes.get("revises_run_id"))
         reported, unreported = cap_findings(output, card.max_findings)
-        objects = self._build(headers, labels, reported, card, run.run_id, predecessor, unreported)
-        for name, key in keys.items():
-            self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
+        with steps.step("build_seg_sr_fhir"):
+            objects = self._build(
+                headers, labels, reported, card, run.run_id, predecessor, unreported
+            )
+        with steps.step("encrypt_write"):
+            for name, key in keys.items():
+                self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
         self._state.advance(
             run,
             Stage.REPORTED,
@@ -164,7 +179,12 @@ class PostprocessService:
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
         if unreported:
             metrics.add_metric(name="FindingsNotReported", unit=MetricUnit.Count, value=unreported)
-        logger.info("results written", findings=len(output.findings), not_reported=unreported)
+        logger.info(
+            "results written",
+            findings=len(output.findings),
+            not_reported=unreported,
+            step_seconds=steps.seconds,
+        )
         return output.model_version
 
     def _deliver(
@@ -195,7 +215,7 @@ class PostprocessService:
             run.site,
             run.pseudo_study_uid,
         )
-        return [Dataset.from_json(item) for item in json.loads(payload)]
+        return unpack_source_headers(payload)
 
     def _predecessor_sr(self, run: RunKey, revises_run_id: str | None) -> Dataset | None:
         if not revises_run_id:

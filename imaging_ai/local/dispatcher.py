@@ -124,9 +124,11 @@ class SqsDispatcher:
     batch_size: int = 10
     wait_time_s: int = 1
     retry_delay_s: int | None = 0
-    # The function's execution role: Lambda's event source mapping polls, and the handler
-    # runs, as that role. None: the process's own credentials.
+    # The function's execution role: Lambda's event source mapping polls, and an in-process
+    # handler runs, as that role. None: the process's own credentials.
     role: Credentials | None = None
+    # Runs the handler instead of importing it here (a `FunctionProcess`, say).
+    invoker: Handler | None = None
     _queue_arn: str | None = None
 
     def poll_once(self) -> BatchOutcome:
@@ -180,7 +182,7 @@ class SqsDispatcher:
         all_ids = {record["messageId"] for record in event["Records"]}
         context = LambdaContext(function_name=self.function_name)
         try:
-            response = load_handler(self.handler)(event, context)
+            response = (self.invoker or load_handler(self.handler))(event, context)
         except Exception:
             # Lambda treats an unhandled error as a failure of the whole batch.
             logger.exception("handler raised; whole batch stays on the queue")
@@ -217,11 +219,30 @@ class LocalEventSources:
         return total
 
     def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            for dispatcher in self.dispatchers:
-                if stop.is_set():
-                    break
-                dispatcher.poll_once()
+        """Each mapping long-polls its own queue on its own thread, as Lambda's pollers do.
+
+        Polled in turn by one thread, a message waited for every other queue's long poll
+        (up to a second each) before its handler ran, on every hop of the pipeline.
+        """
+        threads = [
+            threading.Thread(
+                target=_poll_until, args=(dispatcher, stop), name=f"poll-{dispatcher.function_name}"
+            )
+            for dispatcher in self.dispatchers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def _poll_until(dispatcher: SqsDispatcher, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            dispatcher.poll_once()
+        except Exception:  # a poller outlives a queue hiccup, as Lambda's does
+            logger.exception("poll failed")
+            stop.wait(1.0)
 
 
 def event_sources(
@@ -231,22 +252,32 @@ def event_sources(
     postprocess_dlq_url: str,
     wait_time_s: int = 0,
     roles: Mapping[str, Credentials] | None = None,
+    invokers: Mapping[str, Handler] | None = None,
 ) -> LocalEventSources:
     """Preprocess and postprocess on their queues; the failure handler on both DLQs.
 
     `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
-    of its execution role.
+    of its execution role; `invokers` maps a function name to what runs it (its own process,
+    say); a function not named there runs in-process.
     """
     roles = roles or {}
-    mappings = [
-        (preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
-        (postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
-        (preprocess_dlq_url, FAILURE_HANDLER, "failure"),
-        (postprocess_dlq_url, FAILURE_HANDLER, "failure"),
-    ]
+    invokers = invokers or {}
+
+    def mapping(queue_url: str, handler: str, function_name: str) -> SqsDispatcher:
+        return SqsDispatcher(
+            queue_url,
+            handler,
+            function_name,
+            wait_time_s=wait_time_s,
+            role=roles.get(function_name),
+            invoker=invokers.get(function_name),
+        )
+
     return LocalEventSources(
         [
-            SqsDispatcher(url, handler, name, wait_time_s=wait_time_s, role=roles.get(name))
-            for url, handler, name in mappings
+            mapping(preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
+            mapping(postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
+            mapping(preprocess_dlq_url, FAILURE_HANDLER, "failure"),
+            mapping(postprocess_dlq_url, FAILURE_HANDLER, "failure"),
         ]
     )
