@@ -6,12 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck architecture unit integration infrastructure e2e ehr-server \
-        system-deps venv clean cdk-synth cdk-gates benchmarks
+        system-deps venv clean cdk-synth cdk-gates benchmarks localstack-venv
 
-demo: system-deps venv ehr-server
-	$(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
+# BACKEND=moto (default) or BACKEND=localstack: which stand-in serves the cloud's AWS APIs.
+BACKEND ?= moto
 
-test: system-deps venv ehr-server lint typecheck architecture cdk-gates
+demo: system-deps venv ehr-server $(if $(filter localstack,$(BACKEND)),localstack-venv)
+	IMAGING_AI_BACKEND=$(BACKEND) $(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
+
+# The e2e test runs on both backends (IAM-enforcing moto and LocalStack).
+test: system-deps venv ehr-server localstack-venv lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests
 
 venv: $(STAMP)
@@ -67,6 +71,25 @@ architecture: venv
 
 clean:
 	rm -rf $(VENV) .local-run cdk/cdk.out .mypy_cache .ruff_cache .pytest_cache
+
+# ---- LocalStack (issue 13) ----------------------------------------------------------------
+# localstack-core from PyPI, in its own venv (it pins boto3 1.40), run as a host process (no
+# Docker). 4.10.0 is the newest that runs on Python 3.11 (Debian 12's): 4.11+ call uuid5 with
+# bytes (KMS CreateKey fails), 4.14 and 2026.3 use 3.12 generics (2026.x also brings the
+# LocalStack account token). docs/local-backends.md has the details. Pins below:
+# cbor2 6 dropped the module LocalStack imports; pyOpenSSL 25+ dropped X509.add_extensions,
+# and pyOpenSSL 24.2 needs cryptography < 44. moto-ext serves STS and EventBridge's internals.
+LOCALSTACK_VENV := .tools/localstack-venv
+LOCALSTACK_PACKAGES := localstack-core[base-runtime]==4.10.0 moto-ext==5.1.12.post22 \
+                       cbor2==5.6.5 pyopenssl==24.2.1 cryptography==43.0.3 crontab==1.0.5 \
+                       jsonpath-ng==1.7.0 antlr4-python3-runtime==4.13.2
+
+$(LOCALSTACK_VENV)/.installed: Makefile
+	test -x $(LOCALSTACK_VENV)/bin/python || $(PYTHON) -m venv $(LOCALSTACK_VENV)
+	$(LOCALSTACK_VENV)/bin/python -m pip install -q --disable-pip-version-check $(LOCALSTACK_PACKAGES)
+	touch $@
+
+localstack-venv: $(LOCALSTACK_VENV)/.installed
 
 # ---- Infrastructure (issue 7) -------------------------------------------------------------
 # cdk-synth: deployable Lambda assets (pip, manylinux2014 x86_64 wheels) + synthesis into

@@ -13,6 +13,7 @@ import aws_encryption_sdk
 import botocore.session
 from aws_encryption_sdk.identifiers import Algorithm, CommitmentPolicy
 
+from imaging_ai.aws import Credentials, current_credentials
 from imaging_ai.errors import IntegrityError
 
 # 1 MiB frames run ~2.5x faster than the 4 KiB default here; committing without signing is
@@ -29,16 +30,28 @@ def _sdk() -> aws_encryption_sdk.EncryptionSDKClient:
     )
 
 
-@cache
 def _provider(key_arn: str) -> aws_encryption_sdk.StrictAwsKmsMasterKeyProvider:
+    # KMS calls go out as the identity the calling thread acts as (imaging_ai.aws.acting_as).
+    return _provider_for(key_arn, current_credentials())
+
+
+@cache
+def _provider_for(
+    key_arn: str, credentials: Credentials | None
+) -> aws_encryption_sdk.StrictAwsKmsMasterKeyProvider:
     # A fresh botocore session reads AWS_ENDPOINT_URL, so the same code runs against moto.
+    botocore_session = botocore.session.Session()
+    if credentials is not None:
+        botocore_session.set_credentials(
+            credentials.access_key_id, credentials.secret_access_key, credentials.session_token
+        )
     return aws_encryption_sdk.StrictAwsKmsMasterKeyProvider(
-        key_ids=[key_arn], botocore_session=botocore.session.Session()
+        key_ids=[key_arn], botocore_session=botocore_session
     )
 
 
 def reset_providers() -> None:
-    _provider.cache_clear()
+    _provider_for.cache_clear()
 
 
 class Writable(Protocol):

@@ -45,3 +45,20 @@ def aws(moto_session_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Ite
     yield moto_session_server
     reset_clients()
     envelope.reset_providers()
+
+
+@pytest.fixture(scope="session")
+def contract_template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The CDK prod template, synthesized once per session (cdk-nag gate included)."""
+    from tests.cloud_contract import synthesize_prod
+
+    return synthesize_prod(tmp_path_factory.mktemp("cloud-contract"))
+
+
+@pytest.fixture(scope="session")
+def iam_moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One IAM-enforcing moto server for the session (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    denials = tmp_path_factory.mktemp("iam") / "denials.jsonl"
+    server = start_moto_server(iam=True, denials_log=denials)
+    yield server
+    server.stop()

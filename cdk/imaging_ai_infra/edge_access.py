@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aws_cdk import CfnParameter, Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -31,7 +33,7 @@ class EdgeAccess(Construct):
         construct_id: str,
         *,
         platform: Platform,
-        site_queues: dict[str, sqs.IQueue],
+        site_queues: Mapping[str, sqs.IQueue],
     ) -> None:
         super().__init__(scope, construct_id)
         config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
@@ -120,6 +122,15 @@ class EdgeAccess(Construct):
             iam.PolicyStatement(
                 sid="UploadOwnStudies",
                 actions=["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                resources=[object_arn(f"{incoming}*")],
+            ),
+            # HeadObject is authorized by s3:GetObject: the uploader asks whether an object it
+            # journaled as unfinished is already stored (same SHA-256 metadata) before sending
+            # it again. The site reads back only its own de-identified, envelope-encrypted
+            # uploads; ListBucket cannot answer this (it returns no object metadata).
+            iam.PolicyStatement(
+                sid="CheckOwnUploads",
+                actions=["s3:GetObject"],
                 resources=[object_arn(f"{incoming}*")],
             ),
             iam.PolicyStatement(

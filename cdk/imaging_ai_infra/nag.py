@@ -57,10 +57,15 @@ def iam5(*, actions: Iterable[str] = (), resources: Iterable[str] = ()) -> list[
 
 def bucket_prefix_resources(bucket: s3.IBucket, prefixes: Iterable[str]) -> list[str]:
     """How cdk-nag spells `<bucket ARN>/<prefix>*` in an IAM5 finding."""
+    return bucket_object_resources(bucket, [f"{prefix}*" for prefix in prefixes])
+
+
+def bucket_object_resources(bucket: s3.IBucket, key_patterns: Iterable[str]) -> list[str]:
+    """How cdk-nag spells `<bucket ARN>/<key pattern>` in an IAM5 finding."""
     child = bucket.node.default_child
     assert child is not None
     logical_id = Stack.of(bucket).get_logical_id(child)  # type: ignore[arg-type]
-    return [f"<{logical_id}.Arn>/{prefix}*" for prefix in prefixes]
+    return [f"<{logical_id}.Arn>/{pattern}" for pattern in key_patterns]
 
 
 def acknowledge_default_policy(role: iam.Role, reason: str, wildcard_ids: list[str]) -> None:

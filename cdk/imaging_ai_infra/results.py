@@ -4,6 +4,7 @@ every DLQ → the failure function → a FAILED state and a message to the site.
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
@@ -14,11 +15,14 @@ from imaging_ai_infra.nag import (
     GRANT_KEY_ACTIONS,
     GRANT_PUT_ACTIONS,
     GRANT_READ_ACTIONS,
+    bucket_object_resources,
     bucket_prefix_resources,
 )
 from imaging_ai_infra.names import (
+    INCOMING_PREFIX,
     INFERENCE_FAILURE_PREFIX,
     INFERENCE_OUTPUT_PREFIX,
+    MANIFEST_NAME,
     MODELS_PREFIX,
     PREPROCESSED_PREFIX,
     RESULTS_PREFIX,
@@ -142,6 +146,14 @@ class Results(Construct):
             reserved_concurrency=2,
         )
         failure_fn = self.failure.function
+        # A dead-lettered manifest event names the run only inside its manifest: the failure
+        # function reads manifests (GetObject on the commit markers), nothing else in incoming/.
+        manifests = f"{INCOMING_PREFIX}*/{MANIFEST_NAME}"
+        failure_fn.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["s3:GetObject"], resources=[data_bucket.arn_for_objects(manifests)]
+            )
+        )
         data_key.grant_encrypt_decrypt(failure_fn)
         state_table.grant_read_write_data(failure_fn)
         for queues in self.site_queues.values():
@@ -152,4 +164,7 @@ class Results(Construct):
             failure_fn.add_event_source(
                 sources.SqsEventSource(dlq, batch_size=10, report_batch_item_failures=True)
             )
-        self.failure.acknowledge_grants(bucket_resources=[], actions=GRANT_KEY_ACTIONS)
+        self.failure.acknowledge_grants(
+            bucket_resources=bucket_object_resources(data_bucket, [manifests]),
+            actions=GRANT_KEY_ACTIONS,
+        )

@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from functools import cache
-from typing import TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.settings import CommonSettings
 from imaging_ai import envelope
-from imaging_ai.aws import client, reset_clients
+from imaging_ai.aws import client, current_credentials, reset_clients
 from imaging_ai.state import RunStateStore
 
 T = TypeVar("T")
-_CACHED: list[Callable[[], object]] = []
+_CACHED: list[Any] = []
 _LEASE_MARGIN_S = 5.0
 
 
 def once(factory: Callable[[], T]) -> Callable[[], T]:
-    """Cache a factory for the life of the process; `reset()` forgets every one."""
-    cached = cache(factory)
-    _CACHED.append(cached)
+    """Cache a factory for the life of the process; `reset()` forgets every one.
+
+    In Lambda each function has its own process and role. The local runtime runs all three
+    in one process, each under its own role (`imaging_ai.aws.acting_as`), so the cache is
+    kept per identity: a client built for one function's role never serves another's.
+    """
+    per_identity = cache(lambda _identity: factory())
+    _CACHED.append(per_identity)
+
+    @functools.wraps(factory)
+    def cached() -> T:
+        return per_identity(current_credentials())
+
     return cached
 
 
 def reset() -> None:
     """Forget settings, clients and services (tests point the functions at a fresh server)."""
     for cached in _CACHED:
-        cached.cache_clear()  # type: ignore[attr-defined]
+        cached.cache_clear()
     reset_clients()
     envelope.reset_providers()
 

@@ -28,7 +28,7 @@ from imaging_ai.async_inference import (
     AsyncRequestParameters,
     AsyncResponseParameters,
 )
-from imaging_ai.aws import client
+from imaging_ai.aws import Credentials, acting_as, client
 from imaging_ai.logs import get_logger
 
 logger = get_logger(__name__)
@@ -45,6 +45,8 @@ class AsyncEndpointConfig:
     success_topic_arn: str
     error_topic_arn: str
     invocation_timeout_s: float = 600.0
+    # Credentials of the SageMaker execution role; None: the process's own.
+    execution_role: Credentials | None = None
 
 
 @dataclass(frozen=True)
@@ -178,11 +180,13 @@ class AsyncEndpoint:
     # -- worker side -------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                self._run(job)
-            except Exception as error:  # every failure must end in a notification
-                self._fail(job, f"InternalFailure: {type(error).__name__}")
+        # SageMaker reads inputs, writes outputs and notifies as the endpoint's execution role.
+        with acting_as(self.config.execution_role):
+            while (job := self._jobs.get()) is not None:
+                try:
+                    self._run(job)
+                except Exception as error:  # every failure must end in a notification
+                    self._fail(job, f"InternalFailure: {type(error).__name__}")
 
     def _run(self, job: _Job) -> None:
         s3 = client("s3")

@@ -14,12 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pydicom
 import requests
 
-from imaging_ai.aws import client
 from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
 from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
+from imaging_ai.local.moto_server import FAKE_CREDENTIALS
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.local.timeline import STAGES
@@ -100,7 +101,8 @@ def collect_summary(
                 )
             )
     base = pipeline.ehr.base_url
-    for report_id in _stored_ids("DiagnosticReport"):
+    assert pipeline.moto is not None
+    for report_id in _stored_ids(pipeline.moto.endpoint_url, "DiagnosticReport"):
         report = requests.get(f"{base}/DiagnosticReport/{report_id}", timeout=10).json()
         summary.ehr_report_ids.append(str(report.get("id")))
         subject = report.get("subject", {}).get("reference", "")
@@ -164,9 +166,19 @@ def function_steps(logs: Path) -> dict[str, dict[str, float]]:
     return steps
 
 
-def _stored_ids(resource_type: str) -> list[str]:
-    """Ids of one resource type in the EHR's store (the local FHIR server has no search)."""
-    table = client("dynamodb")
+def _stored_ids(ehr_store_url: str, resource_type: str) -> list[str]:
+    """Ids of one resource type in the EHR's store (the local FHIR server has no search).
+
+    The EHR keeps its table on the runtime's plain moto server, whichever backend the cloud
+    side runs on (IAM-enforcing moto or LocalStack).
+    """
+    table = boto3.client(
+        "dynamodb",
+        endpoint_url=ehr_store_url,
+        region_name=FAKE_CREDENTIALS["AWS_REGION"],
+        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
     ids: set[str] = set()
     for page in table.get_paginator("scan").paginate(TableName=RESOURCE_TABLE):
         for item in page.get("Items", []):

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imaging_ai.aws import client
+from imaging_ai.aws import Credentials, acting_as, client
 from imaging_ai.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -124,11 +124,18 @@ class SqsDispatcher:
     batch_size: int = 10
     wait_time_s: int = 1
     retry_delay_s: int | None = 0
+    # The function's execution role: Lambda's event source mapping polls, and an in-process
+    # handler runs, as that role. None: the process's own credentials.
+    role: Credentials | None = None
     # Runs the handler instead of importing it here (a `FunctionProcess`, say).
     invoker: Handler | None = None
     _queue_arn: str | None = None
 
     def poll_once(self) -> BatchOutcome:
+        with acting_as(self.role):
+            return self._poll_once()
+
+    def _poll_once(self) -> BatchOutcome:
         sqs = client("sqs")
         messages = sqs.receive_message(
             QueueUrl=self.queue_url,
@@ -244,13 +251,16 @@ def event_sources(
     postprocess_queue_url: str,
     postprocess_dlq_url: str,
     wait_time_s: int = 0,
+    roles: Mapping[str, Credentials] | None = None,
     invokers: Mapping[str, Handler] | None = None,
 ) -> LocalEventSources:
     """Preprocess and postprocess on their queues; the failure handler on both DLQs.
 
-    `invokers` maps a function name to what runs it (its own process, say); a function not
-    named there runs in-process.
+    `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
+    of its execution role; `invokers` maps a function name to what runs it (its own process,
+    say); a function not named there runs in-process.
     """
+    roles = roles or {}
     invokers = invokers or {}
 
     def mapping(queue_url: str, handler: str, function_name: str) -> SqsDispatcher:
@@ -259,6 +269,7 @@ def event_sources(
             handler,
             function_name,
             wait_time_s=wait_time_s,
+            role=roles.get(function_name),
             invoker=invokers.get(function_name),
         )
 

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from imaging_ai import envelope
-from imaging_ai.aws import client, reset_clients
+from imaging_ai.aws import Credentials, client, reset_clients
 from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREFIX, Stage
 from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
@@ -40,6 +41,16 @@ from imaging_ai.local.dispatcher import (
 )
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
 from imaging_ai.local.function_process import FunctionProcess
+from imaging_ai.local.identities import (
+    SAGEMAKER_ROLE,
+    Identities,
+    RoleSpec,
+    create_deployer,
+    create_roles,
+    function_role,
+    site_role,
+)
+from imaging_ai.local.localstack_server import LocalStackServer, start_localstack
 from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
 from imaging_ai.local.processes import (
@@ -71,6 +82,10 @@ MODALITY_AE_TITLE = "CT_MODALITY"
 # Edge events after which the study cannot arrive without someone acting on it.
 _EDGE_FAILURES = {"failed", "dead_letter", "cloud_failed"}
 _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
+# Which stand-in serves the cloud's AWS APIs (README: `make demo BACKEND=localstack`).
+BACKEND_ENV = "IMAGING_AI_BACKEND"
+BACKENDS = ("moto", "localstack")
+FUNCTIONS = ("preprocess", "postprocess", "failure")
 
 
 @dataclass
@@ -94,8 +109,15 @@ class LocalPipeline:
     model_dir: Path = DEFAULT_MODEL_DIR
     quiet_seconds: float = 3.0
     printer: Any = print
+    backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV) or "moto")
+    # Given (moto backend only): the moto server enforces IAM, and every part runs as its
+    # role, with the policies this returns for the provisioned resources (the CDK template's).
+    iam_policies: Callable[[LocalResources], list[RoleSpec]] | None = None
     timeline: Timeline = field(init=False)
     moto: MotoServer | None = field(default=None, init=False)
+    cloud_moto: MotoServer | None = field(default=None, init=False)
+    localstack: LocalStackServer | None = field(default=None, init=False)
+    identities: Identities | None = field(default=None, init=False)
     resources: LocalResources | None = field(default=None, init=False)
     card: ModelCard | None = field(default=None, init=False)
     pacs: Orthanc | None = field(default=None, init=False)
@@ -140,10 +162,8 @@ class LocalPipeline:
         logs = self.work_dir / "logs"
         logs.mkdir(exist_ok=True)
         self.card = load_model_card(self.model_dir)
-        self._say("starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1")
-        self.moto = start_moto_server(log_path=logs / "moto.log")
-        self._set_environ(self.moto.environment())
-        self.resources = provision([self.site], [self.card])
+        self._start_cloud(logs)
+        assert self.resources
         inference_port = free_port()
         self._say("starting the inference container's server on the CPU", model=self.card.name)
         self._processes.append(
@@ -173,6 +193,7 @@ class LocalPipeline:
                 s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
                 success_topic_arn=self.resources.inference_success_topic_arn,
                 error_topic_arn=self.resources.inference_error_topic_arn,
+                execution_role=self._role(SAGEMAKER_ROLE),
             ),
             on_result=self._on_inference_result,
         ).start()
@@ -185,27 +206,36 @@ class LocalPipeline:
             }
         )
         # One process per function, INIT done before the first event (a warm function).
-        self._say("starting the Lambda functions, one process each")
-        self._functions = {
-            name: FunctionProcess(handler, name, logs / "lambda.log").start()
-            for name, handler in (
-                ("preprocess", PREPROCESS_HANDLER),
-                ("postprocess", POSTPROCESS_HANDLER),
-                ("failure", FAILURE_HANDLER),
-            )
-        }
+        # In IAM mode the handlers run in-process as their roles (`acting_as`) instead: a
+        # function process would inherit this process's (the deployer's) credentials.
+        if self.identities is None:
+            self._say("starting the Lambda functions, one process each")
+            self._functions = {
+                name: FunctionProcess(handler, name, logs / "lambda.log").start()
+                for name, handler in (
+                    ("preprocess", PREPROCESS_HANDLER),
+                    ("postprocess", POSTPROCESS_HANDLER),
+                    ("failure", FAILURE_HANDLER),
+                )
+            }
         self._sources = event_sources(
             self.resources.preprocess.url,
             self.resources.preprocess.dlq_url,
             self.resources.postprocess.url,
             self.resources.postprocess.dlq_url,
             wait_time_s=1,
+            roles={
+                name: role
+                for name in FUNCTIONS
+                if (role := self._role(function_role(name))) is not None
+            },
             invokers=self._functions,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
         self.pacs = start_orthanc(self.work_dir / "pacs")
+        assert self.moto
         self.ehr = start_fhir_server(self.moto.endpoint_url, logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
@@ -225,8 +255,9 @@ class LocalPipeline:
         for server in (self.ehr, self.pacs):
             if server is not None:
                 server.stop()
-        if self.moto:
-            self.moto.stop()
+        for aws in (self.localstack, self.cloud_moto, self.moto):
+            if aws is not None:
+                aws.stop()
         for name, value in self._saved_environ.items():
             if value == "\0unset":
                 os.environ.pop(name, None)
@@ -234,6 +265,59 @@ class LocalPipeline:
                 os.environ[name] = value
         reset_clients()
         envelope.reset_providers()
+
+    # -- the cloud's side --------------------------------------------------------------------
+
+    def _start_cloud(self, logs: Path) -> None:
+        """The AWS stand-in, the resources on it, and (IAM mode) the roles to act as.
+
+        A plain moto server always runs: it holds the local EHR's own table (the hospital's
+        system, never the cloud account) and, under LocalStack, the DynamoDB state table.
+        """
+        if self.backend not in BACKENDS:
+            raise PipelineError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}")
+        if self.iam_policies is not None and self.backend != "moto":
+            raise PipelineError("IAM enforcement is a moto mode; LocalStack's is not free")
+        self.moto = start_moto_server(log_path=logs / "moto.log")
+        environment = self.moto.environment()
+        if self.backend == "localstack":
+            self._say("starting LocalStack (S3, SQS, SNS, EventBridge, KMS) on 127.0.0.1")
+            self.localstack = start_localstack(self.work_dir, log_path=logs / "localstack.log")
+            self._say("LocalStack ready", seconds=round(self.localstack.started_in_s, 1))
+            # LocalStack's DynamoDB needs a Java download: the state table stays on moto.
+            environment = {
+                **self.localstack.environment(),
+                "AWS_ENDPOINT_URL_DYNAMODB": self.moto.endpoint_url,
+            }
+        elif self.iam_policies is not None:
+            self._say("starting moto server enforcing the CDK roles' IAM policies on 127.0.0.1")
+            self.cloud_moto = start_moto_server(
+                log_path=logs / "moto-iam.log", iam=True, denials_log=logs / "iam-denials.jsonl"
+            )
+            deployer = create_deployer(self.cloud_moto)
+            environment = {**self.cloud_moto.environment(), **deployer.environment()}
+            environment.pop("AWS_SESSION_TOKEN", None)
+            self._saved_environ.setdefault(
+                "AWS_SESSION_TOKEN", os.environ.get("AWS_SESSION_TOKEN", "\0unset")
+            )
+            os.environ.pop("AWS_SESSION_TOKEN", None)
+        else:
+            self._say(
+                "starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1"
+            )
+        self._set_environ(environment)
+        self.resources = provision([self.site], [self.card] if self.card else [])
+        if self.iam_policies is not None and self.cloud_moto is not None:
+            self.identities = create_roles(
+                self.cloud_moto, deployer, self.iam_policies(self.resources)
+            )
+
+    def _role(self, name: str) -> Credentials | None:
+        return self.identities.role(name) if self.identities else None
+
+    def iam_denials(self) -> list[dict[str, str]]:
+        """Calls the IAM-enforcing server refused (empty outside IAM mode)."""
+        return self.cloud_moto.denials() if self.cloud_moto else []
 
     # -- the hospital's side -----------------------------------------------------------------
 
@@ -263,11 +347,14 @@ class LocalPipeline:
         executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
         argv = [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
         self._say("starting the edge forwarder (C-STORE SCP)", port=self.forwarder_port)
+        site_credentials = self._role(site_role(self.site))
         process = ManagedProcess(
             name="edge forwarder",
             argv=[*argv, "run", "--config", str(config)],
             log_path=logs / "edge-forwarder.log",
             cwd=REPO_ROOT,
+            # The forwarder holds its site role's credentials only, as at a hospital.
+            env=site_credentials.environment() if site_credentials else {},
         ).start(tcp_ready("127.0.0.1", self.forwarder_port), timeout_s=60)
         self._processes.append(process)
         self._spawn("edge-log-follower", self._follow_edge_log, process.log_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -14,9 +15,16 @@ from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
+# Two backends: moto enforcing the CDK template's IAM policies (every part as its role), and
+# LocalStack as a host process (DynamoDB on moto: docs/local-backends.md says why).
+BACKENDS = ["moto-iam", "localstack"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
 def delivered(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
+    contract_template: dict[str, Any],
 ) -> Iterator[tuple[DemoSummary, SyntheticStudy]]:
     # Lambda handlers cache their settings and clients per process, as in Lambda; the
     # pipeline points them at its own moto server, so earlier tests' caches must go.
@@ -33,12 +41,25 @@ def delivered(
         spacing_mm=(2.0, 1.4, 1.4),
         nodule_count=2,
     )
-    with LocalPipeline(work_dir=work_dir, quiet_seconds=2.0, printer=None) as pipeline:
+    from tests.cloud_contract import role_specs
+
+    iam = request.param == "moto-iam"
+    pipeline = LocalPipeline(
+        work_dir=work_dir,
+        quiet_seconds=2.0,
+        printer=None,
+        backend="moto" if iam else "localstack",
+        iam_policies=(lambda resources: role_specs(contract_template, resources)) if iam else None,
+    )
+    with pipeline:
         # When a modality sends it to the edge forwarder by C-STORE
         started = time.monotonic()
         pipeline.send_study(work_dir / "study")
         ok = pipeline.wait_until_delivered(timeout_s=240)
         summary = collect_summary(pipeline, study, ok, started)
+        denials = pipeline.iam_denials()
+    # Then (IAM mode) no part needed a permission its CDK role does not grant
+    assert denials == [], denials
     bootstrap.reset()
     yield summary, study
 
