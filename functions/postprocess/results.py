@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import io
 import json
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -12,9 +13,22 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
+from imaging_ai.contracts import BUNDLE_NAME, KEY_IMAGES_NAME, SEG_NAME, SR_NAME
 from imaging_ai.errors import PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
+
+# The key-image slice choice and pixel rescale are the results library's; postprocess reaches
+# them through this adapter only.
+from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
+
+__all__ = [
+    "ResultsBuilder",
+    "build_result_objects",
+    "cap_findings",
+    "key_slice_indices",
+    "stored_to_hu",
+]
 
 
 class ResultsBuilder(Protocol):
@@ -27,6 +41,7 @@ class ResultsBuilder(Protocol):
         run_id: str,
         predecessor_sr: Dataset | None,
         unreported_findings: int,
+        key_slices_hu: Mapping[int, npt.NDArray[np.float32]] | None = None,
     ) -> dict[str, bytes]: ...
 
 
@@ -57,8 +72,9 @@ def build_result_objects(
     run_id: str,
     predecessor_sr: Dataset | None,
     unreported_findings: int = 0,
+    key_slices_hu: Mapping[int, npt.NDArray[np.float32]] | None = None,
 ) -> dict[str, bytes]:
-    """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
+    """SR, SEG, FHIR Bundle (and key images) as the bytes to encrypt, keyed by object name."""
     try:
         # Imported by name so this unit builds before the results library lands.
         results = importlib.import_module("imaging_ai.results")
@@ -72,9 +88,13 @@ def build_result_objects(
         run_id,
         predecessor_sr=predecessor_sr,
         unreported_findings=unreported_findings,
+        key_slices_hu=key_slices_hu,
     )
-    return {
-        "sr.dcm": dataset_bytes(objects.sr),
-        "seg.dcm": dataset_bytes(objects.seg),
-        "report.bundle.json": json.dumps(objects.bundle, separators=(",", ":")).encode(),
+    built = {
+        SR_NAME: dataset_bytes(objects.sr),
+        SEG_NAME: dataset_bytes(objects.seg),
+        BUNDLE_NAME: json.dumps(objects.bundle, separators=(",", ":")).encode(),
     }
+    if objects.key_images is not None:
+        built[KEY_IMAGES_NAME] = dataset_bytes(objects.key_images)
+    return built

@@ -26,6 +26,7 @@ from imaging_ai.results.patient_study import RESULT_PATIENT_STUDY_ATTRIBUTES
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.results.sr import build_structured_report
 
+
 def _patient_study_keywords(sop_class_uid: str) -> frozenset[str]:
     """Root attributes of the Patient and Study IE modules of one IOD (as highdicom copies)."""
     iod = get_sop_class_iod_map().get(sop_class_uid)
@@ -152,5 +153,7 @@ def build_results(
     bundle = build_bundle(source_headers, output, card, run_id, sr, now, unreported_findings)
     key_images = None
     if key_slices_hu is not None:
-        key_images = build_key_images(source_headers, key_slices_hu, labels, output, card, run_id, now)
+        key_images = build_key_images(
+            source_headers, key_slices_hu, labels, output, card, run_id, now
+        )
     return ResultObjects(seg=seg, sr=sr, bundle=bundle, key_images=key_images)

@@ -17,7 +17,7 @@ import numpy.typing as npt
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from scipy import ndimage
 
 from imaging_ai.errors import ContractError
@@ -119,9 +119,7 @@ def _frame(
     return np.array(image)
 
 
-def _frame_lines(
-    card: ModelCard, findings: Sequence[Finding], index: int, count: int
-) -> list[str]:
+def _frame_lines(card: ModelCard, findings: Sequence[Finding], index: int, count: int) -> list[str]:
     lines = [_AI_MARK, f"{card.name} v{card.version}  image {index} of {count}"]
     if card.not_for_clinical_use:
         lines.append(codes.NOT_FOR_CLINICAL_USE_SHORT)
