@@ -61,6 +61,10 @@ class ReportContent:
 
     def conclusion(self) -> str:
         """The one-paragraph text report (the same sentences in the PDF and the ORU)."""
+        return " ".join(self.conclusion_sentences())
+
+    def conclusion_sentences(self) -> list[str]:
+        """The text report, sentence by sentence."""
         lines = [f"AI result by {self.model_name} version {self.model_version}."]
         if not self.findings:
             lines.append("No finding was detected by the algorithm.")
@@ -73,7 +77,7 @@ class ReportContent:
             lines.append(f"{finding.tracking_identifier}{site}: {', '.join(parts)}.")
         lines.extend(self.comments)
         lines.append("Measurements are unverified algorithm output, to be read by a radiologist.")
-        return " ".join(lines)
+        return lines
 
 
 def format_value(value: float) -> str:
