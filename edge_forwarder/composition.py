@@ -9,17 +9,21 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
+from edge_forwarder.config import EhrSection, ForwarderConfig, Hl7Section, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery, RetryPolicy
+from edge_forwarder.delivery import Delivery, PacsDestination, RetryPolicy
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
+from edge_forwarder.on_prem_reports import OnPremReports
+from edge_forwarder.oru import OruParties
 from edge_forwarder.outbound import CompletedStudies, Outbound
+from edge_forwarder.result_objects import ResultObject
 from edge_forwarder.service import ForwarderService
 from edge_forwarder.transport.backoff import Backoff
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
+from edge_forwarder.transport.hl7 import MllpPeer
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer
 from edge_forwarder.transport.results import ResultsPoller
@@ -93,19 +97,27 @@ def build_forwarder(
     )
     delivery = Delivery(
         journal=journal,
-        pacs=PacsPeer(
-            config.pacs.host,
-            config.pacs.port,
-            config.pacs.ae_title,
-            config.pacs.calling_ae_title,
-            config.pacs.timeout_s,
-        ),
+        pacs=_pacs_peer(config.pacs),
         ehr=_ehr(config),
         pacs_retry=_retry_policy(config.pacs, max_backoff_s),
         ehr_retry=_retry_policy(config.ehr, max_backoff_s),
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
         stop=stop,
+        pacs_objects=tuple(config.pacs.objects),
+        extra_pacs=[
+            PacsDestination(
+                extra.name,
+                _pacs_peer(extra),
+                tuple(extra.objects),
+                _retry_policy(extra, max_backoff_s),
+            )
+            for extra in config.extra_pacs
+        ],
+        hl7=MllpPeer(config.hl7.host, config.hl7.port, config.hl7.timeout_s)
+        if config.hl7
+        else None,
+        hl7_retry=_retry_policy(config.hl7 or config.pacs, max_backoff_s),
     )
     inbound = Inbound(
         journal=journal,
@@ -126,6 +138,7 @@ def build_forwarder(
         delivery=delivery,
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
+        reports=_on_prem_reports(config),
     )
     service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
     return Forwarder(service=service, journal=journal, telemetry=telemetry, listener=listener)
@@ -150,7 +163,34 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
     )
 
 
-def _retry_policy(target: PacsSection | EhrSection, max_backoff_s: float) -> RetryPolicy:
+def _pacs_peer(section: PacsSection) -> PacsPeer:
+    return PacsPeer(
+        section.host, section.port, section.ae_title, section.calling_ae_title, section.timeout_s
+    )
+
+
+def _on_prem_reports(config: ForwarderConfig) -> OnPremReports | None:
+    """The PDF where a PACS destination lists it; the ORU where `[hl7]` is configured."""
+    pdf = any(ResultObject.PDF in p.objects for p in (config.pacs, *config.extra_pacs))
+    hl7 = config.hl7
+    if not pdf and hl7 is None:
+        return None
+    parties = None
+    if hl7 is not None:
+        parties = OruParties(
+            sending_application=hl7.sending_application,
+            sending_facility=hl7.sending_facility,
+            receiving_application=hl7.receiving_application,
+            receiving_facility=hl7.receiving_facility,
+            patient_id_authority=hl7.patient_id_authority,
+            processing_id=hl7.processing_id,
+        )
+    return OnPremReports(pdf=pdf, oru=parties)
+
+
+def _retry_policy(
+    target: PacsSection | EhrSection | Hl7Section, max_backoff_s: float
+) -> RetryPolicy:
     return RetryPolicy(target.max_attempts, Backoff(target.retry_base_s, max_backoff_s))
 
 

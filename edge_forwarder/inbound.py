@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from edge_forwarder.delivery import Delivery
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.on_prem_reports import OnPremReports
+from edge_forwarder.result_objects import ORU_NAME
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
 from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
@@ -52,6 +54,8 @@ class Inbound:
     delivery: Delivery
     telemetry: Telemetry
     deliveries_dir: Path
+    # The PDF report and HL7 ORU, rendered here after re-identification (None: neither).
+    reports: OnPremReports | None = None
 
     def tick(self) -> None:
         for received in self.results.receive():
@@ -104,6 +108,10 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.EHR, DeliveryState.PENDING, payload_dir=folder
             )
+        if (folder / ORU_NAME).exists():
+            self.journal.set_delivery(
+                run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder
+            )
         return True
 
     def reidentify(self, objects: dict[str, bytes], identity: StudyIdentity, run_id: str) -> Path:
@@ -121,6 +129,8 @@ class Inbound:
                 accession_identifier_system=self.identifier_systems.accession,
             )
             (folder / BUNDLE_NAME).write_text(json.dumps(bundle))
+        if self.reports is not None:
+            self.reports.render(folder, identity, run_id)
         return folder
 
     def _run_for(self, message: SiteResultMessage) -> str:

@@ -114,7 +114,9 @@ def _finding_segments(
     sub_id = str(number)  # OBX-4 groups one finding's observations
     rows: list[tuple[str, str, str, dict[str, str]]] = []
     if finding.finding_type is not None:
-        rows.append(("CWE", _coded(codes.FINDING), _coded(finding.finding_type), {"flag": ABNORMAL}))
+        rows.append(
+            ("CWE", _coded(codes.FINDING), _coded(finding.finding_type), {"flag": ABNORMAL})
+        )
     if finding.finding_site is not None:
         rows.append(("CWE", _coded(FINDING_SITE), _coded(finding.finding_site), {}))
     for measurement in finding.measurements:
@@ -202,8 +204,16 @@ def build_oru(
     flag = ABNORMAL if content.findings else NORMAL
     for line in report_lines(content):
         segments.append(
-            _obx(set_id, "TX", _coded(NARRATIVE_REPORT), "", escape(line), stamp, flag=flag,
-                 equipment=equipment)  # fmt: skip
+            _obx(
+                set_id,
+                "TX",
+                _coded(NARRATIVE_REPORT),
+                "",
+                escape(line),
+                stamp,
+                flag=flag,
+                equipment=equipment,
+            )
         )
         set_id += 1
     message = SEGMENT_SEPARATOR.join(segments)
@@ -214,10 +224,10 @@ def build_oru(
 def validate(message: str) -> None:
     """Raise InvalidOru unless hl7apy accepts the message at its strict validation level."""
     try:
-        parsed = parse_message(
-            message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True
-        )
+        parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
         parsed.validate()
     except (HL7apyException, ValueError) as error:
-        # hl7apy names the segment and field; values are not echoed in its messages.
-        raise InvalidOru(f"ORU fails strict HL7 v2.5.1 validation: {type(error).__name__}") from None
+        # The type only: hl7apy's messages quote the offending value, which may be PHI.
+        raise InvalidOru(
+            f"ORU fails strict HL7 v2.5.1 validation: {type(error).__name__}"
+        ) from None

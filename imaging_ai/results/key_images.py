@@ -110,7 +110,7 @@ def _frame(
     draw = ImageDraw.Draw(image)
     font_size = max(10, image.height // 40)
     font = _font(font_size)
-    y = 4
+    y: float = 4
     for line in lines:
         box = draw.textbbox((4, y), line, font=font)
         draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=0)

@@ -57,6 +57,15 @@ def _date(value: object) -> str:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 else text
 
 
+def _time(value: str) -> str:
+    return f"{value[:2]}:{value[2:4]}" if len(value) >= 4 else value
+
+
+def _line(pdf: FPDF, height: float, text: str) -> None:
+    """A full-width cell, then the next line."""
+    pdf.cell(pdf.epw, height, text, new_x="LMARGIN", new_y="NEXT")
+
+
 def render_pdf(
     sr: Dataset, content: ReportContent, key_frames: Sequence[npt.NDArray[np.uint8]] = ()
 ) -> bytes:
@@ -68,11 +77,13 @@ def render_pdf(
     pdf.add_page()
     width = pdf.epw
     pdf.set_font("helvetica", "B", 15)
-    pdf.cell(width, 9, "AI imaging result - unverified algorithm output", new_x="LMARGIN", new_y="NEXT")
+    pdf.cell(
+        width, 9, "AI imaging result - unverified algorithm output", new_x="LMARGIN", new_y="NEXT"
+    )
     if content.not_for_clinical_use:
         pdf.set_font("helvetica", "B", 11)
         pdf.set_text_color(180, 0, 0)
-        pdf.cell(width, 7, codes.NOT_FOR_CLINICAL_USE_SHORT, new_x="LMARGIN", new_y="NEXT")
+        _line(pdf, 7, codes.NOT_FOR_CLINICAL_USE_SHORT)
         pdf.set_text_color(0, 0, 0)
     pdf.ln(2)
     pdf.set_font("helvetica", "", 10)
@@ -85,8 +96,10 @@ def render_pdf(
         ("Study", f"{procedure}, {_date(sr.get('StudyDate'))}"),
         ("Algorithm", f"{content.model_name} version {content.model_version}"),
         ("Weights SHA-256", content.weights_sha256 or "not stated"),
-        ("Reported", f"{_date(content.content_date)} {content.content_time[:2]}:"
-                     f"{content.content_time[2:4]} UTC"),  # fmt: skip
+        (
+            "Reported",
+            f"{_date(content.content_date)} {_time(content.content_time)} UTC",
+        ),
     ]
     for label, value in rows:
         pdf.set_font("helvetica", "B", 10)
@@ -95,10 +108,12 @@ def render_pdf(
         pdf.multi_cell(width - 38, 6, _latin1(value), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     pdf.set_font("helvetica", "B", 12)
-    pdf.cell(width, 8, "Findings", new_x="LMARGIN", new_y="NEXT")
+    _line(pdf, 8, "Findings")
     pdf.set_font("helvetica", "", 10)
     if not content.findings:
-        pdf.cell(width, 6, "No finding was detected by the algorithm.", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(
+            width, 6, "No finding was detected by the algorithm.", new_x="LMARGIN", new_y="NEXT"
+        )
     else:
         with pdf.table(col_widths=(30, 30, 30, 40, 40), text_align="LEFT") as table:
             header = table.row()
@@ -117,7 +132,7 @@ def render_pdf(
                     row.cell(f"{format_value(measurement.value)} {measurement.unit.value}")
     pdf.ln(3)
     pdf.set_font("helvetica", "B", 12)
-    pdf.cell(width, 8, "Report", new_x="LMARGIN", new_y="NEXT")
+    _line(pdf, 8, "Report")
     pdf.set_font("helvetica", "", 10)
     pdf.multi_cell(width, 5, _latin1(content.conclusion()), new_x="LMARGIN", new_y="NEXT")
     for number, frame in enumerate(key_frames, start=1):
@@ -125,7 +140,9 @@ def render_pdf(
             pdf.add_page()
         pdf.ln(3)
         pdf.set_font("helvetica", "B", 10)
-        pdf.cell(width, 6, f"Key image {number} of {len(key_frames)}", new_x="LMARGIN", new_y="NEXT")
+        pdf.cell(
+            width, 6, f"Key image {number} of {len(key_frames)}", new_x="LMARGIN", new_y="NEXT"
+        )
         pdf.image(Image.fromarray(frame, mode="L"), w=min(width, 90))
     return bytes(pdf.output())
 
@@ -153,10 +170,14 @@ def build_encapsulated_pdf(
     pdf = render_pdf(sr, content, frames)
     ds = Dataset()
     for keyword in _TYPE_2_PATIENT_STUDY:
-        ds[keyword] = sr[keyword] if keyword in sr else pydicom.DataElement(
-            pydicom.datadict.tag_for_keyword(keyword) or 0,
-            pydicom.datadict.dictionary_VR(keyword),
-            None,
+        ds[keyword] = (
+            sr[keyword]
+            if keyword in sr
+            else pydicom.DataElement(
+                pydicom.datadict.tag_for_keyword(keyword) or 0,
+                pydicom.datadict.dictionary_VR(keyword),
+                None,
+            )
         )
     for keyword in (
         "PatientIdentityRemoved",
