@@ -140,9 +140,9 @@ class Delivery:
                 except ForwarderError as error:
                     self._dead_letter(run_id, DeliveryTarget.PACS, f"{destination.name}: {error}")
                     return
-            self.journal.note(
-                run_id, PACS_DESTINATION_DONE, detail=f"{destination.name} objects={len(objects)}"
-            )
+            if self.extra_pacs:  # with one destination a retry has nothing to skip
+                detail = f"{destination.name} objects={len(objects)}"
+                self.journal.note(run_id, PACS_DESTINATION_DONE, detail=detail)
             total += len(objects)
             titles.append(destination.peer.ae_title)
         self._delivered(

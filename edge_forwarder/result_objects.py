@@ -27,5 +27,5 @@ FILE_NAMES: Final[dict[ResultObject, str]] = {
 }
 # What a destination gets unless its config says otherwise: the standard objects.
 DEFAULT_PACS_OBJECTS: Final = (ResultObject.SR, ResultObject.SEG)
-# The order objects are sent in: the SR references the SEG, the PDF both.
-SEND_ORDER: Final = (ResultObject.SEG, ResultObject.SR, ResultObject.KEY_IMAGES, ResultObject.PDF)
+# The order objects are sent in (one association per destination).
+SEND_ORDER: Final = (ResultObject.SR, ResultObject.SEG, ResultObject.KEY_IMAGES, ResultObject.PDF)

@@ -26,7 +26,7 @@ def _reidentified_run(journal: Journal, folder: Path) -> Path:
     (payload / SR_NAME).write_bytes(b"sr")
     (payload / SEG_NAME).write_bytes(b"seg")
     (payload / BUNDLE_NAME).write_text(json.dumps({"resourceType": "Bundle"}))
-    for target in DeliveryTarget:
+    for target in (DeliveryTarget.PACS, DeliveryTarget.EHR):
         journal.set_delivery(RUN_ID, target, DeliveryState.PENDING, payload_dir=payload)
     return payload
 
