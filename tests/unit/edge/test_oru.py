@@ -39,7 +39,7 @@ PARTIES = OruParties(
 )
 
 
-def _content(findings: int = 2) -> ReportContent:
+def sample_content(findings: int = 2) -> ReportContent:
     return ReportContent(
         sop_instance_uid="1.2.3.9",
         model_name="lung-nodule-demo",
@@ -71,7 +71,7 @@ def _segments(message: str) -> list[list[str]]:
 
 def test_an_oru_passes_hl7apy_strict_validation_with_the_patient_and_accession() -> None:
     # When the ORU of a two-finding report is built
-    message = build_oru(_content(), IDENTITY, "run-1", PARTIES, WHEN)
+    message = build_oru(sample_content(), IDENTITY, "run-1", PARTIES, WHEN)
     # Then hl7apy parses it strictly into the ORU_R01 structure
     parsed = parse_message(message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
     assert parsed.validate() and parsed.name == "ORU_R01"
@@ -89,7 +89,7 @@ def test_an_oru_passes_hl7apy_strict_validation_with_the_patient_and_accession()
 
 
 def test_one_coded_obx_per_measurement_with_ucum_units_and_abnormal_flags() -> None:
-    message = build_oru(_content(), IDENTITY, "run-1", PARTIES, WHEN)
+    message = build_oru(sample_content(), IDENTITY, "run-1", PARTIES, WHEN)
     obx = [s for s in _segments(message) if s[0] == "OBX"]
     numeric = [s for s in obx if s[2] == "NM"]
     # Then each finding's volume and long axis is one NM OBX, SNOMED CT coded, in UCUM
@@ -108,7 +108,7 @@ def test_one_coded_obx_per_measurement_with_ucum_units_and_abnormal_flags() -> N
 
 
 def test_the_text_report_is_loinc_coded_lines_naming_model_and_disclaimer() -> None:
-    message = build_oru(_content(), IDENTITY, "run-1", PARTIES, WHEN)
+    message = build_oru(sample_content(), IDENTITY, "run-1", PARTIES, WHEN)
     text = [s for s in _segments(message) if s[2] == "TX"]
     assert {s[3] for s in text} == {"18782-3^Radiology Study observation (narrative)^LN"}
     assert all(len(s[5]) <= 199 for s in text)
@@ -118,14 +118,14 @@ def test_the_text_report_is_loinc_coded_lines_naming_model_and_disclaimer() -> N
 
 
 def test_no_finding_is_a_normal_text_only_result() -> None:
-    message = build_oru(_content(findings=0), IDENTITY, "run-1", PARTIES, WHEN)
+    message = build_oru(sample_content(findings=0), IDENTITY, "run-1", PARTIES, WHEN)
     obx = [s for s in _segments(message) if s[0] == "OBX"]
     assert {s[2] for s in obx} == {"TX"} and {s[8] for s in obx} == {"N"}
     assert "No finding was detected" in " ".join(s[5] for s in obx)
 
 
 def test_strict_validation_refuses_a_broken_message_without_quoting_values() -> None:
-    message = build_oru(_content(), IDENTITY, "run-1", PARTIES, WHEN)
+    message = build_oru(sample_content(), IDENTITY, "run-1", PARTIES, WHEN)
     # A value longer than its field allows (PID-3 repeated past its limit)
     broken = message.replace("MRN-0042^^^", "MRN-0042" * 40 + "^^^")
     with pytest.raises(InvalidOru) as raised:
