@@ -157,7 +157,8 @@ class Delivery:
         }
 
     def _deliver_hl7(self, run_id: str, folder: Path) -> None:
-        message = (folder / ORU_NAME).read_text(encoding="utf-8")
+        # Bytes, not read_text: universal newlines would turn the CR segment ends into LF.
+        message = (folder / ORU_NAME).read_bytes().decode("utf-8")
         hl7 = self.hl7
         if hl7 is None:
             self._dead_letter(run_id, DeliveryTarget.HL7, "no [hl7] destination is configured")

@@ -52,7 +52,7 @@ class OnPremReports:
                 message = build_oru(read_report(sr), identity, run_id, self.oru)
                 if any(p in message for p in identity.pseudonyms()):
                     raise ReidentificationError("pseudonym left in the HL7 ORU")
-                (folder / ORU_NAME).write_text(message, encoding="utf-8")
+                (folder / ORU_NAME).write_bytes(message.encode("utf-8"))
                 made.append(ORU_NAME)
         except PermanentError:
             raise

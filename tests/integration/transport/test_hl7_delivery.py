@@ -92,7 +92,7 @@ def _delivery(tmp_path: Path, peer: MllpPeer, attempts: int = 3) -> tuple[Delive
     journal.advance(RUN_ID, EdgeStage.REIDENTIFIED)
     folder = tmp_path / "deliveries" / RUN_ID
     folder.mkdir(parents=True)
-    (folder / ORU_NAME).write_text(MESSAGE, encoding="utf-8")
+    (folder / ORU_NAME).write_bytes(MESSAGE.encode())
     journal.set_delivery(RUN_ID, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder)
     return delivery, journal
 
