@@ -86,7 +86,9 @@ max_attempts = 2
 retry_base_s = 0.05
 """
     )
-    intake = ListIntake([FakeCompleted("s-1", 1, "default", {study.series_instance_uid: study.paths})])
+    intake = ListIntake(
+        [FakeCompleted("s-1", 1, "default", {study.series_instance_uid: study.paths})]
+    )
     forwarder, _ = forwarder_from_config(config_path, intake)
     try:
         # When the study goes out, the cloud answers, and the inbound loop runs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
@@ -134,3 +135,11 @@ def test_strict_validation_refuses_a_broken_message_without_quoting_values() -> 
     # A message without its required patient segment fields structure
     with pytest.raises(InvalidOru):
         validate(message.replace("ORU^R01^ORU_R01", "ORU^R01^XYZ_R01"))
+
+
+def test_the_documented_example_passes_strict_validation() -> None:
+    # docs/example-oru-r01.hl7: one segment a line for reading; CR on the wire
+    example = Path(__file__).parents[3] / "docs" / "example-oru-r01.hl7"
+    message = "\r".join(example.read_text().strip().splitlines())
+    validate(message)
+    assert "MRN-4711-0815^^^HOSP-MRN^MR" in message  # the synthetic study's fake MRN

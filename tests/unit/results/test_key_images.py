@@ -1,4 +1,4 @@
-"""Key images: a multi-frame grayscale Secondary Capture with outlines and measurements burned in."""
+"""Key images: a multi-frame grayscale SC with outlines and measurements burned in."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from scipy import ndimage
 from imaging_ai.model_io import Finding
 from imaging_ai.results import ResultObjects, build_results
 from imaging_ai.results.key_images import (
-    MULTIFRAME_GRAYSCALE_BYTE_SC,
     MIN_DISPLAY_SIZE,
+    MULTIFRAME_GRAYSCALE_BYTE_SC,
     key_slice_indices,
     stored_to_hu,
 )

@@ -57,7 +57,9 @@ def test_the_report_content_is_what_the_sr_says(
     assert content.weights_sha256 == card.weights_sha256
     assert [f.tracking_identifier for f in content.findings] == ["Nodule 1", "Nodule 2"]
     volumes = sorted(round(f.volume_mm3, 2) for f in sample_run.output.findings)
-    read = sorted(m.value for f in content.findings for m in f.measurements if m.unit.value == "mm3")
+    read = sorted(
+        m.value for f in content.findings for m in f.measurements if m.unit.value == "mm3"
+    )
     assert read == volumes
     assert content.not_for_clinical_use
     assert f"{card.name} version {card.version}" in content.conclusion()
