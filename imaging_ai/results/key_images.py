@@ -231,7 +231,8 @@ def _dataset(
     ds.InstanceCreationTime = ds.TimeOfSecondaryCapture
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.PatientOrientation = ""
-    ds.Laterality = ""  # type 2C: a chest study is not one side of a paired organ
+    # The chest as a whole is unpaired; saying so satisfies General Series Laterality (2C).
+    ds.ImageLaterality = "U"
     ds.BurnedInAnnotation = "YES"
     ds.RecognizableVisualFeatures = "NO"
     ds.ImageComments = (
