@@ -50,6 +50,11 @@ system-deps:
 	  fi; \
 	fi
 
+# One tier at a time (tests/conftest.py marks each test with its folder's tier);
+# FAST=1 leaves out the tests marked slow.
+unit integration infrastructure e2e: venv
+	$(BIN)/python -m pytest -q -m "$@$(if $(FAST), and not slow)" tests
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

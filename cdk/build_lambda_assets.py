@@ -19,7 +19,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path(__file__).resolve().parent / ".build"
-FUNCTION_NAMES = ("preprocess", "postprocess", "failure")
+# Every `functions/<name>/handler.py` is a function: a new stage needs no edit here.
+FUNCTION_NAMES = tuple(
+    sorted(path.parent.name for path in (REPO_ROOT / "functions").glob("*/handler.py"))
+)
 LAMBDA_PLATFORM = ("manylinux2014_x86_64", "3.12", "cp")
 # Never shipped to Lambda: model code runs in the container; `local` is the laptop runtime;
 # `synthetic.py` makes fake-PHI studies for tests and the demo. The import-linter contract

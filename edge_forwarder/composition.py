@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from edge_forwarder.config import EhrSection, ForwarderConfig, Hl7Section, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery, PacsDestination, RetryPolicy
+from edge_forwarder.delivery import Delivery, PacsDestination
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
@@ -21,7 +21,7 @@ from edge_forwarder.oru import OruParties
 from edge_forwarder.outbound import CompletedStudies, Outbound
 from edge_forwarder.result_objects import ResultObject
 from edge_forwarder.service import ForwarderService
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.hl7 import MllpPeer
 from edge_forwarder.transport.journal import Journal
@@ -97,7 +97,7 @@ def build_forwarder(
     )
     delivery = Delivery(
         journal=journal,
-        pacs=_pacs_peer(config.pacs),
+        pacs=_pacs(config.pacs),
         ehr=_ehr(config),
         pacs_retry=_retry_policy(config.pacs, max_backoff_s),
         ehr_retry=_retry_policy(config.ehr, max_backoff_s),
@@ -108,7 +108,7 @@ def build_forwarder(
         extra_pacs=[
             PacsDestination(
                 extra.name,
-                _pacs_peer(extra),
+                _pacs(extra),
                 tuple(extra.objects),
                 _retry_policy(extra, max_backoff_s),
             )
@@ -121,15 +121,7 @@ def build_forwarder(
     )
     inbound = Inbound(
         journal=journal,
-        results=ResultsPoller(
-            site=config.site,
-            bucket=config.aws.bucket,
-            kms_key_arn=config.aws.kms_key_arn,
-            queue_name=config.results_queue_name,
-            wait_time_s=config.results.wait_time_s,
-            visibility_timeout_s=config.results.visibility_timeout_s,
-            region=config.aws.region,
-        ),
+        results=_results(config),
         identities=vault,
         identifier_systems=IdentifierSystems(
             patient=config.ehr.patient_identifier_system,
@@ -163,7 +155,7 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
     )
 
 
-def _pacs_peer(section: PacsSection) -> PacsPeer:
+def _pacs(section: PacsSection) -> PacsPeer:
     return PacsPeer(
         section.host, section.port, section.ae_title, section.calling_ae_title, section.timeout_s
     )
@@ -186,6 +178,18 @@ def _on_prem_reports(config: ForwarderConfig) -> OnPremReports | None:
             processing_id=hl7.processing_id,
         )
     return OnPremReports(pdf=pdf, oru=parties)
+
+
+def _results(config: ForwarderConfig) -> ResultsPoller:
+    return ResultsPoller(
+        site=config.site,
+        bucket=config.aws.bucket,
+        kms_key_arn=config.aws.kms_key_arn,
+        queue_name=config.results_queue_name,
+        wait_time_s=config.results.wait_time_s,
+        visibility_timeout_s=config.results.visibility_timeout_s,
+        region=config.aws.region,
+    )
 
 
 def _retry_policy(

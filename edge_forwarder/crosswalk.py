@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge_forwarder.deid import DeidResult
-from edge_forwarder.durable_db import open_durable_db
+from edge_forwarder.durable_db import open_durable_db, transaction
 from edge_forwarder.identity import StudyIdentity
 from imaging_ai.errors import PipelineError
 
@@ -104,47 +104,41 @@ class CrosswalkVault:
             )
             for pseudo_uid, original_uid in mapping.items()
         ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO study VALUES (?, ?, ?, ?, ?)",
+        with transaction(self._db, self._lock) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO study VALUES (?, ?, ?, ?, ?)",
+                (
+                    identity.pseudo_study_uid,
+                    site,
+                    identity.pseudo_patient_id,
+                    identity.date_shift_days,
+                    self._seal(json.dumps(study).encode(), identity.pseudo_study_uid),
+                ),
+            )
+            for level, pseudo_uid, original_uid in uids:
+                db.execute(
+                    "INSERT OR IGNORE INTO uid_map VALUES (?, ?, ?, ?)",
                     (
+                        pseudo_uid,
+                        level,
                         identity.pseudo_study_uid,
-                        site,
-                        identity.pseudo_patient_id,
-                        identity.date_shift_days,
-                        self._seal(json.dumps(study).encode(), identity.pseudo_study_uid),
+                        self._seal(original_uid.encode(), pseudo_uid),
                     ),
                 )
-                for level, pseudo_uid, original_uid in uids:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO uid_map VALUES (?, ?, ?, ?)",
-                        (
-                            pseudo_uid,
-                            level,
-                            identity.pseudo_study_uid,
-                            self._seal(original_uid.encode(), pseudo_uid),
-                        ),
-                    )
-                self._db.execute(
-                    "INSERT INTO audit (at, event, site, pseudo_study_uid, "
-                    "pseudo_sop_instance_uid, sop_class_uid, table_edition, method_codes) "
-                    "VALUES (?, 'DEIDENTIFIED', ?, ?, ?, ?, ?, ?)",
-                    (
-                        time.time(),
-                        site,
-                        identity.pseudo_study_uid,
-                        result.pseudo.sop_instance_uid,
-                        result.sop_class_uid,
-                        result.table_edition,
-                        ",".join(result.method_codes),
-                    ),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            db.execute(
+                "INSERT INTO audit (at, event, site, pseudo_study_uid, "
+                "pseudo_sop_instance_uid, sop_class_uid, table_edition, method_codes) "
+                "VALUES (?, 'DEIDENTIFIED', ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    site,
+                    identity.pseudo_study_uid,
+                    result.pseudo.sop_instance_uid,
+                    result.sop_class_uid,
+                    result.table_edition,
+                    ",".join(result.method_codes),
+                ),
+            )
 
     def study_by_pseudo(self, pseudo_study_uid: str) -> StudyIdentity | None:
         with self._lock:

@@ -20,7 +20,7 @@ from edge_forwarder.result_objects import (
     SEND_ORDER,
     ResultObject,
 )
-from edge_forwarder.transport.backoff import Backoff, retry
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy, retry
 from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
 from edge_forwarder.transport.hl7 import Hl7Rejected
@@ -63,12 +63,6 @@ class Ehr(Protocol):
     """The hospital EHR's FHIR endpoint (`transport.ehr.EhrClient`)."""
 
     def post_transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int
-    backoff: Backoff
 
 
 @dataclass(frozen=True)

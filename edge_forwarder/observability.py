@@ -18,6 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imaging_ai.logs import JsonFormatter
+
 LOGGER_NAME = "edge_forwarder"
 # Only these keyword fields reach a log line: pseudonyms, counts and stage names, never PHI.
 _ALLOWED_FIELDS = frozenset(
@@ -54,27 +56,9 @@ _ALLOWED_FIELDS = frozenset(
 )
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, event name, allowed keyword fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        fields = getattr(record, "fields", {})
-        line.update({k: v for k, v in fields.items() if k in _ALLOWED_FIELDS})
-        if record.exc_info and record.exc_info[0] is not None:
-            # The type only: an exception text from a third-party library may quote data.
-            line["exception"] = record.exc_info[0].__name__
-        return json.dumps(line, default=str)
-
-
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(allowed_fields=_ALLOWED_FIELDS))
     root = logging.getLogger(LOGGER_NAME)
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -107,38 +91,24 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.studies = Counter(
-            "edge_forwarder_studies_total", "Studies by stage reached", ["stage"], registry=r
-        )
-        self.uploaded_bytes = Counter(
-            "edge_forwarder_uploaded_bytes_total", "Encrypted bytes uploaded to S3", registry=r
-        )
-        self.upload_retries = Counter(
-            "edge_forwarder_upload_retries_total", "S3 calls retried after an error", registry=r
-        )
+        # Every name is edge_forwarder_<name>, on this registry.
+        named: dict[str, Any] = {"namespace": "edge_forwarder", "registry": self.registry}
+        self.studies = Counter("studies", "Studies by stage reached", ["stage"], **named)
+        self.uploaded_bytes = Counter("uploaded_bytes", "Encrypted bytes uploaded to S3", **named)
+        self.upload_retries = Counter("upload_retries", "S3 calls retried after an error", **named)
         self.deliveries = Counter(
-            "edge_forwarder_deliveries_total",
-            "Deliveries by target and outcome",
-            ["target", "outcome"],
-            registry=r,
+            "deliveries", "Deliveries by target and outcome", ["target", "outcome"], **named
         )
-        self.dead_letters = Gauge(
-            "edge_forwarder_dead_letters", "Deliveries parked in dead-letter state", registry=r
-        )
-        self.backlog = Gauge(
-            "edge_forwarder_upload_backlog", "Studies prepared but not yet committed", registry=r
-        )
+        self.dead_letters = Gauge("dead_letters", "Deliveries parked in dead-letter state", **named)
+        self.backlog = Gauge("upload_backlog", "Studies prepared but not yet committed", **named)
         self.stage_seconds = Histogram(
-            "edge_forwarder_stage_seconds",
+            "stage_seconds",
             "Time spent per stage",
             ["stage"],
             buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
-            registry=r,
+            **named,
         )
-        self.last_loop = Gauge(
-            "edge_forwarder_last_loop_timestamp_seconds", "When the run loop last ran", registry=r
-        )
+        self.last_loop = Gauge("last_loop_timestamp_seconds", "When the run loop last ran", **named)
 
 
 class HealthState:

@@ -48,15 +48,9 @@ class IdentityStore(Protocol):
 class Upload(Protocol):
     """Encrypt into the outbox, then send to S3 (`transport.uploader.Uploader`)."""
 
-    def prepare(
-        self,
-        run_id: str,
-        pseudo_study_uid: str,
-        series: list[SeriesTar],
-        deidentification: DeidRecord,
-        revises_run_id: str | None = None,
-        model_name: str | None = None,
-    ) -> object: ...
+    def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
+                deidentification: DeidRecord, revises_run_id: str | None = None,
+                model_name: str | None = None) -> object: ...  # fmt: skip
 
     def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
 

@@ -48,14 +48,10 @@ def check_run_id(value: str) -> str:
 
 
 # ---- S3 keys -------------------------------------------------------------------------------
+# Each top-level prefix of the data bucket stands next to the keys under it
+# (cdk/imaging_ai_infra/names.py copies them for IAM; the infrastructure tests compare).
 
-# The data bucket's top-level prefixes (cdk/imaging_ai_infra/names.py copies them for IAM).
 INCOMING_PREFIX: Final = "incoming/"
-PREPROCESSED_PREFIX: Final = "preprocessed/"
-INFERENCE_OUTPUT_PREFIX: Final = "inference-output/"
-INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
-RESULTS_PREFIX: Final = "results/"
-MODELS_PREFIX: Final = "models/"
 
 
 def series_key(site: str, pseudo_study_uid: str, pseudo_series_uid: str) -> str:
@@ -69,6 +65,9 @@ def manifest_key(site: str, pseudo_study_uid: str) -> str:
     return f"{INCOMING_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/{MANIFEST_NAME}"
 
 
+PREPROCESSED_PREFIX: Final = "preprocessed/"
+
+
 def preprocessed_key(site: str, pseudo_study_uid: str, run_id: str) -> str:
     return (
         f"{PREPROCESSED_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
@@ -76,11 +75,18 @@ def preprocessed_key(site: str, pseudo_study_uid: str, run_id: str) -> str:
     )
 
 
+INFERENCE_OUTPUT_PREFIX: Final = "inference-output/"
+INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"  # the endpoint's failure output
+
+
 def inference_output_prefix(site: str, pseudo_study_uid: str, run_id: str) -> str:
     return (
         f"{INFERENCE_OUTPUT_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
         f"{check_run_id(run_id)}/"
     )
+
+
+RESULTS_PREFIX: Final = "results/"
 
 
 def result_key(site: str, pseudo_study_uid: str, run_id: str, name: str) -> str:
@@ -199,6 +205,9 @@ class SiteResultMessage(BaseModel):
 
     _check_site = field_validator("site")(check_site)
     _check_uid = field_validator("pseudo_study_uid")(check_uid)
+
+
+MODELS_PREFIX: Final = "models/"
 
 
 def model_card_key(model_name: str) -> str:

@@ -10,7 +10,15 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event and the caller's keyword fields."""
+    """One JSON object per line: time, level, logger, event and the caller's keyword fields.
+
+    With `allowed_fields`, only those keyword fields reach the line (the edge forwarder's
+    logs sit next to PHI: a field nobody vetted is dropped, not printed).
+    """
+
+    def __init__(self, allowed_fields: frozenset[str] | None = None) -> None:
+        super().__init__()
+        self.allowed_fields = allowed_fields
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -19,7 +27,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
-        entry.update(getattr(record, "fields", {}))
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        if self.allowed_fields is not None:
+            fields = {k: v for k, v in fields.items() if k in self.allowed_fields}
+        entry.update(fields)
         if record.exc_info and record.exc_info[0] is not None:
             # The type only: exception messages may quote values we must not log.
             entry["exception_type"] = record.exc_info[0].__name__

@@ -13,8 +13,7 @@ from botocore.exceptions import ClientError
 from imaging_ai.contracts import NEXT_STAGE, Stage, check_run_id, check_site, check_uid
 from imaging_ai.errors import PipelineError
 
-# Single-table layout: the partition groups every run of a study (one query = its timeline);
-# the same pk/sk pair serves Powertools idempotency records, so one table can hold both.
+# Single-table layout: the partition groups every run of a study (one query = its timeline).
 PARTITION_KEY = "pk"
 SORT_KEY = "sk"
 KEY_SCHEMA = [
@@ -25,7 +24,6 @@ ATTRIBUTE_DEFINITIONS = [
     {"AttributeName": PARTITION_KEY, "AttributeType": "S"},
     {"AttributeName": SORT_KEY, "AttributeType": "S"},
 ]
-TTL_ATTRIBUTE = "expiration"  # Powertools idempotency records expire; run items never do
 # The work lease: who is processing a run right now, and until when (epoch seconds).
 LEASE_HOLDER = "lease_holder"
 LEASE_UNTIL = "lease_until"

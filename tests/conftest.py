@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from imaging_ai import envelope
 from imaging_ai.aws import reset_clients
 from imaging_ai.local.moto_server import MotoServer, start_moto_server
+
+_TIERS = ("unit", "integration", "infrastructure", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (the folder under tests/ it lives in), so `-m unit`,
+    `-m "not e2e"` and the Makefile's tier targets select exactly that tier."""
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts if item.path.is_relative_to(root) else ()
+        if parts and parts[0] in _TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,13 @@ from aws_cdk import aws_cloudtrail as cloudtrail
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import acknowledge
 from imaging_ai_infra.names import (
     METRIC_END_TO_END_SECONDS,
@@ -26,6 +23,7 @@ from imaging_ai_infra.names import (
     METRICS_NAMESPACE,
     resource_prefix,
 )
+from imaging_ai_infra.platform import Platform
 
 # Alarm when the end-to-end time of a study exceeds this (p90 over 15 minutes).
 END_TO_END_ALARM_SECONDS = 30 * 60
@@ -40,10 +38,7 @@ class AuditMonitoring(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        audit_key: kms.Key,
-        data_key: kms.IKey,
-        data_bucket: s3.IBucket,
+        platform: Platform,
         access_logs_bucket: s3.IBucket,
         dlqs: dict[str, sqs.IQueue],
         functions: dict[str, lambda_.IFunction],
@@ -53,6 +48,8 @@ class AuditMonitoring(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        config, data_bucket = platform.config, platform.data_bucket
+        data_key, audit_key = platform.data_key, platform.audit_key
         prefix = resource_prefix(config.stage)
 
         # ---- CloudTrail: management events plus every S3 data event on the data bucket.
@@ -103,13 +100,7 @@ class AuditMonitoring(Construct):
             " trail bucket is versioned, KMS-encrypted and log-file validation is on.",
             "HIPAA.Security-S3BucketReplicationEnabled",
         )
-        trail_log_group = logs.LogGroup(
-            self,
-            "TrailLogs",
-            encryption_key=audit_key,
-            retention=config.log_retention,
-            removal_policy=config.removal_policy,
-        )
+        trail_log_group = config.log_group(self, "TrailLogs", audit_key)
         self.trail = cloudtrail.Trail(
             self,
             "Trail",
@@ -141,15 +132,27 @@ class AuditMonitoring(Construct):
         if alarm_email:
             self.alarm_topic.add_subscription(subscriptions.EmailSubscription(alarm_email))
         alarm_action = cloudwatch_actions.SnsAction(self.alarm_topic)
+        at_least = cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
         self.alarms: list[cloudwatch.Alarm] = []
 
-        def alarm(construct_id: str, description: str, **props: object) -> cloudwatch.Alarm:
+        def alarm(
+            construct_id: str,
+            description: str,
+            metric: cloudwatch.IMetric,
+            threshold: float = 1,
+            evaluation_periods: int = 1,
+            comparison_operator: cloudwatch.ComparisonOperator = at_least,
+        ) -> cloudwatch.Alarm:
+            """An alarm to the topic; by default it fires on the first occurrence."""
             created = cloudwatch.Alarm(
                 self,
                 construct_id,
                 alarm_description=description,
+                metric=metric,
+                threshold=threshold,
+                evaluation_periods=evaluation_periods,
+                comparison_operator=comparison_operator,
                 treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-                **props,  # type: ignore[arg-type]
             )
             created.add_alarm_action(alarm_action)
             self.alarms.append(created)
@@ -162,18 +165,12 @@ class AuditMonitoring(Construct):
                 metric=dlq.metric_approximate_number_of_messages_visible(
                     period=Duration.minutes(5), statistic="Maximum"
                 ),
-                threshold=1,
-                evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             )
         for name, fn in functions.items():
             alarm(
                 f"FunctionErrors-{name}",
                 f"The {name} function raised errors",
                 metric=fn.metric_errors(period=Duration.minutes(5)),
-                threshold=1,
-                evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             )
         failures = {
             f"f{index}": self.pipeline_metric(service, name, "Sum")
@@ -188,9 +185,6 @@ class AuditMonitoring(Construct):
                 label="Failed studies",
                 period=Duration.minutes(5),
             ),
-            threshold=1,
-            evaluation_periods=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
         )
         for name, fn in functions.items():
             alarm(

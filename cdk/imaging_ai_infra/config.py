@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
-from constructs import Node
+from constructs import Construct, Node
 
 from imaging_ai_infra.names import MODELS_PREFIX, check_site
 
 CDK_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_ASSET_ROOT = CDK_DIR / ".build"
-FUNCTION_NAMES = ("preprocess", "postprocess", "failure")
 
 # GPU families whose instances carry NVMe instance storage: SageMaker refuses a KMS key for the
 # ML storage volume there (the instance store is hardware-encrypted instead).
@@ -52,6 +52,19 @@ class StageConfig:
     @property
     def log_retention(self) -> logs.RetentionDays:
         return logs.RetentionDays.SIX_YEARS if self.is_prod else logs.RetentionDays.THREE_MONTHS
+
+    def log_group(
+        self, scope: Construct, construct_id: str, key: kms.IKey, name: str | None = None
+    ) -> logs.LogGroup:
+        """A log group encrypted under `key`, kept as long as this stage keeps logs."""
+        return logs.LogGroup(
+            scope,
+            construct_id,
+            log_group_name=name,
+            encryption_key=key,
+            retention=self.log_retention,
+            removal_policy=self.removal_policy,
+        )
 
     @property
     def dlq_retention(self) -> Duration:

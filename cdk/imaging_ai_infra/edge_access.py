@@ -10,9 +10,9 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import acknowledge, bucket_prefix_resources, iam5
 from imaging_ai_infra.names import INCOMING_PREFIX, RESULTS_PREFIX, resource_prefix
+from imaging_ai_infra.platform import Platform
 
 ROLES_ANYWHERE_PRINCIPAL = "rolesanywhere.amazonaws.com"
 SESSION_DURATION = Duration.hours(1)
@@ -27,12 +27,11 @@ class EdgeAccess(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        data_bucket: s3.IBucket,
-        data_key: kms.IKey,
+        platform: Platform,
         site_queues: dict[str, sqs.IQueue],
     ) -> None:
         super().__init__(scope, construct_id)
+        config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
         prefix = resource_prefix(config.stage)
         ca_pem = config.edge_ca_certificate_pem
         if ca_pem is None:

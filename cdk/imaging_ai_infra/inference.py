@@ -7,8 +7,6 @@ from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_sns as sns
 from constructs import Construct
@@ -30,7 +28,7 @@ from imaging_ai_infra.names import (
     PREPROCESSED_PREFIX,
     resource_prefix,
 )
-from imaging_ai_infra.network import Network
+from imaging_ai_infra.platform import Platform
 
 VARIANT_NAME = "AllTraffic"
 # Queued requests per instance the target-tracking policy aims for: one study takes about a
@@ -51,29 +49,24 @@ class Inference(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        network: Network,
-        data_bucket: s3.IBucket,
-        data_key: kms.IKey,
+        platform: Platform,
     ) -> None:
         super().__init__(scope, construct_id)
+        config, network = platform.config, platform.network
+        data_bucket, data_key = platform.data_bucket, platform.data_key
         stack = Stack.of(self)
         self.endpoint_name = endpoint_name_for(config)
         prefix = resource_prefix(config.stage)
 
-        self.success_topic = sns.Topic(
-            self,
-            "SuccessTopic",
-            topic_name=f"{prefix}-inference-success",
-            master_key=data_key,
-            enforce_ssl=True,
-        )
-        self.error_topic = sns.Topic(
-            self,
-            "ErrorTopic",
-            topic_name=f"{prefix}-inference-error",
-            master_key=data_key,
-            enforce_ssl=True,
+        self.success_topic, self.error_topic = (
+            sns.Topic(
+                self,
+                f"{outcome.title()}Topic",
+                topic_name=f"{prefix}-inference-{outcome}",
+                master_key=data_key,
+                enforce_ssl=True,
+            )
+            for outcome in ("success", "error")
         )
 
         self.role = iam.Role(

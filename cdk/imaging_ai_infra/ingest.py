@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
-from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import (
     GRANT_KEY_ACTIONS,
     GRANT_PUT_ACTIONS,
@@ -27,8 +23,8 @@ from imaging_ai_infra.names import (
     PREPROCESSED_PREFIX,
     resource_prefix,
 )
-from imaging_ai_infra.network import Network
 from imaging_ai_infra.pipeline_function import PipelineFunction
+from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.queues import QueueWithDlq
 
 PREPROCESS_TIMEOUT = Duration.minutes(5)
@@ -42,15 +38,11 @@ class Ingest(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        network: Network,
-        data_bucket: s3.IBucket,
-        data_key: kms.IKey,
-        audit_key: kms.IKey,
-        state_table: dynamodb.ITable,
+        platform: Platform,
         endpoint_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
+        config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
         prefix = resource_prefix(config.stage)
         self.queues = QueueWithDlq(
             self,
@@ -89,17 +81,8 @@ class Ingest(Construct):
             "Preprocess",
             name="preprocess",
             description="Decrypts a study, builds the model-ready volume, invokes the endpoint",
-            config=config,
-            network=network,
-            data_key=data_key,
-            audit_key=audit_key,
-            environment={
-                "DATA_BUCKET": data_bucket.bucket_name,
-                "STATE_TABLE": state_table.table_name,
-                "IDEMPOTENCY_TABLE": state_table.table_name,
-                "KMS_KEY_ARN": data_key.key_arn,
-                "ENDPOINT_NAME": endpoint_name,
-            },
+            platform=platform,
+            environment=platform.function_environment(ENDPOINT_NAME=endpoint_name),
             timeout=PREPROCESS_TIMEOUT,
             memory_size=3008,
             reserved_concurrency=10 if config.is_prod else 2,
@@ -109,7 +92,7 @@ class Ingest(Construct):
         data_bucket.grant_read(fn, f"{MODELS_PREFIX}*")
         data_bucket.grant_put(fn, f"{PREPROCESSED_PREFIX}*")
         data_key.grant_encrypt_decrypt(fn)
-        state_table.grant_read_write_data(fn)
+        platform.state_table.grant_read_write_data(fn)
         fn.add_to_role_policy(
             iam.PolicyStatement(
                 actions=["sagemaker:InvokeEndpointAsync"],

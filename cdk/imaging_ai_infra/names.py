@@ -19,10 +19,9 @@ RESULTS_PREFIX: Final = "results/"
 MODELS_PREFIX: Final = "models/"
 MANIFEST_NAME: Final = "manifest.json.enc"  # contracts.MANIFEST_NAME: the commit marker
 
-# State table (state.py: PARTITION_KEY, SORT_KEY, TTL_ATTRIBUTE).
+# State table (state.py: PARTITION_KEY, SORT_KEY).
 STATE_PARTITION_KEY: Final = "pk"
 STATE_SORT_KEY: Final = "sk"
-STATE_TTL_ATTRIBUTE: Final = "expiration"
 
 # Custom metrics the functions emit through Powertools (dashboard and latency alarms).
 METRICS_NAMESPACE: Final = "ImagingAI"

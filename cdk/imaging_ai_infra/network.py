@@ -5,7 +5,6 @@ from __future__ import annotations
 from aws_cdk import Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from imaging_ai_infra.config import StageConfig
@@ -51,13 +50,7 @@ class Network(Construct):
         self._annotate_default_sg_provider()
         self.isolated_subnets = ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_ISOLATED)
 
-        flow_log_group = logs.LogGroup(
-            self,
-            "FlowLogs",
-            encryption_key=audit_key,
-            retention=config.log_retention,
-            removal_policy=config.removal_policy,
-        )
+        flow_log_group = config.log_group(self, "FlowLogs", audit_key)
         flow_log = self.vpc.add_flow_log(
             "FlowLog",
             destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_log_group),

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
-from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import acknowledge, acknowledge_default_policy, checkov_skip, iam5
 from imaging_ai_infra.names import METRICS_NAMESPACE, resource_prefix
-from imaging_ai_infra.network import Network
+from imaging_ai_infra.platform import Platform
 
 
 class PipelineFunction(Construct):
@@ -27,12 +24,9 @@ class PipelineFunction(Construct):
         scope: Construct,
         construct_id: str,
         *,
+        platform: Platform,
         name: str,
         description: str,
-        config: StageConfig,
-        network: Network,
-        data_key: kms.IKey,
-        audit_key: kms.IKey,
         environment: dict[str, str],
         timeout: Duration,
         memory_size: int,
@@ -40,14 +34,11 @@ class PipelineFunction(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
+        config, network = platform.config, platform.network
+        data_key, audit_key = platform.data_key, platform.audit_key
         function_name = f"{resource_prefix(config.stage)}-{name}"
-        self.log_group = logs.LogGroup(
-            self,
-            "Logs",
-            log_group_name=f"/aws/lambda/{function_name}",
-            encryption_key=audit_key,
-            retention=config.log_retention,
-            removal_policy=config.removal_policy,
+        self.log_group = config.log_group(
+            self, "Logs", audit_key, name=f"/aws/lambda/{function_name}"
         )
         self.role = iam.Role(
             self,

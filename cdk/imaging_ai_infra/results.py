@@ -4,16 +4,12 @@ every DLQ → the failure function → a FAILED state and a message to the site.
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
-from aws_cdk import aws_dynamodb as dynamodb
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
-from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.nag import (
     GRANT_KEY_ACTIONS,
     GRANT_PUT_ACTIONS,
@@ -30,8 +26,8 @@ from imaging_ai_infra.names import (
     resource_prefix,
     site_results_queue_name,
 )
-from imaging_ai_infra.network import Network
 from imaging_ai_infra.pipeline_function import PipelineFunction
+from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.queues import QueueWithDlq
 
 POSTPROCESS_TIMEOUT = Duration.minutes(5)
@@ -49,17 +45,14 @@ class Results(Construct):
         scope: Construct,
         construct_id: str,
         *,
-        config: StageConfig,
-        network: Network,
-        data_bucket: s3.IBucket,
-        data_key: kms.IKey,
-        audit_key: kms.IKey,
-        state_table: dynamodb.ITable,
+        platform: Platform,
         success_topic: sns.ITopic,
         error_topic: sns.ITopic,
         upstream_dlqs: list[sqs.IQueue],
     ) -> None:
         super().__init__(scope, construct_id)
+        config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
+        state_table = platform.state_table
         prefix = resource_prefix(config.stage)
 
         self.site_queues: dict[str, QueueWithDlq] = {
@@ -93,22 +86,13 @@ class Results(Construct):
                 )
             )
 
-        common_environment = {
-            "DATA_BUCKET": data_bucket.bucket_name,
-            "STATE_TABLE": state_table.table_name,
-            "IDEMPOTENCY_TABLE": state_table.table_name,
-            "KMS_KEY_ARN": data_key.key_arn,
-            "SITE_RESULTS_QUEUES": site_queue_urls,
-        }
+        common_environment = platform.function_environment(SITE_RESULTS_QUEUES=site_queue_urls)
         self.postprocess = PipelineFunction(
             self,
             "Postprocess",
             name="postprocess",
             description="Builds DICOM SEG + SR and the FHIR Bundle, encrypts them, tells the site",
-            config=config,
-            network=network,
-            data_key=data_key,
-            audit_key=audit_key,
+            platform=platform,
             environment=common_environment,
             timeout=POSTPROCESS_TIMEOUT,
             memory_size=2048,
@@ -152,10 +136,7 @@ class Results(Construct):
             "Failure",
             name="failure",
             description="Turns a dead-lettered message into a FAILED state and a site message",
-            config=config,
-            network=network,
-            data_key=data_key,
-            audit_key=audit_key,
+            platform=platform,
             environment=common_environment,
             timeout=FAILURE_TIMEOUT,
             memory_size=512,

@@ -13,6 +13,7 @@ from imaging_ai_infra.edge_access import EdgeAccess
 from imaging_ai_infra.inference import Inference
 from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
 from imaging_ai_infra.network import Network
+from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
@@ -32,54 +33,26 @@ class ImagingAiStage(Stack):
         storage = Storage(self, "Storage", config=config)
         network = Network(self, "Network", config=config, audit_key=storage.audit_key)
         state = State(self, "State", config=config, data_key=storage.data_key)
-        inference = Inference(
-            self,
-            "Inference",
-            config=config,
-            network=network,
-            data_bucket=storage.data_bucket,
-            data_key=storage.data_key,
+        platform = Platform(
+            config, network, storage.data_bucket, storage.data_key, storage.audit_key, state.table
         )
-        ingest = Ingest(
-            self,
-            "Ingest",
-            config=config,
-            network=network,
-            data_bucket=storage.data_bucket,
-            data_key=storage.data_key,
-            audit_key=storage.audit_key,
-            state_table=state.table,
-            endpoint_name=inference.endpoint_name,
-        )
+        inference = Inference(self, "Inference", platform=platform)
+        ingest = Ingest(self, "Ingest", platform=platform, endpoint_name=inference.endpoint_name)
         results = Results(
             self,
             "Results",
-            config=config,
-            network=network,
-            data_bucket=storage.data_bucket,
-            data_key=storage.data_key,
-            audit_key=storage.audit_key,
-            state_table=state.table,
+            platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
             upstream_dlqs=[ingest.queues.dlq],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
-        edge = EdgeAccess(
-            self,
-            "EdgeAccess",
-            config=config,
-            data_bucket=storage.data_bucket,
-            data_key=storage.data_key,
-            site_queues={site: q.queue for site, q in results.site_queues.items()},
-        )
+        site_queues = {site: q.queue for site, q in results.site_queues.items()}
+        edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
         AuditMonitoring(
             self,
             "AuditMonitoring",
-            config=config,
-            audit_key=storage.audit_key,
-            data_key=storage.data_key,
-            data_bucket=storage.data_bucket,
+            platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
                 "preprocess": ingest.queues.dlq,

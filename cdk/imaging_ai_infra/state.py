@@ -1,4 +1,4 @@
-"""State: the run-state table (also the Powertools idempotency store), PITR and a CMK."""
+"""State: the run-state table, PITR and a CMK."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from imaging_ai_infra.nag import acknowledge
 from imaging_ai_infra.names import (
     STATE_PARTITION_KEY,
     STATE_SORT_KEY,
-    STATE_TTL_ATTRIBUTE,
     resource_prefix,
 )
 
@@ -37,7 +36,6 @@ class State(Construct):
             point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute=STATE_TTL_ATTRIBUTE,
             deletion_protection=config.is_prod,
             removal_policy=config.removal_policy,
         )

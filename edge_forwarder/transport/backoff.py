@@ -21,6 +21,14 @@ class Backoff:
         return random.uniform(0.0, min(self.cap_s, self.base_s * (2 ** min(attempt, 30))))
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a delivery target is tried, and how long to wait in between."""
+
+    attempts: int
+    backoff: Backoff
+
+
 def retry(
     action: Callable[[], T],
     *,

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from edge_forwarder.durable_db import open_durable_db
+from edge_forwarder.durable_db import open_durable_db, transaction
 from imaging_ai.edge_stage import EdgeStage, check_edge_move
 
 
@@ -156,23 +156,17 @@ class Journal:
     ) -> RunRow:
         """Open a run in `stage` (recorded in its timeline); an open run is returned as it is."""
         now = _now()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                opened = self._db.execute(
-                    "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
-                    " stage, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, study_key, run_number, pseudo_study_uid, stage.value, now),
-                ).rowcount
-                if opened:
-                    self._db.execute(
-                        "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
-                        (run_id, stage.value, detail, now),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            opened = db.execute(
+                "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
+                " stage, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, study_key, run_number, pseudo_study_uid, stage.value, now),
+            ).rowcount
+            if opened:
+                db.execute(
+                    "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
+                    (run_id, stage.value, detail, now),
+                )
         run = self.run(run_id)
         assert run is not None
         return run
@@ -210,25 +204,17 @@ class Journal:
         Raises EdgeStageError where the run's current stage does not allow the move.
         """
         now = _now()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (current,) = self._db.execute(
-                    "SELECT stage FROM runs WHERE run_id = ?", (run_id,)
-                ).fetchone()
-                check_edge_move(EdgeStage(current), stage)
-                self._db.execute(
-                    "UPDATE runs SET stage = ?, reason = ?, updated_at = ? WHERE run_id = ?",
-                    (stage.value, reason, now, run_id),
-                )
-                self._db.execute(
-                    "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
-                    (run_id, stage.value, detail or reason, now),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            (current,) = db.execute("SELECT stage FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            check_edge_move(EdgeStage(current), stage)
+            db.execute(
+                "UPDATE runs SET stage = ?, reason = ?, updated_at = ? WHERE run_id = ?",
+                (stage.value, reason, now, run_id),
+            )
+            db.execute(
+                "INSERT INTO timeline (run_id, stage, detail, at) VALUES (?, ?, ?, ?)",
+                (run_id, stage.value, detail or reason, now),
+            )
 
     def note(self, run_id: str, stage: str, detail: str | None = None) -> None:
         """A timeline entry that does not change the run's stage (retries, warnings)."""
@@ -286,22 +272,15 @@ class Journal:
         )
 
     def record_part(self, object_key: str, number: int, etag: str, checksum: str) -> None:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (raw,) = self._db.execute(
-                    "SELECT parts FROM objects WHERE object_key = ?", (object_key,)
-                ).fetchone()
-                parts = json.loads(raw)
-                parts[str(number)] = {"etag": etag, "checksum": checksum}
-                self._db.execute(
-                    "UPDATE objects SET parts = ? WHERE object_key = ?",
-                    (json.dumps(parts), object_key),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            (raw,) = db.execute(
+                "SELECT parts FROM objects WHERE object_key = ?", (object_key,)
+            ).fetchone()
+            parts = json.loads(raw)
+            parts[str(number)] = {"etag": etag, "checksum": checksum}
+            db.execute(
+                "UPDATE objects SET parts = ? WHERE object_key = ?", (json.dumps(parts), object_key)
+            )
 
     def object_done(self, object_key: str) -> None:
         self._execute("UPDATE objects SET state = 'DONE' WHERE object_key = ?", (object_key,))

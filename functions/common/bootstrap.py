@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.settings import CommonSettings
@@ -36,6 +36,20 @@ def lease_seconds(context: object) -> float:
     """A run's work lease lasts as long as this invocation could still run, plus a margin."""
     remaining_ms = getattr(context, "get_remaining_time_in_millis", lambda: 900_000)()
     return float(remaining_ms) / 1000.0 + _LEASE_MARGIN_S
+
+
+class Adapters(TypedDict):
+    """What every function's service gets: study objects, run state, the sites' queues."""
+
+    store: StudyObjectStore
+    state: RunStateStore
+    notifier: SiteNotifier
+
+
+def adapters(settings: CommonSettings) -> Adapters:
+    return Adapters(
+        store=object_store(settings), state=state_store(settings), notifier=site_notifier(settings)
+    )
 
 
 def object_store(settings: CommonSettings) -> StudyObjectStore:

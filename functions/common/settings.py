@@ -15,12 +15,7 @@ class CommonSettings(BaseSettings):
     kms_key_arn: str = Field(min_length=20)
     # JSON {site: queue_url}; a site absent here cannot be told about its results.
     site_results_queues: dict[str, str] = Field(default_factory=dict)
-    idempotency_table: str | None = None
     powertools_service_name: str = "imaging-ai"
-
-    @property
-    def idempotency_table_name(self) -> str:
-        return self.idempotency_table or self.state_table
 
 
 class PreprocessSettings(CommonSettings):

@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.common.bootstrap import (
-    lease_seconds,
-    object_store,
-    once,
-    site_notifier,
-    state_store,
-)
+from functions.common.batch import sqs_batch_handler
+from functions.common.bootstrap import adapters, lease_seconds, once
 from functions.common.events import InferenceResultRecord
-from functions.common.observability import logger, metrics, tracer
+from functions.common.observability import tracer
 from functions.common.settings import CommonSettings
 from functions.postprocess.service import PostprocessService
 
 
 @once
 def service() -> PostprocessService:
-    settings = CommonSettings()
-    return PostprocessService(
-        store=object_store(settings), state=state_store(settings), notifier=site_notifier(settings)
-    )
+    return PostprocessService(**adapters(CommonSettings()))
 
 
 @tracer.capture_method
@@ -38,13 +22,4 @@ def record_handler(record: InferenceResultRecord, lambda_context: LambdaContext)
     return service().handle(record.body.Message, lease_s=lease_seconds(lambda_context)).value
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    # A processor per invocation: it holds the batch's outcomes, so sharing one module-level
-    # processor would mix the results of concurrent invocations in one process (local runtime).
-    processor = BatchProcessor(event_type=EventType.SQS, model=InferenceResultRecord)
-    return process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+lambda_handler = sqs_batch_handler(InferenceResultRecord, record_handler)

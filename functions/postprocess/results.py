@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -14,15 +12,16 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
 from imaging_ai.contracts import BUNDLE_NAME, KEY_IMAGES_NAME, SEG_NAME, SR_NAME
-from imaging_ai.errors import PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
+from imaging_ai.results import build_results
 
 # The key-image slice choice and pixel rescale are the results library's; postprocess reaches
 # them through this adapter only.
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 
 __all__ = [
+    "KeySlices",
     "ResultsBuilder",
     "build_result_objects",
     "cap_findings",
@@ -30,19 +29,24 @@ __all__ = [
     "stored_to_hu",
 ]
 
-
-class ResultsBuilder(Protocol):
-    def __call__(
-        self,
-        source_headers: list[Dataset],
-        labels: npt.NDArray[np.uint8],
-        output: ModelOutputMeta,
-        card: ModelCard,
-        run_id: str,
-        predecessor_sr: Dataset | None,
-        unreported_findings: int,
-        key_slices_hu: Mapping[int, npt.NDArray[np.float32]] | None = None,
-    ) -> dict[str, bytes]: ...
+# Rescaled pixels of the key slices, by slice index (what the key images show).
+KeySlices = Mapping[int, npt.NDArray[np.float32]]
+# (source headers, labels, output, card, run id, predecessor SR, unreported findings,
+# key slices) -> result object name -> bytes; `build_result_objects` is the one the function
+# uses.
+ResultsBuilder = Callable[
+    [
+        list[Dataset],
+        npt.NDArray[np.uint8],
+        ModelOutputMeta,
+        ModelCard,
+        str,
+        Dataset | None,
+        int,
+        KeySlices | None,
+    ],
+    dict[str, bytes],
+]
 
 
 def cap_findings(output: ModelOutputMeta, max_findings: int) -> tuple[ModelOutputMeta, int]:
@@ -72,15 +76,10 @@ def build_result_objects(
     run_id: str,
     predecessor_sr: Dataset | None,
     unreported_findings: int = 0,
-    key_slices_hu: Mapping[int, npt.NDArray[np.float32]] | None = None,
+    key_slices_hu: KeySlices | None = None,
 ) -> dict[str, bytes]:
     """SR, SEG, FHIR Bundle (and key images) as the bytes to encrypt, keyed by object name."""
-    try:
-        # Imported by name so this unit builds before the results library lands.
-        results = importlib.import_module("imaging_ai.results")
-    except ImportError as error:
-        raise PipelineError("the results library (imaging_ai.results) is not installed") from error
-    objects = results.build_results(
+    objects = build_results(
         source_headers,
         labels,
         output,

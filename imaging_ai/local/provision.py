@@ -262,7 +262,3 @@ def _state_table(name: str) -> None:
             raise
         return
     dynamodb.get_waiter("table_exists").wait(TableName=name)
-    dynamodb.update_time_to_live(
-        TableName=name,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": state.TTL_ATTRIBUTE},
-    )

@@ -102,4 +102,3 @@ def test_copied_names_match_the_runtime_contracts() -> None:
         state.PARTITION_KEY,
         state.SORT_KEY,
     )
-    assert names.STATE_TTL_ATTRIBUTE == state.TTL_ATTRIBUTE

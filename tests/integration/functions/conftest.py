@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,13 @@ from imaging_ai.local.dispatcher import (
 )
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import LocalResources, provision
-from tests.functions_support import SITE, model_card
+from tests.functions_support import (
+    SITE,
+    UploadedStudy,
+    emulate_inference,
+    model_card,
+    upload_study,
+)
 
 
 @dataclass
@@ -37,6 +44,18 @@ class Stack:
 
     def failure(self, dlq_url: str) -> SqsDispatcher:
         return SqsDispatcher(dlq_url, FAILURE_HANDLER, "failure", wait_time_s=0)
+
+    def inferred(self, tmp_path: Path, fail: str | None = None) -> UploadedStudy:
+        """A study uploaded, preprocessed, and answered by the endpoint (an error with `fail`)."""
+        resources = self.resources
+        study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
+        self.preprocess().poll_once()
+        topic = (
+            resources.inference_error_topic_arn if fail else resources.inference_success_topic_arn
+        )
+        location = str(self.inference_calls[0]["InputLocation"])
+        emulate_inference(resources.data_bucket, location, topic, study, fail=fail)
+        return study
 
     def site_messages(self) -> list[str]:
         sqs = client("sqs")

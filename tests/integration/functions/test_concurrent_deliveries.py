@@ -15,7 +15,7 @@ from imaging_ai.local.dispatcher import (
     SqsDispatcher,
 )
 from imaging_ai.state import RunKey, RunStateStore
-from tests.functions_support import SITE, emulate_inference, upload_study
+from tests.functions_support import SITE, upload_study
 from tests.integration.functions.conftest import Stack
 
 WAIT_S = 60.0
@@ -117,14 +117,7 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
 ) -> None:
     # Given a run waiting on inference and its success notification three times on the queue
     resources = stack.resources
-    study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
-    stack.preprocess().poll_once()
-    emulate_inference(
-        resources.data_bucket,
-        str(stack.inference_calls[0]["InputLocation"]),
-        resources.inference_success_topic_arn,
-        study,
-    )
+    study = stack.inferred(tmp_path)
     _copy_message(resources.postprocess.url, copies=3)
     result_writes: list[str] = []
 

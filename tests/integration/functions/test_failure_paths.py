@@ -75,16 +75,7 @@ def test_an_error_notification_records_failed_and_tells_the_site(
     stack: Stack, tmp_path: Path
 ) -> None:
     # Given a study whose inference fails on the endpoint
-    resources = stack.resources
-    study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
-    stack.preprocess().poll_once()
-    emulate_inference(
-        resources.data_bucket,
-        str(stack.inference_calls[0]["InputLocation"]),
-        resources.inference_error_topic_arn,
-        study,
-        fail="ClientError: model server returned 500",
-    )
+    study = stack.inferred(tmp_path, fail="ClientError: model server returned 500")
 
     # When postprocess reads the error topic's message
     outcome = stack.postprocess().poll_once()

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from functions.common.observability import metrics
-from tests.functions_support import emulate_inference, upload_study
 from tests.integration.functions.conftest import Stack
 
 NAMESPACE = "ImagingAI"  # cdk/imaging_ai_infra/names.py METRICS_NAMESPACE
@@ -44,15 +43,7 @@ def test_a_delivered_run_reports_end_to_end_and_per_stage_seconds(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given a study that went through preprocess and inference
-    resources = stack.resources
-    study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
-    stack.preprocess().poll_once()
-    emulate_inference(
-        resources.data_bucket,
-        str(stack.inference_calls[0]["InputLocation"]),
-        resources.inference_success_topic_arn,
-        study,
-    )
+    stack.inferred(tmp_path)
     # and metrics on, as the stack configures the postprocess function
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "postprocess")

@@ -244,36 +244,6 @@ def cloud(aws: object) -> CloudSide:
     return CloudSide(key_arn=key_arn, queue_url=str(queue_url))
 
 
-@dataclass
-class FakeCompleted:
-    study_key: str
-    run_number: int
-    route: str
-    series: dict[str, list[Path]]
-
-
-@dataclass
-class ListIntake:
-    """Stand-in for the intake's completed-study queue (tests hand studies in directly)."""
-
-    ready: list[FakeCompleted] = field(default_factory=list)
-    forwarded: list[tuple[str, int]] = field(default_factory=list)
-    failed: list[tuple[str, int, str]] = field(default_factory=list)
-
-    def poll_completed(self) -> list[FakeCompleted]:
-        done = {(k, n) for k, n in self.forwarded}
-        return [s for s in self.ready if (s.study_key, s.run_number) not in done]
-
-    def mark_forwarded(self, study_key: str, run_number: int) -> None:
-        self.forwarded.append((study_key, run_number))
-
-    def mark_failed(self, study_key: str, run_number: int, reason: str) -> None:
-        self.failed.append((study_key, run_number, reason))
-        self.ready = [
-            s for s in self.ready if (s.study_key, s.run_number) != (study_key, run_number)
-        ]
-
-
 def write_config(
     tmp: Path,
     cloud: CloudSide,
@@ -283,6 +253,8 @@ def write_config(
     extra: str = "",
     upload: str = "",
     pacs_ae: str = "PACS",
+    scp_port: int = 0,
+    metrics_port: int = 0,
 ) -> Path:
     """A complete config file for the tests (secrets as hex files, as in production)."""
     (tmp / "site.secret").write_text("11" * 32)
@@ -296,7 +268,7 @@ poll_interval_s = 0.2
 
 [intake]
 spool_dir = "spool"
-port = 0
+port = {scp_port}
 {extra}
 
 [deid]
@@ -333,7 +305,7 @@ max_attempts = 3
 retry_base_s = 0.05
 
 [observability]
-metrics_port = 0
+metrics_port = {metrics_port}
 """
     )
     return path

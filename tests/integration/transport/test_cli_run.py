@@ -23,6 +23,7 @@ from tests.integration.transport.conftest import BUCKET, SITE, CloudSide, Ehr, P
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "edge_forwarder.cli"]
+QUIET = "quiet_seconds_study = 1\nquiet_seconds_series = 0.5"  # complete a second after
 
 
 def _wait(predicate, timeout_s: float = 25.0) -> None:  # type: ignore[no-untyped-def]
@@ -40,11 +41,10 @@ def test_run_forwards_and_delivers(tmp_path: Path, cloud: CloudSide, pacs: Pacs,
         cloud,
         pacs.port,
         ehr.url,
-        extra=f"quiet_seconds_study = 1\nquiet_seconds_series = 0.5\nport = {scp_port}",
+        extra=QUIET,
+        scp_port=scp_port,
+        metrics_port=metrics_port,
     )
-    text = config.read_text().replace("port = 0\n", "", 1)
-    text = text.replace("metrics_port = 0", f"metrics_port = {metrics_port}")
-    config.write_text(text)
     study = write_ct_study(
         tmp_path / "ct", seed=5, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
     )
@@ -131,15 +131,10 @@ def test_kill_9_of_the_forwarder_mid_upload_resumes_with_nothing_lost_or_doubled
 ) -> None:
     # Given `edge-forwarder run` with a slow WAN link (so the upload takes several seconds)
     scp_port = free_port()
+    slow_wan = "bandwidth_limit_mbps = 8"
     config = write_config(
-        tmp_path,
-        cloud,
-        pacs.port,
-        ehr.url,
-        extra=f"quiet_seconds_study = 1\nquiet_seconds_series = 0.5\nport = {scp_port}",
-        upload="bandwidth_limit_mbps = 8",
+        tmp_path, cloud, pacs.port, ehr.url, extra=QUIET, upload=slow_wan, scp_port=scp_port
     )
-    config.write_text(config.read_text().replace("port = 0\n", "", 1))
     study = write_ct_study(tmp_path / "ct", seed=9, shape=(48, 256, 256), nodule_count=1)
     journal = Journal(tmp_path / "state" / "forwarder.sqlite")
 

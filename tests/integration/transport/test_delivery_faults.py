@@ -8,34 +8,24 @@ from pathlib import Path
 import pytest
 
 from edge_forwarder.cli import main
-from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.edge_support import ListIntake
 from tests.integration.transport.conftest import (
     CloudSide,
     Ehr,
-    FakeCompleted,
-    ListIntake,
     Pacs,
     start_storescp,
-    write_config,
 )
-from tests.integration.transport.helpers import forwarder_from_config
+from tests.integration.transport.helpers import completed_study, forwarder_from_config
 
 pytestmark = pytest.mark.integration
 
 
 def _uploaded_and_answered(tmp: Path, cloud: CloudSide, pacs_port: int, ehr: Ehr, **kw):  # type: ignore[no-untyped-def]
-    study: SyntheticStudy = write_ct_study(
-        tmp / "ct", seed=3, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
-    )
-    intake = ListIntake(
-        [FakeCompleted("study-9", 1, "default", {study.series_instance_uid: study.paths})]
-    )
-    path = write_config(tmp, cloud, pacs_port, ehr.url, **kw)
-    forwarder, _config = forwarder_from_config(path, intake)
-    forwarder.outbound.tick()
-    (run,) = forwarder.journal.runs()
-    cloud.answer(cloud.read_manifest(run.pseudo_study_uid), study)
-    return forwarder, run, path
+    edge = completed_study(tmp, cloud, pacs_port, ehr.url, seed=3, **kw)
+    edge.forwarder.outbound.tick()
+    (run,) = edge.forwarder.journal.runs()
+    cloud.answer(cloud.read_manifest(run.pseudo_study_uid), edge.study)
+    return edge.forwarder, run, edge.config_path
 
 
 def test_pacs_refusing_our_ae_ends_in_visible_dead_letter_then_retry_delivers(

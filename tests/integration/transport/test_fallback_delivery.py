@@ -11,14 +11,14 @@ import hl7
 import pydicom
 import pytest
 
+from edge_forwarder.intake import CompletedStudy
 from imaging_ai.results.key_images import MULTIFRAME_GRAYSCALE_BYTE_SC
 from imaging_ai.results.pdf_report import ENCAPSULATED_PDF
 from imaging_ai.synthetic import write_ct_study
+from tests.edge_support import ListIntake
 from tests.integration.transport.conftest import (
     CloudSide,
     Ehr,
-    FakeCompleted,
-    ListIntake,
     Pacs,
     start_storescp,
     write_config,
@@ -87,7 +87,7 @@ retry_base_s = 0.05
 """
     )
     intake = ListIntake(
-        [FakeCompleted("s-1", 1, "default", {study.series_instance_uid: study.paths})]
+        [CompletedStudy("s-1", 1, "default", {study.series_instance_uid: study.paths})]
     )
     forwarder, _ = forwarder_from_config(config_path, intake)
     try:

@@ -10,11 +10,11 @@ from pathlib import Path
 import hl7
 import pytest
 
-from edge_forwarder.delivery import HL7_NAK_NAME, Delivery, RetryPolicy
+from edge_forwarder.delivery import HL7_NAK_NAME, Delivery
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
 from edge_forwarder.oru import build_oru, control_id
 from edge_forwarder.result_objects import ORU_NAME
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.hl7 import AckCode, Hl7Rejected, MllpPeer
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal

@@ -13,46 +13,31 @@ import pytest
 from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context
-from imaging_ai.synthetic import write_ct_study
 from tests.integration.transport.conftest import (
     BUCKET,
     SITE,
     CloudSide,
     Ehr,
-    FakeCompleted,
-    ListIntake,
     Pacs,
-    write_config,
 )
-from tests.integration.transport.helpers import forwarder_from_config
+from tests.integration.transport.helpers import completed_study
 
 pytestmark = pytest.mark.integration
-
-
-def _study(tmp: Path, seed: int = 11):  # type: ignore[no-untyped-def]
-    return write_ct_study(
-        tmp / "ct", seed=seed, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
-    )
 
 
 def test_study_round_trip_restores_identity_and_leaks_nothing(
     tmp_path: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr
 ) -> None:
     # Given a completed synthetic CT study with fake PHI, handed over by the intake
-    study = _study(tmp_path)
-    intake = ListIntake(
-        [FakeCompleted("study-1", 1, "default", {study.series_instance_uid: study.paths})]
-    )
-    forwarder, config = forwarder_from_config(
-        write_config(tmp_path, cloud, pacs.port, ehr.url), intake
-    )
+    edge = completed_study(tmp_path, cloud, pacs.port, ehr.url, seed=11)
+    study, intake, forwarder, config = edge.study, edge.intake, edge.forwarder, edge.config
 
     # When the outbound loop runs once
     forwarder.outbound.tick()
 
     # Then one encrypted tar per series and the manifest are in S3, manifest checksums match
     (run,) = forwarder.journal.runs()
-    assert run.stage == "uploaded" and intake.forwarded == [("study-1", 1)]
+    assert run.stage == "uploaded" and intake.forwarded == [("study-11", 1)]
     manifest = cloud.read_manifest(run.pseudo_study_uid)
     assert manifest.run_id == run.run_id and len(manifest.series) == 1
     stored = (
@@ -140,11 +125,7 @@ def test_cloud_failure_is_visible_in_status(
     tmp_path: Path, cloud: CloudSide, pacs: Pacs, ehr: Ehr
 ) -> None:
     # Given an uploaded study
-    study = _study(tmp_path)
-    intake = ListIntake(
-        [FakeCompleted("study-2", 1, "default", {study.series_instance_uid: study.paths})]
-    )
-    forwarder, _ = forwarder_from_config(write_config(tmp_path, cloud, pacs.port, ehr.url), intake)
+    forwarder = completed_study(tmp_path, cloud, pacs.port, ehr.url, seed=11).forwarder
     forwarder.outbound.tick()
     (run,) = forwarder.journal.runs()
     # When the cloud reports a failure

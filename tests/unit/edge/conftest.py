@@ -10,32 +10,14 @@ from typing import Any
 
 import pytest
 
-from edge_forwarder.delivery import Delivery, RetryPolicy
-from edge_forwarder.intake import CompletedStudy
+from edge_forwarder.delivery import Delivery
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.results import ReceivedMessage
 from edge_forwarder.transport.uploader import SeriesTar
 from imaging_ai.contracts import DeidRecord, SiteResultMessage
-
-
-@dataclass
-class FakeIntake:
-    ready: list[CompletedStudy] = field(default_factory=list)
-    forwarded: list[tuple[str, int]] = field(default_factory=list)
-    failed: list[tuple[str, int, str]] = field(default_factory=list)
-
-    def poll_completed(self) -> list[CompletedStudy]:
-        ready, self.ready = self.ready, []
-        return ready
-
-    def mark_forwarded(self, study_key: str, run_number: int) -> None:
-        self.forwarded.append((study_key, run_number))
-
-    def mark_failed(self, study_key: str, run_number: int, reason: str) -> None:
-        self.failed.append((study_key, run_number, reason))
 
 
 @dataclass
@@ -147,13 +129,5 @@ def make_delivery(
     journal: Journal, telemetry: Telemetry, pacs: FakePacs, ehr: FakeEhr, folder: Path
 ) -> Delivery:
     no_wait = RetryPolicy(attempts=3, backoff=Backoff(0.0, 0.0))
-    return Delivery(
-        journal=journal,
-        pacs=pacs,
-        ehr=ehr,
-        pacs_retry=no_wait,
-        ehr_retry=no_wait,
-        telemetry=telemetry,
-        deliveries_dir=folder,
-        stop=threading.Event(),
-    )
+    return Delivery(journal=journal, pacs=pacs, ehr=ehr, pacs_retry=no_wait, ehr_retry=no_wait,
+                    telemetry=telemetry, deliveries_dir=folder, stop=threading.Event())  # fmt: skip

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_forwarder.delivery import PacsDestination, RetryPolicy
+from edge_forwarder.delivery import PacsDestination
 from edge_forwarder.observability import Telemetry
 from edge_forwarder.result_objects import PDF_REPORT_NAME, ResultObject
-from edge_forwarder.transport.backoff import Backoff
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import PermanentError, TransientError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal

@@ -16,7 +16,8 @@ from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from imaging_ai.edge_stage import OUTBOUND_ORDER, EdgeStage
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
-from tests.unit.edge.conftest import FakeIntake, FakeUploader
+from tests.edge_support import ListIntake
+from tests.unit.edge.conftest import FakeUploader
 
 SECRET = b"site-secret-for-unit-tests-0123456"
 
@@ -39,7 +40,7 @@ def _completed(study: SyntheticStudy, run_number: int = 1) -> CompletedStudy:
 
 
 def _outbound(
-    tmp_path: Path, journal: Journal, telemetry: Telemetry, intake: FakeIntake, **kw: object
+    tmp_path: Path, journal: Journal, telemetry: Telemetry, intake: ListIntake, **kw: object
 ) -> tuple[Outbound, FakeUploader, RecordingVault]:
     uploader, vault = FakeUploader(**kw), RecordingVault()  # type: ignore[arg-type]
     outbound = Outbound(
@@ -64,7 +65,7 @@ def test_a_completed_study_goes_through_each_stage_once_and_leaves_pseudonymous(
     tmp_path: Path, journal: Journal, telemetry: Telemetry, study: SyntheticStudy
 ) -> None:
     # Given the intake hands over a completed study
-    intake = FakeIntake([_completed(study)])
+    intake = ListIntake([_completed(study)])
     outbound, uploader, vault = _outbound(tmp_path, journal, telemetry, intake)
     # When the outbound loop runs once
     outbound.tick()
@@ -97,7 +98,7 @@ def test_complete_is_recorded_before_de_identification_fails(
         ds = pydicom.dcmread(path)
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
         ds.save_as(path)
-    intake = FakeIntake([_completed(study)])
+    intake = ListIntake([_completed(study)])
     outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake)
     # When the outbound loop takes it
     outbound.tick()
@@ -116,7 +117,7 @@ def test_an_upload_that_fails_is_resumed_by_the_next_pass_without_a_second_prepa
     tmp_path: Path, journal: Journal, telemetry: Telemetry, study: SyntheticStudy
 ) -> None:
     # Given S3 fails the first upload
-    intake = FakeIntake([_completed(study)])
+    intake = ListIntake([_completed(study)])
     outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake, fail_uploads=1)
     # When the outbound loop runs (the loop catches and logs the error) and runs again
     with pytest.raises(TransientError):
@@ -139,7 +140,7 @@ def test_a_study_interrupted_after_de_identification_is_taken_again_under_the_sa
     journal.open_run(run_id, "key-1", 1, pseudo_study_uid)
     journal.advance(run_id, EdgeStage.COMPLETE)
     journal.advance(run_id, EdgeStage.DEIDENTIFIED)
-    intake = FakeIntake([_completed(study)])
+    intake = ListIntake([_completed(study)])
     outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake)
     # When the intake hands the study over again
     outbound.tick()
@@ -153,7 +154,7 @@ def test_a_revision_run_names_the_run_it_revises(
     tmp_path: Path, journal: Journal, telemetry: Telemetry, study: SyntheticStudy
 ) -> None:
     # Given a study forwarded once, and late instances made it complete again (run 2)
-    intake = FakeIntake([_completed(study, 1)])
+    intake = ListIntake([_completed(study, 1)])
     outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake)
     outbound.tick()
     intake.ready = [_completed(study, 2)]
