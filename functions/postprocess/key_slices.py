@@ -51,10 +51,13 @@ def read_key_slices(
                     if extracted is None:
                         continue
                     with extracted:
-                        dataset = pydicom.dcmread(io.BytesIO(extracted.read()))
-                    index = wanted.get(str(dataset.SOPInstanceUID))
+                        raw = extracted.read()
+                    # Only the UID first: most slices are not key slices, and decoding
+                    # their pixels would cost what the whole series costs.
+                    uid = pydicom.dcmread(io.BytesIO(raw), specific_tags=["SOPInstanceUID"])
+                    index = wanted.get(str(uid.get("SOPInstanceUID", "")))
                     if index is not None:
-                        found[index] = stored_to_hu(dataset)
+                        found[index] = stored_to_hu(pydicom.dcmread(io.BytesIO(raw)))
         except (tarfile.TarError, InvalidDicomError, EOFError) as error:
             raise ContractError(
                 f"series object is not a tar of DICOM files ({type(error).__name__})"
