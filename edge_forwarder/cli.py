@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from edge_forwarder.config import ForwarderConfig, load_config
 from edge_forwarder.observability import MetricsServer, configure_logging, log_event
 from edge_forwarder.transport.errors import ConfigError, ForwarderError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from edge_forwarder.transport.result_gate import PathOutside, inside
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
 # Finished runs `purge` may forget: ended, or parked with a dead-lettered delivery.
@@ -57,7 +59,70 @@ def cmd_run(config: ForwarderConfig) -> int:
     return 0
 
 
-def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> int:
+def spool_report(config: ForwarderConfig) -> dict[str, Any]:
+    """Spool use for `status`: counts and bytes only (the spool holds PHI; this does not)."""
+    from edge_forwarder.intake.journal import Journal as IntakeJournal
+
+    spool = config.intake.spool_dir
+    journal_path = spool / "journal.sqlite3"
+    report: dict[str, Any] = {"spool_dir": str(spool)}
+    if journal_path.exists():
+        intake_journal = IntakeJournal(journal_path)
+        try:
+            report.update(asdict(intake_journal.spool_use()))
+        finally:
+            intake_journal.close()
+    if spool.exists():
+        disk = shutil.disk_usage(spool)
+        report.update(disk_free_bytes=disk.free, disk_total_bytes=disk.total)
+    report.update(
+        retention_delivered_days=config.retention.delivered_days,
+        retention_quarantine_days=config.retention.quarantine_days,
+        low_disk_free_bytes=config.retention.low_disk_free_bytes,
+        intake_refuses_below_bytes=config.intake.min_free_disk_bytes,
+    )
+    return report
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.1f} MiB"
+
+
+def _print_spool(report: dict[str, Any]) -> None:
+    print(f"spool {report['spool_dir']}")
+    if "pending_instances" in report:
+        print(
+            f"    awaiting forwarding: {report['pending_studies']} studies,"
+            f" {report['pending_instances']} instances, {_mib(report['pending_bytes'])}"
+        )
+        print(
+            f"    forwarded, kept {report['retention_delivered_days']:g} days:"
+            f" {report['delivered_studies']} studies, {report['delivered_instances']} instances,"
+            f" {_mib(report['delivered_bytes'])}"
+        )
+        print(
+            f"    quarantined: {report['quarantined']}"
+            f" (kept {report['retention_quarantine_days']:g} days)"
+        )
+    if "disk_free_bytes" in report:
+        print(
+            f"    disk free {_mib(report['disk_free_bytes'])} of"
+            f" {_mib(report['disk_total_bytes'])}; forwarded studies purged first below"
+            f" {_mib(report['low_disk_free_bytes'])}, intake refuses below"
+            f" {_mib(report['intake_refuses_below_bytes'])}"
+        )
+
+
+def cmd_status(
+    config: ForwarderConfig, run_id: str | None, as_json: bool, spool_only: bool = False
+) -> int:
+    if spool_only:
+        report = spool_report(config)
+        if as_json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_spool(report)
+        return 0
     journal = Journal(config.database_path)
     runs = [r for r in journal.runs() if run_id is None or r.run_id == run_id]
     if as_json:
@@ -87,6 +152,8 @@ def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> in
         ]
         print(json.dumps(out, indent=2))
         return 0
+    if run_id is None:
+        _print_spool(spool_report(config))
     if not runs:
         print("no studies yet")
     for r in runs:
@@ -100,6 +167,11 @@ def cmd_status(config: ForwarderConfig, run_id: str | None, as_json: bool) -> in
             )
         for at, stage, detail in journal.timeline(r.run_id):
             print(f"    {at}  {stage}" + (f"  {detail}" if detail else ""))
+    rejected = [x for x in journal.rejected_results() if run_id is None or x.run_id == run_id]
+    if rejected:
+        print(f"{len(rejected)} result message(s) rejected at the inbound boundary:")
+        for x in rejected:
+            print(f"    {x.at}  result rejected ({x.run_id or 'no valid run'}): {x.reason}")
     return 0
 
 
@@ -169,11 +241,22 @@ def cmd_purge(config: ForwarderConfig, older_than_days: float, dry_run: bool) ->
         for r in finished:
             print(f"would purge {r.run_id} ({r.stage})")
         return 0
+    refused = 0
     for r in tqdm(finished, unit="run", desc="purge"):
-        for folder in (config.spool_dir / r.run_id, config.deliveries_dir / r.run_id):
+        try:
+            # Resolved and checked: a run id edited into the journal, or a symlinked folder,
+            # cannot aim rmtree outside state_dir.
+            folders = [inside(root, r.run_id) for root in (config.spool_dir, config.deliveries_dir)]
+        except PathOutside:
+            refused += 1
+            log_event("purge_refused", logging.ERROR, reason="run folder outside state_dir")
+            continue
+        for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
         journal.delete_run(r.run_id)
-    print(f"purged {len(finished)} run(s)")
+    if refused:
+        print(f"refused {refused} run(s) whose folder is outside {config.state_dir}")
+    print(f"purged {len(finished) - refused} run(s)")
     return 0
 
 
@@ -185,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="per-study timeline")
     status.add_argument("run_id", nargs="?")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--spool", action="store_true", help="spool use and retention only")
     send = sub.add_parser("send", help="C-STORE a folder of DICOM files")
     send.add_argument("folder", type=Path)
     send.add_argument("--host", default="127.0.0.1")
@@ -215,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config)
         if args.command == "status":
-            return cmd_status(config, args.run_id, args.json)
+            return cmd_status(config, args.run_id, args.json, args.spool)
         if args.command == "retry":
             return cmd_retry(config, args.run_id, args.target, args.now)
         if args.command == "purge":

@@ -20,12 +20,14 @@ from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.oru import OruParties
 from edge_forwarder.outbound import CompletedStudies, Outbound
 from edge_forwarder.result_objects import ResultObject
+from edge_forwarder.retention import RetentionLoop, build_retention
+from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.service import ForwarderService
 from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
 from edge_forwarder.transport.hl7 import MllpPeer
 from edge_forwarder.transport.journal import Journal
-from edge_forwarder.transport.pacs import PacsPeer
+from edge_forwarder.transport.pacs import PacsPeer, client_tls_context
 from edge_forwarder.transport.results import ResultsPoller
 from edge_forwarder.transport.uploader import Uploader, UploadSettings
 
@@ -40,6 +42,7 @@ class Forwarder:
     journal: Journal
     telemetry: Telemetry
     listener: Intake | None  # the C-STORE SCP, where the intake is the real one
+    retention: RetentionLoop | None = None  # purges the real intake's spool
 
     @property
     def outbound(self) -> Outbound:
@@ -52,10 +55,14 @@ class Forwarder:
     def start(self) -> None:
         if self.listener is not None:
             self.listener.start()
+        if self.retention is not None:
+            self.retention.start()
         self.service.start()
 
     def stop(self) -> None:
         self.service.stop()
+        if self.retention is not None:
+            self.retention.stop()
         if self.listener is not None:
             self.listener.stop()
         self.journal.close()
@@ -70,6 +77,8 @@ def build_forwarder(
 
     Tests pass a list-backed intake and a short backoff cap; everything else is as deployed.
     """
+    # Before anything opens or listens: a key others can read means the start is refused.
+    check_all_private(config.secret_files())
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     journal = Journal(config.database_path)
     telemetry = Telemetry(
@@ -97,7 +106,7 @@ def build_forwarder(
     )
     delivery = Delivery(
         journal=journal,
-        pacs=_pacs(config.pacs),
+        pacs=pacs_peer(config.pacs),
         ehr=_ehr(config),
         pacs_retry=_retry_policy(config.pacs, max_backoff_s),
         ehr_retry=_retry_policy(config.ehr, max_backoff_s),
@@ -108,7 +117,7 @@ def build_forwarder(
         extra_pacs=[
             PacsDestination(
                 extra.name,
-                _pacs(extra),
+                pacs_peer(extra),
                 tuple(extra.objects),
                 _retry_policy(extra, max_backoff_s),
             )
@@ -133,7 +142,43 @@ def build_forwarder(
         reports=_on_prem_reports(config),
     )
     service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
-    return Forwarder(service=service, journal=journal, telemetry=telemetry, listener=listener)
+    retention = None
+    if listener is not None:
+        retention = build_retention(
+            config.retention,
+            listener.journal,
+            listener.spool.root,
+            telemetry.audit,
+            lambda study_key, run_number: _pseudo_study_uid(journal, study_key, run_number),
+        )
+    return Forwarder(
+        service=service,
+        journal=journal,
+        telemetry=telemetry,
+        listener=listener,
+        retention=retention,
+    )
+
+
+def _pseudo_study_uid(journal: Journal, study_key: str, run_number: int) -> str | None:
+    run = journal.run_for(study_key, run_number)
+    return run.pseudo_study_uid if run is not None else None
+
+
+def pacs_peer(section: PacsSection) -> PacsPeer:
+    """The PACS peer of `[pacs]`, with its DICOM TLS context when `[pacs.tls]` is set."""
+    tls = section.tls
+    return PacsPeer(
+        section.host,
+        section.port,
+        section.ae_title,
+        section.calling_ae_title,
+        section.timeout_s,
+        ssl_context=None
+        if tls is None
+        else client_tls_context(tls.ca_file, tls.cert_file, tls.key_file),
+        server_name=None if tls is None else tls.server_name,
+    )
 
 
 def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Uploader:
@@ -152,12 +197,6 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
         journal,
         on_bytes=metrics.uploaded_bytes.inc,
         on_retry=lambda attempt, error, wait: metrics.upload_retries.inc(),
-    )
-
-
-def _pacs(section: PacsSection) -> PacsPeer:
-    return PacsPeer(
-        section.host, section.port, section.ae_title, section.calling_ae_title, section.timeout_s
     )
 
 

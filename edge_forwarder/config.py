@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.result_objects import DEFAULT_PACS_OBJECTS, ResultObject
+from edge_forwarder.secret_files import read_private
 from edge_forwarder.transport.errors import ConfigError
 from imaging_ai.contracts import check_site, site_results_queue_name
 from imaging_ai.errors import ContractError
@@ -35,7 +38,10 @@ class SecretRef(_Section):
 
     def read(self) -> bytes:
         if self.file is not None:
-            text = self.file.read_text(encoding="ascii").strip()
+            try:
+                text = read_private(self.file).decode("ascii").strip()
+            except UnicodeDecodeError:
+                raise ConfigError(f"secret file {self.file} must be hex encoded") from None
         else:
             text = os.environ.get(str(self.env), "").strip()
             if not text:
@@ -44,6 +50,27 @@ class SecretRef(_Section):
             return bytes.fromhex(text)
         except ValueError:
             raise ConfigError("secret must be hex encoded") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_https(url: str) -> str:
+    """https, or http to this machine only: a bearer token or PHI never crosses a wire in clear."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError("must be an absolute URL with a host")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return url
+    raise ValueError("must use https (plain http is accepted only on loopback)")
 
 
 class DeidSection(_Section):
@@ -81,6 +108,22 @@ class ResultsSection(_Section):
     visibility_timeout_s: int = Field(default=300, ge=10)
 
 
+class PacsTlsSection(_Section):
+    """DICOM TLS (PS3.15 B.1) to the PACS: verify its certificate, present ours."""
+
+    ca_file: Path  # the CA that signed the PACS's certificate (PEM)
+    cert_file: Path | None = None  # our client certificate (PEM); with key_file
+    key_file: Path | None = None  # its private key (PEM, mode 0600)
+    # The name the PACS certificate must carry; default: pacs.host. Never skipped.
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> PacsTlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both 'cert_file' and 'key_file', or neither")
+        return self
+
+
 class PacsSection(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
@@ -89,6 +132,7 @@ class PacsSection(_Section):
     max_attempts: int = Field(default=5, ge=1)
     retry_base_s: float = Field(default=2.0, ge=0.0)
     timeout_s: float = Field(default=30.0, gt=0.0)
+    tls: PacsTlsSection | None = None
     # What this destination receives: sr, seg, key_images (burned-in Secondary Capture), pdf.
     objects: list[ResultObject] = Field(default_factory=lambda: list(DEFAULT_PACS_OBJECTS))
 
@@ -126,7 +170,7 @@ class Hl7Section(_Section):
 class OAuth2Section(_Section):
     """SMART backend services: client credentials, secret or private-key JWT assertion."""
 
-    token_url: str = Field(pattern=r"^https?://")
+    token_url: str
     client_id: str
     scope: str = "system/*.write"
     client_secret: SecretRef | None = None
@@ -139,9 +183,11 @@ class OAuth2Section(_Section):
             raise ValueError("give exactly one of 'client_secret' or 'private_key_file'")
         return self
 
+    _https = field_validator("token_url")(check_https)
+
 
 class EhrSection(_Section):
-    base_url: str = Field(pattern=r"^https?://")
+    base_url: str
     timeout_s: float = Field(default=30.0, gt=0.0)
     max_attempts: int = Field(default=5, ge=1)
     retry_base_s: float = Field(default=2.0, ge=0.0)
@@ -150,12 +196,26 @@ class EhrSection(_Section):
     accession_identifier_system: str = "urn:oid:2.16.840.1.113883.3.9999.2"
     oauth2: OAuth2Section | None = None
 
+    _https = field_validator("base_url")(check_https)
+
 
 class ObservabilitySection(_Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0 = no HTTP endpoint
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     audit_log: Path | None = None  # default: <state_dir>/audit.jsonl
+
+
+class RetentionSection(_Section):
+    """How long identified originals stay on the edge once forwarded, and the low-disk rule."""
+
+    # Original instances of a forwarded study, and quarantined ones, after this many days.
+    delivered_days: float = Field(default=7.0, gt=0.0)
+    quarantine_days: float = Field(default=7.0, gt=0.0)
+    # Below this much free space in the spool, forwarded studies go first, oldest first,
+    # before their time: intake refuses at intake.min_free_disk_bytes, which must be lower.
+    low_disk_free_bytes: int = Field(default=2 * 1024**3, ge=0)
+    check_interval_s: float = Field(default=10.0, gt=0.0)
 
 
 class ForwarderConfig(_Section):
@@ -175,6 +235,16 @@ class ForwarderConfig(_Section):
     ehr: EhrSection
     hl7: Hl7Section | None = None  # off unless configured
     observability: ObservabilitySection = ObservabilitySection()
+    retention: RetentionSection = RetentionSection()
+
+    @model_validator(mode="after")
+    def _retention_before_refusal(self) -> ForwarderConfig:
+        # Retention must free space before intake starts refusing modalities, not after.
+        if self.retention.low_disk_free_bytes <= self.intake.min_free_disk_bytes:
+            raise ValueError(
+                "retention.low_disk_free_bytes must be above intake.min_free_disk_bytes"
+            )
+        return self
 
     @field_validator("site")
     @classmethod
@@ -213,6 +283,22 @@ class ForwarderConfig(_Section):
     @property
     def audit_log_path(self) -> Path:
         return self.observability.audit_log or self.state_dir / "audit.jsonl"
+
+    def secret_files(self) -> list[Path]:
+        """Every file whose content is a secret: each must be readable by its owner only."""
+        refs = [self.deid.site_secret, self.crosswalk.key]
+        oauth = self.ehr.oauth2
+        paths = [ref.file for ref in refs if ref.file is not None]
+        if oauth is not None:
+            if oauth.client_secret is not None and oauth.client_secret.file is not None:
+                paths.append(oauth.client_secret.file)
+            if oauth.private_key_file is not None:
+                paths.append(oauth.private_key_file)
+        if self.pacs.tls is not None and self.pacs.tls.key_file is not None:
+            paths.append(self.pacs.tls.key_file)
+        if self.intake.tls_key is not None:
+            paths.append(self.intake.tls_key)
+        return paths
 
 
 def describe_errors(error: ValidationError) -> str:
@@ -253,6 +339,9 @@ _PATH_FIELDS = {
     ("deid", "site_secret", "file"),
     ("ehr", "oauth2", "private_key_file"),
     ("ehr", "oauth2", "client_secret", "file"),
+    ("pacs", "tls", "ca_file"),
+    ("pacs", "tls", "cert_file"),
+    ("pacs", "tls", "key_file"),
     ("observability", "audit_log"),
 }
 

@@ -25,6 +25,7 @@ from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
 from edge_forwarder.transport.hl7 import Hl7Rejected
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from edge_forwarder.transport.result_gate import inside, translate
 from imaging_ai.contracts import BUNDLE_NAME
 from imaging_ai.edge_stage import EdgeStage
 
@@ -96,14 +97,21 @@ class Delivery:
         for row in self.journal.deliveries(state=DeliveryState.PENDING):
             if self.stop.is_set():
                 return
-            folder = Path(str(row.payload_dir))
-            if row.target is DeliveryTarget.PACS:
-                self._deliver_pacs(row.run_id, folder)
-            elif row.target is DeliveryTarget.HL7:
-                self._deliver_hl7(row.run_id, folder)
-            else:
-                self._deliver_ehr(row.run_id, folder)
-            self._finish_if_done(row.run_id)
+            try:
+                # The journal row names the folder: it must still be this run's, under ours.
+                folder = inside(self.deliveries_dir, row.run_id)
+                if row.payload_dir is None or Path(row.payload_dir).resolve() != folder:
+                    raise PermanentError("delivery folder is not this run's (refused)")
+                if row.target is DeliveryTarget.PACS:
+                    self._deliver_pacs(row.run_id, folder)
+                elif row.target is DeliveryTarget.HL7:
+                    self._deliver_hl7(row.run_id, folder)
+                else:
+                    self._deliver_ehr(row.run_id, folder)
+                self._finish_if_done(row.run_id)
+            except Exception as error:
+                # One broken delivery (a file gone, a path refused) never stops the others.
+                self._park(row.run_id, row.target, translate(error).reason)
         dead = self.journal.deliveries(state=DeliveryState.DEAD_LETTER)
         self.telemetry.metrics.dead_letters.set(len(dead))
 
@@ -178,7 +186,10 @@ class Delivery:
         self._delivered(run_id, DeliveryTarget.HL7, destination="hl7", count=None)
 
     def _deliver_ehr(self, run_id: str, folder: Path) -> None:
-        bundle = json.loads((folder / BUNDLE_NAME).read_text())
+        try:
+            bundle = json.loads((folder / BUNDLE_NAME).read_text())
+        except ValueError:
+            raise PermanentError("the re-identified Bundle on disk is not JSON") from None
         try:
             self._with_retries(
                 run_id,
@@ -246,6 +257,15 @@ class Delivery:
         counted = {} if count is None else {"count": count}
         log_event(stage, stage=stage, run_id=run_id, **counted)
 
+    def _park(self, run_id: str, target: DeliveryTarget, reason: str) -> None:
+        """Dead-letter a delivery that broke outside its retries; if even that cannot be
+        recorded in full (its run is in a state that does not allow it), say so and go on."""
+        try:
+            self._dead_letter(run_id, target, reason)
+        except Exception as error:
+            log_event("dead_letter_failed", logging.ERROR, run_id=run_id, target=target,
+                      error=type(error).__name__)  # fmt: skip
+
     def _dead_letter(
         self, run_id: str, target: DeliveryTarget, reason: str, http: int | None = None
     ) -> None:
@@ -277,7 +297,7 @@ class Delivery:
         rows = self.journal.deliveries(run_id=run_id)
         if rows and all(r.state is DeliveryState.DELIVERED for r in rows):
             self.journal.advance(run_id, EdgeStage.DELIVERED)
-            shutil.rmtree(self.deliveries_dir / run_id, ignore_errors=True)
+            shutil.rmtree(inside(self.deliveries_dir, run_id), ignore_errors=True)
 
     def _pseudo(self, run_id: str) -> str:
         run = self.journal.run(run_id)

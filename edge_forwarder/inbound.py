@@ -13,9 +13,10 @@ from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.observability import Telemetry, log_event
 from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.result_objects import ORU_NAME
-from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
+from edge_forwarder.transport.errors import PermanentError, ReidentificationError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
 from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
+from edge_forwarder.transport.result_gate import check_result_objects, inside, translate
 from edge_forwarder.transport.results import ReceivedMessage
 from imaging_ai.contracts import BUNDLE_NAME, DICOM_RESULT_NAMES, SiteResultMessage
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
@@ -58,29 +59,79 @@ class Inbound:
     reports: OnPremReports | None = None
 
     def tick(self) -> None:
-        for received in self.results.receive():
-            if received.message is None:
-                # Not acknowledged: the queue's redrive policy parks it in the DLQ.
-                log_event("result_message_rejected", logging.WARNING, reason=received.problem)
-                continue
-            if self.take(received.message):
-                self.results.ack(received.receipt_handle)
+        """Take what the results queue holds, then deliver. One bad message, or a queue
+        outage, never holds back the others or the deliveries already pending."""
+        try:
+            received = self.results.receive()
+        except Exception as error:
+            log_event("results_poll_failed", logging.WARNING, reason=translate(error).reason)
+            received = []
+        for item in received:
+            self.take_received(item)
         self.delivery.deliver_pending()
 
-    def take(self, message: SiteResultMessage) -> bool:
-        """Handle one message; True when it may be acknowledged."""
+    def take_received(self, item: ReceivedMessage) -> None:
+        """The inbound trust boundary: every exception of one message ends here, translated.
+
+        Transient (an S3, KMS or disk outage): left on the queue, it comes back after its
+        visibility timeout. Anything else is a malformed or tampered result: rejected.
+        """
+        message = item.message
+        if message is None:
+            self._reject(item, None, item.problem or "not a valid SiteResultMessage")
+            return
+        try:
+            self.take(message)
+        except Exception as error:
+            verdict = translate(error)
+            if verdict.transient:
+                log_event("result_retry_later", logging.WARNING, run_id=message.run_id,
+                          reason=verdict.reason)  # fmt: skip
+                return
+            self._reject(item, message, verdict.reason)
+            return
+        self.results.ack(item.receipt_handle)
+
+    def _reject(
+        self, item: ReceivedMessage, message: SiteResultMessage | None, reason: str
+    ) -> None:
+        """Recorded, dead-lettered on the edge (`rejected_results`), acknowledged so the
+        queue never hands it out again, and its run FAILED with the reason, but only when
+        the message names that run's own study: a forged message cannot fail another run."""
+        run_id = message.run_id if message is not None else None
+        self.journal.reject_result(item.message_id or item.receipt_handle[:64], run_id, reason)
+        run = self.journal.run(message.run_id) if message is not None else None
+        if (
+            run is not None
+            and message is not None
+            and run.pseudo_study_uid == message.pseudo_study_uid
+            and run.stage not in TERMINAL_EDGE_STAGES
+        ):
+            self.journal.advance(run.run_id, EdgeStage.FAILED, reason=f"result rejected: {reason}")
+        self.telemetry.metrics.deliveries.labels("result", "rejected").inc()
+        self.telemetry.audit.record(
+            "import",
+            pseudo_study_uid=message.pseudo_study_uid if message is not None else None,
+            study_key="unparsed result message",
+            run_id=run_id,
+            outcome="8",
+            destination="results queue",
+            detail=f"rejected: {reason}",
+        )
+        log_event("result_rejected", logging.ERROR, run_id=run_id, reason=reason)
+        self.results.ack(item.receipt_handle)
+
+    def take(self, message: SiteResultMessage) -> None:
+        """Handle one validated message; raise for the boundary (`take_received`) to judge."""
         run_id = self._run_for(message)
         if message.kind == "FAILED":
             self._cloud_failed(run_id, message)
-            return True
+            return
         if self.journal.deliveries(run_id=run_id):
-            return True  # at-least-once queue: this result was already taken
-        try:
-            objects = self.results.fetch(message)
-        except PermanentError as error:
-            self._fail(run_id, EdgeStage.RESULTS_RECEIVED, str(error))
-            return True
-        self.journal.advance(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
+            return  # at-least-once queue: this result was already taken
+        objects = self.results.fetch(message)
+        check_result_objects(objects, message.pseudo_study_uid)
+        self._advance_once(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
         log_event(
             EdgeStage.RESULTS_RECEIVED,
             stage=EdgeStage.RESULTS_RECEIVED,
@@ -88,15 +139,11 @@ class Inbound:
             pseudo_study_uid=message.pseudo_study_uid,
             count=len(objects),
         )
-        try:
-            identity = self.identities.study_by_pseudo(message.pseudo_study_uid)
-            if identity is None:
-                raise ReidentificationError("no crosswalk entry for this pseudonymous study")
-            folder = self.reidentify(objects, identity, run_id)
-        except ForwarderError as error:
-            self._fail(run_id, EdgeStage.REIDENTIFIED, str(error))
-            return True
-        self.journal.advance(run_id, EdgeStage.REIDENTIFIED)
+        identity = self.identities.study_by_pseudo(message.pseudo_study_uid)
+        if identity is None:
+            raise ReidentificationError("no crosswalk entry for this pseudonymous study")
+        folder = self.reidentify(objects, identity, run_id)
+        self._advance_once(run_id, EdgeStage.REIDENTIFIED)
         self.telemetry.audit.record(
             "reidentify", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id
         )
@@ -112,11 +159,10 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder
             )
-        return True
 
     def reidentify(self, objects: dict[str, bytes], identity: StudyIdentity, run_id: str) -> Path:
         """Re-identify each result into the on-prem delivery folder (mode 0700); return it."""
-        folder = self.deliveries_dir / run_id
+        folder = inside(self.deliveries_dir, run_id)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for name in DICOM_RESULT_NAMES:
             if name in objects:
@@ -133,8 +179,19 @@ class Inbound:
             self.reports.render(folder, identity, run_id)
         return folder
 
+    def _advance_once(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
+        # A message taken again after a transient failure (disk full while re-identifying)
+        # finds its run already at this stage: the step is redone, the move is not.
+        run = self.journal.run(run_id)
+        if run is None or run.stage is not stage:
+            self.journal.advance(run_id, stage, detail=detail)
+
     def _run_for(self, message: SiteResultMessage) -> str:
-        if self.journal.run(message.run_id) is None:
+        run = self.journal.run(message.run_id)
+        if run is not None and run.pseudo_study_uid != message.pseudo_study_uid:
+            # One study's run named with another study: tampered or misrouted.
+            raise PermanentError("message names another study than its run")
+        if run is None:
             # A result for a run this journal does not know (purged, or a cloud re-run): the
             # cloud has its upload, so the run opens as uploaded.
             self.journal.open_run(
@@ -164,8 +221,3 @@ class Inbound:
             reason=reason,
         )
         self.telemetry.metrics.studies.labels("cloud_failed").inc()
-
-    def _fail(self, run_id: str, step: EdgeStage, reason: str) -> None:
-        self.journal.advance(run_id, EdgeStage.FAILED, reason=reason)
-        log_event("failed", logging.ERROR, stage=EdgeStage.FAILED, step=step, run_id=run_id,
-                  reason=reason)  # fmt: skip

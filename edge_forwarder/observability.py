@@ -65,6 +65,9 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
     # pynetdicom logs dataset contents at DEBUG; keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # The Encryption SDK logs a traceback of its own when a tampered object fails to close;
+    # the inbound boundary records that refusal instead (no traceback reaches stderr).
+    logging.getLogger("aws_encryption_sdk").setLevel(logging.CRITICAL)
     silence_dicom_library_warnings()
 
 
@@ -175,6 +178,10 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "upload": ("110106", "Export", "upload", "C"),
     "reidentify": ("110109", "Order Record", "reidentify", "U"),
     "export": ("110106", "Export", "export", "C"),
+    # A result from the cloud taken in; outcome 8 when it was refused at the boundary.
+    "import": ("110107", "Import", "import", "C"),
+    # Retention deleting spooled originals (or quarantined instances) of a study.
+    "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
 }
 
 
@@ -192,17 +199,22 @@ class AuditTrail:
         self,
         action: str,
         *,
-        pseudo_study_uid: str,
+        pseudo_study_uid: str | None,
         run_id: str | None = None,
         outcome: str = "0",
         destination: str | None = None,
         detail: str | None = None,
+        study_key: str | None = None,
     ) -> dict[str, Any]:
+        """Append one AuditEvent. A study is named by pseudo UID, or, where it never got
+        one (quarantined before de-identification), by the spool's opaque study key."""
         type_code, type_display, subtype, crud = _AUDIT_TYPES[action]
+        if pseudo_study_uid:
+            identifier = {"system": "urn:dicom:uid", "value": f"urn:oid:{pseudo_study_uid}"}
+        else:
+            identifier = {"system": "urn:edge-forwarder:study-key", "value": study_key or "none"}
         entity: dict[str, Any] = {
-            "what": {
-                "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{pseudo_study_uid}"}
-            },
+            "what": {"identifier": identifier},
             "type": {
                 "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
                 "code": "2",

@@ -13,7 +13,11 @@ from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.oru import OruParties, build_oru
 from edge_forwarder.result_objects import ORU_NAME, PDF_REPORT_NAME
 from edge_forwarder.transport.errors import PermanentError, ReidentificationError
-from edge_forwarder.transport.reidentify import assert_no_pseudonyms_dicom
+from edge_forwarder.transport.reidentify import (
+    PseudonymScanner,
+    assert_no_pseudonyms_dicom,
+    pseudonyms_of,
+)
 from imaging_ai.contracts import KEY_IMAGES_NAME, SR_NAME
 from imaging_ai.errors import PipelineError
 from imaging_ai.results.pdf_report import build_encapsulated_pdf
@@ -38,6 +42,7 @@ class OnPremReports:
         if not sr_path.exists() or not (self.pdf or self.oru):
             return []
         sr = sr_path.read_bytes()
+        pseudonyms = pseudonyms_of(identity)
         made = []
         try:
             if self.pdf:
@@ -45,12 +50,12 @@ class OnPremReports:
                 pdf = build_encapsulated_pdf(
                     sr, run_id, key_images.read_bytes() if key_images.exists() else None
                 )
-                assert_no_pseudonyms_dicom(pdf, identity)
+                assert_no_pseudonyms_dicom(pdf, pseudonyms)
                 (folder / PDF_REPORT_NAME).write_bytes(pdf)
                 made.append(PDF_REPORT_NAME)
             if self.oru is not None:
                 message = build_oru(read_report(sr), identity, run_id, self.oru)
-                if any(p in message for p in identity.pseudonyms()):
+                if PseudonymScanner(pseudonyms).found_in(message):
                     raise ReidentificationError("pseudonym left in the HL7 ORU")
                 (folder / ORU_NAME).write_bytes(message.encode("utf-8"))
                 made.append(ORU_NAME)

@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from imaging_ai.errors import ContractError
 
@@ -189,22 +196,54 @@ NEXT_STAGE: dict[Stage, Stage] = {
 # ---- Messages to the site ------------------------------------------------------------------
 
 
-class SiteResultMessage(BaseModel):
-    """What the cloud tells a site on its results queue: results ready, or a failure."""
+# Names and versions a message may carry: the model card's spelling, nothing that reads as a path.
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_MODEL_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+# A reason is one line of text for an operator: no control characters, bounded.
+_REASON = r"^[^\x00-\x1f\x7f]*$"
 
-    model_config = ConfigDict(frozen=True)
+
+class SiteResultMessage(BaseModel):
+    """What the cloud tells a site on its results queue: results ready, or a failure.
+
+    The edge treats it as untrusted input: every field is checked here, before any of it
+    names a file, an S3 key or a journal row. Result keys must be exactly the contract's
+    keys of this site, study and run.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
     schema_version: Literal["1.0"] = "1.0"
     kind: Literal["RESULT_READY", "FAILED"]
     site: str
     pseudo_study_uid: str
     run_id: str
-    result_keys: dict[str, str] = Field(default_factory=dict)  # name -> S3 key
-    reason: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
+    result_keys: dict[str, str] = Field(default_factory=dict, max_length=len(RESULT_NAMES))
+    reason: str | None = Field(default=None, max_length=1000, pattern=_REASON)
+    model_name: str | None = Field(default=None, pattern=_MODEL_NAME)
+    model_version: str | None = Field(default=None, pattern=_MODEL_VERSION)
 
-    _check_site = field_validator("site")(check_site)
-    _check_uid = field_validator("pseudo_study_uid")(check_uid)
+    @field_validator("site", "pseudo_study_uid", "run_id")
+    @classmethod
+    def _contract_patterns(cls, value: str, info: ValidationInfo) -> str:
+        # A ValueError, so a bad field is a ValidationError naming it, like every other.
+        check = {"site": check_site, "pseudo_study_uid": check_uid, "run_id": check_run_id}
+        try:
+            return check[str(info.field_name)](value)
+        except ContractError as error:
+            raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _keys_are_the_contract_keys(self) -> SiteResultMessage:
+        for name, key in self.result_keys.items():
+            if name not in RESULT_NAMES:
+                raise ValueError("result_keys names an object the contract does not define")
+            if key != result_key(self.site, self.pseudo_study_uid, self.run_id, name):
+                raise ValueError("a result key is not the contract key of this run")
+        if self.kind == "RESULT_READY" and not self.result_keys:
+            raise ValueError("RESULT_READY names no result object")
+        if self.kind == "FAILED" and self.result_keys:
+            raise ValueError("FAILED carries no result objects")
+        return self
 
 
 MODELS_PREFIX: Final = "models/"

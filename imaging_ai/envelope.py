@@ -70,8 +70,20 @@ def encrypt_bytes(plaintext: bytes, key_arn: str, context: dict[str, str]) -> by
 
 
 def decrypt_bytes(ciphertext: bytes, key_arn: str, expected_context: dict[str, str]) -> bytes:
-    """Decrypt and refuse an object whose encryption context is not the expected one."""
-    plaintext, header = _sdk().decrypt(source=ciphertext, key_provider=_provider(key_arn))
+    """Decrypt and refuse an object whose encryption context is not the expected one.
+
+    A tampered or foreign object raises IntegrityError; a KMS call that failed raises the
+    botocore error behind it, so the caller can tell an outage (retry) from tampering.
+    """
+    try:
+        plaintext, header = _sdk().decrypt(source=ciphertext, key_provider=_provider(key_arn))
+    except Exception as error:
+        cause = error.__cause__ or error.__context__
+        if cause is not None and type(cause).__module__.startswith("botocore"):
+            raise cause from None
+        if _is_decryption_error(error):
+            raise IntegrityError("object cannot be decrypted with this study's key") from None
+        raise
     _check_context(header.encryption_context, expected_context)
     return bytes(plaintext)
 

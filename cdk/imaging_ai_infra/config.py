@@ -33,7 +33,9 @@ class StageConfig:
     model_name: str
     model_data_url: str | None  # None: `models/{model_name}/model.tar.gz` in the data bucket
     create_endpoint: bool
-    edge_ca_certificate_pem: str | None  # None: a CloudFormation parameter to fill at deploy
+    # Site -> PEM of the CA that issues that site's forwarder certificates; a site missing
+    # here gets a CloudFormation parameter to fill at deploy.
+    edge_ca_certificate_pems: dict[str, str]
     asset_root: Path
     incoming_expiry_days: int
     intermediate_expiry_days: int
@@ -114,17 +116,52 @@ def _sites(node: Node) -> tuple[str, ...]:
     return sites
 
 
+def _edge_ca_pems(node: Node, sites: tuple[str, ...]) -> dict[str, str]:
+    """Each site's own CA: one CA for every site would let one hospital mint another's identity."""
+    if node.try_get_context("edge_ca_certificate_file") is not None:
+        raise ValueError(
+            "context 'edge_ca_certificate_file' (one CA for every site) is gone: a CA shared by"
+            " sites lets one hospital issue another site's identity. Give each site its own CA:"
+            " -c edge_ca_certificate_files=site-a=a-ca.pem,site-b=b-ca.pem"
+        )
+    value: Any = node.try_get_context("edge_ca_certificate_files")
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        files = {str(k): str(v) for k, v in value.items()}
+    else:
+        files = {}
+        for item in str(value).split(","):
+            site, sep, file = item.partition("=")
+            if not sep or not site.strip() or not file.strip():
+                raise ValueError("context 'edge_ca_certificate_files' items are site=file.pem")
+            files[site.strip()] = file.strip()
+    unknown = sorted(set(files) - set(sites))
+    if unknown:
+        raise ValueError(f"context 'edge_ca_certificate_files' names unknown sites: {unknown}")
+    pems = {site: Path(file).read_text() for site, file in files.items()}
+    owners: dict[str, str] = {}
+    for site, pem in sorted(pems.items()):
+        key = "".join(pem.split())
+        if key in owners:
+            raise ValueError(
+                f"sites {owners[key]} and {site} have the same edge CA: each site needs its own,"
+                " or either hospital could issue the other's forwarder identity"
+            )
+        owners[key] = site
+    return pems
+
+
 def load_stage_config(node: Node) -> StageConfig:
     stage = _text(node, "stage", "dev")
     if stage not in ("dev", "prod"):
         raise ValueError("context 'stage' must be 'dev' or 'prod'")
     prod = stage == "prod"
-    ca_file = node.try_get_context("edge_ca_certificate_file")
-    ca_pem = Path(str(ca_file)).read_text() if ca_file else None
+    sites = _sites(node)
     model_data_url = node.try_get_context("model_data_url")
     return StageConfig(
         stage=stage,
-        sites=_sites(node),
+        sites=sites,
         gpu_instance_type=_text(node, "gpu_instance_type", "ml.g5.xlarge"),
         max_endpoint_instances=int(_text(node, "max_endpoint_instances", "4" if prod else "1")),
         inference_image_uri=_text(
@@ -136,7 +173,7 @@ def load_stage_config(node: Node) -> StageConfig:
         model_name=_text(node, "model_name", "imaging-ai-demo"),
         model_data_url=str(model_data_url) if model_data_url else None,
         create_endpoint=_flag(node, "create_endpoint", True),
-        edge_ca_certificate_pem=ca_pem,
+        edge_ca_certificate_pems=_edge_ca_pems(node, sites),
         asset_root=Path(_text(node, "lambda_asset_root", str(DEFAULT_ASSET_ROOT))),
         incoming_expiry_days=int(_text(node, "incoming_expiry_days", "30" if prod else "7")),
         intermediate_expiry_days=int(_text(node, "intermediate_expiry_days", "7")),

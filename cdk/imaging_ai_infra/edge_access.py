@@ -19,8 +19,11 @@ SESSION_DURATION = Duration.hours(1)
 
 
 class EdgeAccess(Construct):
-    """A forwarder presents an X.509 certificate (CN = its site code) issued by the hospital's
-    CA; Roles Anywhere trades it for short-lived credentials of that site's role only."""
+    """A forwarder presents an X.509 certificate (CN = its site code) issued by its hospital's
+    CA; Roles Anywhere trades it for short-lived credentials of that site's role only.
+
+    Each site has a trust anchor of its own holding only its own CA, and its role trusts
+    that anchor alone: hospital A's CA issuing `CN=site-b` gets nothing."""
 
     def __init__(
         self,
@@ -33,35 +36,15 @@ class EdgeAccess(Construct):
         super().__init__(scope, construct_id)
         config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
         prefix = resource_prefix(config.stage)
-        ca_pem = config.edge_ca_certificate_pem
-        if ca_pem is None:
-            ca_pem = CfnParameter(
-                Stack.of(self),
-                "EdgeCaCertificatePem",
-                type="String",
-                no_echo=False,
-                description=(
-                    "PEM of the CA that issues edge-forwarder certificates (or set context"
-                    " edge_ca_certificate_file at synth time)"
-                ),
-                min_length=1,
-            ).value_as_string
-        self.trust_anchor = rolesanywhere.CfnTrustAnchor(
-            self,
-            "TrustAnchor",
-            name=f"{prefix}-edge-ca",
-            enabled=True,
-            source=rolesanywhere.CfnTrustAnchor.SourceProperty(
-                source_type="CERTIFICATE_BUNDLE",
-                source_data=rolesanywhere.CfnTrustAnchor.SourceDataProperty(
-                    x509_certificate_data=ca_pem
-                ),
-            ),
-        )
-
+        # One trust anchor per site, holding only that site's CA: a role trusts its own
+        # anchor only, so a hospital's CA can never mint a certificate another site's role
+        # accepts, whatever CN it writes (the CN condition alone would let it).
+        self.trust_anchors: dict[str, rolesanywhere.CfnTrustAnchor] = {}
         self.site_roles: dict[str, iam.Role] = {}
         for site, queue in site_queues.items():
-            self.site_roles[site] = self._site_role(site, data_bucket, data_key, queue)
+            anchor = self._trust_anchor(site, prefix, config.edge_ca_certificate_pems.get(site))
+            self.trust_anchors[site] = anchor
+            self.site_roles[site] = self._site_role(site, anchor, data_bucket, data_key, queue)
 
         self.profile = rolesanywhere.CfnProfile(
             self,
@@ -72,8 +55,41 @@ class EdgeAccess(Construct):
             duration_seconds=SESSION_DURATION.to_seconds(),
         )
 
+    def _trust_anchor(
+        self, site: str, prefix: str, ca_pem: str | None
+    ) -> rolesanywhere.CfnTrustAnchor:
+        if ca_pem is None:
+            ca_pem = CfnParameter(
+                Stack.of(self),
+                f"EdgeCaCertificatePem{_camel(site)}",
+                type="String",
+                no_echo=False,
+                description=(
+                    f"PEM of the CA that issues {site}'s edge-forwarder certificates, and no other"
+                    " site's (or set context edge_ca_certificate_files at synth time)"
+                ),
+                min_length=1,
+            ).value_as_string
+        return rolesanywhere.CfnTrustAnchor(
+            self,
+            f"TrustAnchor-{site}",
+            name=f"{prefix}-edge-ca-{site}",
+            enabled=True,
+            source=rolesanywhere.CfnTrustAnchor.SourceProperty(
+                source_type="CERTIFICATE_BUNDLE",
+                source_data=rolesanywhere.CfnTrustAnchor.SourceDataProperty(
+                    x509_certificate_data=ca_pem
+                ),
+            ),
+        )
+
     def _site_role(
-        self, site: str, data_bucket: s3.IBucket, data_key: kms.IKey, queue: sqs.IQueue
+        self,
+        site: str,
+        anchor: rolesanywhere.CfnTrustAnchor,
+        data_bucket: s3.IBucket,
+        data_key: kms.IKey,
+        queue: sqs.IQueue,
     ) -> iam.Role:
         stack = Stack.of(self)
         incoming = f"{INCOMING_PREFIX}{site}/"
@@ -86,8 +102,8 @@ class EdgeAccess(Construct):
             assumed_by=iam.PrincipalWithConditions(
                 iam.ServicePrincipal(ROLES_ANYWHERE_PRINCIPAL),
                 {
-                    # Only certificates from our trust anchor, and only this site's CN.
-                    "ArnEquals": {"aws:SourceArn": self.trust_anchor.attr_trust_anchor_arn},
+                    # Only certificates from this site's own anchor, and only this site's CN.
+                    "ArnEquals": {"aws:SourceArn": anchor.attr_trust_anchor_arn},
                     "StringEquals": {"aws:PrincipalTag/x509Subject/CN": site},
                 },
             ),
@@ -96,9 +112,7 @@ class EdgeAccess(Construct):
             iam.PolicyStatement(
                 principals=[iam.ServicePrincipal(ROLES_ANYWHERE_PRINCIPAL)],
                 actions=["sts:TagSession", "sts:SetSourceIdentity"],
-                conditions={
-                    "ArnEquals": {"aws:SourceArn": self.trust_anchor.attr_trust_anchor_arn}
-                },
+                conditions={"ArnEquals": {"aws:SourceArn": anchor.attr_trust_anchor_arn}},
             )
         )
         object_arn = data_bucket.arn_for_objects
@@ -174,3 +188,8 @@ class EdgeAccess(Construct):
             *iam5(resources=bucket_prefix_resources(data_bucket, [incoming, results])),
         )
         return role
+
+
+def _camel(site: str) -> str:
+    """`site-a` -> `SiteA`: CloudFormation logical IDs are alphanumeric."""
+    return "".join(part.capitalize() for part in site.split("-"))

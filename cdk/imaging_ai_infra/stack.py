@@ -76,10 +76,12 @@ class ImagingAiStage(Stack):
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
         CfnOutput(self, "DataKeyArn", value=storage.data_key.key_arn)
         CfnOutput(self, "EndpointName", value=inference.endpoint_name)
-        CfnOutput(self, "TrustAnchorArn", value=edge.trust_anchor.attr_trust_anchor_arn)
         CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
         for site, role in edge.site_roles.items():
             CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)
+            CfnOutput(
+                self, f"TrustAnchorArn-{site}", value=edge.trust_anchors[site].attr_trust_anchor_arn
+            )
             CfnOutput(
                 self, f"SiteResultsQueueUrl-{site}", value=results.site_queues[site].queue.queue_url
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,12 +63,50 @@ class StudyRow:
     last_at: float
 
 
+@dataclass(frozen=True)
+class DeliveredStudy:
+    """A forwarded study whose original instances are still spooled (retention candidates)."""
+
+    study_key: str
+    run_number: int
+    forwarded_at: float
+    instance_count: int
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SpoolUse:
+    """What the spool holds, by whether it may be purged (no PHI: counts and bytes)."""
+
+    delivered_studies: int
+    delivered_instances: int
+    delivered_bytes: int
+    pending_studies: int
+    pending_instances: int
+    pending_bytes: int
+    quarantined: int
+
+
+# Columns added after the first release: applied to existing journals at open. Studies
+# forwarded before forwarded_at existed count from their last instance, so retention sees them.
+_MIGRATIONS = (
+    "ALTER TABLE study ADD COLUMN forwarded_at REAL",
+    "UPDATE study SET forwarded_at = last_at WHERE state = 'FORWARDED' AND forwarded_at IS NULL",
+)
+
+
 class Journal:
     """Every write is one committed transaction: it is on disk before the caller goes on."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
         self._db = open_durable_db(path, _SCHEMA)
+        for statement in _MIGRATIONS:
+            try:
+                self._db.execute(statement)
+            except sqlite3.OperationalError as error:
+                if "duplicate column" not in str(error):
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -203,9 +242,10 @@ class Journal:
         """End a claimed run; open the next run at once if late instances came meanwhile."""
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE study SET state = ?, reason = ? "
+                "UPDATE study SET state = ?, reason = ?, forwarded_at = CASE WHEN ? = 'FORWARDED'"
+                " THEN ? ELSE forwarded_at END "
                 "WHERE study_key = ? AND run_number = ? AND state = 'CLAIMED'",
-                (state, reason, study_key, run_number),
+                (state, reason, state, time.time(), study_key, run_number),
             )
             if cursor.rowcount != 1:
                 return False
@@ -233,3 +273,60 @@ class Journal:
     def sop_uids(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT sop_uid FROM instance").fetchall()}
+
+    # ---- retention ------------------------------------------------------------------------
+
+    def delivered_studies(self) -> list[DeliveredStudy]:
+        """Forwarded studies with spooled instances, oldest forwarded first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.study_key, s.run_number, s.forwarded_at, COUNT(*), SUM(i.size) "
+                "FROM study s JOIN instance i ON i.study_key = s.study_key "
+                "WHERE s.state = 'FORWARDED' AND s.forwarded_at IS NOT NULL "
+                "GROUP BY s.study_key ORDER BY s.forwarded_at, s.study_key"
+            ).fetchall()
+        return [DeliveredStudy(r[0], int(r[1]), float(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+    def release_delivered(self, study_key: str, forwarded_at: float) -> list[Path]:
+        """Forget the instances of a study that is still forwarded as of `forwarded_at`;
+        return their paths for the caller to delete. Empty when the study changed meanwhile
+        (a late instance reopened it): an undelivered study is never released."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT 1 FROM study WHERE study_key = ? AND state = 'FORWARDED' "
+                "AND forwarded_at = ?",
+                (study_key, forwarded_at),
+            ).fetchone()
+            if row is None:
+                return []
+            paths = [
+                Path(r[0])
+                for r in db.execute(
+                    "SELECT path FROM instance WHERE study_key = ?", (study_key,)
+                ).fetchall()
+            ]
+            db.execute("DELETE FROM instance WHERE study_key = ?", (study_key,))
+            return paths
+
+    def release_quarantined(self, before: float) -> list[tuple[Path, str | None]]:
+        """Forget quarantine entries older than `before`; return (path, study_key) of each
+        file no newer entry still names."""
+        with self._transaction() as db:
+            old = db.execute(
+                "SELECT id, path, study_key FROM quarantine WHERE at < ?", (before,)
+            ).fetchall()
+            db.execute("DELETE FROM quarantine WHERE at < ?", (before,))
+            kept = {r[0] for r in db.execute("SELECT path FROM quarantine").fetchall()}
+        return [(Path(path), key) for _, path, key in old if path not in kept]
+
+    def spool_use(self) -> SpoolUse:
+        with self._lock:
+            groups = dict.fromkeys(("delivered", "pending"), (0, 0, 0))
+            for state, studies, instances, size in self._db.execute(
+                "SELECT CASE WHEN s.state = 'FORWARDED' THEN 'delivered' ELSE 'pending' END AS g,"
+                " COUNT(DISTINCT s.study_key), COUNT(*), COALESCE(SUM(i.size), 0) "
+                "FROM study s JOIN instance i ON i.study_key = s.study_key GROUP BY g"
+            ).fetchall():
+                groups[state] = (int(studies), int(instances), int(size))
+            (quarantined,) = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        return SpoolUse(*groups["delivered"], *groups["pending"], int(quarantined))

@@ -15,6 +15,7 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from edge_forwarder.secret_files import read_private
 from edge_forwarder.transport.errors import PermanentError, TransientError
 
 FHIR_JSON = "application/fhir+json"
@@ -167,6 +168,6 @@ def token_source_from_files(
         client_id=client_id,
         scope=scope,
         client_secret=client_secret,
-        private_key_pem=private_key_file.read_bytes() if private_key_file else None,
+        private_key_pem=read_private(private_key_file) if private_key_file else None,
         key_id=key_id,
     )

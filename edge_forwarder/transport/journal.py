@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS objects (
     parts TEXT NOT NULL DEFAULT '{}',
     state TEXT NOT NULL DEFAULT 'PENDING'
 );
+CREATE TABLE IF NOT EXISTS rejected_results (
+    message_id TEXT PRIMARY KEY,    -- the SQS message id: a redelivery is recorded once
+    run_id TEXT,                    -- NULL when the message named no valid run
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     run_id TEXT NOT NULL,
     target TEXT NOT NULL,
@@ -103,6 +109,16 @@ class ObjectRow:
     upload_id: str | None
     parts: dict[int, dict[str, str]]
     state: str
+
+
+@dataclass(frozen=True)
+class RejectedResult:
+    """A result message refused at the inbound boundary: the edge's dead letter for results."""
+
+    message_id: str
+    run_id: str | None
+    reason: str
+    at: str
 
 
 @dataclass(frozen=True)
@@ -326,3 +342,16 @@ class Journal:
             sql, args = sql + " AND state = ?", [*args, DeliveryState(state).value]
         rows = self._execute(sql + " ORDER BY updated_at", tuple(args))
         return [DeliveryRow.from_row(row) for row in rows]
+
+    # ---- results refused at the inbound boundary (the edge's dead letters for results) -----
+
+    def reject_result(self, message_id: str, run_id: str | None, reason: str) -> None:
+        self._execute(
+            "INSERT OR IGNORE INTO rejected_results (message_id, run_id, reason, at)"
+            " VALUES (?, ?, ?, ?)",
+            (message_id, run_id, reason, _now()),
+        )
+
+    def rejected_results(self) -> list[RejectedResult]:
+        rows = self._execute("SELECT * FROM rejected_results ORDER BY at, message_id")
+        return [RejectedResult(*row) for row in rows]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
-from edge_forwarder.transport.errors import PermanentError, TransientError
+from edge_forwarder.secret_files import check_private
+from edge_forwarder.transport.errors import ConfigError, PermanentError, TransientError
 
 # PS3.7 C-STORE status classes: 0xA7xx out of resources and 0xB000 warnings are worth a retry
 # (A7xx) or acceptable (B0xx); anything else is a refusal that retrying will not fix.
@@ -24,9 +27,36 @@ class PacsPeer:
     ae_title: str
     calling_ae_title: str = "EDGEFWD"
     timeout_s: float = 30.0
+    # DICOM TLS: the PACS's certificate is verified against it, and ours is presented.
+    ssl_context: ssl.SSLContext | None = None
+    server_name: str | None = None  # the name the PACS certificate must carry
 
     def store(self, objects: list[bytes]) -> list[int]:
         return store(self, objects)
+
+
+def client_tls_context(
+    ca_file: Path, cert_file: Path | None, key_file: Path | None
+) -> ssl.SSLContext:
+    """A TLS 1.2+ client context that checks the PACS's chain and name, with our client cert.
+
+    The PACS is trusted through `ca_file` only (not the system store): a hospital CA, or
+    the PACS vendor's, is what vouches for it.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+        if cert_file is not None and key_file is not None:
+            check_private(key_file)
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as error:
+        # The file names only: an SSLError text may echo a PEM line.
+        raise ConfigError(
+            f"PACS TLS files {ca_file}, {cert_file}, {key_file} do not load"
+            f" ({type(error).__name__})"
+        ) from None
+    return context
 
 
 def _association(peer: PacsPeer, datasets: Sequence[Dataset]) -> AE:
@@ -48,8 +78,11 @@ def store(peer: PacsPeer, objects: list[bytes]) -> list[int]:
     """
     datasets = [pydicom.dcmread(io.BytesIO(blob)) for blob in objects]
     ae = _association(peer, datasets)
+    tls_args = None
+    if peer.ssl_context is not None:
+        tls_args = (peer.ssl_context, peer.server_name or peer.host)
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     except OSError as error:
         raise TransientError(f"PACS unreachable: {type(error).__name__}") from None
     if assoc.is_rejected:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pydicom
@@ -13,6 +14,67 @@ from pydicom.uid import generate_uid
 
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
+
+# A pseudonym counts as present when it appears whole, or when a long enough piece of its
+# distinctive part does (a truncated UID in a 16-char SH field, the patient pseudonym's digest
+# without its "ANON-" prefix). Digit runs need more characters than letter-and-digit runs
+# for the same odds of matching an unrelated value by chance (10^16 vs 32^10).
+_DIGIT_WINDOW = 16
+_ALNUM_WINDOW = 10
+_SHORTEST_PIECE = 8  # shorter runs ("ANON", "2", "25") say nothing about one patient
+_RUN = re.compile(r"[0-9A-Za-z]+")
+_PATIENT_KEYWORDS = ("PatientName", "PatientID", "AccessionNumber")
+
+
+class PseudonymScanner:
+    """Finds any pseudonym of a study, or a distinctive piece of one, inside a text value."""
+
+    def __init__(self, pseudonyms: Iterable[str]) -> None:
+        self.whole = {p.upper() for p in pseudonyms if p}
+        self.short: set[str] = set()  # pieces shorter than their window: matched whole
+        self.windows: dict[int, set[str]] = {_DIGIT_WINDOW: set(), _ALNUM_WINDOW: set()}
+        for pseudonym in self.whole:
+            for run in _RUN.findall(pseudonym):
+                if len(run) < _SHORTEST_PIECE:
+                    continue
+                width = _DIGIT_WINDOW if run.isdigit() else _ALNUM_WINDOW
+                if len(run) <= width:
+                    self.short.add(run)
+                    continue
+                self.windows[width].update(run[i : i + width] for i in range(len(run) - width + 1))
+
+    def found_in(self, text: str) -> bool:
+        upper = text.upper()
+        if upper.rstrip("^") in self.whole or upper in self.whole:
+            return True
+        if any(piece in upper for piece in self.short):
+            return True
+        for width, windows in self.windows.items():
+            if windows and any(
+                upper[i : i + width] in windows for i in range(len(upper) - width + 1)
+            ):
+                return True
+        return any(p in upper for p in self.whole if len(p) >= _SHORTEST_PIECE)
+
+
+def pseudonyms_of(identity: StudyIdentity, cloud_values: Iterable[object] = ()) -> set[str]:
+    """The study's pseudonyms, plus what the cloud called the patient and the accession.
+
+    The cloud only ever knew pseudonyms, so whatever its results name the patient or the
+    accession (its pseudo patient name and accession included, which the crosswalk does not
+    store) must not survive re-identification either. The patient's own values never count.
+    """
+    originals = {
+        *identity.uid_map().values(),
+        identity.patient_id,
+        identity.patient_name,
+        identity.patient_name.rstrip("^"),
+        identity.accession_number,
+    } - {""}
+    values = identity.pseudonyms() | {
+        str(v).strip() for v in cloud_values if v is not None and str(v).strip()
+    }
+    return {v for v in values if v not in originals and v.rstrip("^") not in originals}
 
 
 def _local_uid(*parts: str) -> str:
@@ -35,6 +97,7 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     a new series) so PACS files it into the original study as a new, derived object.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
+    pseudonyms = pseudonyms_of(identity, (dataset.get(k) for k in _PATIENT_KEYWORDS))
     mapping = identity.uid_map()
     own_sop = str(dataset.SOPInstanceUID)
     own_series = str(dataset.SeriesInstanceUID)
@@ -66,23 +129,35 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     out = io.BytesIO()
     dataset.save_as(out, enforce_file_format=True)
     data = out.getvalue()
-    assert_no_pseudonyms_dicom(data, identity)
+    assert_no_pseudonyms_dicom(data, pseudonyms)
     return data
 
 
-def assert_no_pseudonyms_dicom(part10: bytes, identity: StudyIdentity) -> None:
-    """Refuse a dataset where any UI or text value still equals a pseudonym of this study."""
+_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def _texts(value: object) -> list[str]:
+    if isinstance(value, bytes | bytearray):
+        # UN and OB may hide a string element (an unknown private tag): read it as Latin-1.
+        return [bytes(value).decode("latin-1")]
+    if isinstance(value, list | tuple | pydicom.multival.MultiValue):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def assert_no_pseudonyms_dicom(part10: bytes, pseudonyms: Iterable[str]) -> None:
+    """Refuse a dataset where any value still holds a pseudonym of this study, or a piece of
+    one, in any element at any depth (text, UIDs, and binary values other than pixels)."""
     dataset = pydicom.dcmread(io.BytesIO(part10))
-    pseudonyms = identity.pseudonyms()
+    scanner = PseudonymScanner(pseudonyms)
     for item in _walk(dataset):
         for element in item:
-            if element.VR == "SQ" or element.value is None:
+            if element.VR == "SQ" or element.value is None or element.tag in _PIXEL_TAGS:
                 continue
-            values = element.value if element.VM > 1 else [element.value]
-            if element.VR == "PN":
-                # "ANON-X^" is the person name "ANON-X" with an empty given name.
-                values = [str(v).rstrip("^") for v in values]
-            if any(str(v) in pseudonyms for v in values):
+            if element.VR in _BINARY_VRS and len(element.value) > 65536:
+                continue  # bulk data (e.g. an ICC profile), not a place for identifiers
+            if any(scanner.found_in(text) for text in _texts(element.value)):
                 # The keyword only: the value is a pseudonym, but habits matter.
                 raise ReidentificationError(f"pseudonym left in {element.keyword or element.tag}")
 
@@ -110,6 +185,7 @@ def reidentify_bundle(
     """Put the original patient, accession and study UID into a FHIR transaction Bundle."""
     if bundle.get("resourceType") != "Bundle":
         raise ReidentificationError("result is not a FHIR Bundle")
+    pseudonyms = pseudonyms_of(identity, _cloud_patient_values(bundle))
     mapping = identity.uid_map()
     if identity.pseudo_patient_id:
         mapping[identity.pseudo_patient_id] = identity.patient_id
@@ -175,23 +251,47 @@ def reidentify_bundle(
             resource["identifier"] = [
                 {"system": accession_identifier_system, "value": identity.accession_number}
             ]
-    assert_no_pseudonyms_json(result, identity)
+    assert_no_pseudonyms_json(result, pseudonyms)
     return result
 
 
-def assert_no_pseudonyms_json(node: Any, identity: StudyIdentity) -> None:
-    pseudonyms = identity.pseudonyms()
+def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:
+    """What the cloud called the patient and the accession: pseudonyms by construction."""
+    values: list[str] = []
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        kind = resource.get("resourceType")
+        if kind in ("Patient", "ServiceRequest", "ImagingStudy"):
+            for identifier in resource.get("identifier", []) or []:
+                value = identifier.get("value") if isinstance(identifier, dict) else None
+                if isinstance(value, str) and not value.startswith("urn:"):
+                    values.append(value)
+        if kind == "Patient":
+            for name in resource.get("name", []) or []:
+                if isinstance(name, dict):
+                    values.extend(v for v in (name.get("family"), name.get("text")) if v)
+                    values.extend(str(g) for g in name.get("given", []) or [])
+    return values
+
+
+def assert_no_pseudonyms_json(node: Any, pseudonyms: Iterable[str]) -> None:
+    """Refuse a Bundle where any string, key or value, holds a pseudonym or a piece of one."""
+    scanner = PseudonymScanner(pseudonyms)
 
     def visit(value: Any) -> None:
         if isinstance(value, dict):
-            for v in value.values():
+            for key, v in value.items():
+                visit(key)
                 visit(v)
         elif isinstance(value, list):
             for v in value:
                 visit(v)
         elif isinstance(value, str):
             bare = value[8:] if value.startswith("urn:oid:") else value
-            if bare in pseudonyms:
+            if scanner.found_in(bare):
                 raise ReidentificationError("pseudonym left in the FHIR Bundle")
 
     visit(node)

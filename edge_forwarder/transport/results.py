@@ -21,8 +21,15 @@ _CONFIG = Config(
 @dataclass(frozen=True)
 class ReceivedMessage:
     receipt_handle: str
-    message: SiteResultMessage | None  # None: unparseable, parked after logging
+    message: SiteResultMessage | None  # None: refused at parse time, see `problem`
     problem: str | None = None
+    message_id: str = ""  # SQS MessageId: keys the record of a refused message
+
+
+def _problem(error: ValidationError) -> str:
+    """Which fields failed and why, never their (untrusted) values."""
+    fields = sorted({".".join(str(p) for p in item["loc"]) or "(body)" for item in error.errors()})
+    return "not a valid SiteResultMessage: " + ", ".join(fields)[:300]
 
 
 class ResultsPoller:
@@ -37,8 +44,11 @@ class ResultsPoller:
         wait_time_s: int = 20,
         visibility_timeout_s: int = 300,
         region: str | None = None,
+        max_object_bytes: int = 512 * 1024 * 1024,
     ) -> None:
         session = boto3.session.Session()
+        # An SR, a SEG and a Bundle of one study: far below this, unless something is wrong.
+        self.max_object_bytes = max_object_bytes
         self.sqs: Any = session.client("sqs", region_name=region, config=_CONFIG)
         self.s3: Any = session.client("s3", region_name=region, config=_CONFIG)
         self.site = site
@@ -64,19 +74,18 @@ class ResultsPoller:
         )
         received = []
         for raw in answer.get("Messages", []):
+            handle, message_id = raw["ReceiptHandle"], str(raw.get("MessageId", ""))
             try:
                 message = SiteResultMessage.model_validate_json(raw["Body"])
-            except ValidationError:
-                received.append(
-                    ReceivedMessage(raw["ReceiptHandle"], None, "not a SiteResultMessage")
-                )
+            except ValidationError as error:
+                received.append(ReceivedMessage(handle, None, _problem(error), message_id))
                 continue
             if message.site != self.site:
                 received.append(
-                    ReceivedMessage(raw["ReceiptHandle"], None, "message for another site")
+                    ReceivedMessage(handle, None, "message for another site", message_id)
                 )
                 continue
-            received.append(ReceivedMessage(raw["ReceiptHandle"], message))
+            received.append(ReceivedMessage(handle, message, None, message_id))
         return received
 
     def ack(self, receipt_handle: str) -> None:
@@ -94,6 +103,11 @@ class ResultsPoller:
             # to read another study's objects.
             if key != result_key(self.site, message.pseudo_study_uid, message.run_id, name):
                 raise PermanentError(f"result key for {name} does not match the contract")
-            body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            answer = self.s3.get_object(Bucket=self.bucket, Key=key)
+            if int(answer.get("ContentLength", 0)) > self.max_object_bytes:
+                raise PermanentError(f"result object {name} is larger than the edge accepts")
+            body = answer["Body"].read(self.max_object_bytes + 1)
+            if len(body) > self.max_object_bytes:
+                raise PermanentError(f"result object {name} is larger than the edge accepts")
             objects[name] = envelope.decrypt_bytes(body, self.kms_key_arn, context)
         return objects

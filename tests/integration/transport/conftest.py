@@ -257,8 +257,9 @@ def write_config(
     metrics_port: int = 0,
 ) -> Path:
     """A complete config file for the tests (secrets as hex files, as in production)."""
-    (tmp / "site.secret").write_text("11" * 32)
-    (tmp / "crosswalk.key").write_text("22" * 32)
+    for name, secret in (("site.secret", "11" * 32), ("crosswalk.key", "22" * 32)):
+        (tmp / name).write_text(secret)
+        (tmp / name).chmod(0o600)  # the forwarder refuses secrets others can read
     path = tmp / "forwarder.toml"
     path.write_text(
         f"""

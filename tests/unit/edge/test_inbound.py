@@ -16,7 +16,7 @@ from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.observability import Telemetry
 from edge_forwarder.transport.journal import Journal
-from imaging_ai.contracts import BUNDLE_NAME, SR_NAME, SiteResultMessage
+from imaging_ai.contracts import BUNDLE_NAME, SR_NAME, SiteResultMessage, result_key
 from imaging_ai.edge_stage import EdgeStage
 from tests.unit.edge.conftest import FakeEhr, FakePacs, FakeResults, make_delivery
 
@@ -87,8 +87,16 @@ def _bundle() -> bytes:
 
 
 def _ready(run_id: str = RUN_ID) -> SiteResultMessage:
+    # The contract's keys (a RESULT_READY must name its objects); the fake serves the bytes.
+    keys = {
+        name: result_key("site-a", PSEUDO_STUDY, run_id, name) for name in (SR_NAME, BUNDLE_NAME)
+    }
     return SiteResultMessage(
-        kind="RESULT_READY", site="site-a", pseudo_study_uid=PSEUDO_STUDY, run_id=run_id
+        kind="RESULT_READY",
+        site="site-a",
+        pseudo_study_uid=PSEUDO_STUDY,
+        run_id=run_id,
+        result_keys=keys,
     )
 
 
