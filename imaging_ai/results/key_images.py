@@ -88,12 +88,25 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
+def in_plane_index(
+    geometry: VolumeGeometry, point_mm: tuple[float, float, float]
+) -> tuple[float, float]:
+    """(row, column) of a patient-space point projected onto a slice."""
+    offset = np.asarray(point_mm) - np.asarray(geometry.origin_mm)
+    row = float(np.dot(offset, np.asarray(geometry.column_direction))) / geometry.spacing_mm[1]
+    column = float(np.dot(offset, np.asarray(geometry.row_direction))) / geometry.spacing_mm[2]
+    return row, column
+
+
 def _frame(
     hu: npt.NDArray[np.float32],
     labels: npt.NDArray[np.uint8],
     window: tuple[float, float],
     lines: Sequence[str],
+    markers: Sequence[tuple[float, float, str]] = (),
 ) -> npt.NDArray[np.uint8]:
+    """One key image; `markers` are (row, column, text) on the source grid, e.g. "Nodule 1"
+    beside that nodule's outline, so a frame with several findings says which is which."""
     low, high = window
     scaled = np.clip((hu - low) / (high - low), 0.0, 1.0) * 254.0  # 255 is the outline alone
     zoom = max(1, math.ceil(MIN_DISPLAY_SIZE / max(hu.shape)))
@@ -102,11 +115,6 @@ def _frame(
         size = (hu.shape[1] * zoom, hu.shape[0] * zoom)
         image = image.resize(size, Image.Resampling.BILINEAR)
         labels = np.kron(labels, np.ones((zoom, zoom), dtype=np.uint8))
-    pixels = np.array(image)
-    mask = labels > 0
-    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, zoom // 2))
-    pixels[outline] = _OUTLINE
-    image = Image.fromarray(pixels, mode="L")
     draw = ImageDraw.Draw(image)
     font_size = max(10, image.height // 40)
     font = _font(font_size)
@@ -116,7 +124,18 @@ def _frame(
         draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=0)
         draw.text((4, y), line, fill=_OUTLINE, font=font)
         y = box[3] + 3
-    return np.array(image)
+    for row, column, text in markers:
+        # Up and to the right of the centroid, clear of a small outline.
+        at = (column * zoom + 4 * zoom, row * zoom - 6 * zoom)
+        box = draw.textbbox(at, text, font=font)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1), fill=0)
+        draw.text(at, text, fill=_OUTLINE, font=font)
+    # The outline goes on last: no text box may hide any of it.
+    pixels = np.array(image)
+    mask = labels > 0
+    outline = mask & ~ndimage.binary_erosion(mask, iterations=max(1, zoom // 2))
+    pixels[outline] = _OUTLINE
+    return pixels
 
 
 def _frame_lines(card: ModelCard, findings: Sequence[Finding], index: int, count: int) -> list[str]:
@@ -181,7 +200,11 @@ def build_key_images(
         if hu.shape != labels.shape[1:]:
             raise ContractError("key slice pixels do not match the label map's rows and columns")
         lines = _frame_lines(card, by_slice[k], number, len(indices))
-        frames.append(_frame(hu, labels[k], card.intensity_window_hu, lines))
+        markers = [
+            (*in_plane_index(geometry, f.centroid_mm), tracking_identifier(card, f))
+            for f in by_slice[k]
+        ]
+        frames.append(_frame(hu, labels[k], card.intensity_window_hu, lines, markers))
     return _dataset(source_headers, indices, frames, by_slice, card, run_id, now)
 
 

@@ -16,6 +16,7 @@ from imaging_ai.results import ResultObjects, build_results
 from imaging_ai.results.key_images import (
     MIN_DISPLAY_SIZE,
     MULTIFRAME_GRAYSCALE_BYTE_SC,
+    in_plane_index,
     key_slice_indices,
     stored_to_hu,
 )
@@ -50,7 +51,7 @@ def two_slices(sample_run: SampleRun) -> tuple[ResultObjects, np.ndarray, list[i
 
 
 def test_one_frame_per_key_slice_with_the_outline_burned_in(
-    two_slices: tuple[ResultObjects, np.ndarray, list[int]],
+    two_slices: tuple[ResultObjects, np.ndarray, list[int]], sample_run: SampleRun
 ) -> None:
     # Given findings on two slices, When the key images are built
     objects, labels, indices = two_slices
@@ -73,6 +74,12 @@ def test_one_frame_per_key_slice_with_the_outline_burned_in(
         # ... and the burned-in text sits top left (white on a black box)
         text_box = frame[:60, :200]
         assert (text_box > 200).sum() > 200 and (text_box == 0).sum() > 2000
+    # ... and each finding is named beside its outline (frame 2 shows only Nodule 3)
+    geometry = sample_run.output.input.source_geometry
+    row, column = in_plane_index(geometry, geometry.voxel_to_patient((16, 62.5, 62.5)))
+    top, left = round((row - 6) * zoom), round((column + 4) * zoom)
+    label = frames[1][top : top + 16, left : left + 60]
+    assert (label > 200).sum() > 20 and (label == 0).sum() > 100
 
 
 def test_names_the_model_and_marks_itself_as_ai_output(
