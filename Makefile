@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
         system-deps venv clean cdk-synth cdk-gates benchmarks
 
 demo: system-deps venv ehr-server
-	$(BIN)/python -m imaging_ai.local.demo
+	$(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
 
 test: system-deps venv ehr-server lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests
@@ -31,7 +31,7 @@ ehr-server: venv
 # DCMTK, Orthanc and dicom3tools are the real DICOM peers; node + npm run the local EHR.
 # Installed when we are root, and only what is missing: a Node.js from another source
 # (e.g. NodeSource, which bundles npm) must not meet Debian's npm package.
-TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools \
+TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools dcm2niix:dcm2niix \
                  Orthanc:orthanc node:nodejs npm:npm
 system-deps:
 	@missing=""; \

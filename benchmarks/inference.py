@@ -1,83 +1,183 @@
-"""Per-study inference time of the demo model on the demo study (CPU; on CUDA fp32 vs AMP).
+"""Per-study inference of the demo model: fp32 vs AMP, sliding-window batch size, torch.compile.
 
-Run: python benchmarks/inference.py [--model-dir containers/inference/model] [--repeats 2]
-The last line is JSON: {"device", "seconds_per_study", "voxels"} for the default setting.
+On a GPU machine, one command runs the whole grid on the demo study (200 x 512^2 CT):
+
+    python benchmarks/inference.py
+
+that is fp32 and AMP, sliding-window batch sizes 1, 4 and 8, each with torch.compile off and
+on. Here (CPU) it runs the fp32, batch 1, eager setting; `--small` shrinks the study so a
+smoke run takes seconds. Every row is measured after a warm-up run (cuDNN autotuning,
+allocator, compilation) and checked against the first row's findings: a faster setting that
+finds something else is printed as such. The peer is the first row: our production setting's
+fp32 eager path on the same device and study. The last line is JSON.
+
+    python benchmarks/inference.py [--amp off|on|both] [--sw-batch 1,4,8]
+        [--compile off|on|both] [--repeats 2] [--small] [--device auto|cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imaging_ai.inference.evaluation import DEMO_SHAPE, DEMO_SPACING_MM, model_input_for
+from imaging_ai.inference.network import build_network
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
+from imaging_ai.model_io import Finding
 from imaging_ai.synthetic import make_chest_phantom
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
+# A small study that still holds nodules: a CPU smoke run of every code path in seconds.
+SMALL_SHAPE = (64, 192, 192)
+SMALL_SPACING_MM = (1.5, 1.5, 1.5)  # the model's own grid: no resampling
 
 
-def time_study(settings: PredictorSettings, model_dir: Path, repeats: int) -> dict[str, float]:
-    predictor = Predictor(model_dir, settings)
-    phantom = make_chest_phantom(7, shape=DEMO_SHAPE, spacing_mm=DEMO_SPACING_MM)
-    image, meta = model_input_for(phantom, predictor.card)
-    predictor.predict(image, meta)  # warm-up: cuDNN autotuning, allocator, page faults
-    seconds = []
-    findings = 0
-    for _ in range(repeats):
-        if predictor.device.type == "cuda":
+@dataclass(frozen=True)
+class Setting:
+    amp: bool
+    sw_batch_size: int
+    compiled: bool
+
+    @property
+    def name(self) -> str:
+        precision = "amp" if self.amp else "fp32"
+        mode = "compile" if self.compiled else "eager"
+        return f"{precision} batch {self.sw_batch_size} {mode}"
+
+
+@dataclass
+class Row:
+    setting: Setting
+    seconds: float
+    warmup_seconds: float
+    findings: list[Finding]
+    peak_gpu_mib: float
+
+
+def eager_network(predictor: Predictor) -> torch.nn.Module:
+    """torch.compile cannot take TorchScript: the demo architecture with the same weights."""
+    network = build_network(out_channels=len(predictor.card.labels) + 1)
+    network.load_state_dict(predictor.network.state_dict(), strict=True)
+    return network.to(predictor.device).eval()
+
+
+def measure(
+    setting: Setting, device: str, model_dir: Path, image: np.ndarray, meta: object, repeats: int
+) -> Row:
+    predictor = Predictor(
+        model_dir,
+        PredictorSettings(device=device, amp=setting.amp, sw_batch_size=setting.sw_batch_size),
+    )
+    if setting.compiled:
+        predictor.network = torch.compile(eager_network(predictor))  # type: ignore[assignment]
+    cuda = predictor.device.type == "cuda"
+
+    def once() -> tuple[float, list[Finding]]:
+        if cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        _, output = predictor.predict(image, meta)
-        if predictor.device.type == "cuda":
+        _, output = predictor.predict(image, meta)  # type: ignore[arg-type]
+        if cuda:
             torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - started)
-        findings = len(output.findings)
-    return {
-        "seconds": statistics.median(seconds),
-        "model_voxels": float(image.size),
-        "findings": float(findings),
-    }
+        return time.perf_counter() - started, output.findings
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    warmup_seconds, _ = once()
+    seconds: list[float] = []
+    findings: list[Finding] = []
+    for _ in range(repeats):
+        elapsed, findings = once()
+        seconds.append(elapsed)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0
+    return Row(setting, statistics.median(seconds), warmup_seconds, findings, peak)
+
+
+def same_findings(a: list[Finding], b: list[Finding], tolerance_mm: float = 0.5) -> bool:
+    """Same count, and diameters and volumes within rounding of the reference's."""
+    if len(a) != len(b):
+        return False
+    key = lambda f: (f.label_value, f.component)  # noqa: E731
+    for x, y in zip(sorted(a, key=key), sorted(b, key=key), strict=True):
+        if abs(x.longest_diameter_mm - y.longest_diameter_mm) > tolerance_mm:
+            return False
+        if abs(x.volume_mm3 - y.volume_mm3) > 0.05 * max(y.volume_mm3, 1.0):
+            return False
+    return True
+
+
+def choices(value: str) -> list[bool]:
+    return {"off": [False], "on": [True], "both": [False, True]}[value]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:n]")
+    parser.add_argument("--amp", choices=["off", "on", "both"], default=None)
+    parser.add_argument("--sw-batch", default=None, help="comma-separated batch sizes")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default=None)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cpu-threads", type=int, default=0)
+    parser.add_argument("--small", action="store_true", help=f"a {SMALL_SHAPE} study")
     args = parser.parse_args()
-    voxels = DEMO_SHAPE[0] * DEMO_SHAPE[1] * DEMO_SHAPE[2]
-    rows: list[tuple[str, dict[str, float]]] = []
-    if torch.cuda.is_available():
-        for name, amp in (("cuda fp32", False), ("cuda amp", True)):
-            settings = PredictorSettings(device="cuda", amp=amp)
-            rows.append((name, time_study(settings, args.model_dir, args.repeats)))
-    cpu = PredictorSettings(device="cpu", cpu_threads=args.cpu_threads)
-    rows.append(("cpu fp32", time_study(cpu, args.model_dir, args.repeats)))
-    baseline = rows[0][1]["seconds"]
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = device.startswith("cuda")
+    # Defaults: the whole grid on a GPU; production's CPU setting here (compile on CPU takes
+    # minutes on 2 cores and AMP is GPU-only in the predictor).
+    amps = choices(args.amp or ("both" if gpu else "off"))
+    batches = [int(b) for b in (args.sw_batch or ("1,4,8" if gpu else "1")).split(",")]
+    compiles = choices(args.compile or ("both" if gpu else "off"))
+    shape, spacing = DEMO_SHAPE, DEMO_SPACING_MM
+    if args.small:
+        shape, spacing = SMALL_SHAPE, SMALL_SPACING_MM
+
+    reference = Predictor(args.model_dir, PredictorSettings(device="cpu"))
+    phantom = make_chest_phantom(7, shape=shape, spacing_mm=spacing)
+    image, meta = model_input_for(phantom, reference.card)
+    del reference
+    settings = [Setting(a, b, c) for c in compiles for a in amps for b in batches]
+    rows = [measure(s, device, args.model_dir, image, meta, args.repeats) for s in settings]
+
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU, {torch.get_num_threads()} threads"
+    load = os.getloadavg()[0]
     print(
-        f"demo study {DEMO_SHAPE} at {DEMO_SPACING_MM} mm, model grid voxels "
-        f"{int(rows[0][1]['model_voxels'])}, threads {torch.get_num_threads()}"
+        f"study {shape} at {spacing} mm, model grid {image.shape}; {name}; torch "
+        f"{torch.__version__}; load average {load:.1f}; {len(phantom.nodules)} true nodule(s)"
     )
-    print(f"{'setting':<10} {'s/study':>8} {'vs first':>8} {'findings':>8}")
-    for name, row in rows:
+    first = rows[0]
+    print(
+        f"{'setting':<24} {'s/study':>8} {'vs first':>8} {'warm-up s':>9} {'GPU MiB':>8} "
+        f"{'findings':>8} {'same as first':>13}"
+    )
+    for row in rows:
         print(
-            f"{name:<10} {row['seconds']:>8.2f} {row['seconds'] / baseline:>8.2f} "
-            f"{int(row['findings']):>8}"
+            f"{row.setting.name:<24} {row.seconds:8.2f} {row.seconds / first.seconds:8.2f} "
+            f"{row.warmup_seconds:9.1f} {row.peak_gpu_mib:8.0f} {len(row.findings):8d} "
+            f"{'yes' if same_findings(row.findings, first.findings) else 'NO':>13}"
         )
-    # The headline figure: AMP on a GPU when there is one, else the deterministic CPU path.
-    headline_name, headline = rows[1] if torch.cuda.is_available() else rows[-1]
+    fastest = min(
+        (row for row in rows if same_findings(row.findings, first.findings)),
+        key=lambda row: row.seconds,
+    )
     print(
         json.dumps(
             {
-                "device": headline_name.split()[0],
-                "setting": headline_name,
-                "seconds_per_study": round(headline["seconds"], 3),
-                "voxels": voxels,
+                "device": name,
+                "first": first.setting.name,
+                "first_seconds": round(first.seconds, 3),
+                "fastest_same_findings": fastest.setting.name,
+                "fastest_seconds": round(fastest.seconds, 3),
+                "speedup": round(first.seconds / fastest.seconds, 2),
             }
         )
     )

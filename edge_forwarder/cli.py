@@ -176,33 +176,25 @@ def cmd_status(
 
 
 def cmd_send(folder: Path, host: str, port: int, ae_title: str, calling: str) -> int:
-    """C-STORE every DICOM file under `folder` (e.g. into the forwarder's own intake)."""
-    import pydicom
-    from pynetdicom import AE, StoragePresentationContexts
-    from tqdm import tqdm
+    """C-STORE every DICOM instance under `folder` (e.g. into the forwarder's own intake).
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    ae = AE(ae_title=calling)
-    ae.requested_contexts = StoragePresentationContexts[:127]
-    assoc = ae.associate(host, port, ae_title=ae_title)
-    if not assoc.is_established:
-        print("association failed", file=sys.stderr)
+    DICOMDIRs and non-DICOM files (a CD's viewer, a readme) are skipped and counted, not
+    sent; each instance goes in its own transfer syntax, as the same scan does for the demo.
+    """
+    from imaging_ai.dicom_folder import scan_folder, send_instances
+
+    found = scan_folder(folder)
+    skipped = ", ".join(f"{n} {kind}" for kind, n in found.skipped_counts().items()) or "none"
+    report = send_instances(found, host, port, ae_title, calling)
+    print(
+        f"sent {report.sent} of {len(found.instances)} DICOM instance(s) in "
+        f"{len(found.series)} series; skipped: {skipped}"
+    )
+    for reason, count in report.failed.items():
+        print(f"  not stored: {count} ({reason})", file=sys.stderr)
+    if report.failed.get("association refused"):
         return 2
-    failed = 0
-    try:
-        for path in tqdm(files, unit="file", desc="C-STORE"):
-            try:
-                dataset = pydicom.dcmread(path)
-            except Exception:
-                failed += 1
-                continue
-            status = assoc.send_c_store(dataset)
-            if not status or int(status.Status) not in (0x0000, 0xB000, 0xB007, 0xB006):
-                failed += 1
-    finally:
-        assoc.release()
-    print(f"sent {len(files) - failed} of {len(files)} file(s)")
-    return 1 if failed else 0
+    return 1 if report.failed else 0
 
 
 def cmd_retry(

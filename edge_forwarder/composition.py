@@ -140,6 +140,7 @@ def build_forwarder(
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
         reports=_on_prem_reports(config),
+        not_analyzed_notice=config.pacs.not_analyzed_notice,
     )
     service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
     retention = None

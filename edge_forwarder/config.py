@@ -133,6 +133,8 @@ class PacsSection(_Section):
     retry_base_s: float = Field(default=2.0, ge=0.0)
     timeout_s: float = Field(default=30.0, gt=0.0)
     tls: PacsTlsSection | None = None
+    # A one-line Basic Text SR into the study when the cloud did not analyze it.
+    not_analyzed_notice: bool = False
     # What this destination receives: sr, seg, key_images (burned-in Secondary Capture), pdf.
     objects: list[ResultObject] = Field(default_factory=lambda: list(DEFAULT_PACS_OBJECTS))
 

@@ -13,12 +13,18 @@ from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.observability import Telemetry, log_event
 from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.result_objects import ORU_NAME
-from edge_forwarder.transport.errors import PermanentError, ReidentificationError
+from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from edge_forwarder.transport.notice import not_analyzed_notice
 from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
 from edge_forwarder.transport.result_gate import check_result_objects, inside, translate
 from edge_forwarder.transport.results import ReceivedMessage
-from imaging_ai.contracts import BUNDLE_NAME, DICOM_RESULT_NAMES, SiteResultMessage
+from imaging_ai.contracts import (
+    BUNDLE_NAME,
+    DICOM_RESULT_NAMES,
+    SiteMessageKind,
+    SiteResultMessage,
+)
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
 
@@ -55,6 +61,9 @@ class Inbound:
     delivery: Delivery
     telemetry: Telemetry
     deliveries_dir: Path
+    # A short Basic Text SR to the PACS when the cloud did not analyze a study (off: the
+    # radiologist's worklist stays free of it unless the site wants it).
+    not_analyzed_notice: bool = False
     # The PDF report and HL7 ORU, rendered here after re-identification (None: neither).
     reports: OnPremReports | None = None
 
@@ -124,8 +133,11 @@ class Inbound:
     def take(self, message: SiteResultMessage) -> None:
         """Handle one validated message; raise for the boundary (`take_received`) to judge."""
         run_id = self._run_for(message)
-        if message.kind == "FAILED":
+        if message.kind == SiteMessageKind.FAILED:
             self._cloud_failed(run_id, message)
+            return
+        if message.kind == SiteMessageKind.NOT_ANALYZED:
+            self._not_analyzed(run_id, message)
             return
         if self.journal.deliveries(run_id=run_id):
             return  # at-least-once queue: this result was already taken
@@ -221,3 +233,42 @@ class Inbound:
             reason=reason,
         )
         self.telemetry.metrics.studies.labels("cloud_failed").inc()
+
+    def _not_analyzed(self, run_id: str, message: SiteResultMessage) -> None:
+        """The study is outside the model's intended use: the run ends, nothing goes to the
+        PACS or the EHR except, where the site asked for it, a short notice to the PACS."""
+        reason = f"not analyzed: {message.reason or 'outside the model intended use'}"
+        run = self.journal.run(run_id)
+        if run is not None and run.stage in TERMINAL_EDGE_STAGES:
+            self.journal.note(run_id, "not_analyzed_after_end", detail=reason)
+            return
+        self.journal.advance(run_id, EdgeStage.NOT_ANALYZED, reason=reason)
+        log_event(
+            EdgeStage.NOT_ANALYZED,
+            stage=EdgeStage.NOT_ANALYZED,
+            run_id=run_id,
+            pseudo_study_uid=message.pseudo_study_uid,
+            reason=reason,
+        )
+        self.telemetry.metrics.studies.labels(EdgeStage.NOT_ANALYZED.value).inc()
+        self.telemetry.audit.record(
+            "not_analyzed", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id, detail=reason
+        )
+        if self.not_analyzed_notice:
+            self._send_notice(run_id, message)
+
+    def _send_notice(self, run_id: str, message: SiteResultMessage) -> None:
+        """One attempt: the notice is a courtesy, its loss must not hold the queue."""
+        identity = self.identities.study_by_pseudo(message.pseudo_study_uid)
+        if identity is None:
+            self.journal.note(run_id, "notice_skipped", detail="no crosswalk entry")
+            return
+        reason = message.reason or "outside the model's intended use"
+        notice = not_analyzed_notice(identity, reason, message.model_name, run_id)
+        try:
+            self.delivery.pacs.store([notice])
+        except ForwarderError as error:
+            self.journal.note(run_id, "notice_failed", detail=str(error))
+            log_event("notice_failed", logging.WARNING, run_id=run_id, error=str(error))
+            return
+        self.journal.note(run_id, "notice_sent", detail=f"pacs:{self.delivery.pacs.ae_title}")

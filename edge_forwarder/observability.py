@@ -182,6 +182,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "import": ("110107", "Import", "import", "C"),
     # Retention deleting spooled originals (or quarantined instances) of a study.
     "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
+    # The cloud's verdict on a study: outside the model's intended use, nothing delivered.
+    "not_analyzed": ("110111", "Procedure Record", "not_analyzed", "R"),
 }
 
 

@@ -182,18 +182,30 @@ class Stage(StrEnum):
     REPORTED = "REPORTED"
     DELIVERED = "DELIVERED"
     FAILED = "FAILED"
+    # The study is outside the model's intended use (no series qualifies): not an error, and
+    # no findings are delivered. Terminal like FAILED, but a site counts and reads it apart.
+    NOT_ANALYZED = "NOT_ANALYZED"
 
 
-# Allowed forward moves; FAILED is reachable from any non-terminal stage.
+# Allowed forward moves; FAILED is reachable from any non-terminal stage, NOT_ANALYZED from
+# the stages before inference (only preprocessing judges intended use).
 NEXT_STAGE: dict[Stage, Stage] = {
     Stage.RECEIVED: Stage.PREPROCESSED,
     Stage.PREPROCESSED: Stage.INFERRING,
     Stage.INFERRING: Stage.REPORTED,
     Stage.REPORTED: Stage.DELIVERED,
 }
+TERMINAL_STAGES: frozenset[Stage] = frozenset({Stage.DELIVERED, Stage.FAILED, Stage.NOT_ANALYZED})
+NOT_ANALYZED_FROM: tuple[Stage, ...] = (Stage.RECEIVED, Stage.PREPROCESSED)
 
 
 # ---- Messages to the site ------------------------------------------------------------------
+
+
+class SiteMessageKind(StrEnum):
+    RESULT_READY = "RESULT_READY"
+    FAILED = "FAILED"
+    NOT_ANALYZED = "NOT_ANALYZED"  # outside the model's intended use; `reason` says why
 
 
 # Names and versions a message may carry: the model card's spelling, nothing that reads as a path.
@@ -204,7 +216,8 @@ _REASON = r"^[^\x00-\x1f\x7f]*$"
 
 
 class SiteResultMessage(BaseModel):
-    """What the cloud tells a site on its results queue: results ready, or a failure.
+    """What the cloud tells a site on its results queue: results ready, a failure, or that
+    the study was not analyzed (outside the model's intended use).
 
     The edge treats it as untrusted input: every field is checked here, before any of it
     names a file, an S3 key or a journal row. Result keys must be exactly the contract's
@@ -213,7 +226,7 @@ class SiteResultMessage(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     schema_version: Literal["1.0"] = "1.0"
-    kind: Literal["RESULT_READY", "FAILED"]
+    kind: SiteMessageKind
     site: str
     pseudo_study_uid: str
     run_id: str
@@ -241,8 +254,8 @@ class SiteResultMessage(BaseModel):
                 raise ValueError("a result key is not the contract key of this run")
         if self.kind == "RESULT_READY" and not self.result_keys:
             raise ValueError("RESULT_READY names no result object")
-        if self.kind == "FAILED" and self.result_keys:
-            raise ValueError("FAILED carries no result objects")
+        if self.kind in ("FAILED", "NOT_ANALYZED") and self.result_keys:
+            raise ValueError(f"{self.kind} carries no result objects")
         return self
 
 

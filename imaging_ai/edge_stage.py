@@ -33,6 +33,9 @@ class EdgeStage(StrEnum):
     # terminal
     DELIVERED = "delivered"
     FAILED = "FAILED"  # upper case, as journals written before this enum hold it
+    # The cloud found no series within the model's intended use: not an error, nothing to
+    # deliver (contracts.Stage.NOT_ANALYZED's twin).
+    NOT_ANALYZED = "not_analyzed"
 
 
 # Stages a run can be in while its results are being handed to PACS and EHR: each target
@@ -56,17 +59,20 @@ EDGE_MOVES: Final[dict[EdgeStage, frozenset[EdgeStage]]] = {
     EdgeStage.DEIDENTIFIED: frozenset({EdgeStage.PREPARED}),
     EdgeStage.PREPARED: frozenset({EdgeStage.UPLOADING}),
     EdgeStage.UPLOADING: frozenset({EdgeStage.UPLOADED}),
-    EdgeStage.UPLOADED: frozenset({EdgeStage.RESULTS_RECEIVED}),
+    EdgeStage.UPLOADED: frozenset({EdgeStage.RESULTS_RECEIVED, EdgeStage.NOT_ANALYZED}),
     EdgeStage.RESULTS_RECEIVED: frozenset({EdgeStage.REIDENTIFIED}),
     EdgeStage.REIDENTIFIED: _DELIVERING,
     **{stage: _DELIVERING | {EdgeStage.DELIVERED} for stage in _DELIVERING},
     EdgeStage.DELIVERED: frozenset(),
+    EdgeStage.NOT_ANALYZED: frozenset(),
     # The cloud may still deliver results for a run it reported FAILED (a dead-letter
     # redrive re-runs it under the same run id).
     EdgeStage.FAILED: frozenset({EdgeStage.RESULTS_RECEIVED}),
 }
 # Where a run ends; FAILED cannot be entered again from these.
-TERMINAL_EDGE_STAGES: Final = frozenset({EdgeStage.DELIVERED, EdgeStage.FAILED})
+TERMINAL_EDGE_STAGES: Final = frozenset(
+    {EdgeStage.DELIVERED, EdgeStage.FAILED, EdgeStage.NOT_ANALYZED}
+)
 # The outbound stages in order, and where a run can be after its study was taken and
 # before it was prepared (taken again after a restart).
 OUTBOUND_ORDER: Final = (

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imaging_ai.errors import ContractError
 
@@ -32,13 +33,72 @@ class Label(BaseModel):
     min_volume_mm3: float = 0.0  # smaller connected components are dropped as noise
 
 
-class SeriesSelection(BaseModel):
-    """Which de-identified series the preprocessing feeds to the model."""
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+class Range(BaseModel):
+    """A closed interval of millimetres."""
 
     model_config = ConfigDict(frozen=True)
-    modality: str = "CT"
-    min_slices: int = 16
-    sop_class_uids: list[str] = Field(default_factory=lambda: ["1.2.840.10008.5.1.4.1.1.2"])
+    min: float = Field(ge=0.0)
+    max: float = Field(gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.max < self.min:
+            raise ValueError("range max must not be below min")
+        return self
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int | float) and self.min <= value <= self.max
+
+
+class LungDensityCheck(BaseModel):
+    """Image-based check of a chest CT: enough lung-density tissue inside the body.
+
+    Header attributes can lie (a head CT labelled CHEST) or be missing; lungs cannot be faked.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["lung_density_volume"] = "lung_density_volume"
+    min_volume_ml: float = Field(default=500.0, gt=0.0)
+    # Aerated lung parenchyma; air outside the body and in large airways is below -950 HU.
+    lung_hu: tuple[float, float] = (-950.0, -500.0)
+    # Everything denser than this is body (or table); holes inside it are lungs, airways, gut.
+    body_threshold_hu: float = -400.0
+
+
+class IntendedUse(BaseModel):
+    """Which series the model is valid for; preprocessing checks each candidate against it.
+
+    Defaults accept any CT volume; a deployed model's `model.json` narrows them.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    modality: list[str] = Field(default_factory=lambda: ["CT"])
+    # Anatomic region: SNOMED codes (Anatomic Region Sequence) and Body Part Examined values.
+    # Empty lists accept any region; an absent attribute is left to the image-based check.
+    anatomic_regions: list[Code] = Field(default_factory=list)
+    body_part_examined: list[str] = Field(default_factory=list)
+    # For routing at the edge only: de-identification removes Series Description, so the
+    # cloud cannot check it. A case-insensitive regex, searched.
+    series_description: str | None = None
+    sop_class_uids: list[str] = Field(
+        default_factory=lambda: [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE]
+    )
+    photometric_interpretations: list[str] = Field(
+        default_factory=lambda: ["MONOCHROME2", "MONOCHROME1"]
+    )
+    slice_thickness_mm: Range = Range(min=0.0, max=10.0)
+    pixel_spacing_mm: Range = Range(min=0.1, max=5.0)
+    min_coverage_mm: float = Field(default=0.0, ge=0.0)  # along the slice axis
+    min_slices: int = Field(default=16, ge=2)
+    # Geometry the preprocessing corrects (resampling onto a regular grid, as dcm2niix does);
+    # beyond these the series is refused rather than distorted.
+    max_gantry_tilt_deg: float = Field(default=30.0, ge=0.0, lt=60.0)
+    max_slice_gap_mm: float = Field(default=10.0, gt=0.0)
+    image_check: LungDensityCheck | None = None
 
 
 class ModelCard(BaseModel):
@@ -54,7 +114,7 @@ class ModelCard(BaseModel):
     intensity_window_hu: tuple[float, float]  # clipped, then scaled to [0, 1]
     roi_size: tuple[int, int, int]  # sliding-window patch, voxels (slice, row, column)
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
-    series_selection: SeriesSelection = SeriesSelection()
+    intended_use: IntendedUse = IntendedUse()
     measurements: list[str] = Field(default_factory=lambda: ["volume_mm3", "longest_diameter_mm"])
     # Findings reported per run, largest first: a noisy model's dozens of components would
     # push the FHIR transaction past what EHR servers accept (FHIR Works refuses > 100 entries).

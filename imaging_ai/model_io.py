@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +44,8 @@ class ModelInputMeta(BaseModel):
     pseudo_series_uid: str
     run_id: str
     model_name: str
+    # The regular grid built from the source slices: the slices themselves, or (gantry tilt,
+    # uneven spacing) their resampling; results are mapped back onto the slices (reslice).
     source_geometry: VolumeGeometry
     model_geometry: VolumeGeometry  # the resampled grid the image array is on
     sop_instance_uids: list[str]  # source slices in volume (slice index) order
@@ -69,10 +72,20 @@ class ModelOutputMeta(BaseModel):
     findings: list[Finding]
 
 
-def _pack(arrays: dict[str, npt.NDArray[np.generic]], meta_json: str) -> bytes:
+def _pack(arrays: dict[str, npt.NDArray[np.generic]], meta_json: str, compress: bool) -> bytes:
+    """An npz any `np.load` reads: members stored, or deflated at zlib level 1.
+
+    `np.savez_compressed` deflates at level 6: 3.3 s for a 200 x 512^2 study's float32 model
+    input that deflate only halves, and 0.6 s for its label map where level 1 already shrinks
+    52 MB of mostly background to 0.2 MB in a third of the time.
+    """
     buffer = io.BytesIO()
     arrays = {**arrays, "meta": np.frombuffer(meta_json.encode(), dtype=np.uint8)}
-    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", compression=method, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
     return buffer.getvalue()
 
 
@@ -87,7 +100,10 @@ def _unpack(payload: bytes, name: str) -> tuple[npt.NDArray[np.generic], str]:
 def pack_model_input(image: npt.NDArray[np.float32], meta: ModelInputMeta) -> bytes:
     if image.shape != meta.model_geometry.shape:
         raise ContractError("image shape does not match the model geometry")
-    return _pack({"image": image.astype(np.float32, copy=False)}, meta.model_dump_json())
+    # Stored, not deflated: CT intensities compress ~2:1 at 1/20 of the speed of S3 transfer.
+    return _pack(
+        {"image": image.astype(np.float32, copy=False)}, meta.model_dump_json(), compress=False
+    )
 
 
 def unpack_model_input(payload: bytes) -> tuple[npt.NDArray[np.float32], ModelInputMeta]:
@@ -102,7 +118,9 @@ def pack_model_output(labels: npt.NDArray[np.uint8], meta: ModelOutputMeta) -> b
     """Label map on the SOURCE grid (so a SEG can reference source slices one to one)."""
     if labels.shape != meta.input.source_geometry.shape:
         raise ContractError("label map shape does not match the source geometry")
-    return _pack({"labels": labels.astype(np.uint8, copy=False)}, meta.model_dump_json())
+    return _pack(
+        {"labels": labels.astype(np.uint8, copy=False)}, meta.model_dump_json(), compress=True
+    )
 
 
 def unpack_model_output(payload: bytes) -> tuple[npt.NDArray[np.uint8], ModelOutputMeta]:

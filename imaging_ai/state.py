@@ -10,7 +10,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from imaging_ai.contracts import NEXT_STAGE, Stage, check_run_id, check_site, check_uid
+from imaging_ai.contracts import (
+    NEXT_STAGE,
+    NOT_ANALYZED_FROM,
+    Stage,
+    check_run_id,
+    check_site,
+    check_uid,
+)
 from imaging_ai.errors import PipelineError
 
 # Single-table layout: the partition groups every run of a study (one query = its timeline).
@@ -234,7 +241,8 @@ class RunStateStore:
     def fail(self, run: RunKey, reason: str, model_name: str | None = None) -> bool:
         """Record FAILED with a reason from any non-terminal stage (creating the item if absent).
 
-        Returns False when the run had already ended (DELIVERED or FAILED): nothing changes.
+        Returns False when the run had already ended (DELIVERED, FAILED or NOT_ANALYZED):
+        nothing changes.
         """
         names = {
             "#stage": "stage",
@@ -248,6 +256,7 @@ class RunStateStore:
         values: dict[str, Any] = {
             ":failed": {"S": Stage.FAILED.value},
             ":delivered": {"S": Stage.DELIVERED.value},
+            ":not_analyzed": {"S": Stage.NOT_ANALYZED.value},
             ":now": {"S": _now()},
             ":reason": {"S": reason[:_REASON_LIMIT]},
             ":absent": {"S": "ABSENT"},
@@ -269,8 +278,42 @@ class RunStateStore:
                 Key=run.item_key,
                 UpdateExpression=update,
                 ConditionExpression="attribute_not_exists(#stage) OR "
-                "(#stage <> :failed AND #stage <> :delivered)",
+                "(#stage <> :failed AND #stage <> :delivered AND #stage <> :not_analyzed)",
                 ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def not_analyze(self, run: RunKey, reason: str) -> bool:
+        """Record NOT_ANALYZED with its reason, from a stage before inference only.
+
+        Returns False when the run is elsewhere (already ended, or past preprocessing): a
+        redelivered event must neither re-record it nor tell the site twice.
+        """
+        values: dict[str, Any] = {
+            ":to": {"S": Stage.NOT_ANALYZED.value},
+            ":now": {"S": _now()},
+            ":reason": {"S": reason[:_REASON_LIMIT]},
+        }
+        for index, stage in enumerate(NOT_ANALYZED_FROM):
+            values[f":s{index}"] = {"S": stage.value}
+        allowed = ", ".join(f":s{index}" for index in range(len(NOT_ANALYZED_FROM)))
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=run.item_key,
+                UpdateExpression="SET #from = #stage, #stage = :to, #at = :now, #reason = :reason",
+                ConditionExpression=f"#stage IN ({allowed})",
+                ExpressionAttributeNames={
+                    "#stage": "stage",
+                    "#from": "failed_from",
+                    "#at": _time_attribute(Stage.NOT_ANALYZED),
+                    "#reason": "reason",
+                },
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 
 from imaging_ai.dicom_policy import UNCOMPRESSED_LITTLE_ENDIAN
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import VolumeGeometry
+from imaging_ai.reslice import ResliceError, check_limits, regularize, stack_layout
 
 FloatArray = npt.NDArray[np.float32]
 
 # Tolerances: DICOM DS values carry rounding; real series stay far inside these.
 _ORIENTATION_TOLERANCE = 1e-4
 _SPACING_RELATIVE_TOLERANCE = 0.01
-_DRIFT_RELATIVE_TOLERANCE = 0.05  # in-plane drift of slice positions, as a fraction of a pixel
 
 
 class GeometryError(ContractError):
@@ -57,8 +59,127 @@ def _floats(ds: Dataset, keyword: str, count: int) -> npt.NDArray[np.float64]:
     return values
 
 
+class _Frame(Dataset):
+    """One frame of an enhanced multi-frame instance, flattened into a single-slice header;
+    `stored` holds its already decoded stored values."""
+
+    stored: npt.NDArray[np.generic]
+
+
+# Functional group macros whose attributes a frame needs to be placed and rescaled.
+_FRAME_MACROS = (
+    "PlanePositionSequence",
+    "PlaneOrientationSequence",
+    "PixelMeasuresSequence",
+    "PixelValueTransformationSequence",
+)
+
+
+_NOT_COPIED_TO_FRAMES = frozenset(
+    {"PixelData", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}
+)
+
+
+def split_frames(datasets: list[Dataset]) -> list[Dataset]:
+    """Single-frame slices as they are; each enhanced multi-frame instance as its frames.
+
+    Per-frame functional groups override shared ones, as PS3.3 C.7.6.16 says.
+    """
+    if all(int(ds.get("NumberOfFrames", 1) or 1) == 1 for ds in datasets):
+        return datasets
+    frames: list[Dataset] = []
+    for ds in datasets:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        if count == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+            frames.append(ds)
+            continue
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+        if len(per_frame) != count:
+            raise GeometryError("a multi-frame image lacks per-frame functional groups")
+        shared = (ds.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
+        try:
+            pixels = np.asarray(ds.pixel_array).reshape(count, int(ds.Rows), int(ds.Columns))
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError) as error:
+            raise GeometryError(f"cannot decode pixel data ({type(error).__name__})") from error
+        top = [element for element in ds if element.keyword not in _NOT_COPIED_TO_FRAMES]
+        for index in range(count):
+            frame = _Frame()
+            if hasattr(ds, "file_meta"):
+                frame.file_meta = ds.file_meta
+            for element in top:
+                frame.add(element)
+            for groups in (shared, per_frame[index]):
+                for macro in _FRAME_MACROS:
+                    for item in groups.get(macro) or []:
+                        for element in item:
+                            frame[element.tag] = element
+            frame.NumberOfFrames = 1
+            # Which frame of its instance this is: results reference it (SEG, SR).
+            frame.ReferencedFrameNumber = index + 1
+            frame.stored = pixels[index]
+            frames.append(frame)
+        if "PixelData" in ds:
+            del ds.PixelData
+    return frames
+
+
+def join_frames(
+    frames: list[Dataset], labels: npt.NDArray[np.uint8]
+) -> tuple[list[Dataset], npt.NDArray[np.uint8]]:
+    """`split_frames` undone for results: frame headers of one multi-frame instance (in volume
+    order, as postprocess reads them) become one header with functional groups in the
+    instance's own frame order, and the label map's slices follow that order, so a SEG
+    references the right frame numbers. Single-frame headers come back as they are."""
+    uids = {str(ds.get("SOPInstanceUID", "")) for ds in frames}
+    if len(frames) < 2 or len(uids) != 1 or not all("ReferencedFrameNumber" in ds for ds in frames):
+        return frames, labels
+    order = np.argsort([int(ds.get("ReferencedFrameNumber", 0)) for ds in frames], kind="stable")
+    first = frames[0]
+    joined = Dataset()
+    for element in first:
+        if element.keyword not in _PER_FRAME_KEYWORDS:
+            joined.add(copy.deepcopy(element))
+    if hasattr(first, "file_meta"):
+        joined.file_meta = first.file_meta
+    joined.NumberOfFrames = len(frames)
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = first.PixelSpacing
+    measures.SliceThickness = first.get("SliceThickness") or 1.0
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = first.ImageOrientationPatient
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    joined.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    per_frame = []
+    for index in order:
+        group, position = Dataset(), Dataset()
+        position.ImagePositionPatient = frames[int(index)].ImagePositionPatient
+        group.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(group)
+    joined.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
+    return [joined], labels[order]
+
+
+_PER_FRAME_KEYWORDS = frozenset(
+    {
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "RescaleType",
+        "NumberOfFrames",
+        "ReferencedFrameNumber",
+    }
+)
+
+
 def _slice_pixels(ds: Dataset) -> npt.NDArray[np.generic]:
     """Stored values of one single-frame slice; uncompressed little endian skips the codec."""
+    if isinstance(ds, _Frame):
+        return ds.stored
     rows, columns = int(ds.Rows), int(ds.Columns)
     bits, signed = int(ds.BitsAllocated), int(ds.PixelRepresentation) == 1
     file_meta = getattr(ds, "file_meta", None)
@@ -78,18 +199,22 @@ def _slice_pixels(ds: Dataset) -> npt.NDArray[np.generic]:
         raise GeometryError(f"cannot decode pixel data ({type(error).__name__})") from error
 
 
-def build_volume(slices: Iterable[Dataset]) -> Volume:
+def build_volume(
+    slices: Iterable[Dataset], max_tilt_deg: float = 0.0, max_gap_mm: float = 0.0
+) -> Volume:
     """Sort slices along their normal, check they form one regular grid, apply rescale.
+
+    A gantry tilt up to `max_tilt_deg` and uneven spacing with gaps up to `max_gap_mm` are
+    resampled onto a regular grid (`imaging_ai.reslice`); the defaults (0) refuse both. An
+    enhanced multi-frame instance is read as the slices its frames are.
 
     Pixel data is dropped from each dataset as soon as it is decoded, so peak memory is the
     float32 volume plus the still-undecoded slices.
     """
-    datasets = list(slices)
+    datasets = split_frames(list(slices))
     if len(datasets) < 2:
         raise GeometryError("a volume needs at least 2 slices")
     first = datasets[0]
-    if int(first.get("NumberOfFrames", 1) or 1) != 1:
-        raise GeometryError("multi-frame images are not supported")
     if int(first.get("SamplesPerPixel", 1)) != 1:
         raise GeometryError("only single-sample (grayscale) images are supported")
     orientation = _floats(first, "ImageOrientationPatient", 6)
@@ -115,23 +240,18 @@ def build_volume(slices: Iterable[Dataset]) -> Volume:
             raise GeometryError("slices differ in PixelSpacing")
         if ds.get("FrameOfReferenceUID") != frame_of_reference:
             raise GeometryError("slices differ in FrameOfReferenceUID")
-        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
-            raise GeometryError("multi-frame images are not supported")
         positions[index] = _floats(ds, "ImagePositionPatient", 3)
 
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    along = along[order]
-    steps = np.diff(along)
-    if steps.min() < 1e-3:
-        raise GeometryError("two slices share one position along the slice normal")
-    slice_spacing = float(np.median(steps))
-    if np.abs(steps - slice_spacing).max() > _SPACING_RELATIVE_TOLERANCE * slice_spacing:
-        raise GeometryError("slice spacing is not uniform (missing or extra slices)")
-    offsets = positions[order] - positions[order[0]]
-    drift = np.abs(offsets - np.outer(along - along[0], normal)).max()
-    if drift > _DRIFT_RELATIVE_TOLERANCE * float(pixel_spacing.min()):
-        raise GeometryError("slice positions drift off the slice normal (gantry tilt or shear)")
+    try:
+        layout = stack_layout(
+            positions[order], row_dir, col_dir, (float(pixel_spacing[0]), float(pixel_spacing[1]))
+        )
+        check_limits(layout, max_tilt_deg, max_gap_mm)
+    except ResliceError as error:
+        raise GeometryError(str(error)) from None
+    slice_spacing = float(np.median(layout.steps_mm))
 
     voxels = np.empty((len(datasets), *shape2d), dtype=np.float32)
     headers: list[Dataset] = []
@@ -157,6 +277,9 @@ def build_volume(slices: Iterable[Dataset]) -> Volume:
         column_direction=_vector(col_dir),
         slice_direction=_vector(normal),
     )
+    if not layout.regular:
+        # The headers stay the original slices: results are mapped back onto them.
+        voxels, geometry = regularize(voxels, layout, geometry)
     return Volume(
         voxels=voxels,
         geometry=geometry,

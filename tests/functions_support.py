@@ -27,11 +27,12 @@ from imaging_ai.contracts import (
     manifest_key,
     series_key,
 )
-from imaging_ai.model_card import Code, Label, ModelCard
+from imaging_ai.model_card import Code, Label, ModelCard, load_model_card
 from imaging_ai.model_io import Finding, ModelOutputMeta, pack_model_output, unpack_model_input
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
 SITE = "site-a"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
 NODULE = Code(scheme="SCT", value="27925004", meaning="Nodule")
 
 
@@ -57,6 +58,12 @@ def model_card(name: str = "lung-nodule-demo") -> ModelCard:
         intensity_window_hu=(-1000.0, 400.0),
         roi_size=(16, 64, 64),
     )
+
+
+def chest_model_card(name: str = "lung-nodule-chest-only") -> ModelCard:
+    """The test card with the shipped model's intended use (chest CT, lung-density check)."""
+    shipped = load_model_card(SHIPPED_MODEL_DIR, verify_weights=False)
+    return model_card(name).model_copy(update={"intended_use": shipped.intended_use})
 
 
 def deidentify_trivially(
@@ -199,6 +206,57 @@ def upload_study(
         Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
     )
     return UploadedStudy(manifest, synthetic, series_uid, datasets)
+
+
+def upload_series(
+    bucket: str,
+    key_arn: str,
+    series: list[list[Dataset]],
+    run_id: str = "run-0001",
+    model_name: str = "lung-nodule-demo",
+) -> Manifest:
+    """Several series of one study, de-identified trivially, uploaded with the manifest LAST."""
+    study_uid = generate_uid()
+    context = encryption_context(SITE, study_uid)
+    s3 = client("s3")
+    entries = []
+    for datasets in series:
+        series_uid = generate_uid()
+        for ds in datasets:
+            deidentify_trivially(ds, study_uid, series_uid)
+        ciphertext = envelope.encrypt_bytes(series_tar(datasets), key_arn, context)
+        key = series_key(SITE, study_uid, series_uid)
+        s3.put_object(Bucket=bucket, Key=key, Body=ciphertext)
+        entries.append(
+            ManifestSeries(
+                pseudo_series_uid=series_uid,
+                modality=str(datasets[0].Modality),
+                object_key=key,
+                sha256=hashlib.sha256(ciphertext).hexdigest(),
+                size_bytes=len(ciphertext),
+                instances=[
+                    ManifestInstance(
+                        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID)
+                    )
+                    for ds in datasets
+                ],
+            )
+        )
+    manifest = Manifest(
+        site=SITE,
+        pseudo_study_uid=study_uid,
+        run_id=run_id,
+        model_name=model_name,
+        series=entries,
+        deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
+        forwarder_version="test",
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=manifest_key(SITE, study_uid),
+        Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
+    )
+    return manifest
 
 
 def emulate_inference(

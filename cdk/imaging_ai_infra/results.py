@@ -95,6 +95,9 @@ class Results(Construct):
             platform=platform,
             environment=common_environment,
             timeout=POSTPROCESS_TIMEOUT,
+            # Measured (benchmarks/pipeline.py, two runs): peak RSS 312-335 / 403-405 / 558-561 MiB
+            # for 200 / 500 / 1,000 slices (~0.9 GiB at 2,000). The rest of 2048 MB is for CPU
+            # share: Lambda allots CPU by memory, and SEG + SR + FHIR must take about a second.
             memory_size=2048,
             reserved_concurrency=10 if config.is_prod else 2,
         )

@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from functions.common.keys import split_s3_uri
 from imaging_ai import envelope
-from imaging_ai.contracts import SiteResultMessage, encryption_context
+from imaging_ai.contracts import SiteMessageKind, SiteResultMessage, encryption_context
 from imaging_ai.errors import ContractError, IntegrityError
 from imaging_ai.state import RunKey, RunStateStore
 
@@ -177,7 +177,25 @@ class SiteNotifier:
             return False
         self.send(
             SiteResultMessage(
-                kind="FAILED",
+                kind=SiteMessageKind.FAILED,
+                site=run.site,
+                pseudo_study_uid=run.pseudo_study_uid,
+                run_id=run.run_id,
+                reason=reason,
+                model_name=model_name,
+            )
+        )
+        return True
+
+    def not_analyze_run(
+        self, state: RunStateStore, run: RunKey, reason: str, model_name: str | None = None
+    ) -> bool:
+        """Record NOT_ANALYZED with its reason and tell the site, once (see `fail_run`)."""
+        if not state.not_analyze(run, reason):
+            return False
+        self.send(
+            SiteResultMessage(
+                kind=SiteMessageKind.NOT_ANALYZED,
                 site=run.site,
                 pseudo_study_uid=run.pseudo_study_uid,
                 run_id=run.run_id,

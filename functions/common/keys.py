@@ -8,11 +8,11 @@ from urllib.parse import unquote_plus, urlparse
 from imaging_ai.contracts import check_run_id, check_site, check_uid, preprocessed_key
 from imaging_ai.errors import ContractError
 
-SOURCE_HEADERS_NAME = "headers.json.enc"
+SOURCE_HEADERS_NAME = "headers.tar.enc"
 
 
 def source_headers_key(site: str, pseudo_study_uid: str, run_id: str) -> str:
-    """De-identified source headers (DICOM JSON, no pixels), next to the model input."""
+    """De-identified source headers (a tar of pixel-less DICOM files), next to the model input."""
     return preprocessed_key(site, pseudo_study_uid, run_id).rsplit("/", 1)[0] + (
         f"/{SOURCE_HEADERS_NAME}"
     )

@@ -9,7 +9,10 @@ from functions.common.bootstrap import adapters, lease_seconds, once
 from functions.common.events import InferenceResultRecord
 from functions.common.observability import tracer
 from functions.common.settings import CommonSettings
+from functions.postprocess.results import warm_up
 from functions.postprocess.service import PostprocessService
+
+warm_up()  # Lambda's INIT phase: the first event builds results as fast as the next ones
 
 
 @once

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -17,12 +16,14 @@ from pydicom.dataset import Dataset
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
 from functions.common.observability import (
+    StepSeconds,
     add_metric_with_dimension,
     logger,
     metrics,
     tracer,
 )
-from functions.postprocess.key_slices import read_key_slices
+from functions.common.source_headers import unpack_source_headers
+from functions.postprocess.key_slices import key_slice_ids, read_key_slices
 from functions.postprocess.results import (
     ResultsBuilder,
     build_result_objects,
@@ -30,7 +31,14 @@ from functions.postprocess.results import (
     key_slice_indices,
 )
 from imaging_ai.async_inference import AsyncInferenceNotification
-from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage, model_card_key, result_key
+from imaging_ai.contracts import (
+    RESULT_NAMES,
+    TERMINAL_STAGES,
+    SiteResultMessage,
+    Stage,
+    model_card_key,
+    result_key,
+)
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
@@ -79,7 +87,7 @@ class PostprocessService:
         current = self._state.get(run)
         if current is None:
             return self._fail(run, None, "inference result for a run that was never received")
-        if current.stage in (Stage.DELIVERED, Stage.FAILED):
+        if current.stage in TERMINAL_STAGES:
             logger.info("duplicate inference notification", stage=current.stage.value)
             metrics.add_metric(name="DuplicateInferenceResults", unit=MetricUnit.Count, value=1)
             return PostprocessOutcome.DUPLICATE
@@ -143,7 +151,9 @@ class PostprocessService:
         location = notification.response_parameters.output_location
         if not location:
             raise ContractError("completed notification has no output location")
-        labels, output = unpack_model_output(self._store.read_uri(location))
+        steps = StepSeconds()
+        with steps.step("read_output"):
+            labels, output = unpack_model_output(self._store.read_uri(location))
         meta = output.input
         if (meta.site, meta.pseudo_study_uid, meta.run_id) != (
             run.site,
@@ -152,17 +162,21 @@ class PostprocessService:
         ):
             raise ContractError("inference output belongs to another run")
         card = self._model_card(output.model_name)
-        headers = self._source_headers(run)
+        with steps.step("read_headers"):
+            headers = self._source_headers(run)
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
             raise ContractError("stored source headers do not match the model input's slices")
         predecessor = self._predecessor_sr(run, current.attributes.get("revises_run_id"))
         reported, unreported = cap_findings(output, card.max_findings)
-        key_slices = self._key_slices(current, headers, labels, reported)
-        objects = self._build(
-            headers, labels, reported, card, run.run_id, predecessor, unreported, key_slices
-        )
-        for name, key in keys.items():
-            self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
+        with steps.step("read_key_slices"):
+            key_slices = self._key_slices(current, headers, labels, reported)
+        with steps.step("build_seg_sr_fhir"):
+            objects = self._build(
+                headers, labels, reported, card, run.run_id, predecessor, unreported, key_slices
+            )
+        with steps.step("encrypt_write"):
+            for name, key in keys.items():
+                self._store.write_encrypted(key, objects[name], run.site, run.pseudo_study_uid)
         self._state.advance(
             run,
             Stage.REPORTED,
@@ -175,7 +189,12 @@ class PostprocessService:
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
         if unreported:
             metrics.add_metric(name="FindingsNotReported", unit=MetricUnit.Count, value=unreported)
-        logger.info("results written", findings=len(output.findings), not_reported=unreported)
+        logger.info(
+            "results written",
+            findings=len(output.findings),
+            not_reported=unreported,
+            step_seconds=steps.seconds,
+        )
         return output.model_version
 
     def _deliver(
@@ -206,7 +225,7 @@ class PostprocessService:
         if not manifest_key:
             raise ContractError("the run records no manifest: key images cannot be built")
         indices = key_slice_indices(labels, output)
-        wanted = {str(headers[k].SOPInstanceUID): k for k in indices}
+        wanted = {key_slice_ids(headers[k]): k for k in indices}
         return read_key_slices(self._store, manifest_key, output.input.pseudo_series_uid, wanted)
 
     def _model_card(self, model_name: str) -> ModelCard:
@@ -221,7 +240,7 @@ class PostprocessService:
             run.site,
             run.pseudo_study_uid,
         )
-        return [Dataset.from_json(item) for item in json.loads(payload)]
+        return unpack_source_headers(payload)
 
     def _predecessor_sr(self, run: RunKey, revises_run_id: str | None) -> Dataset | None:
         if not revises_run_id:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -11,16 +10,19 @@ from pydantic import ValidationError
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
-from functions.common.observability import logger, metrics, tracer
+from functions.common.observability import StepSeconds, logger, metrics, tracer
+from functions.common.source_headers import pack_source_headers, volume_header_bytes
 from functions.preprocess.adapters import AsyncEndpoint
 from functions.preprocess.series import (
+    NotAnalyzed,
+    candidate_series,
     check_deidentified,
     check_matches_manifest,
     read_series_tar,
-    select_series,
 )
 from imaging_ai.contracts import (
     Manifest,
+    ManifestSeries,
     Stage,
     inference_output_prefix,
     model_card_key,
@@ -28,10 +30,11 @@ from imaging_ai.contracts import (
     preprocessed_key,
 )
 from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.intended_use import Skip, SkipReason, screen_headers, screen_volume
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelInputMeta, pack_model_input
 from imaging_ai.state import RunKey, RunStateStore, StageConflict
-from imaging_ai.volume import build_volume, prepare_model_input
+from imaging_ai.volume import GeometryError, Volume, build_volume, prepare_model_input
 
 # Stages in which preprocess still has work to do on a run.
 _WORKABLE = (Stage.RECEIVED, Stage.PREPROCESSED)
@@ -43,6 +46,7 @@ class PreprocessOutcome(StrEnum):
     SUBMITTED = "SUBMITTED"
     DUPLICATE = "DUPLICATE"
     REFUSED = "REFUSED"
+    NOT_ANALYZED = "NOT_ANALYZED"
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,9 @@ class PreprocessService:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
             else:
-                self._preprocess(manifest, run)
+                outside = self._preprocess(manifest, run)
+                if outside is not None:
+                    return self._not_analyzed(run, manifest.model_name, str(outside))
                 self._state.advance(run, Stage.PREPROCESSED)
             location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
             run_prefix = inference_output_prefix(site, pseudo_study_uid, run.run_id)
@@ -136,19 +142,18 @@ class PreprocessService:
         return manifest
 
     @tracer.capture_method
-    def _preprocess(self, manifest: Manifest, run: RunKey) -> None:
+    def _preprocess(self, manifest: Manifest, run: RunKey) -> NotAnalyzed | None:
+        """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
+        not an error) when no series is within the model's intended use."""
         card = self._model_card(manifest.model_name)
-        series = select_series(manifest, card.series_selection)
-        with self._store.open_encrypted(
-            series.object_key, run.site, run.pseudo_study_uid, series.sha256, series.size_bytes
-        ) as plaintext:
-            datasets = read_series_tar(plaintext)
-        # Only now is the whole object authenticated and checked against the manifest.
-        check_deidentified(datasets)
-        check_matches_manifest(datasets, manifest, series)
-        volume = build_volume(datasets)
-        del datasets
-        image, grid = prepare_model_input(volume, card)
+        steps = StepSeconds()
+        header_bytes_by_uid: dict[str, bytes] = {}
+        selected = self._select(manifest, run, card, steps, header_bytes_by_uid)
+        if isinstance(selected, NotAnalyzed):
+            return selected
+        series, volume = selected
+        with steps.step("resample_normalize"):
+            image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
             site=run.site,
             pseudo_study_uid=run.pseudo_study_uid,
@@ -160,22 +165,87 @@ class PreprocessService:
             sop_instance_uids=volume.sop_instance_uids,
         )
         # Postprocess builds SEG/SR from these headers, so it never re-reads the series.
-        headers = json.dumps([ds.to_json_dict() for ds in volume.headers]).encode()
-        del volume
-        self._store.write_encrypted(
-            source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
-            headers,
-            run.site,
-            run.pseudo_study_uid,
-        )
-        self._store.write(
-            preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
-            pack_model_input(image, meta),
-            "application/x-npz",
-        )
+        with steps.step("write_headers"):
+            headers = pack_source_headers(volume_header_bytes(volume, header_bytes_by_uid))
+            del volume, header_bytes_by_uid
+            self._store.write_encrypted(
+                source_headers_key(run.site, run.pseudo_study_uid, run.run_id),
+                headers,
+                run.site,
+                run.pseudo_study_uid,
+            )
+        with steps.step("write_model_input"):
+            self._store.write(
+                preprocessed_key(run.site, run.pseudo_study_uid, run.run_id),
+                pack_model_input(image, meta),
+                "application/x-npz",
+            )
+        logger.info("model input built", step_seconds=steps.seconds)
         metrics.add_metric(
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )
+        return None
+
+    def _select(
+        self,
+        manifest: Manifest,
+        run: RunKey,
+        card: ModelCard,
+        steps: StepSeconds,
+        header_bytes_by_uid: dict[str, bytes],
+    ) -> tuple[ManifestSeries, Volume] | NotAnalyzed:
+        """The first candidate (most instances first) within the model's intended use.
+
+        Series are read one at a time, so memory holds one series besides the chosen volume.
+        Every series left out is logged with its reason; NotAnalyzed when none qualifies.
+        """
+        use = card.intended_use
+        candidates, skips = candidate_series(manifest, use)
+        chosen: tuple[ManifestSeries, Volume] | None = None
+        for series in candidates:
+            header_bytes_by_uid.clear()
+            with (
+                steps.step("read_decrypt_untar"),
+                self._store.open_encrypted(
+                    series.object_key,
+                    run.site,
+                    run.pseudo_study_uid,
+                    series.sha256,
+                    series.size_bytes,
+                ) as plaintext,
+            ):
+                datasets = read_series_tar(plaintext, header_bytes_by_uid)
+            # Only now is the whole object authenticated and checked against the manifest.
+            check_deidentified(datasets)
+            check_matches_manifest(datasets, manifest, series)
+            skip = screen_headers(series.pseudo_series_uid, datasets, use)
+            if skip is None:
+                try:
+                    with steps.step("build_volume"):
+                        volume = build_volume(
+                            datasets, use.max_gantry_tilt_deg, use.max_slice_gap_mm
+                        )
+                except GeometryError as error:
+                    skip = Skip(series.pseudo_series_uid, SkipReason.GEOMETRY, str(error))
+                else:
+                    skip = screen_volume(series.pseudo_series_uid, volume, use)
+            del datasets
+            if skip is None:
+                chosen = (series, volume)
+                break
+            skips.append(skip)
+        for skip in skips:
+            logger.info(
+                "series skipped",
+                pseudo_series_uid=skip.pseudo_series_uid,
+                skip_reason=skip.reason.value,
+                detail=skip.detail,
+            )
+            metrics.add_metric(name="SeriesSkipped", unit=MetricUnit.Count, value=1)
+        if chosen is None:
+            return NotAnalyzed(skips)
+        logger.info("series selected", pseudo_series_uid=chosen[0].pseudo_series_uid)
+        return chosen
 
     def _model_card(self, model_name: str) -> ModelCard:
         try:
@@ -188,3 +258,9 @@ class PreprocessService:
         metrics.add_metric(name="StudiesRefused", unit=MetricUnit.Count, value=1)
         self._notifier.fail_run(self._state, run, reason, model_name)
         return PreprocessOutcome.REFUSED
+
+    def _not_analyzed(self, run: RunKey, model_name: str, reason: str) -> PreprocessOutcome:
+        logger.info("study not analyzed", reason=reason, run_id=run.run_id)
+        metrics.add_metric(name="StudiesNotAnalyzed", unit=MetricUnit.Count, value=1)
+        self._notifier.not_analyze_run(self._state, run, reason, model_name)
+        return PreprocessOutcome.NOT_ANALYZED

@@ -14,9 +14,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import requests
 
 from imaging_ai.aws import client
+from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
 from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import LocalPipeline
@@ -52,6 +54,8 @@ class DemoSummary:
     truth_nodules_mm: list[float] = field(default_factory=list)
     privacy: dict[str, Any] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -80,6 +84,8 @@ def collect_summary(
         stage_seconds=pipeline.timeline.durations(),
         truth_nodules_mm=[round(n.diameter_mm, 1) for n in study.phantom.nodules],
         failures=pipeline.failures,
+        peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
+        step_seconds=function_steps(pipeline.work_dir / "logs"),
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -129,6 +135,35 @@ def collect_summary(
     return summary
 
 
+# The log lines that carry where an invocation's time went (`step_seconds`), by function.
+_STEP_LINES = {"model input built": "preprocess", "results written": "postprocess"}
+
+
+def function_steps(logs: Path) -> dict[str, dict[str, float]]:
+    """Step timings the functions and the inference server logged (the last run of each)."""
+    steps: dict[str, dict[str, float]] = {}
+    for name, key, function in (
+        ("lambda.log", "message", None),
+        ("inference.log", "event", "inference server"),
+    ):
+        path = logs / name
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(entry, dict):
+                continue
+            message = str(entry.get(key, ""))
+            if function is None and message in _STEP_LINES:
+                steps[_STEP_LINES[message]] = dict(entry.get("step_seconds", {}))
+            elif function is not None and message == "inference_done":
+                steps[function] = {"predict": float(entry.get("seconds", 0.0))}
+    return steps
+
+
 def _stored_ids(resource_type: str) -> list[str]:
     """Ids of one resource type in the EHR's store (the local FHIR server has no search)."""
     table = client("dynamodb")
@@ -165,6 +200,11 @@ def print_summary(
     missing = [s for s in STAGES if s not in dict(summary.stage_seconds)]
     if missing:
         out(f"  not reached: {', '.join(missing)}")
+    for function, steps in summary.step_seconds.items():
+        out(f"  in {function}: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
+    out("Peak resident memory per process (MiB):")
+    for name, mib in summary.peak_rss_mb.items():
+        out(f"  {name:<17} {mib:7.0f}")
     out(line)
     assert pipeline.pacs and pipeline.ehr
     out(f"PACS (Orthanc {pipeline.pacs.rest_url}), original study {study.study_instance_uid}:")
@@ -208,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
     stamp = datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     work_dir: Path = args.work_dir or Path(".local-run") / stamp
     work_dir = work_dir.resolve()
+    if args.study is not None:
+        return run_user_study(args, say, work_dir)
     say(f"Generating a synthetic chest CT ({args.slices} x {args.size}^2) with fake PHI")
     spacing = (1.5 * 200 / args.slices, 0.7 * 512 / args.size, 0.7 * 512 / args.size)
     study = write_ct_study(
@@ -230,6 +272,168 @@ def run(args: argparse.Namespace) -> int:
         delivered = pipeline.wait_until_delivered(args.timeout)
         summary = collect_summary(pipeline, study, delivered, started)
         print_summary(summary, pipeline, study, out=say)
+        (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+    return 0 if summary.ok else 1
+
+
+@dataclass
+class UserStudySummary:
+    """What `make demo STUDY=...` found, sent, and what became of it (printed on this machine
+    only: series descriptions and the identifiers searched for are PHI)."""
+
+    outcome: str  # DELIVERED, NOT_ANALYZED, NOT_ROUTED, FAILED or TIMED_OUT
+    reason: str
+    seconds: float
+    instances: int
+    skipped: dict[str, int]
+    sent: int
+    send_failures: dict[str, int]
+    series: list[dict[str, Any]]
+    analyzed_series: list[str]
+    privacy: dict[str, Any]
+    stage_seconds: list[tuple[str, float]]
+
+    @property
+    def ok(self) -> bool:
+        """The study reached an end the site sees, and the cloud holds none of its identifiers
+        (instances the forwarder does not accept, e.g. dose SRs, are reported, not fatal)."""
+        finished = self.outcome in ("DELIVERED", "NOT_ANALYZED", "NOT_ROUTED")
+        return finished and bool(self.privacy.get("clean")) and self.sent > 0
+
+
+def _outcome(pipeline: LocalPipeline, delivered: bool) -> tuple[str, str]:
+    if delivered:
+        return "DELIVERED", ""
+    ended = pipeline.timeline.ended()
+    if ended is None:
+        return "TIMED_OUT", "no final state before the timeout"
+    return ended.upper(), pipeline.timeline.details.get(ended, "")
+
+
+def collect_user_summary(
+    pipeline: LocalPipeline,
+    found: StudyFolder,
+    report: SendReport,
+    delivered: bool,
+    started: float,
+) -> UserStudySummary:
+    """What the PACS holds for the study, what the cloud decided, and the privacy audit with
+    the identifying values read from the study's own headers."""
+    assert pipeline.pacs and pipeline.resources
+    outcome, reason = _outcome(pipeline, delivered)
+    analyzed: set[str] = set()
+    study_uids = {
+        str(pydicom.dcmread(series.files[0], stop_before_pixels=True).StudyInstanceUID)
+        for series in found.series.values()
+    }
+    for study_uid in study_uids:
+        for instance in pipeline.pacs.study_instances(study_uid):
+            tags = instance["Tags"]
+            if str(tags.get("SOPClassUID", "")) != SEGMENTATION:
+                continue
+            for referenced in tags.get("ReferencedSeriesSequence", []) or []:
+                analyzed.add(str(referenced.get("SeriesInstanceUID", "")))
+    bucket_report = audit_bucket(
+        pipeline.resources.data_bucket, pipeline.resources.kms_key_arn, found.identifiers
+    )
+    table_report = audit_table(pipeline.resources.state_table, found.identifiers)
+    return UserStudySummary(
+        outcome=outcome,
+        reason=reason,
+        seconds=time.monotonic() - started,
+        instances=len(found.instances),
+        skipped=found.skipped_counts(),
+        sent=report.sent,
+        send_failures=dict(report.failed),
+        series=[
+            {
+                "number": series.series_number,
+                "modality": series.modality,
+                "body_part": series.body_part,
+                "description": series.description,
+                "instances": len(series.files),
+                "analyzed": uid in analyzed,
+            }
+            for uid, series in found.series.items()
+        ],
+        analyzed_series=[
+            found.series[uid].series_number for uid in analyzed if uid in found.series
+        ],
+        privacy={
+            **_privacy_dict(bucket_report, table_report),
+            "values_searched": len(found.identifiers),
+        },
+        stage_seconds=pipeline.timeline.durations(),
+    )
+
+
+def print_user_summary(summary: UserStudySummary, out: Any = print) -> None:
+    line = "-" * 78
+    out(line)
+    skipped = ", ".join(f"{count} {kind}" for kind, count in summary.skipped.items()) or "none"
+    out(f"Files: {summary.instances} DICOM instance(s) sent {summary.sent}; skipped: {skipped}")
+    for reason, count in summary.send_failures.items():
+        out(f"  not accepted by the forwarder: {count} ({reason})")
+    out("Series in the folder:")
+    for series in summary.series:
+        mark = "ANALYZED" if series["analyzed"] else "-"
+        out(
+            f"  #{series['number']:<5} {series['modality']:<6} "
+            f"{series['body_part'] or '(no body part)':<16}"
+            f" {series['instances']:5d} image(s)  {series['description'][:30]:<30} {mark}"
+        )
+    out(line)
+    if summary.outcome == "DELIVERED":
+        numbers = ", ".join(f"#{n}" for n in summary.analyzed_series) or "(unknown)"
+        out(f"Result: DELIVERED in {summary.seconds:.1f} s: series {numbers} analyzed;")
+        out("  every other series was left out by the model's intended use (see the log).")
+    elif summary.outcome == "NOT_ANALYZED":
+        reason = summary.reason.removeprefix("not analyzed: ")
+        out(f"Result: NOT ANALYZED (outside the model's intended use): {reason}")
+        out("  No findings were delivered to the PACS or the EHR.")
+    elif summary.outcome == "NOT_ROUTED":
+        out("Result: NOT SENT to the cloud: no routing rule matched (a hospital keeps it on site)")
+    else:
+        out(f"Result: {summary.outcome}: {summary.reason}")
+    out(line)
+    privacy = summary.privacy
+    verdict = "PASS" if privacy.get("clean") else "FAIL"
+    out(
+        f"Privacy audit: {verdict}: {privacy.get('objects_scanned')} cloud objects and "
+        f"{privacy.get('state_items_scanned')} state items searched for "
+        f"{privacy.get('values_searched')} identifying values read from this study's headers"
+    )
+    for leak in privacy.get("leaks", []):
+        out(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
+    out(line)
+    out("Results are from a DEMO MODEL trained on synthetic phantoms: NOT FOR CLINICAL USE.")
+
+
+def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
+    """`make demo STUDY=folder`: the user's own study through the whole pipeline."""
+    folder: Path = args.study
+    found = scan_folder(folder)
+    skipped = ", ".join(f"{n} {kind}" for kind, n in found.skipped_counts().items()) or "none"
+    say(
+        f"Study folder {folder}: {len(found.instances)} DICOM instance(s) in "
+        f"{len(found.series)} series; skipped: {skipped}"
+    )
+    if not found.instances:
+        say("Nothing to send: no DICOM instance in the folder")
+        return 1
+    with LocalPipeline(
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+    ) as pipeline:
+        port = pipeline.forwarder_port
+        say(f"Sending every series by C-STORE to the forwarder on 127.0.0.1:{port}")
+        say("Timeline:")
+        started = time.monotonic()
+        pipeline.timeline.started = started
+        report = pipeline.send_folder(found)
+        delivered = pipeline.wait_until_delivered(args.timeout)
+        summary = collect_user_summary(pipeline, found, report, delivered, started)
+        print_user_summary(summary, out=say)
+        say(f"Logs and spool: {pipeline.work_dir}")
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
     return 0 if summary.ok else 1
 
@@ -267,7 +471,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--no-isolation", action="store_true", help="skip the network namespace")
+    parser.add_argument(
+        "--study",
+        type=Path,
+        default=None,
+        help="a folder with your own study (DICOMDIR and non-DICOM files are skipped)",
+    )
     args = parser.parse_args(argv)
+    if args.study is not None:
+        args.study = args.study.resolve()
+        if not args.study.is_dir():
+            parser.error(f"--study {args.study} is not a folder")
+        # The re-run in the network namespace must find the same folder.
+        argv = [a for a in argv if a != "--study" and Path(a).resolve() != args.study]
+        argv += ["--study", str(args.study)]
     # npm needs the registry: install the EHR's server before leaving the network behind.
     ensure_installed()
     if not args.no_isolation:

@@ -124,6 +124,8 @@ class SqsDispatcher:
     batch_size: int = 10
     wait_time_s: int = 1
     retry_delay_s: int | None = 0
+    # Runs the handler instead of importing it here (a `FunctionProcess`, say).
+    invoker: Handler | None = None
     _queue_arn: str | None = None
 
     def poll_once(self) -> BatchOutcome:
@@ -173,7 +175,7 @@ class SqsDispatcher:
         all_ids = {record["messageId"] for record in event["Records"]}
         context = LambdaContext(function_name=self.function_name)
         try:
-            response = load_handler(self.handler)(event, context)
+            response = (self.invoker or load_handler(self.handler))(event, context)
         except Exception:
             # Lambda treats an unhandled error as a failure of the whole batch.
             logger.exception("handler raised; whole batch stays on the queue")
@@ -210,11 +212,30 @@ class LocalEventSources:
         return total
 
     def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            for dispatcher in self.dispatchers:
-                if stop.is_set():
-                    break
-                dispatcher.poll_once()
+        """Each mapping long-polls its own queue on its own thread, as Lambda's pollers do.
+
+        Polled in turn by one thread, a message waited for every other queue's long poll
+        (up to a second each) before its handler ran, on every hop of the pipeline.
+        """
+        threads = [
+            threading.Thread(
+                target=_poll_until, args=(dispatcher, stop), name=f"poll-{dispatcher.function_name}"
+            )
+            for dispatcher in self.dispatchers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def _poll_until(dispatcher: SqsDispatcher, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            dispatcher.poll_once()
+        except Exception:  # a poller outlives a queue hiccup, as Lambda's does
+            logger.exception("poll failed")
+            stop.wait(1.0)
 
 
 def event_sources(
@@ -223,17 +244,29 @@ def event_sources(
     postprocess_queue_url: str,
     postprocess_dlq_url: str,
     wait_time_s: int = 0,
+    invokers: Mapping[str, Handler] | None = None,
 ) -> LocalEventSources:
-    """Preprocess and postprocess on their queues; the failure handler on both DLQs."""
+    """Preprocess and postprocess on their queues; the failure handler on both DLQs.
+
+    `invokers` maps a function name to what runs it (its own process, say); a function not
+    named there runs in-process.
+    """
+    invokers = invokers or {}
+
+    def mapping(queue_url: str, handler: str, function_name: str) -> SqsDispatcher:
+        return SqsDispatcher(
+            queue_url,
+            handler,
+            function_name,
+            wait_time_s=wait_time_s,
+            invoker=invokers.get(function_name),
+        )
+
     return LocalEventSources(
         [
-            SqsDispatcher(
-                preprocess_queue_url, PREPROCESS_HANDLER, "preprocess", wait_time_s=wait_time_s
-            ),
-            SqsDispatcher(
-                postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess", wait_time_s=wait_time_s
-            ),
-            SqsDispatcher(preprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
-            SqsDispatcher(postprocess_dlq_url, FAILURE_HANDLER, "failure", wait_time_s=wait_time_s),
+            mapping(preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
+            mapping(postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
+            mapping(preprocess_dlq_url, FAILURE_HANDLER, "failure"),
+            mapping(postprocess_dlq_url, FAILURE_HANDLER, "failure"),
         ]
     )

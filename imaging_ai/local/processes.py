@@ -28,6 +28,18 @@ def end_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> No
         process.wait()
 
 
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak resident memory so far (Linux VmHWM); 0 once it has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def http_ready(url: str) -> Callable[[], bool]:
     def probe() -> bool:
         try:

@@ -27,16 +27,36 @@ from typing import Any
 from imaging_ai import envelope
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREFIX, Stage
+from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import LocalEventSources, event_sources
+from imaging_ai.local.dispatcher import (
+    FAILURE_HANDLER,
+    POSTPROCESS_HANDLER,
+    PREPROCESS_HANDLER,
+    LocalEventSources,
+    event_sources,
+)
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.local.function_process import FunctionProcess
 from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, start_orthanc
-from imaging_ai.local.processes import ManagedProcess, dcmtk_tool, http_ready, tcp_ready
+from imaging_ai.local.processes import (
+    ManagedProcess,
+    dcmtk_tool,
+    http_ready,
+    peak_rss_bytes,
+    tcp_ready,
+)
 from imaging_ai.local.provision import LocalResources, provision
-from imaging_ai.local.timeline import EDGE_TIMELINE_STAGES, FAILED, Timeline
+from imaging_ai.local.timeline import (
+    EDGE_TIMELINE_STAGES,
+    FAILED,
+    NOT_ANALYZED,
+    NOT_ROUTED,
+    Timeline,
+)
 from imaging_ai.logs import get_logger
 from imaging_ai.model_card import ModelCard, load_model_card
 from imaging_ai.state import RunStateStore
@@ -84,6 +104,7 @@ class LocalPipeline:
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _endpoint: AsyncEndpoint | None = field(default=None, init=False)
     _sources: LocalEventSources | None = field(default=None, init=False)
+    _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
@@ -163,12 +184,23 @@ class LocalPipeline:
                 "POWERTOOLS_DEV": "false",
             }
         )
+        # One process per function, INIT done before the first event (a warm function).
+        self._say("starting the Lambda functions, one process each")
+        self._functions = {
+            name: FunctionProcess(handler, name, logs / "lambda.log").start()
+            for name, handler in (
+                ("preprocess", PREPROCESS_HANDLER),
+                ("postprocess", POSTPROCESS_HANDLER),
+                ("failure", FAILURE_HANDLER),
+            )
+        }
         self._sources = event_sources(
             self.resources.preprocess.url,
             self.resources.preprocess.dlq_url,
             self.resources.postprocess.url,
             self.resources.postprocess.dlq_url,
             wait_time_s=1,
+            invokers=self._functions,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
@@ -186,6 +218,8 @@ class LocalPipeline:
             process.stop()
         for thread in self._threads:
             thread.join(timeout=15)
+        for function in self._functions.values():
+            function.stop()
         if self._endpoint:
             self._endpoint.stop()
         for server in (self.ehr, self.pacs):
@@ -219,7 +253,7 @@ class LocalPipeline:
                 site=self.site,
                 port=self.forwarder_port,
                 quiet_seconds=self.quiet_seconds,
-                model_name=self.card.name,
+                card=self.card,
                 bucket=self.resources.data_bucket,
                 kms_key_arn=self.resources.kms_key_arn,
                 pacs=self.pacs,
@@ -263,6 +297,21 @@ class LocalPipeline:
         if result.returncode != 0:
             raise PipelineError(f"storescu failed ({result.returncode}): {result.stderr[-500:]}")
 
+    def send_folder(self, found: StudyFolder) -> SendReport:
+        """C-STORE a user's folder (as scanned) to the forwarder: every instance, each in its
+        own transfer syntax; DICOMDIRs and other files were left out by the scan."""
+        return send_instances(
+            found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
+        )
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak resident bytes of each process of the pipeline, by what it runs."""
+        peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
+        for process in self._processes:
+            if process.process is not None:
+                peaks[process.name] = peak_rss_bytes(process.process.pid)
+        return peaks
+
     def wait_until_delivered(self, timeout_s: float) -> bool:
         return self.timeline.wait_for(
             (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR), timeout_s
@@ -291,6 +340,12 @@ class LocalPipeline:
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
         if event in EDGE_TIMELINE_STAGES:
             self.timeline.record(str(event), _detail(entry))
+        elif event == "route_decision" and entry.get("status") == "no_rule_matched":
+            self.timeline.record(NOT_ROUTED)
+        elif event == EdgeStage.NOT_ANALYZED:
+            # Recorded when the site has it (status, metric, audit), not when the cloud
+            # decides: the run is over for the user only then.
+            self.timeline.record(NOT_ANALYZED, str(entry.get("reason", "")))
         elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
             if event in _EDGE_FAILURES:
@@ -371,21 +426,42 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
+def _routes(card: ModelCard) -> str:
+    """Route as a hospital would, from the model's declared intended use: a CT series whose
+    Body Part Examined, or else whose description, says the model's region."""
+    use = card.intended_use
+    base = (
+        f"[[intake.routing]]\nmodel = {_toml_string(card.name)}\n"
+        f"modality = {json.dumps(use.modality)}\nmin_instances = {use.min_slices}\n"
+    )
+    rules = []
+    if use.body_part_examined:
+        rules.append(base + f"body_part = {json.dumps(use.body_part_examined)}\n")
+    if use.series_description:
+        rules.append(base + f"series_description = {_toml_string(use.series_description)}\n")
+    return "\n".join(rules or [base])
+
+
 def _forwarder_config(
     site: str,
     port: int,
     quiet_seconds: float,
-    model_name: str,
+    card: ModelCard,
     bucket: str,
     kms_key_arn: str,
     pacs: Orthanc,
     ehr_url: str,
 ) -> str:
-    """The forwarder's TOML config for the local hospital (relative paths: next to the file)."""
+    """The forwarder's TOML config for the local hospital (relative paths: next to the file).
+
+    The loops poll every 0.2 s: each tick is a few local reads, and a study waits for the next
+    tick after its quiet timer and again after its results arrive.
+    """
+    model_name = card.name
     return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
 site = {_toml_string(site)}
 state_dir = "state"
-poll_interval_s = 0.5
+poll_interval_s = 0.2
 
 [intake]
 ae_title = {_toml_string(FORWARDER_AE_TITLE)}
@@ -396,10 +472,7 @@ quiet_seconds_study = {quiet_seconds}
 quiet_seconds_series = {quiet_seconds}
 min_free_disk_bytes = 104857600
 
-[[intake.routing]]
-model = {_toml_string(model_name)}
-modality = ["CT"]
-
+{_routes(card)}
 [deid]
 site_secret = {{ file = "site-secret.hex" }}
 

@@ -22,6 +22,8 @@ EDGE_TIMELINE_STAGES = (
 # Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
 CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
 FAILED = "failed"
+NOT_ANALYZED = "not_analyzed"
+NOT_ROUTED = "not_routed"
 
 # The order a user reads; each stage is recorded once, the first time it is seen.
 STAGES: tuple[str, ...] = (
@@ -42,7 +44,11 @@ DESCRIPTIONS = {
     EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
     EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
     FAILED: "FAILED",
+    NOT_ANALYZED: "NOT ANALYZED: outside the model's intended use, no findings delivered",
+    NOT_ROUTED: "no routing rule matched: the study stays on site",
 }
+# Ends of a study's road other than delivery.
+TERMINAL = (FAILED, NOT_ANALYZED, NOT_ROUTED)
 
 
 @dataclass
@@ -70,15 +76,20 @@ class Timeline:
             self.printer(f"  {self.events[stage]:7.1f} s  {stage:<17} {text}{suffix}")
 
     def wait_for(self, stages: tuple[str, ...], timeout_s: float) -> bool:
-        """Block until every stage is recorded, or FAILED is, or the time is up."""
+        """Block until every stage is recorded, or a TERMINAL one is, or the time is up;
+        True only when every stage was reached."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not all(s in self.events for s in stages) and FAILED not in self.events:
+            while not all(s in self.events for s in stages) and not self.ended():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(remaining)
-            return FAILED not in self.events
+            return all(s in self.events for s in stages)
+
+    def ended(self) -> str | None:
+        """The terminal stage recorded, if any (callers hold no lock: reads one dict)."""
+        return next((stage for stage in TERMINAL if stage in self.events), None)
 
     def durations(self) -> list[tuple[str, float]]:
         """Seconds each stage took since the one recorded before it, in the order they happened."""

@@ -77,10 +77,17 @@ def key_slice_indices(labels: npt.NDArray[np.uint8], output: ModelOutputMeta) ->
 
 
 def stored_to_hu(dataset: Dataset) -> npt.NDArray[np.float32]:
-    """A single-frame slice's pixels after its Modality LUT (rescale), as float32."""
+    """A slice's pixels after its Modality LUT (rescale), as float32.
+
+    `dataset` is a single-frame image, or one frame `imaging_ai.volume.split_frames` made of
+    an enhanced multi-frame image (its decoded values in `stored`, its own rescale).
+    """
+    stored = getattr(dataset, "stored", None)  # set by split_frames on each frame
+    if stored is None:
+        stored = dataset.pixel_array
     slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    return np.asarray(dataset.pixel_array, dtype=np.float32) * slope + intercept
+    return np.asarray(stored, dtype=np.float32) * slope + intercept
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

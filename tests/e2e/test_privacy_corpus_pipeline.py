@@ -77,9 +77,10 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
 
     bootstrap.reset()
     work_dir = tmp_path_factory.mktemp("privacy-e2e")
-    # Given a small chest CT the demo model accepts (16 slices or more)
+    # Given a small chest CT within the demo model's intended use (model.json: at least 100 mm
+    # along the slices, pixels of 1.5 mm at most, lungs in the image)
     study = write_ct_study(
-        work_dir / "study", seed=515151, shape=(24, 160, 160), spacing_mm=(2.5, 2.2, 2.2),
+        work_dir / "study", seed=515151, shape=(44, 224, 224), spacing_mm=(2.5, 1.5, 1.5),
         nodule_count=1,
     )  # fmt: skip
     with LocalPipeline(work_dir=work_dir, quiet_seconds=2.0, printer=None) as pipeline:

@@ -21,6 +21,7 @@ from imaging_ai.local.provision import LocalResources, provision
 from tests.functions_support import (
     SITE,
     UploadedStudy,
+    chest_model_card,
     emulate_inference,
     model_card,
     upload_study,
@@ -77,7 +78,7 @@ class Stack:
 @pytest.fixture
 def stack(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """Given every resource provisioned on moto and the functions' environment set."""
-    resources = provision([SITE], [model_card()])
+    resources = provision([SITE], [model_card(), chest_model_card()])
     for name, value in resources.function_environment().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")

@@ -76,3 +76,28 @@ def test_the_work_lease_admits_one_holder_until_released_or_expired(
     store.advance(RUN, Stage.INFERRING)
     store.release(RUN, "holder-c")
     assert store.claim(RUN, workable, "holder-d", lease_s=60) is None  # past the stages
+
+
+def test_not_analyzed_is_terminal_recorded_once_and_only_before_inference(
+    store: RunStateStore,
+) -> None:
+    # Given a received run, and another one already inferring
+    store.start(RUN, "lung-nodule-demo")
+    inferring = RunKey(RUN.site, RUN.pseudo_study_uid, "run-2")
+    store.start(inferring, "lung-nodule-demo")
+    store.advance(inferring, Stage.PREPROCESSED)
+    store.advance(inferring, Stage.INFERRING)
+
+    # When both are declared outside the model's intended use, twice
+    assert store.not_analyze(RUN, "no series within the model's intended use: localizer")
+    assert store.not_analyze(RUN, "a redelivery") is False
+    assert store.not_analyze(inferring, "too late") is False
+
+    # Then the first is NOT_ANALYZED with the first reason, and no failure can overwrite it
+    assert store.fail(RUN, "a late failure") is False
+    current = store.get(RUN)
+    assert current is not None and current.stage is Stage.NOT_ANALYZED
+    assert current.reason == "no series within the model's intended use: localizer"
+    assert current.failed_from is Stage.RECEIVED
+    later = store.get(inferring)
+    assert later is not None and later.stage is Stage.INFERRING

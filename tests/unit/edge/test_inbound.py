@@ -223,3 +223,71 @@ def test_a_result_for_a_run_the_journal_does_not_know_opens_it_as_uploaded(
         EdgeStage.DELIVERED,
     ]
     assert len(pacs.stored) == 1
+
+
+def _not_analyzed() -> SiteResultMessage:
+    return SiteResultMessage(
+        kind="NOT_ANALYZED",
+        site="site-a",
+        pseudo_study_uid=PSEUDO_STUDY,
+        run_id=RUN_ID,
+        reason="no series within the model's intended use: localizer",
+        model_name="lung-nodule-demo",
+    )
+
+
+def test_a_study_not_analyzed_ends_the_run_with_its_reason_in_status_metric_and_audit(
+    parts: Any, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given an uploaded run the cloud reports NOT_ANALYZED, twice (at-least-once queue)
+    inbound, results, pacs, ehr = parts
+    _uploaded_run(journal)
+    results.send(_not_analyzed())
+    results.send(_not_analyzed())
+    # When the inbound loop runs
+    inbound.tick()
+    # Then the run ends NOT_ANALYZED once, with "not analyzed: <reason>" for `status`
+    run = journal.run(RUN_ID)
+    assert run is not None and run.stage is EdgeStage.NOT_ANALYZED
+    assert run.reason == "not analyzed: no series within the model's intended use: localizer"
+    assert _stages(journal).count(EdgeStage.NOT_ANALYZED) == 1
+    # ... counted in its own metric and recorded in the audit log with the reason
+    studies = telemetry.metrics.registry.get_sample_value(
+        "edge_forwarder_studies_total", {"stage": "not_analyzed"}
+    )
+    assert studies == 1.0
+    audit = [json.loads(line) for line in telemetry.audit.path.read_text().splitlines()]
+    (event,) = [e for e in audit if e["subtype"][0]["code"] == "not_analyzed"]
+    assert event["outcomeDesc"] == run.reason
+    # ... and nothing reached the PACS or the EHR (the notice is off by default)
+    assert len(results.acked) == 2 and pacs.stored == [] and ehr.posted == []
+
+
+def test_the_optional_pacs_notice_tells_the_original_study_why(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given a site that asked for the notice
+    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
+    inbound = Inbound(
+        journal=journal,
+        results=results,
+        identities=Vault(IDENTITY),
+        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
+        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
+        telemetry=telemetry,
+        deliveries_dir=tmp_path / "d",
+        not_analyzed_notice=True,
+    )
+    _uploaded_run(journal)
+    results.send(_not_analyzed())
+    # When the inbound loop runs
+    inbound.tick()
+    # Then the PACS got one Basic Text SR in the original study saying why; no EHR post
+    (stored,) = pacs.stored
+    notice = pydicom.dcmread(io.BytesIO(stored))
+    assert notice.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.11"
+    assert (notice.StudyInstanceUID, notice.PatientID) == ("1.2.3.4.1", "MRN-0042")
+    assert notice.ContentSequence[0].TextValue == (
+        "Not analyzed by lung-nodule-demo: no series within the model's intended use: localizer"
+    )
+    assert PSEUDO_PATIENT.encode() not in stored and ehr.posted == []

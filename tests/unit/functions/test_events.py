@@ -65,7 +65,9 @@ def test_the_dead_lettered_trigger_keeps_its_body_and_receive_count() -> None:
     assert json.loads(str(record.body))["detail-type"] == "Object Created"
 
 
-@pytest.mark.parametrize("name", ["site_result_ready", "site_result_failed"])
+@pytest.mark.parametrize(
+    "name", ["site_result_ready", "site_result_failed", "site_result_not_analyzed"]
+)
 def test_site_messages_are_site_result_messages(name: str) -> None:
     message = SiteResultMessage.model_validate(load_event(name))
-    assert (message.kind == "FAILED") == (message.reason is not None)
+    assert (message.kind in ("FAILED", "NOT_ANALYZED")) == (message.reason is not None)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from edge_forwarder.config import AwsSection
 from edge_forwarder.intake import IntakeSettings
+from edge_forwarder.intake.journal import SeriesSummary
+from edge_forwarder.intake.routing import choose_route
+from edge_forwarder.intake.settings import RoutingRule
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -20,3 +23,29 @@ def test_every_default_names_the_shipped_model(tmp_path: Path) -> None:
     assert AwsSection.model_fields["model_name"].default == shipped
     example = tomllib.loads((ROOT / "edge_forwarder/example-config.toml").read_text())
     assert example["aws"]["model_name"] == shipped
+
+
+def test_the_example_config_routes_only_what_the_model_is_meant_for() -> None:
+    # Given the shipped model's intended use and the example config's routes
+    card = json.loads((ROOT / "containers/inference/model/model.json").read_text())
+    accepted = set(card["intended_use"]["body_part_examined"])
+    example = tomllib.loads((ROOT / "edge_forwarder/example-config.toml").read_text())
+    rules = [RoutingRule.model_validate(r) for r in example["intake"]["routing"]]
+
+    # Then a chest CT is routed by body part or by description, a head CT is not
+    chest = _series(BodyPartExamined="CHEST", SeriesDescription="AXIAL 1.25")
+    described = _series(BodyPartExamined="", SeriesDescription="CT THORAX W/O")
+    head = _series(BodyPartExamined="HEAD", SeriesDescription="HEAD W/O 5MM")
+    assert choose_route(rules, [chest]) is not None
+    assert choose_route(rules, [described]) is not None
+    assert choose_route(rules, [head]) is None
+    # And each route asks for what the model's intended use declares
+    for rule in rules:
+        assert set(rule.body_part or ()) <= accepted
+        assert rule.series_description in (None, card["intended_use"]["series_description"])
+
+
+def _series(**attrs: str) -> SeriesSummary:
+    return SeriesSummary(
+        series_uid="1.2.3", last_at=0.0, count=120, attrs={"Modality": "CT", **attrs}
+    )

@@ -13,6 +13,7 @@ import pytest
 
 from imaging_ai.errors import ContractError
 from imaging_ai.results import ResultObjects, build_results
+from imaging_ai.results.seg import build_segmentation
 from tests.unit.results.sample import SampleRun
 
 
@@ -84,3 +85,47 @@ def test_same_run_gives_same_uids(results: ResultObjects, sample_run: SampleRun)
     assert again.seg.SOPInstanceUID == results.seg.SOPInstanceUID
     assert again.sr.SOPInstanceUID == results.sr.SOPInstanceUID
     assert np.array_equal(again.seg.pixel_array, results.seg.pixel_array)
+
+
+def test_label_map_input_gives_the_frames_of_per_label_masks(sample_run: SampleRun) -> None:
+    # Given a card whose label values are not their segment numbers (7 -> 1, 3 -> 2) and a
+    # label map holding both
+    nodule, mass = sample_run.card.labels
+    card = sample_run.card.model_copy(
+        update={
+            "labels": [nodule.model_copy(update={"value": 7}), mass.model_copy(update={"value": 3})]
+        }
+    )
+    labels = np.where(sample_run.labels > 0, 7, 0).astype(np.uint8)
+    labels[5:8, 10:20, 10:30] = 3
+    study_uid = str(sample_run.headers[0].StudyInstanceUID)
+
+    # When the SEG is built, and when highdicom builds it from one boolean mask per label
+    seg = build_segmentation(sample_run.headers, labels, card, study_uid, "run-map")
+    masks = np.stack([labels == 7, labels == 3], axis=-1)
+    reference = hd.seg.Segmentation(
+        source_images=sample_run.headers,
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence
+        ],
+        series_instance_uid=seg.SeriesInstanceUID,
+        series_number=seg.SeriesNumber,
+        sop_instance_uid=seg.SOPInstanceUID,
+        instance_number=1,
+        manufacturer=seg.Manufacturer,
+        manufacturer_model_name=seg.ManufacturerModelName,
+        software_versions=seg.SoftwareVersions,
+        device_serial_number=seg.DeviceSerialNumber,
+    )
+
+    # Then both hold the same frames, in the same order, for the same segments and slices
+    assert int(seg.NumberOfFrames) == int(reference.NumberOfFrames) > 0
+    assert seg.PixelData == reference.PixelData
+    assert seg.PerFrameFunctionalGroupsSequence == reference.PerFrameFunctionalGroupsSequence
+    segments = {
+        int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for item in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert segments == {1, 2}
