@@ -23,7 +23,12 @@ from edge_forwarder.transport.result_gate import PathOutside, inside
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
 # Finished runs `purge` may forget: ended, or parked with a dead-lettered delivery.
-_PURGEABLE = (*TERMINAL_EDGE_STAGES, EdgeStage.DEAD_LETTER_PACS, EdgeStage.DEAD_LETTER_EHR)
+_PURGEABLE = (
+    *TERMINAL_EDGE_STAGES,
+    EdgeStage.DEAD_LETTER_PACS,
+    EdgeStage.DEAD_LETTER_EHR,
+    EdgeStage.DEAD_LETTER_HL7,
+)
 
 
 def cmd_run(config: ForwarderConfig) -> int:

@@ -9,19 +9,23 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from edge_forwarder.config import EhrSection, ForwarderConfig, PacsSection
+from edge_forwarder.config import EhrSection, ForwarderConfig, Hl7Section, PacsSection
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
-from edge_forwarder.delivery import Delivery
+from edge_forwarder.delivery import Delivery, PacsDestination
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.intake import Intake
 from edge_forwarder.observability import AuditTrail, HealthState, Metrics, Telemetry
+from edge_forwarder.on_prem_reports import OnPremReports
+from edge_forwarder.oru import OruParties
 from edge_forwarder.outbound import CompletedStudies, Outbound
+from edge_forwarder.result_objects import ResultObject
 from edge_forwarder.retention import RetentionLoop, build_retention
 from edge_forwarder.secret_files import check_all_private
 from edge_forwarder.service import ForwarderService
 from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrClient, token_source_from_files
+from edge_forwarder.transport.hl7 import MllpPeer
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer, client_tls_context
 from edge_forwarder.transport.results import ResultsPoller
@@ -109,6 +113,20 @@ def build_forwarder(
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
         stop=stop,
+        pacs_objects=tuple(config.pacs.objects),
+        extra_pacs=[
+            PacsDestination(
+                extra.name,
+                pacs_peer(extra),
+                tuple(extra.objects),
+                _retry_policy(extra, max_backoff_s),
+            )
+            for extra in config.extra_pacs
+        ],
+        hl7=MllpPeer(config.hl7.host, config.hl7.port, config.hl7.timeout_s)
+        if config.hl7
+        else None,
+        hl7_retry=_retry_policy(config.hl7 or config.pacs, max_backoff_s),
     )
     inbound = Inbound(
         journal=journal,
@@ -121,6 +139,7 @@ def build_forwarder(
         delivery=delivery,
         telemetry=telemetry,
         deliveries_dir=config.deliveries_dir,
+        reports=_on_prem_reports(config),
         not_analyzed_notice=config.pacs.not_analyzed_notice,
     )
     service = ForwarderService(outbound, inbound, telemetry, stop, config.poll_interval_s)
@@ -182,6 +201,25 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
     )
 
 
+def _on_prem_reports(config: ForwarderConfig) -> OnPremReports | None:
+    """The PDF where a PACS destination lists it; the ORU where `[hl7]` is configured."""
+    pdf = any(ResultObject.PDF in p.objects for p in (config.pacs, *config.extra_pacs))
+    hl7 = config.hl7
+    if not pdf and hl7 is None:
+        return None
+    parties = None
+    if hl7 is not None:
+        parties = OruParties(
+            sending_application=hl7.sending_application,
+            sending_facility=hl7.sending_facility,
+            receiving_application=hl7.receiving_application,
+            receiving_facility=hl7.receiving_facility,
+            patient_id_authority=hl7.patient_id_authority,
+            processing_id=hl7.processing_id,
+        )
+    return OnPremReports(pdf=pdf, oru=parties)
+
+
 def _results(config: ForwarderConfig) -> ResultsPoller:
     return ResultsPoller(
         site=config.site,
@@ -194,7 +232,9 @@ def _results(config: ForwarderConfig) -> ResultsPoller:
     )
 
 
-def _retry_policy(target: PacsSection | EhrSection, max_backoff_s: float) -> RetryPolicy:
+def _retry_policy(
+    target: PacsSection | EhrSection | Hl7Section, max_backoff_s: float
+) -> RetryPolicy:
     return RetryPolicy(target.max_attempts, Backoff(target.retry_base_s, max_backoff_s))
 
 

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_forwarder.intake.settings import IntakeSettings
+from edge_forwarder.result_objects import DEFAULT_PACS_OBJECTS, ResultObject
 from edge_forwarder.secret_files import read_private
 from edge_forwarder.transport.errors import ConfigError
 from imaging_ai.contracts import check_site, site_results_queue_name
@@ -134,6 +135,38 @@ class PacsSection(_Section):
     tls: PacsTlsSection | None = None
     # A one-line Basic Text SR into the study when the cloud did not analyze it.
     not_analyzed_notice: bool = False
+    # What this destination receives: sr, seg, key_images (burned-in Secondary Capture), pdf.
+    objects: list[ResultObject] = Field(default_factory=lambda: list(DEFAULT_PACS_OBJECTS))
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, value: list[ResultObject]) -> list[ResultObject]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("list each result object once, at least one")
+        return value
+
+
+class ExtraPacsSection(PacsSection):
+    """One more PACS (e.g. a viewer that shows neither SR nor SEG), with its own objects."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+
+
+class Hl7Section(_Section):
+    """The optional HL7 v2 ORU^R01 destination (a RIS or EHR interface engine, over MLLP)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    sending_application: str = Field(default="EDGEFWD", max_length=180)
+    sending_facility: str = Field(default="", max_length=180)
+    receiving_application: str = Field(default="", max_length=180)
+    receiving_facility: str = Field(default="", max_length=180)
+    # PID-3.4: the assigning authority of the hospital MRN the ORU carries.
+    patient_id_authority: str = Field(default="", max_length=180)
+    processing_id: str = Field(default="P", pattern=r"^[PTD]$")
+    timeout_s: float = Field(default=30.0, gt=0.0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=2.0, ge=0.0)
 
 
 class OAuth2Section(_Section):
@@ -200,7 +233,9 @@ class ForwarderConfig(_Section):
     upload: UploadSection = UploadSection()
     results: ResultsSection = ResultsSection()
     pacs: PacsSection
+    extra_pacs: list[ExtraPacsSection] = Field(default_factory=list)
     ehr: EhrSection
+    hl7: Hl7Section | None = None  # off unless configured
     observability: ObservabilitySection = ObservabilitySection()
     retention: RetentionSection = RetentionSection()
 
@@ -220,6 +255,14 @@ class ForwarderConfig(_Section):
             return check_site(value)
         except ContractError as error:
             raise ValueError(str(error)) from None
+
+    @field_validator("extra_pacs")
+    @classmethod
+    def _extra_pacs(cls, value: list[ExtraPacsSection]) -> list[ExtraPacsSection]:
+        names = [destination.name for destination in value]
+        if len(set(names)) != len(names) or "pacs" in names:
+            raise ValueError("each extra PACS needs its own name (and 'pacs' is the main one)")
+        return value
 
     @property
     def results_queue_name(self) -> str:

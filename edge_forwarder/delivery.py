@@ -6,29 +6,44 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from edge_forwarder.observability import Telemetry, log_event
-from edge_forwarder.transport.backoff import RetryPolicy, retry
+from edge_forwarder.result_objects import (
+    DEFAULT_PACS_OBJECTS,
+    FILE_NAMES,
+    ORU_NAME,
+    SEND_ORDER,
+    ResultObject,
+)
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy, retry
 from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
+from edge_forwarder.transport.hl7 import Hl7Rejected
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
 from edge_forwarder.transport.result_gate import inside, translate
-from imaging_ai.contracts import BUNDLE_NAME, DICOM_RESULT_NAMES
+from imaging_ai.contracts import BUNDLE_NAME
 from imaging_ai.edge_stage import EdgeStage
 
 _DELIVERED_STAGE = {
     DeliveryTarget.PACS: EdgeStage.DELIVERED_PACS,
     DeliveryTarget.EHR: EdgeStage.DELIVERED_EHR,
+    DeliveryTarget.HL7: EdgeStage.DELIVERED_HL7,
 }
 _DEAD_LETTER_STAGE = {
     DeliveryTarget.PACS: EdgeStage.DEAD_LETTER_PACS,
     DeliveryTarget.EHR: EdgeStage.DEAD_LETTER_EHR,
+    DeliveryTarget.HL7: EdgeStage.DEAD_LETTER_HL7,
 }
 OPERATION_OUTCOME_NAME = "ehr-operation-outcome.json"
+HL7_NAK_NAME = "hl7-nak.txt"
+MAIN_PACS = "pacs"
+# Timeline note of one PACS destination served: a retried PACS delivery skips it.
+PACS_DESTINATION_DONE = "pacs_destination_delivered"
 
 
 class Pacs(Protocol):
@@ -39,10 +54,26 @@ class Pacs(Protocol):
     def store(self, objects: list[bytes]) -> list[int]: ...
 
 
+class Hl7(Protocol):
+    """The HL7 v2 interface engine (`transport.hl7.MllpPeer`)."""
+
+    def send(self, message: str, control_id: str) -> object: ...
+
+
 class Ehr(Protocol):
     """The hospital EHR's FHIR endpoint (`transport.ehr.EhrClient`)."""
 
     def post_transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """One more PACS, and which result objects it gets."""
+
+    name: str
+    peer: Pacs
+    objects: tuple[ResultObject, ...]
+    retry: RetryPolicy
 
 
 @dataclass(kw_only=True)
@@ -57,6 +88,10 @@ class Delivery:
     telemetry: Telemetry
     deliveries_dir: Path
     stop: threading.Event
+    pacs_objects: tuple[ResultObject, ...] = DEFAULT_PACS_OBJECTS
+    extra_pacs: Sequence[PacsDestination] = ()
+    hl7: Hl7 | None = None
+    hl7_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, Backoff()))
 
     def deliver_pending(self) -> None:
         for row in self.journal.deliveries(state=DeliveryState.PENDING):
@@ -69,6 +104,8 @@ class Delivery:
                     raise PermanentError("delivery folder is not this run's (refused)")
                 if row.target is DeliveryTarget.PACS:
                     self._deliver_pacs(row.run_id, folder)
+                elif row.target is DeliveryTarget.HL7:
+                    self._deliver_hl7(row.run_id, folder)
                 else:
                     self._deliver_ehr(row.run_id, folder)
                 self._finish_if_done(row.run_id)
@@ -79,23 +116,74 @@ class Delivery:
         self.telemetry.metrics.dead_letters.set(len(dead))
 
     def _deliver_pacs(self, run_id: str, folder: Path) -> None:
-        objects = [(folder / n).read_bytes() for n in DICOM_RESULT_NAMES if (folder / n).exists()]
+        """Each destination gets its configured objects; one that fails parks the delivery,
+        and a retry skips the destinations already served (C-STORE of the same instances
+        again would be harmless, but slow and noisy in the PACS log)."""
+        main = PacsDestination(MAIN_PACS, self.pacs, self.pacs_objects, self.pacs_retry)
+        served = self._pacs_destinations_served(run_id)
+        total, titles = 0, []
+        for destination in (main, *self.extra_pacs):
+            if destination.name in served:
+                continue
+            objects = [
+                (folder / FILE_NAMES[kind]).read_bytes()
+                for kind in SEND_ORDER
+                if kind in destination.objects and (folder / FILE_NAMES[kind]).exists()
+            ]
+            if objects:
+                try:
+                    self._with_retries(
+                        run_id,
+                        DeliveryTarget.PACS,
+                        partial(destination.peer.store, objects),
+                        retryable=(TransientError, PermanentError),
+                        policy=destination.retry,
+                    )
+                except ForwarderError as error:
+                    self._dead_letter(run_id, DeliveryTarget.PACS, f"{destination.name}: {error}")
+                    return
+            if self.extra_pacs:  # with one destination a retry has nothing to skip
+                detail = f"{destination.name} objects={len(objects)}"
+                self.journal.note(run_id, PACS_DESTINATION_DONE, detail=detail)
+            total += len(objects)
+            titles.append(destination.peer.ae_title)
+        self._delivered(
+            run_id, DeliveryTarget.PACS, destination=f"pacs:{','.join(titles)}", count=total
+        )
+
+    def _pacs_destinations_served(self, run_id: str) -> set[str]:
+        return {
+            str(detail).split(" ", 1)[0]
+            for _, stage, detail in self.journal.timeline(run_id)
+            if stage == PACS_DESTINATION_DONE
+        }
+
+    def _deliver_hl7(self, run_id: str, folder: Path) -> None:
+        # Bytes, not read_text: universal newlines would turn the CR segment ends into LF.
+        message = (folder / ORU_NAME).read_bytes().decode("utf-8")
+        hl7 = self.hl7
+        if hl7 is None:
+            self._dead_letter(run_id, DeliveryTarget.HL7, "no [hl7] destination is configured")
+            return
+        # MSH-10, the control id the ACK's MSA-2 must echo.
+        control_id = message.split("\r", 1)[0].split("|")[9]
         try:
             self._with_retries(
                 run_id,
-                DeliveryTarget.PACS,
-                lambda: self.pacs.store(objects),
-                retryable=(TransientError, PermanentError),
+                DeliveryTarget.HL7,
+                partial(hl7.send, message, control_id),
+                retryable=(TransientError,),
+                policy=self.hl7_retry,
             )
-        except ForwarderError as error:
-            self._dead_letter(run_id, DeliveryTarget.PACS, str(error))
+        except Hl7Rejected as error:
+            # On-prem only: the receiver's reason may quote the (identified) message.
+            (folder / HL7_NAK_NAME).write_text(error.ack, encoding="utf-8")
+            self._dead_letter(run_id, DeliveryTarget.HL7, f"{error} (reason kept)")
             return
-        self._delivered(
-            run_id,
-            DeliveryTarget.PACS,
-            destination=f"pacs:{self.pacs.ae_title}",
-            count=len(objects),
-        )
+        except ForwarderError as error:
+            self._dead_letter(run_id, DeliveryTarget.HL7, str(error))
+            return
+        self._delivered(run_id, DeliveryTarget.HL7, destination="hl7", count=None)
 
     def _deliver_ehr(self, run_id: str, folder: Path) -> None:
         try:
@@ -127,8 +215,10 @@ class Delivery:
         target: DeliveryTarget,
         action: Callable[[], object],
         retryable: tuple[type[Exception], ...],
+        policy: RetryPolicy | None = None,
     ) -> None:
-        policy = self.pacs_retry if target is DeliveryTarget.PACS else self.ehr_retry
+        if policy is None:
+            policy = self.pacs_retry if target is DeliveryTarget.PACS else self.ehr_retry
 
         def note(attempt: int, error: BaseException, wait: float) -> None:
             self.journal.set_delivery(

@@ -11,6 +11,8 @@ from typing import Any, Protocol
 from edge_forwarder.delivery import Delivery
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.on_prem_reports import OnPremReports
+from edge_forwarder.result_objects import ORU_NAME
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
 from edge_forwarder.transport.notice import not_analyzed_notice
@@ -62,6 +64,8 @@ class Inbound:
     # A short Basic Text SR to the PACS when the cloud did not analyze a study (off: the
     # radiologist's worklist stays free of it unless the site wants it).
     not_analyzed_notice: bool = False
+    # The PDF report and HL7 ORU, rendered here after re-identification (None: neither).
+    reports: OnPremReports | None = None
 
     def tick(self) -> None:
         """Take what the results queue holds, then deliver. One bad message, or a queue
@@ -163,6 +167,10 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.EHR, DeliveryState.PENDING, payload_dir=folder
             )
+        if (folder / ORU_NAME).exists():
+            self.journal.set_delivery(
+                run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder
+            )
 
     def reidentify(self, objects: dict[str, bytes], identity: StudyIdentity, run_id: str) -> Path:
         """Re-identify each result into the on-prem delivery folder (mode 0700); return it."""
@@ -179,6 +187,8 @@ class Inbound:
                 accession_identifier_system=self.identifier_systems.accession,
             )
             (folder / BUNDLE_NAME).write_text(json.dumps(bundle))
+        if self.reports is not None:
+            self.reports.render(folder, identity, run_id)
         return folder
 
     def _advance_once(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:

@@ -23,8 +23,10 @@ MANIFEST_NAME = "manifest.json.enc"
 # The result objects of a run, by name (S3 keys, the edge's delivery folder).
 SR_NAME: Final = "sr.dcm"
 SEG_NAME: Final = "seg.dcm"
+KEY_IMAGES_NAME: Final = "keyimages.dcm"  # burned-in Secondary Capture for plain viewers
 BUNDLE_NAME: Final = "report.bundle.json"
-DICOM_RESULT_NAMES: Final = (SR_NAME, SEG_NAME)  # what goes to PACS
+# What may go to a PACS (each destination is configured with its own subset).
+DICOM_RESULT_NAMES: Final = (SR_NAME, SEG_NAME, KEY_IMAGES_NAME)
 RESULT_NAMES: Final = (*DICOM_RESULT_NAMES, BUNDLE_NAME)
 
 # A DICOM UID (PS3.5 9.1): digits and dots, no leading zero per component, at most 64 chars.

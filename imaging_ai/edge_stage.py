@@ -28,6 +28,8 @@ class EdgeStage(StrEnum):
     DELIVERED_EHR = "delivered_ehr"
     DEAD_LETTER_PACS = "dead_letter_pacs"
     DEAD_LETTER_EHR = "dead_letter_ehr"
+    DELIVERED_HL7 = "delivered_hl7"  # the ORU^R01 was acknowledged AA
+    DEAD_LETTER_HL7 = "dead_letter_hl7"
     # terminal
     DELIVERED = "delivered"
     FAILED = "FAILED"  # upper case, as journals written before this enum hold it
@@ -45,6 +47,8 @@ _DELIVERING: Final = frozenset(
         EdgeStage.DELIVERED_EHR,
         EdgeStage.DEAD_LETTER_PACS,
         EdgeStage.DEAD_LETTER_EHR,
+        EdgeStage.DELIVERED_HL7,
+        EdgeStage.DEAD_LETTER_HL7,
     }
 )
 

@@ -105,7 +105,9 @@ class Results(Construct):
             reserved_concurrency=10 if config.is_prod else 2,
         )
         fn = self.postprocess.function
+        # incoming/: the key images burn outlines into the de-identified source slices.
         for readable in (
+            INCOMING_PREFIX,
             INFERENCE_OUTPUT_PREFIX,
             INFERENCE_FAILURE_PREFIX,
             PREPROCESSED_PREFIX,
@@ -124,6 +126,7 @@ class Results(Construct):
             bucket_resources=bucket_prefix_resources(
                 data_bucket,
                 [
+                    INCOMING_PREFIX,
                     INFERENCE_OUTPUT_PREFIX,
                     INFERENCE_FAILURE_PREFIX,
                     PREPROCESSED_PREFIX,

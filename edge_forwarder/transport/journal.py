@@ -17,6 +17,7 @@ from imaging_ai.edge_stage import EdgeStage, check_edge_move
 class DeliveryTarget(StrEnum):
     PACS = "pacs"
     EHR = "ehr"
+    HL7 = "hl7"  # the ORU^R01 to the interface engine (optional)
 
 
 class DeliveryState(StrEnum):

@@ -22,13 +22,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from edge_forwarder.crosswalk import CrosswalkError
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, TransientError
-from imaging_ai.contracts import BUNDLE_NAME, SEG_NAME, SR_NAME
+from imaging_ai.contracts import BUNDLE_NAME, KEY_IMAGES_NAME, SEG_NAME, SR_NAME
 from imaging_ai.errors import PipelineError
 
-# What a result object may be: the contract's SR and SEG, and a FHIR transaction Bundle.
+# What a result object may be: the contract's SR, SEG and key images, and a FHIR transaction
+# Bundle.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
-RESULT_SOP_CLASSES = {SR_NAME: {COMPREHENSIVE_3D_SR}, SEG_NAME: {SEGMENTATION}}
+MULTIFRAME_GRAYSCALE_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
+RESULT_SOP_CLASSES = {
+    SR_NAME: {COMPREHENSIVE_3D_SR},
+    SEG_NAME: {SEGMENTATION},
+    KEY_IMAGES_NAME: {MULTIFRAME_GRAYSCALE_BYTE_SC},
+}
 # S3 and KMS answers worth a retry; any other refusal (AccessDenied, NoSuchKey, ...) is final.
 _TRANSIENT_AWS_CODES = frozenset(
     {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,15 +13,40 @@ from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 
-from imaging_ai.contracts import BUNDLE_NAME, SEG_NAME, SR_NAME
+from imaging_ai.contracts import BUNDLE_NAME, KEY_IMAGES_NAME, SEG_NAME, SR_NAME
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.results import build_results
 
-# (source headers, labels, output, card, run id, predecessor SR, unreported findings) ->
-# result object name -> bytes; `build_result_objects` is the one the function uses.
+# The key-image slice choice and pixel rescale are the results library's; postprocess reaches
+# them through this adapter only.
+from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
+
+__all__ = [
+    "KeySlices",
+    "ResultsBuilder",
+    "build_result_objects",
+    "cap_findings",
+    "key_slice_indices",
+    "stored_to_hu",
+]
+
+# Rescaled pixels of the key slices, by slice index (what the key images show).
+KeySlices = Mapping[int, npt.NDArray[np.float32]]
+# (source headers, labels, output, card, run id, predecessor SR, unreported findings,
+# key slices) -> result object name -> bytes; `build_result_objects` is the one the function
+# uses.
 ResultsBuilder = Callable[
-    [list[Dataset], npt.NDArray[np.uint8], ModelOutputMeta, ModelCard, str, Dataset | None, int],
+    [
+        list[Dataset],
+        npt.NDArray[np.uint8],
+        ModelOutputMeta,
+        ModelCard,
+        str,
+        Dataset | None,
+        int,
+        KeySlices | None,
+    ],
     dict[str, bytes],
 ]
 
@@ -53,8 +78,9 @@ def build_result_objects(
     run_id: str,
     predecessor_sr: Dataset | None,
     unreported_findings: int = 0,
+    key_slices_hu: KeySlices | None = None,
 ) -> dict[str, bytes]:
-    """SR, SEG and FHIR Bundle as the bytes to encrypt, keyed by result object name."""
+    """SR, SEG, FHIR Bundle (and key images) as the bytes to encrypt, keyed by object name."""
     objects = build_results(
         source_headers,
         labels,
@@ -63,12 +89,16 @@ def build_result_objects(
         run_id,
         predecessor_sr=predecessor_sr,
         unreported_findings=unreported_findings,
+        key_slices_hu=key_slices_hu,
     )
-    return {
+    built = {
         SR_NAME: dataset_bytes(objects.sr),
         SEG_NAME: dataset_bytes(objects.seg),
         BUNDLE_NAME: json.dumps(objects.bundle, separators=(",", ":")).encode(),
     }
+    if objects.key_images is not None:
+        built[KEY_IMAGES_NAME] = dataset_bytes(objects.key_images)
+    return built
 
 
 _WARM_UP_REFERENCE = {"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}

@@ -6,6 +6,8 @@ import io
 from datetime import UTC, datetime
 from enum import StrEnum
 
+import numpy as np
+import numpy.typing as npt
 import pydicom
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
@@ -21,7 +23,13 @@ from functions.common.observability import (
     tracer,
 )
 from functions.common.source_headers import unpack_source_headers
-from functions.postprocess.results import ResultsBuilder, build_result_objects, cap_findings
+from functions.postprocess.key_slices import key_slice_ids, read_key_slices
+from functions.postprocess.results import (
+    ResultsBuilder,
+    build_result_objects,
+    cap_findings,
+    key_slice_indices,
+)
 from imaging_ai.async_inference import AsyncInferenceNotification
 from imaging_ai.contracts import (
     RESULT_NAMES,
@@ -33,7 +41,7 @@ from imaging_ai.contracts import (
 )
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
-from imaging_ai.model_io import unpack_model_output
+from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
 from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
 
 # Stages in which postprocess still has work to do on a run.
@@ -160,9 +168,11 @@ class PostprocessService:
             raise ContractError("stored source headers do not match the model input's slices")
         predecessor = self._predecessor_sr(run, current.attributes.get("revises_run_id"))
         reported, unreported = cap_findings(output, card.max_findings)
+        with steps.step("read_key_slices"):
+            key_slices = self._key_slices(current, headers, labels, reported)
         with steps.step("build_seg_sr_fhir"):
             objects = self._build(
-                headers, labels, reported, card, run.run_id, predecessor, unreported
+                headers, labels, reported, card, run.run_id, predecessor, unreported, key_slices
             )
         with steps.step("encrypt_write"):
             for name, key in keys.items():
@@ -202,6 +212,21 @@ class PostprocessService:
             )
         )
         self._state.advance(run, Stage.DELIVERED)
+
+    def _key_slices(
+        self,
+        current: RunState,
+        headers: list[Dataset],
+        labels: npt.NDArray[np.uint8],
+        output: ModelOutputMeta,
+    ) -> dict[int, npt.NDArray[np.float32]]:
+        """The de-identified pixels the key images show (the run's own series upload)."""
+        manifest_key = current.attributes.get("manifest_key")
+        if not manifest_key:
+            raise ContractError("the run records no manifest: key images cannot be built")
+        indices = key_slice_indices(labels, output)
+        wanted = {key_slice_ids(headers[k]): k for k in indices}
+        return read_key_slices(self._store, manifest_key, output.input.pseudo_series_uid, wanted)
 
     def _model_card(self, model_name: str) -> ModelCard:
         try:

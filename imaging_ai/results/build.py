@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,30 +23,11 @@ from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.reslice import labels_on_source_slices
 from imaging_ai.results.fhir import build_bundle
+from imaging_ai.results.key_images import build_key_images
+from imaging_ai.results.patient_study import RESULT_PATIENT_STUDY_ATTRIBUTES
 from imaging_ai.results.seg import build_segmentation
 from imaging_ai.results.sr import build_structured_report
 from imaging_ai.volume import join_frames
-
-# What the SEG and SR copy of the source's Patient and Study IEs: the (pseudonymous) identity
-# and the study keys re-identification restores. highdicom would otherwise copy both IEs whole,
-# so a descriptor, comment or history the profile kept would travel into every result.
-RESULT_PATIENT_STUDY_ATTRIBUTES = frozenset(
-    {
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "PatientIdentityRemoved",
-        "DeidentificationMethod",
-        "DeidentificationMethodCodeSequence",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "StudyID",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-    }
-)
 
 
 def _patient_study_keywords(sop_class_uid: str) -> frozenset[str]:
@@ -89,6 +71,8 @@ class ResultObjects:
     seg: pydicom.Dataset
     sr: pydicom.Dataset
     bundle: dict[str, Any]
+    # The burned-in Secondary Capture; None when the caller gave no key slice pixels.
+    key_images: pydicom.Dataset | None = None
 
 
 def _check_inputs(
@@ -131,8 +115,9 @@ def build_results(
     run_id: str,
     predecessor_sr: pydicom.Dataset | None = None,
     unreported_findings: int = 0,
+    key_slices_hu: Mapping[int, npt.NDArray[np.float32]] | None = None,
 ) -> ResultObjects:
-    """Build the SEG, the TID 1500 SR and the FHIR R4 transaction Bundle of one run.
+    """Build the SEG, the TID 1500 SR, the FHIR R4 transaction Bundle and key images of a run.
 
     Parameters
     ----------
@@ -151,6 +136,9 @@ def build_results(
     unreported_findings: int, optional
         How many more findings the model made than `output.findings` holds (the caller kept
         the largest `card.max_findings`); the SR and the report conclusion say so.
+    key_slices_hu: Mapping[int, numpy.ndarray] | None, optional
+        Rescaled pixels of the slices `key_images.key_slice_indices` names; given, the
+        key-image Secondary Capture is built too.
 
     Returns
     -------
@@ -181,4 +169,9 @@ def build_results(
         source_headers, seg, output, card, run_id, predecessor_sr, now, unreported_findings
     )
     bundle = build_bundle(source_headers, output, card, run_id, sr, now, unreported_findings)
-    return ResultObjects(seg=seg, sr=sr, bundle=bundle)
+    key_images = None
+    if key_slices_hu is not None:
+        key_images = build_key_images(
+            source_headers, key_slices_hu, labels, output, card, run_id, now
+        )
+    return ResultObjects(seg=seg, sr=sr, bundle=bundle, key_images=key_images)

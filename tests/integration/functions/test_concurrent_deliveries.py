@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from imaging_ai.aws import client
-from imaging_ai.contracts import SiteResultMessage, Stage
+from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage
 from imaging_ai.local.dispatcher import (
     POSTPROCESS_HANDLER,
     PREPROCESS_HANDLER,
@@ -145,7 +145,7 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
     # Then one set of result objects was written and the site was told once
     assert sorted(result_writes) == sorted(
         f"results/{SITE}/{study.pseudo_study_uid}/{study.run_id}/{name}.enc"
-        for name in ("sr.dcm", "seg.dcm", "report.bundle.json")
+        for name in RESULT_NAMES
     )
     messages = [SiteResultMessage.model_validate_json(body) for body in stack.site_messages()]
     assert [m.kind for m in messages] == ["RESULT_READY"]

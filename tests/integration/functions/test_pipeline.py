@@ -63,9 +63,15 @@ def test_a_committed_study_comes_back_as_encrypted_results(stack: Stack, tmp_pat
         )
         for name, key in message.result_keys.items()
     }
-    assert set(plain) == {"sr.dcm", "seg.dcm", "report.bundle.json"}
+    assert set(plain) == {"sr.dcm", "seg.dcm", "keyimages.dcm", "report.bundle.json"}
     sr = pydicom.dcmread(io.BytesIO(plain["sr.dcm"]))
     assert sr.StudyInstanceUID == study.pseudo_study_uid
+    # ... and the key images burn the outline into the de-identified slice of the finding
+    key_images = pydicom.dcmread(io.BytesIO(plain["keyimages.dcm"]))
+    assert key_images.StudyInstanceUID == study.pseudo_study_uid
+    assert key_images.BurnedInAnnotation == "YES"
+    referenced = {i.ReferencedSOPInstanceUID for i in key_images.SourceImageSequence}
+    assert referenced and referenced <= {str(d.SOPInstanceUID) for d in study.datasets}
     assert json.loads(plain["report.bundle.json"])["resourceType"] == "Bundle"
 
     # And the run's timeline shows every stage, in order

@@ -32,6 +32,7 @@ from imaging_ai.contracts import (
 from imaging_ai.local.moto_server import free_port
 from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
 from imaging_ai.results import build_results
+from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
 from tests.unit.results.sample import demo_card
 
@@ -187,15 +188,20 @@ class CloudSide:
             inference_seconds=0.1,
             findings=findings,
         )
+        # The key images burn the outline into the de-identified slices, as postprocess does.
+        key_slices = {k: stored_to_hu(headers[k]) for k in key_slice_indices(labels, output)}
         for d in headers:
             del d.PixelData
-        objects = build_results(headers, labels, output, card, manifest.run_id)
+        objects = build_results(
+            headers, labels, output, card, manifest.run_id, key_slices_hu=key_slices
+        )
         context = encryption_context(SITE, manifest.pseudo_study_uid)
         keys = {}
         for name, data in (
             ("sr.dcm", _part10(objects.sr)),
             ("seg.dcm", _part10(objects.seg)),
             ("report.bundle.json", json.dumps(objects.bundle).encode()),
+            ("keyimages.dcm", _part10(objects.key_images)),  # type: ignore[arg-type]
         ):
             key = result_key(SITE, manifest.pseudo_study_uid, manifest.run_id, name)
             client("s3").put_object(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge_forwarder.delivery import PacsDestination
 from edge_forwarder.observability import Telemetry
+from edge_forwarder.result_objects import PDF_REPORT_NAME, ResultObject
+from edge_forwarder.transport.backoff import Backoff, RetryPolicy
 from edge_forwarder.transport.ehr import EhrRejected
 from edge_forwarder.transport.errors import PermanentError, TransientError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
-from imaging_ai.contracts import BUNDLE_NAME, SEG_NAME, SR_NAME
+from imaging_ai.contracts import BUNDLE_NAME, KEY_IMAGES_NAME, SEG_NAME, SR_NAME
 from imaging_ai.edge_stage import EdgeStage
 from tests.unit.edge.conftest import FakeEhr, FakePacs, make_delivery
 
@@ -26,7 +29,7 @@ def _reidentified_run(journal: Journal, folder: Path) -> Path:
     (payload / SR_NAME).write_bytes(b"sr")
     (payload / SEG_NAME).write_bytes(b"seg")
     (payload / BUNDLE_NAME).write_text(json.dumps({"resourceType": "Bundle"}))
-    for target in DeliveryTarget:
+    for target in (DeliveryTarget.PACS, DeliveryTarget.EHR):
         journal.set_delivery(RUN_ID, target, DeliveryState.PENDING, payload_dir=payload)
     return payload
 
@@ -86,3 +89,37 @@ def test_an_ehr_refusal_is_not_retried_and_keeps_the_operation_outcome(
     assert json.loads((payload / "ehr-operation-outcome.json").read_text()) == outcome
     run = journal.run(RUN_ID)
     assert run is not None and run.stage is EdgeStage.DEAD_LETTER_EHR
+
+
+def test_each_pacs_destination_gets_its_objects_and_a_retry_skips_those_served(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given a main PACS taking SR + SEG, and a viewer PACS taking key images + PDF that
+    # refuses every attempt at first
+    main, viewer = FakePacs(), FakePacs(ae_title="VIEWER", failures=[PermanentError("no")] * 3)
+    delivery = make_delivery(journal, telemetry, main, FakeEhr(), tmp_path / "d")
+    delivery.extra_pacs = [
+        PacsDestination(
+            "viewer",
+            viewer,
+            (ResultObject.KEY_IMAGES, ResultObject.PDF),
+            RetryPolicy(3, Backoff(0.0, 0.0)),
+        )
+    ]
+    payload = _reidentified_run(journal, tmp_path / "d")
+    (payload / KEY_IMAGES_NAME).write_bytes(b"key")
+    (payload / PDF_REPORT_NAME).write_bytes(b"pdf")
+    # When the pending deliveries are worked
+    delivery.deliver_pending()
+    # Then the main PACS has exactly its objects, and the PACS delivery is a dead letter
+    # that names the destination that refused
+    assert main.stored == [b"sr", b"seg"] and viewer.stored == []
+    (dead,) = journal.deliveries(state=DeliveryState.DEAD_LETTER)
+    assert dead.target is DeliveryTarget.PACS and str(dead.last_error).startswith("viewer:")
+    # When the operator queues it again and the viewer accepts
+    journal.set_delivery(RUN_ID, DeliveryTarget.PACS, DeliveryState.PENDING)
+    delivery.deliver_pending()
+    # Then only the viewer was sent to (the main PACS is not sent its objects twice)
+    assert main.stored == [b"sr", b"seg"] and viewer.stored == [b"key", b"pdf"]
+    run = journal.run(RUN_ID)
+    assert run is not None and run.stage is EdgeStage.DELIVERED

@@ -58,3 +58,56 @@ def test_not_toml_is_reported(tmp_path: Path) -> None:
     path.write_text("site = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def _uncommented(block_start: str) -> str:
+    """The example with the commented block that starts at `block_start` switched on."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index(f"# {block_start}")
+    for number in range(start, len(lines)):
+        if not lines[number].startswith("# "):
+            break
+        lines[number] = lines[number][2:]
+    return "\n".join(lines) + "\n"
+
+
+def test_hl7_is_off_and_the_pacs_gets_sr_and_seg_by_default() -> None:
+    config = load_config(EXAMPLE)
+    assert config.hl7 is None and config.extra_pacs == []
+    assert [str(o) for o in config.pacs.objects] == ["sr", "seg"]
+
+
+def test_the_examples_hl7_and_extra_pacs_blocks_are_valid_when_switched_on(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(_uncommented("[hl7]"))
+    hl7 = load_config(path).hl7
+    assert hl7 is not None and (hl7.port, hl7.receiving_application) == (2575, "RIS")
+    path.write_text(_uncommented("[[extra_pacs]]"))
+    (extra,) = load_config(path).extra_pacs
+    assert extra.name == "reading-room" and [str(o) for o in extra.objects] == ["key_images", "pdf"]
+
+
+@pytest.mark.parametrize(
+    ("objects", "expected"),
+    [
+        ('["sr", "xray"]', "pacs.objects.1: Input should be 'sr', 'seg', 'key_images' or 'pdf'"),
+        ('["sr", "sr"]', "pacs.objects: Value error, list each result object once"),
+        ("[]", "pacs.objects: Value error, list each result object once"),
+    ],
+)
+def test_a_destinations_objects_are_checked(tmp_path: Path, objects: str, expected: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE.read_text().replace('objects = ["sr", "seg"]', f"objects = {objects}"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert expected in str(caught.value)
+
+
+def test_extra_pacs_names_are_unique(tmp_path: Path) -> None:
+    block = _uncommented("[[extra_pacs]]")
+    start = block.index("[[extra_pacs]]")
+    end = block.index("[ehr]")
+    path = tmp_path / "c.toml"
+    path.write_text(block[:end] + block[start:end] + block[end:])
+    with pytest.raises(ConfigError, match="extra_pacs: Value error, each extra PACS needs"):
+        load_config(path)
