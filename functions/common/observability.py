@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,10 @@ from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
+# The stack sets POWERTOOLS_METRICS_NAMESPACE; the default keeps a handler working when this
+# module was imported before its environment was set (an in-process local run, a test session
+# that collected the functions first): Powertools reads the variable once, at construction.
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImagingAI"))
 
 
 def add_metric_with_dimension(
