@@ -175,16 +175,7 @@ class SiteNotifier:
         """
         if not state.fail(run, reason, model_name):
             return False
-        self.send(
-            SiteResultMessage(
-                kind=SiteMessageKind.FAILED,
-                site=run.site,
-                pseudo_study_uid=run.pseudo_study_uid,
-                run_id=run.run_id,
-                reason=reason,
-                model_name=model_name,
-            )
-        )
+        self._tell(SiteMessageKind.FAILED, run, reason, model_name)
         return True
 
     def not_analyze_run(
@@ -193,9 +184,15 @@ class SiteNotifier:
         """Record NOT_ANALYZED with its reason and tell the site, once (see `fail_run`)."""
         if not state.not_analyze(run, reason):
             return False
+        self._tell(SiteMessageKind.NOT_ANALYZED, run, reason, model_name)
+        return True
+
+    def _tell(
+        self, kind: SiteMessageKind, run: RunKey, reason: str, model_name: str | None
+    ) -> None:
         self.send(
             SiteResultMessage(
-                kind=SiteMessageKind.NOT_ANALYZED,
+                kind=kind,
                 site=run.site,
                 pseudo_study_uid=run.pseudo_study_uid,
                 run_id=run.run_id,
@@ -203,4 +200,3 @@ class SiteNotifier:
                 model_name=model_name,
             )
         )
-        return True
