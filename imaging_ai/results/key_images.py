@@ -16,8 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from imaging_ai.errors import ContractError
@@ -26,7 +25,7 @@ from imaging_ai.model_io import Finding, ModelOutputMeta, VolumeGeometry
 from imaging_ai.results import codes
 from imaging_ai.results.patient_study import RESULT_PATIENT_STUDY_ATTRIBUTES
 from imaging_ai.results.sr import contributing_equipment, measurement_value, tracking_identifier
-from imaging_ai.results.uids import result_uid
+from imaging_ai.results.uids import explicit_le_file_meta, result_uid
 
 MULTIFRAME_GRAYSCALE_BYTE_SC = "1.2.840.10008.5.1.4.1.1.7.2"
 KEY_IMAGES_SERIES_NUMBER = 9102
@@ -295,10 +294,5 @@ def _dataset(
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "US"
     ds.WindowCenter, ds.WindowWidth = 128, 256
     ds.PixelData = np.stack(frames).astype(np.uint8).tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    ds.file_meta = explicit_le_file_meta(ds)
     return ds

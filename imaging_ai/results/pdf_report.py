@@ -17,12 +17,13 @@ import numpy.typing as npt
 import pydicom
 from fpdf import FPDF
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from imaging_ai.results import codes
 from imaging_ai.results.report_content import ReportContent, format_value, read_report
+from imaging_ai.results.uids import explicit_le_file_meta
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 PDF_SERIES_NUMBER = 9103
@@ -229,12 +230,7 @@ def build_encapsulated_pdf(
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     # OB values are even-length: a trailing NUL pads the PDF (readers stop at %%EOF).
     ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    ds.file_meta = explicit_le_file_meta(ds)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
