@@ -198,6 +198,19 @@ def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]
     }
 
 
+def _print_privacy(privacy: dict[str, Any], objects: str, searched_for: str, out: Any) -> None:
+    """The privacy audit's verdict, then every leak and every object it could not open."""
+    verdict = "PASS" if privacy.get("clean") else "FAIL"
+    out(
+        f"Privacy audit: {verdict}: {privacy.get('objects_scanned')} {objects} and "
+        f"{privacy.get('state_items_scanned')} state items searched for {searched_for}"
+    )
+    for leak in privacy.get("leaks", []):
+        out(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
+    for key in privacy.get("undecryptable", []):
+        out(f"  could not decrypt: {key}")
+
+
 def print_summary(
     summary: DemoSummary, pipeline: LocalPipeline, study: SyntheticStudy, out: Any = print
 ) -> None:
@@ -234,17 +247,12 @@ def print_summary(
     out(f"Reported longest diameters (mm):    {sorted(round(d, 1) for d in diameters)}")
     out(line)
     privacy = summary.privacy
-    verdict = "PASS" if privacy.get("clean") else "FAIL"
-    out(
-        f"Privacy audit: {verdict}: {privacy.get('objects_scanned')} cloud objects "
-        f"({privacy.get('bytes_scanned', 0) / 1e6:.1f} MB decrypted and unpacked) and "
-        f"{privacy.get('state_items_scanned')} state items searched for "
-        f"{len(phi_to_search(study))} fake PHI values and original UIDs"
+    _print_privacy(
+        privacy,
+        f"cloud objects ({privacy.get('bytes_scanned', 0) / 1e6:.1f} MB decrypted and unpacked)",
+        f"{len(phi_to_search(study))} fake PHI values and original UIDs",
+        out,
     )
-    for leak in privacy.get("leaks", []):
-        out(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
-    for key in privacy.get("undecryptable", []):
-        out(f"  could not decrypt: {key}")
     for failure in summary.failures:
         out(f"  failure: {json.dumps(failure)[:300]}")
     out(line)
@@ -409,14 +417,12 @@ def print_user_summary(summary: UserStudySummary, out: Any = print) -> None:
         out(f"Result: {summary.outcome}: {summary.reason}")
     out(line)
     privacy = summary.privacy
-    verdict = "PASS" if privacy.get("clean") else "FAIL"
-    out(
-        f"Privacy audit: {verdict}: {privacy.get('objects_scanned')} cloud objects and "
-        f"{privacy.get('state_items_scanned')} state items searched for "
-        f"{privacy.get('values_searched')} identifying values read from this study's headers"
+    _print_privacy(
+        privacy,
+        "cloud objects",
+        f"{privacy.get('values_searched')} identifying values read from this study's headers",
+        out,
     )
-    for leak in privacy.get("leaks", []):
-        out(f"  LEAK: {leak['phi_field']} in {leak['key']} ({leak['member']})")
     out(line)
     out("Results are from a DEMO MODEL trained on synthetic phantoms: NOT FOR CLINICAL USE.")
 
