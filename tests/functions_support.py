@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -28,7 +29,13 @@ from imaging_ai.contracts import (
     series_key,
 )
 from imaging_ai.model_card import Code, Label, ModelCard, load_model_card
-from imaging_ai.model_io import Finding, ModelOutputMeta, pack_model_output, unpack_model_input
+from imaging_ai.model_io import (
+    Finding,
+    ModelInputMeta,
+    ModelOutputMeta,
+    pack_model_output,
+    unpack_model_input,
+)
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
 SITE = "site-a"
@@ -259,6 +266,35 @@ def upload_series(
     return manifest
 
 
+def true_nodule_output(
+    study: UploadedStudy, meta: ModelInputMeta
+) -> tuple[npt.NDArray[np.uint8], ModelOutputMeta]:
+    """What a perfect model answers for the study: its phantom's first nodule, as labels."""
+    labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
+    nodule = study.synthetic.phantom.nodules[0]
+    output = ModelOutputMeta(
+        input=meta,
+        model_name=meta.model_name,
+        model_version="0.1.0",
+        weights_sha256="0" * 64,
+        device="cpu",
+        inference_seconds=0.1,
+        findings=[
+            Finding(
+                label_value=1,
+                component=1,
+                voxel_count=int(labels.sum()),
+                volume_mm3=nodule.volume_mm3,
+                longest_diameter_mm=nodule.diameter_mm,
+                centroid_mm=meta.source_geometry.voxel_to_patient(
+                    tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
+                ),
+            )
+        ],
+    )
+    return labels, output
+
+
 def emulate_inference(
     bucket: str, input_location: str, topic_arn: str, study: UploadedStudy, fail: str | None = None
 ) -> None:
@@ -283,28 +319,7 @@ def emulate_inference(
         notification["failureReason"] = fail
         notification["responseParameters"] = {"failureLocation": f"s3://{bucket}/failure.json"}
     else:
-        labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
-        nodule = study.synthetic.phantom.nodules[0]
-        output = ModelOutputMeta(
-            input=meta,
-            model_name=meta.model_name,
-            model_version="0.1.0",
-            weights_sha256="0" * 64,
-            device="cpu",
-            inference_seconds=0.1,
-            findings=[
-                Finding(
-                    label_value=1,
-                    component=1,
-                    voxel_count=int(labels.sum()),
-                    volume_mm3=nodule.volume_mm3,
-                    longest_diameter_mm=nodule.diameter_mm,
-                    centroid_mm=meta.source_geometry.voxel_to_patient(
-                        tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
-                    ),
-                )
-            ],
-        )
+        labels, output = true_nodule_output(study, meta)
         out_key = inference_output_prefix(meta.site, meta.pseudo_study_uid, meta.run_id) + "out.npz"
         s3.put_object(Bucket=bucket, Key=out_key, Body=pack_model_output(labels, output))
         notification["responseParameters"] = {

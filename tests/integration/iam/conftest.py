@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
@@ -33,7 +32,7 @@ from imaging_ai.local.dispatcher import (
 from imaging_ai.local.identities import Identities, create_deployer, create_roles
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import LocalResources, provision
-from imaging_ai.model_io import Finding, ModelOutputMeta, pack_model_output, unpack_model_input
+from imaging_ai.model_io import pack_model_output, unpack_model_input
 from tests.cloud_contract import (
     CONTRACT_SITES,
     SAGEMAKER_ROLE,
@@ -41,7 +40,7 @@ from tests.cloud_contract import (
     role_specs,
     site_role,
 )
-from tests.functions_support import UploadedStudy, model_card
+from tests.functions_support import UploadedStudy, model_card, true_nodule_output
 from tests.integration.transport.conftest import ehr, pacs  # noqa: F401  (the real peers)
 
 pytestmark = pytest.mark.integration
@@ -161,29 +160,7 @@ def _container(study: UploadedStudy) -> type[BaseHTTPRequestHandler]:
     class Container(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
-            _, meta = unpack_model_input(body)
-            labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
-            nodule = study.synthetic.phantom.nodules[0]
-            output = ModelOutputMeta(
-                input=meta,
-                model_name=meta.model_name,
-                model_version="0.1.0",
-                weights_sha256="0" * 64,
-                device="cpu",
-                inference_seconds=0.1,
-                findings=[
-                    Finding(
-                        label_value=1,
-                        component=1,
-                        voxel_count=int(labels.sum()),
-                        volume_mm3=nodule.volume_mm3,
-                        longest_diameter_mm=nodule.diameter_mm,
-                        centroid_mm=meta.source_geometry.voxel_to_patient(
-                            tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
-                        ),
-                    )
-                ],
-            )
+            labels, output = true_nodule_output(study, unpack_model_input(body)[1])
             answer = pack_model_output(labels, output)
             self.send_response(200)
             self.send_header("Content-Type", "application/x-npz")
