@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from edge_forwarder.transport.pacs import PacsPeer
-from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary, start_orthanc
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import (
     MULTIFRAME_GRAYSCALE_BYTE_SC,
@@ -20,21 +19,13 @@ from imaging_ai.results.key_images import (
     stored_to_hu,
 )
 from imaging_ai.results.pdf_report import ENCAPSULATED_PDF, build_encapsulated_pdf
+from tests.integration.results.conftest import DCMTK_STORESCU
 from tests.unit.results.sample import make_sample_run
-
-DCMTK_STORESCU = "/usr/bin/storescu"
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed"),
 ]
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[Orthanc]:
-    server = start_orthanc(tmp_path / "orthanc")
-    yield server
-    server.stop()
 
 
 def _part10(dataset: pydicom.Dataset) -> bytes:

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary, start_orthanc
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary
 from imaging_ai.results import ResultObjects, build_results
+from tests.integration.results.conftest import DCMTK_STORESCU
 from tests.unit.results.sample import SampleRun, make_sample_run
-
-# DCMTK's storescu: the venv's pynetdicom installs a `storescu` with other arguments.
-DCMTK_STORESCU = "/usr/bin/storescu"
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed"),
 ]
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[Orthanc]:
-    server = start_orthanc(tmp_path / "orthanc")
-    yield server
-    server.stop()
 
 
 def _storescu(pacs: Orthanc, paths: list[Path]) -> None:
