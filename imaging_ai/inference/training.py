@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,13 +94,32 @@ def make_training_case(seed: int) -> TrainingCase:
     return TrainingCase(image, fraction, [(c[0], c[1], c[2]) for c in centres])
 
 
+ModelDirWriter = Callable[[torch.nn.Module, Path, dict[str, float | int | str]], ModelCard]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What differs between the demo models: their phantoms, window, network and card."""
+
+    make_case: Callable[[int], TrainingCase]
+    intensity_window_hu: tuple[float, float]
+    write_model_dir: ModelDirWriter
+    seed_base: int
+    channels: tuple[int, ...] | None = None  # None: the network module's default
+    hu_offset: float = 25.0  # augmentation: a global HU shift of up to this, either way
+    patch_size: tuple[int, int, int] = PATCH_SIZE
+    script: str = "python -m imaging_ai.inference.training"
+
+
 def _crop(
-    volume: npt.NDArray[np.float32], start: tuple[int, ...], fill: float
+    volume: npt.NDArray[np.float32],
+    start: tuple[int, ...],
+    fill: float,
+    size: tuple[int, int, int] = PATCH_SIZE,
 ) -> npt.NDArray[np.float32]:
-    patch = np.full(PATCH_SIZE, fill, dtype=np.float32)
+    patch = np.full(size, fill, dtype=np.float32)
     src = tuple(
-        slice(max(0, s), min(n, s + p))
-        for s, n, p in zip(start, volume.shape, PATCH_SIZE, strict=True)
+        slice(max(0, s), min(n, s + p)) for s, n, p in zip(start, volume.shape, size, strict=True)
     )
     dst = tuple(slice(r.start - s, r.stop - s) for r, s in zip(src, start, strict=True))
     patch[dst] = volume[src]
@@ -108,27 +127,31 @@ def _crop(
 
 
 def sample_patches(
-    case: TrainingCase, count: int, rng: np.random.Generator
+    case: TrainingCase,
+    count: int,
+    rng: np.random.Generator,
+    fill_hu: float = INTENSITY_WINDOW_HU[0],
+    hu_offset: float = 25.0,
+    size: tuple[int, int, int] = PATCH_SIZE,
 ) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    """Half the patches around nodules, half anywhere: the chest wall and mediastinum are the
-    same HU as a nodule, so the network must see plenty of them as negatives."""
+    """Half the patches around lesions, half anywhere: the chest wall and mediastinum are the
+    same HU as a nodule (the skull's inner edge blurs to the HU of blood), so the network must
+    see plenty of them as negatives."""
     for index in range(count):
         if case.nodule_voxels and index % 2 == 0:
             centre = case.nodule_voxels[int(rng.integers(len(case.nodule_voxels)))]
-            jitter = rng.integers(-PATCH_SIZE[0] // 3, PATCH_SIZE[0] // 3 + 1, size=3)
-            start = tuple(
-                int(c + j - p // 2) for c, j, p in zip(centre, jitter, PATCH_SIZE, strict=True)
-            )
+            jitter = rng.integers(-size[0] // 3, size[0] // 3 + 1, size=3)
+            start = tuple(int(c + j - p // 2) for c, j, p in zip(centre, jitter, size, strict=True))
         else:
             start = tuple(
                 int(rng.integers(0, max(1, n - p + 1)))
-                for n, p in zip(case.image.shape, PATCH_SIZE, strict=True)
+                for n, p in zip(case.image.shape, size, strict=True)
             )
-        image = _crop(case.image, start, INTENSITY_WINDOW_HU[0])
-        target = _crop(case.nodule_fraction, start, 0.0)
+        image = _crop(case.image, start, fill_hu, size)
+        target = _crop(case.nodule_fraction, start, 0.0, size)
         # Augment what varies between scanners: noise, a small HU offset, left-right/AP flips.
         image = image + rng.normal(0.0, rng.uniform(0.0, 8.0), size=image.shape).astype(np.float32)
-        image = image + np.float32(rng.uniform(-25.0, 25.0))
+        image = image + np.float32(rng.uniform(-hu_offset, hu_offset))
         for axis in (1, 2):
             if rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
@@ -143,13 +166,15 @@ def train(
     patches_per_case: int = 8,
     learning_rate: float = 2e-3,
     threads: int = 2,
-    seed_base: int = TRAINING_SEED_BASE,
+    recipe: TrainingRecipe | None = None,
 ) -> dict[str, float | int | str]:
     """Train until `max_steps` or `max_minutes`, whichever comes first; write the model dir."""
+    recipe = recipe or LUNG_NODULE_RECIPE
+    window = recipe.intensity_window_hu
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    network = build_network(out_channels=2)
+    network = build_network(out_channels=2, channels=recipe.channels)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     loss_function = DiceCELoss(softmax=True, lambda_dice=0.5, lambda_ce=1.0)
     started = time.monotonic()
@@ -158,14 +183,16 @@ def train(
     pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
     while step < max_steps and time.monotonic() - started < budget_s:
         if len(pending) < batch_size:
-            case = make_training_case(seed_base + cases)
+            case = recipe.make_case(recipe.seed_base + cases)
             cases += 1
-            pending.extend(sample_patches(case, patches_per_case, rng))
+            pending.extend(
+                sample_patches(
+                    case, patches_per_case, rng, window[0], recipe.hu_offset, recipe.patch_size
+                )
+            )
             continue
         batch, pending = pending[:batch_size], pending[batch_size:]
-        images = torch.stack(
-            [normalise_hu(np.ascontiguousarray(i), INTENSITY_WINDOW_HU) for i, _ in batch]
-        )
+        images = torch.stack([normalise_hu(np.ascontiguousarray(i), window) for i, _ in batch])
         fractions = torch.stack([torch.from_numpy(np.ascontiguousarray(t)) for _, t in batch])
         targets = torch.stack([1.0 - fractions, fractions], dim=1)
         progress = max(step / max_steps, (time.monotonic() - started) / budget_s)
@@ -192,10 +219,11 @@ def train(
         "phantoms": cases,
         "minutes": round(minutes, 2),
         "final_loss": round(running, 4),
-        "seed_range": f"{seed_base}..{seed_base + cases - 1}",
+        "seed_range": f"{recipe.seed_base}..{recipe.seed_base + cases - 1}",
         "threads": threads,
+        "script": recipe.script,
     }
-    write_model_dir(network, out_dir, summary)
+    recipe.write_model_dir(network, out_dir, summary)
     return summary
 
 
@@ -227,6 +255,14 @@ def write_model_dir(
     document["training"] = {**training, "script": "python -m imaging_ai.inference.training"}
     (out_dir / MODEL_CARD_NAME).write_text(json.dumps(document, indent=2) + "\n")
     return card
+
+
+LUNG_NODULE_RECIPE = TrainingRecipe(
+    make_case=make_training_case,
+    intensity_window_hu=INTENSITY_WINDOW_HU,
+    write_model_dir=write_model_dir,
+    seed_base=TRAINING_SEED_BASE,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
