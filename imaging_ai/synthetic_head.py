@@ -9,12 +9,14 @@ the parenchyma. For training, evaluating and demonstrating the hemorrhage triage
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from imaging_ai.synthetic import HU_AIR, Phantom
+from imaging_ai.synthetic import HU_AIR, FakePatient, Phantom
+from imaging_ai.synthetic_series import tilted_series
 
 HU_SCALP, HU_BONE, HU_CSF = 30.0, 850.0, 6.0
 BRAIN_HU = (25.0, 36.0)  # white matter; cortex is a few HU denser
@@ -241,3 +243,45 @@ def make_head_ct_phantom(
         nodule_mask=bleed_mask,
     )
     return HeadPhantom(phantom=phantom, bleeds=bleeds)
+
+
+HEAD_SERIES_DESCRIPTION = "HEAD W/O CONTRAST 1.25MM"
+
+
+@dataclass
+class HeadStudy:
+    """A written head CT study and its truth (the bleeds, in the phantom's frame)."""
+
+    study_instance_uid: str
+    paths: list[Path]
+    head: HeadPhantom
+    tilt_deg: float
+    sop_instance_uids: list[str] = field(default_factory=list)
+
+
+def write_head_ct_study(
+    out_dir: Path,
+    seed: int = 21,
+    tilt_deg: float = 15.0,
+    patient: FakePatient | None = None,
+    bleed_volume_ml: tuple[float, float] = (6.0, 12.0),
+    bleed_count: int = 1,
+) -> HeadStudy:
+    """A non-contrast head CT acquired with the gantry tilted by `tilt_deg` (as trauma head
+    CTs often are, to spare the eyes), as DICOM Part 10 files with fake PHI."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head = make_head_ct_phantom(seed, bleed_count=bleed_count, bleed_volume_ml=bleed_volume_ml)
+    slices = tilted_series(
+        head.phantom, tilt_deg, head.phantom.spacing_mm[0], patient or FakePatient()
+    )
+    study = HeadStudy(str(slices[0].StudyInstanceUID), [], head, tilt_deg)
+    for ds in slices:
+        ds.BodyPartExamined = "HEAD"
+        ds.SeriesDescription = HEAD_SERIES_DESCRIPTION
+        ds.StudyDescription = "CT HEAD W/O CONTRAST TRAUMA"
+        ds.WindowCenter, ds.WindowWidth = 40, 80
+        path = out_dir / f"CT{int(ds.InstanceNumber):04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        study.paths.append(path)
+        study.sop_instance_uids.append(str(ds.SOPInstanceUID))
+    return study

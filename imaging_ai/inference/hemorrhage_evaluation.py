@@ -63,6 +63,7 @@ class StudyScore:
     found: int
     any_bleed: bool
     suspected: bool
+    critical: bool  # flagged, and the card declares the finding critical
     probability: float
     volume_errors: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -119,6 +120,7 @@ def score_study(
         found=0,
         any_bleed=bool(head.bleeds),
         suspected=triage.suspected,
+        critical=triage.critical,
         probability=triage.probability,
     )
     unmatched: list[Finding] = list(output.findings)
