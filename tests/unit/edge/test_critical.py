@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from edge_forwarder.config import CriticalSection
 from edge_forwarder.critical import critical_findings
 from edge_forwarder.inbound import IdentifierSystems, Inbound
 from edge_forwarder.observability import Telemetry
@@ -199,3 +201,12 @@ def test_a_critical_report_must_name_its_patient_and_report() -> None:
     # Then it is refused rather than announced about nobody
     with pytest.raises(PermanentError):
         critical_findings(bundle)
+
+
+def test_the_critical_section_refuses_a_webhook_without_a_safe_url() -> None:
+    # A webhook channel needs its URL, and a notice about a patient never travels in clear
+    with pytest.raises(ValidationError):
+        CriticalSection(channel="webhook")
+    with pytest.raises(ValidationError):
+        CriticalSection(channel="webhook", webhook_url="http://paging.hospital.example/hook")
+    assert CriticalSection(channel="webhook", webhook_url="https://paging.example/h").webhook_url
