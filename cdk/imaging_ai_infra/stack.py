@@ -11,10 +11,11 @@ from imaging_ai_infra.audit_monitoring import AuditMonitoring
 from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.edge_access import EdgeAccess
 from imaging_ai_infra.inference import Inference
-from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
+from imaging_ai_infra.ingest import Ingest
 from imaging_ai_infra.network import Network
+from imaging_ai_infra.pipeline_function import stage_timeout
 from imaging_ai_infra.platform import Platform
-from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
+from imaging_ai_infra.results import Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
 
@@ -65,9 +66,7 @@ class ImagingAiStage(Stack):
                 "failure": results.failure.function,
             },
             timeouts={
-                "preprocess": PREPROCESS_TIMEOUT,
-                "postprocess": POSTPROCESS_TIMEOUT,
-                "failure": FAILURE_TIMEOUT,
+                name: stage_timeout(name) for name in ("preprocess", "postprocess", "failure")
             },
             endpoint_name=inference.endpoint_name,
             alarm_email=self.node.try_get_context("alarm_email"),

@@ -102,3 +102,17 @@ def test_copied_names_match_the_runtime_contracts() -> None:
         state.PARTITION_KEY,
         state.SORT_KEY,
     )
+
+
+def test_the_stack_reads_the_same_stage_table_as_the_runtime() -> None:
+    # The stack's untyped view of lambda_stages.toml and the runtime's typed one agree
+    from imaging_ai.lambda_stages import LAMBDA_STAGES, STAGE_TABLE
+
+    assert names.STAGE_TABLE == STAGE_TABLE
+    for stage in LAMBDA_STAGES:
+        entry = names.lambda_stage(stage.name)
+        assert (entry["trigger"], entry["timeout_s"], entry["memory_mb"]) == (
+            stage.trigger,
+            stage.timeout_s,
+            stage.memory_mb,
+        )

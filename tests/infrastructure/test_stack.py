@@ -277,6 +277,28 @@ def test_each_function_has_its_own_role(dev: Synthesized) -> None:
     assert len(roles) == len(set(roles)) == 3
 
 
+def test_the_functions_are_the_stage_tables_with_its_settings(dev: Synthesized) -> None:
+    # Given the one stage table the local runtime reads too
+    from imaging_ai.lambda_stages import LAMBDA_STAGES
+
+    # When the stack is synthesized
+    functions = {
+        f["Properties"]["Handler"]: f["Properties"]
+        for f in dev.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    }
+    # Then each stage is one function with the table's handler, timeout, memory, concurrency
+    assert sorted(functions) == sorted(stage.handler for stage in LAMBDA_STAGES)
+    for stage in LAMBDA_STAGES:
+        settings = functions[stage.handler]
+        assert settings["Description"] == stage.description
+        assert (
+            settings["Timeout"],
+            settings["MemorySize"],
+            settings["ReservedConcurrentExecutions"],
+        ) == (stage.timeout_s, stage.memory_mb, stage.reserved_concurrency[1])
+
+
 # ---- Edge access -----------------------------------------------------------------------------
 
 
