@@ -1,4 +1,5 @@
-"""Ingest: manifest objects → EventBridge rule → SQS (+DLQ) → the preprocess function."""
+"""Ingest: manifest objects → EventBridge rule → SQS (+DLQ) → each stage the manifest feeds
+(lambda_stages.toml: preprocess)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.names import INCOMING_PREFIX, MANIFEST_NAME, resource_prefix
-from imaging_ai_infra.pipeline_function import PipelineFunction, stage_timeout
+from imaging_ai_infra.names import INCOMING_PREFIX, MANIFEST_NAME, lambda_stages
+from imaging_ai_infra.pipeline_function import PipelineFunction, stage_queues
 from imaging_ai_infra.platform import Platform
-from imaging_ai_infra.queues import QueueWithDlq
 
 
 class Ingest(Construct):
@@ -26,15 +26,9 @@ class Ingest(Construct):
         endpoint_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
-        config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
-        self.queues = QueueWithDlq(
-            self,
-            "PreprocessQueue",
-            config=config,
-            key=data_key,
-            queue_name=f"{resource_prefix(config.stage)}-preprocess",
-            visibility_timeout=Duration.seconds(stage_timeout("preprocess").to_seconds() * 6),
-        )
+        data_bucket = platform.data_bucket
+        names = [entry["name"] for entry in lambda_stages("manifest-created")]
+        self.stage_queues = {name: stage_queues(self, platform, name) for name in names}
         self.manifest_rule = events.Rule(
             self,
             "ManifestCreated",
@@ -50,32 +44,34 @@ class Ingest(Construct):
                 },
             ),
         )
-        self.manifest_rule.add_target(
-            targets.SqsQueue(
-                self.queues.queue,
-                dead_letter_queue=self.queues.dlq,
-                retry_attempts=185,
-                max_event_age=Duration.hours(24),
+        for queues in self.stage_queues.values():
+            self.manifest_rule.add_target(
+                targets.SqsQueue(
+                    queues.queue,
+                    dead_letter_queue=queues.dlq,
+                    retry_attempts=185,
+                    max_event_age=Duration.hours(24),
+                )
             )
-        )
-
-        self.preprocess = PipelineFunction(
-            self,
-            "Preprocess",
-            name="preprocess",
-            platform=platform,
-            environment=platform.function_environment(ENDPOINT_NAME=endpoint_name),
-        )
-        self.preprocess.grant_stage_data(endpoint_name=endpoint_name)
-        self.preprocess.consume(self.queues.queue)
-        self.preprocess.acknowledge_grants()
+        self.functions: dict[str, PipelineFunction] = {}
+        for name in names:
+            function = PipelineFunction(
+                self,
+                name=name,
+                platform=platform,
+                environment=platform.function_environment(ENDPOINT_NAME=endpoint_name),
+            )
+            function.grant_stage_data(endpoint_name=endpoint_name)
+            function.consume(self.stage_queues[name].queue)
+            function.acknowledge_grants()
+            self.functions[name] = function
 
     def tell_sites(self, site_queue_urls: str, site_queues: list[sqs.IQueue]) -> None:
         """Preprocess tells a site when its study is refused, so it sends to the results queues.
 
         The queues belong to `Results`, built after this construct; the stack wires them here.
         """
-        fn = self.preprocess.function
-        fn.add_environment("SITE_RESULTS_QUEUES", site_queue_urls)
-        for queue in site_queues:
-            queue.grant_send_messages(fn)
+        for function in self.functions.values():
+            function.function.add_environment("SITE_RESULTS_QUEUES", site_queue_urls)
+            for queue in site_queues:
+                queue.grant_send_messages(function.function)

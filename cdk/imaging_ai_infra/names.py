@@ -86,10 +86,15 @@ class LambdaStageEntry(TypedDict, total=False):
     reads_manifests: bool
 
 
+def lambda_stages(trigger: str | None = None) -> list[LambdaStageEntry]:
+    """The table's entries in table order; only those fed by `trigger` when given."""
+    entries: list[LambdaStageEntry] = tomllib.loads(STAGE_TABLE.read_text())["stage"]
+    return [entry for entry in entries if trigger is None or entry["trigger"] == trigger]
+
+
 def lambda_stage(name: str) -> LambdaStageEntry:
     """The table's entry for the function `name`."""
-    entries: list[LambdaStageEntry] = tomllib.loads(STAGE_TABLE.read_text())["stage"]
-    for entry in entries:
+    for entry in lambda_stages():
         if entry["name"] == name:
             return entry
     raise KeyError(f"no Lambda stage {name!r} in {STAGE_TABLE}")

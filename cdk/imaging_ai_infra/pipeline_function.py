@@ -29,6 +29,7 @@ from imaging_ai_infra.names import (
     resource_prefix,
 )
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.queues import QueueWithDlq
 
 # The commit markers: the only objects of incoming/ a `reads_manifests` stage may read.
 MANIFESTS = f"{INCOMING_PREFIX}*/{MANIFEST_NAME}"
@@ -37,6 +38,24 @@ MANIFESTS = f"{INCOMING_PREFIX}*/{MANIFEST_NAME}"
 def stage_timeout(name: str) -> Duration:
     """The function timeout of the Lambda stage `name` (imaging_ai/lambda_stages.toml)."""
     return Duration.seconds(lambda_stage(name)["timeout_s"])
+
+
+def construct_id(name: str) -> str:
+    """The construct id of the stage `name`'s function ("Preprocess"); its queues add "Queue"."""
+    return name.title().replace("-", "")
+
+
+def stage_queues(scope: Construct, platform: Platform, name: str) -> QueueWithDlq:
+    """The work queue (+DLQ) of the stage `name`, named as the local runtime names it."""
+    return QueueWithDlq(
+        scope,
+        f"{construct_id(name)}Queue",
+        config=platform.config,
+        key=platform.data_key,
+        queue_name=f"{resource_prefix(platform.config.stage)}-{name}",
+        # Lambda wants a source queue's visibility timeout at six times the function's.
+        visibility_timeout=Duration.seconds(stage_timeout(name).to_seconds() * 6),
+    )
 
 
 class PipelineFunction(Construct):
@@ -48,15 +67,9 @@ class PipelineFunction(Construct):
     """
 
     def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        platform: Platform,
-        name: str,
-        environment: dict[str, str],
+        self, scope: Construct, *, platform: Platform, name: str, environment: dict[str, str]
     ) -> None:
-        super().__init__(scope, construct_id)
+        super().__init__(scope, construct_id(name))
         stack = Stack.of(self)
         self.platform = platform
         self.stage: LambdaStageEntry = lambda_stage(name)

@@ -1,5 +1,6 @@
-"""Results: inference notifications → SQS (+DLQ) → postprocess → one results queue per site;
-every DLQ → the failure function → a FAILED state and a message to the site."""
+"""Results: inference notifications → SQS (+DLQ) → each stage they feed (postprocess) → one
+results queue per site; every DLQ → the dead-letter stage (failure) → a FAILED state and a
+message to the site. The stages are lambda_stages.toml's."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.names import resource_prefix, site_results_queue_name
-from imaging_ai_infra.pipeline_function import PipelineFunction, stage_timeout
+from imaging_ai_infra.names import lambda_stages, site_results_queue_name
+from imaging_ai_infra.pipeline_function import PipelineFunction, stage_queues
 from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.queues import QueueWithDlq
 
@@ -20,7 +21,7 @@ RAW_MESSAGE_DELIVERY = False
 
 
 class Results(Construct):
-    """Postprocess and failure functions, and the queues the sites' forwarders poll."""
+    """The notified and dead-letter functions, and the queues the sites' forwarders poll."""
 
     def __init__(
         self,
@@ -34,7 +35,6 @@ class Results(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         config, data_key = platform.config, platform.data_key
-        prefix = resource_prefix(config.stage)
 
         self.site_queues: dict[str, QueueWithDlq] = {
             site: QueueWithDlq(
@@ -48,46 +48,43 @@ class Results(Construct):
             for site in config.sites
         }
         # JSON {site: queue_url}: SITE_RESULTS_QUEUES of every function that tells a site.
-        self.site_queue_urls = site_queue_urls = Stack.of(self).to_json_string(
+        self.site_queue_urls = Stack.of(self).to_json_string(
             {site: queues.queue.queue_url for site, queues in self.site_queues.items()}
         )
 
-        self.queues = QueueWithDlq(
-            self,
-            "PostprocessQueue",
-            config=config,
-            key=data_key,
-            queue_name=f"{prefix}-postprocess",
-            visibility_timeout=Duration.seconds(stage_timeout("postprocess").to_seconds() * 6),
-        )
-        for topic in (success_topic, error_topic):
-            topic.add_subscription(
-                subscriptions.SqsSubscription(
-                    self.queues.queue, raw_message_delivery=RAW_MESSAGE_DELIVERY
+        notified = [entry["name"] for entry in lambda_stages("inference-notifications")]
+        self.stage_queues = {name: stage_queues(self, platform, name) for name in notified}
+        for queues in self.stage_queues.values():
+            for topic in (success_topic, error_topic):
+                topic.add_subscription(
+                    subscriptions.SqsSubscription(
+                        queues.queue, raw_message_delivery=RAW_MESSAGE_DELIVERY
+                    )
                 )
-            )
 
-        common_environment = platform.function_environment(SITE_RESULTS_QUEUES=site_queue_urls)
-        self.postprocess = PipelineFunction(
+        self.functions: dict[str, PipelineFunction] = {}
+        for name in notified:
+            self.functions[name] = self._site_telling_function(platform, name)
+            self.functions[name].consume(self.stage_queues[name].queue)
+            self.functions[name].acknowledge_grants()
+        # If a dead-letter function itself fails, the message stays in its DLQ (14 days) and
+        # the DLQ-depth alarm fires: the last line against silence.
+        dlqs = [*upstream_dlqs, *(queues.dlq for queues in self.stage_queues.values())]
+        for entry in lambda_stages("dead-letters"):
+            name = entry["name"]
+            self.functions[name] = self._site_telling_function(platform, name)
+            self.functions[name].consume(*dlqs)
+            self.functions[name].acknowledge_grants()
+
+    def _site_telling_function(self, platform: Platform, name: str) -> PipelineFunction:
+        """The stage's function with its table grants, allowed to tell every site."""
+        function = PipelineFunction(
             self,
-            "Postprocess",
-            name="postprocess",
+            name=name,
             platform=platform,
-            environment=common_environment,
+            environment=platform.function_environment(SITE_RESULTS_QUEUES=self.site_queue_urls),
         )
-        self.postprocess.grant_stage_data()
+        function.grant_stage_data()
         for queues in self.site_queues.values():
-            queues.queue.grant_send_messages(self.postprocess.function)
-        self.postprocess.consume(self.queues.queue)
-        self.postprocess.acknowledge_grants()
-
-        self.failure = PipelineFunction(
-            self, "Failure", name="failure", platform=platform, environment=common_environment
-        )
-        self.failure.grant_stage_data()
-        for queues in self.site_queues.values():
-            queues.queue.grant_send_messages(self.failure.function)
-        # If the failure function itself fails, the message stays in its DLQ (14 days) and the
-        # DLQ-depth alarm fires: the last line against silence.
-        self.failure.consume(*upstream_dlqs, self.queues.dlq)
-        self.failure.acknowledge_grants()
+            queues.queue.grant_send_messages(function.function)
+        return function

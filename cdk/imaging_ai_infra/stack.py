@@ -45,29 +45,24 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[ingest.queues.dlq],
+            upstream_dlqs=[queues.dlq for queues in ingest.stage_queues.values()],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
+        stage_queues = {**ingest.stage_queues, **results.stage_queues}
+        functions = {**ingest.functions, **results.functions}
         AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
-                "preprocess": ingest.queues.dlq,
-                "postprocess": results.queues.dlq,
+                **{name: q.dlq for name, q in stage_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },
-            functions={
-                "preprocess": ingest.preprocess.function,
-                "postprocess": results.postprocess.function,
-                "failure": results.failure.function,
-            },
-            timeouts={
-                name: stage_timeout(name) for name in ("preprocess", "postprocess", "failure")
-            },
+            functions={name: function.function for name, function in functions.items()},
+            timeouts={name: stage_timeout(name) for name in functions},
             endpoint_name=inference.endpoint_name,
             alarm_email=self.node.try_get_context("alarm_email"),
         )

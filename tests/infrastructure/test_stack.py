@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from imaging_ai.lambda_stages import LAMBDA_STAGES
 from tests.infrastructure.conftest import SITES, Synthesized
 
 pytestmark = pytest.mark.infrastructure
@@ -156,11 +157,13 @@ def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
         for m in mappings
         if "Failure" in m["Properties"]["FunctionName"]["Ref"]
     ]
+    # Every stage's DLQ; the sites' results DLQs are the forwarders' to drain
     assert sorted(failure_sources) == sorted(
         logical_id
         for logical_id in dev.resources("AWS::SQS::Queue")
-        if "Dlq" in logical_id and ("Preprocess" in logical_id or "Postprocess" in logical_id)
+        if "Dlq" in logical_id and "ResultsQueue" not in logical_id
     )
+    assert len(failure_sources) == sum(stage.has_queue for stage in LAMBDA_STAGES)
 
 
 # ---- Inference ------------------------------------------------------------------------------
@@ -274,13 +277,11 @@ def test_each_function_has_its_own_role(dev: Synthesized) -> None:
         for f in dev.resources("AWS::Lambda::Function").values()
         if f["Properties"].get("Handler", "").startswith("functions.")
     ]
-    assert len(roles) == len(set(roles)) == 3
+    assert len(roles) == len(set(roles)) == len(LAMBDA_STAGES)
 
 
 def test_the_functions_are_the_stage_tables_with_its_settings(dev: Synthesized) -> None:
-    # Given the one stage table the local runtime reads too
-    from imaging_ai.lambda_stages import LAMBDA_STAGES
-
+    # Given the one stage table the local runtime reads too (LAMBDA_STAGES)
     # When the stack is synthesized
     functions = {
         f["Properties"]["Handler"]: f["Properties"]
