@@ -24,6 +24,9 @@ DATA_ACTION_PREFIXES = (
     "ssm:get",
 )
 
+# The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
+_WORK_QUEUES = sum(stage.has_queue for stage in LAMBDA_STAGES)
+
 
 def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
@@ -122,8 +125,8 @@ def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Sy
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    # preprocess, postprocess and one results queue per site, each with its own DLQ
-    assert len(queues) == 2 * (2 + len(SITES))
+    # each stage's work queue and one results queue per site, each with its own DLQ
+    assert len(queues) == 2 * (_WORK_QUEUES + len(SITES))
     for logical_id, queue in queues.items():
         assert "KmsMasterKeyId" in queue["Properties"], logical_id
         covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
@@ -163,7 +166,7 @@ def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
         for logical_id in dev.resources("AWS::SQS::Queue")
         if "Dlq" in logical_id and "ResultsQueue" not in logical_id
     )
-    assert len(failure_sources) == sum(stage.has_queue for stage in LAMBDA_STAGES)
+    assert len(failure_sources) == _WORK_QUEUES
 
 
 # ---- Inference ------------------------------------------------------------------------------
@@ -234,7 +237,7 @@ def test_lambdas_and_endpoint_run_in_isolated_subnets_without_internet(dev: Synt
         for logical_id, f in dev.resources("AWS::Lambda::Function").items()
         if f["Properties"].get("Handler", "").startswith("functions.")
     }
-    assert len(pipeline_functions) == 3
+    assert len(pipeline_functions) == len(LAMBDA_STAGES)
     for logical_id, props in pipeline_functions.items():
         assert {s["Ref"] for s in props["VpcConfig"]["SubnetIds"]} <= subnets, logical_id
         assert props["Runtime"] == "python3.12"
@@ -354,10 +357,10 @@ def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
 def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
     alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
     dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
-    assert len(dlq_alarms) == 2 + len(SITES)
+    assert len(dlq_alarms) == _WORK_QUEUES + len(SITES)
     assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
     latency = [a for a in alarms if a.get("MetricName") == "Duration"]
-    assert len(latency) == 3
+    assert len(latency) == len(LAMBDA_STAGES)
     assert all(a.get("AlarmActions") for a in alarms)
 
 

@@ -18,8 +18,8 @@ from imaging_ai.local.provision import QueuePair
 
 _AUDIT_STAGE = """
 [[stage]]
-name = "audit"
-description = "Records every inference notification"
+name = "rereading"
+description = "Reads every inference notification a second time"
 trigger = "inference-notifications"
 timeout_s = 30
 memory_mb = 256
@@ -60,16 +60,17 @@ def test_a_stage_added_to_the_table_gets_its_mapping_and_its_dead_letters_handle
     stages = load_stages(table)
     # When the local event sources are derived from it
     sources = event_sources(
-        _queues(["preprocess", "postprocess", "audit"]), stages=stages
+        _queues(["preprocess", "postprocess", "rereading"]), stages=stages
     ).dispatchers
     # Then the new stage polls its own queue with its own handler
     polled = [(d.function_name, d.queue_url, d.handler) for d in sources]
-    assert ("audit", "url-audit", "functions.audit.handler.lambda_handler") in polled
+    handler = "functions.rereading.handler.lambda_handler"
+    assert ("rereading", "url-rereading", handler) in polled
     # And the failure stage drains every work queue's DLQ, the new one's included
     assert [d.queue_url for d in sources if d.function_name == "failure"] == [
         "url-preprocess-dlq",
         "url-postprocess-dlq",
-        "url-audit-dlq",
+        "url-rereading-dlq",
     ]
 
 
