@@ -189,10 +189,14 @@ class PostprocessService:
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
         if unreported:
             metrics.add_metric(name="FindingsNotReported", unit=MetricUnit.Count, value=unreported)
+        if output.critical:
+            # The report carries the critical mark; the edge notifies the site on it.
+            metrics.add_metric(name="CriticalFindings", unit=MetricUnit.Count, value=1)
         logger.info(
             "results written",
             findings=len(output.findings),
             not_reported=unreported,
+            critical=output.critical,
             step_seconds=steps.seconds,
         )
         return output.model_version

@@ -20,6 +20,7 @@ HEMORRHAGE_MODEL_DIR = (
 HELD_OUT_SEEDS = [3000, 3001, 3002, 3003, 3004, 3005]
 
 
+@pytest.mark.slow
 def test_hemorrhage_model_meets_sensitivity_specificity_and_volume_targets() -> None:
     # Given the shipped weights and studies they never saw (a coarser grid keeps this fast)
     predictor = Predictor(HEMORRHAGE_MODEL_DIR, PredictorSettings(device="cpu", cpu_threads=2))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from imaging_ai.inference.hemorrhage import TRIAGE, model_card
+from imaging_ai.inference.hemorrhage import HEMORRHAGE_RECIPE, MODEL_NAME, TRIAGE, model_card
 from imaging_ai.inference.predictor import answer_triage, triage_probability
+from imaging_ai.inference.training import TrainingCase, train
+from imaging_ai.model_card import load_model_card
 from imaging_ai.model_io import VolumeGeometry
 from imaging_ai.synthetic_head import BLEED_HU, BRAIN_HU, make_head_ct_phantom
 
@@ -61,3 +67,26 @@ def test_a_few_confident_voxels_do_not_flag_a_study() -> None:
     # Then the study probability is diluted below the threshold
     assert probability < TRIAGE.threshold
     assert triage is not None and not triage.suspected and not triage.critical
+
+
+def _tiny_case(seed: int) -> TrainingCase:
+    head = make_head_ct_phantom(seed, bleed_count=1, bleed_volume_ml=(2.0, 4.0), **SMALL)
+    image = head.phantom.hu.astype(np.float32)[:40, :40, :40]
+    fraction = (head.bleed_mask > 0).astype(np.float32)[:40, :40, :40]
+    return TrainingCase(image, fraction, [(20, 20, 20)])
+
+
+@pytest.mark.slow
+def test_two_training_steps_write_a_loadable_model_directory(tmp_path: Path) -> None:
+    # Given the hemorrhage recipe with tiny phantoms (the real ones take seconds each)
+    recipe = dataclasses.replace(HEMORRHAGE_RECIPE, make_case=_tiny_case, patch_size=(16, 16, 16))
+    # When it trains for two steps
+    summary = train(tmp_path, max_steps=2, max_minutes=5.0, patches_per_case=4, threads=1,
+                    recipe=recipe)  # fmt: skip
+    # Then the model directory holds weights its card names, with the triage flag and the
+    # critical finding declared, and a record of the training's time
+    card = load_model_card(tmp_path)
+    assert card.name == MODEL_NAME and card.triage == TRIAGE
+    assert card.is_critical(TRIAGE.finding) and card.not_for_clinical_use
+    assert summary["steps"] == 2 and "cpu_minutes" in summary
+    assert json.loads((tmp_path / "model.json").read_text())["training"]["steps"] == 2
