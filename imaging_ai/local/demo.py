@@ -216,6 +216,7 @@ def print_summary(
         kind = "SR  (Comprehensive 3D, TID 1500)" if is_sr else "SEG"
         out(f"  {kind:<34} patient {item.patient_id} / {item.patient_name}")
     out(f"EHR (FHIR R4 {pipeline.ehr.base_url}):")
+    out("  found by GET DiagnosticReport?subject:Patient.identifier=<the patient's MRN>")
     for report_id in summary.ehr_report_ids:
         out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
     out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
