@@ -222,7 +222,9 @@ def build_bundle(
     )
     conclusion_codes = []
     if output.triage is not None and card.triage is not None:
-        triage = _triage_observation(output, card, study_uid, subject, study_ref, device_ref)
+        triage = _triage_observation(
+            output, card, (study_uid, str(sr.SOPInstanceUID)), subject, study_ref, device_ref
+        )
         triage["effectiveDateTime"] = _effective(first, issued)
         triage["issued"] = issued.strftime("%Y-%m-%dT%H:%M:%SZ")
         observations.append((_urn(study_uid, run_id, "Observation", "triage"), triage))
@@ -286,7 +288,7 @@ def build_bundle(
 def _triage_observation(
     output: ModelOutputMeta,
     card: ModelCard,
-    study_uid: str,
+    study_and_sr_uids: tuple[str, str],
     subject: dict[str, str],
     study_ref: dict[str, str],
     device_ref: dict[str, str],
@@ -300,13 +302,16 @@ def _triage_observation(
     else:
         interpretation = codes.ABNORMAL if triage.suspected else codes.NORMAL
     answer = codes.PRESENT if triage.suspected else codes.ABSENT
+    study_uid, sr_uid = study_and_sr_uids
     return {
         "resourceType": "Observation",
         "identifier": [
             {
                 "system": TRACKING_UID_SYSTEM,
                 "value": f"urn:oid:{result_uid(study_uid, 'triage', card.name)}",
-            }
+            },
+            # As every measurement: a re-sent report finds its triage answer again.
+            {"system": SR_MEASUREMENT_SYSTEM, "value": f"urn:oid:{sr_uid}/triage"},
         ],
         "status": "final",
         "category": [
