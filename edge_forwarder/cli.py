@@ -28,6 +28,7 @@ _PURGEABLE = (
     EdgeStage.DEAD_LETTER_PACS,
     EdgeStage.DEAD_LETTER_EHR,
     EdgeStage.DEAD_LETTER_HL7,
+    EdgeStage.DEAD_LETTER_CRITICAL,
 )
 
 
