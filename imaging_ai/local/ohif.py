@@ -25,7 +25,10 @@ from imaging_ai.local.orthanc import DICOMWEB_ROOT, Orthanc
 # integrity is the npm registry's for this exact tarball; a different one is refused.
 OHIF_PACKAGE = "@ohif/app"
 OHIF_VERSION = "3.13.2"
-OHIF_INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA=="
+OHIF_INTEGRITY = (
+    "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq"
+    "+jd5xXZB9E8EA=="
+)
 CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 _INSTALLED_MARKER = ".installed"
 # Headers that belong to one hop, not to the proxied answer (RFC 9110 section 7.6.1).
