@@ -19,12 +19,12 @@ import boto3
 import pydicom
 import requests
 
-from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
+from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder, send_instances
 from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
 from imaging_ai.local.moto_server import FAKE_CREDENTIALS
 from imaging_ai.local.ohif import ensure_installed as ensure_viewer_installed
 from imaging_ai.local.ohif import start_viewer
-from imaging_ai.local.orthanc import Orthanc
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.local.timeline import STAGES
@@ -298,12 +298,22 @@ def run(args: argparse.Namespace) -> int:
         print_summary(summary, pipeline, study, out=say)
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
         if args.view and pipeline.pacs is not None:
-            keep_viewing(pipeline.pacs, say, study.study_instance_uid)
+            keep_viewing(
+                pipeline.pacs, say, scan_folder(work_dir / "study"), study.study_instance_uid
+            )
     return 0 if summary.ok else 1
 
 
-def keep_viewing(pacs: Orthanc, say: Any, study_instance_uid: str | None = None) -> None:
-    """`make demo VIEW=1`: serve OHIF on the PACS until Ctrl-C."""
+def keep_viewing(
+    pacs: Orthanc, say: Any, original: StudyFolder, study_instance_uid: str | None = None
+) -> None:
+    """`make demo VIEW=1`: serve OHIF on the PACS until Ctrl-C.
+
+    A hospital's PACS holds the original images before any result arrives; the demo's PACS
+    only got the results, so the original study is stored now for the SEG and SR to sit on.
+    """
+    stored = send_instances(original, "127.0.0.1", pacs.dicom_port, pacs.ae_title, SENDER_AE_TITLE)
+    say(f"Stored the original study in the PACS for viewing ({stored.sent} instance(s))")
     viewer = start_viewer(pacs)
     page = viewer.study_url(study_instance_uid) if study_instance_uid else viewer.url
     say(f"OHIF viewer (the PACS's studies, with our SR and SEG): {page}")
@@ -474,7 +484,7 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         say(f"Logs and spool: {pipeline.work_dir}")
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
         if args.view and pipeline.pacs is not None:
-            keep_viewing(pipeline.pacs, say)
+            keep_viewing(pipeline.pacs, say, found)
     return 0 if summary.ok else 1
 
 
