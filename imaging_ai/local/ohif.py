@@ -16,7 +16,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.orthanc import DICOMWEB_ROOT, Orthanc
@@ -132,7 +132,11 @@ def app_config() -> str:
 
 
 class _ViewerHandler(SimpleHTTPRequestHandler):
-    """OHIF's static files, its single-page routes, and DICOMweb passed through to Orthanc."""
+    """OHIF's static files, its single-page routes, and DICOMweb passed through to Orthanc.
+
+    GET only (other methods answer 501): nothing can be stored in or deleted from the PACS
+    through the viewer's origin.
+    """
 
     orthanc_netloc: str
     config_script: bytes
@@ -167,7 +171,8 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
             name: value for name, value in self.headers.items() if name.lower() not in _HOP_BY_HOP
         }
         try:
-            connection.request("GET", quote(self.path, safe="/?=&%,.-_"), headers=forwarded)
+            # The request target goes on as the browser encoded it.
+            connection.request("GET", self.path, headers=forwarded)
             answer = connection.getresponse()
             body = answer.read()
         except OSError as error:
