@@ -41,7 +41,7 @@ class ImagingAiStage(Stack):
             self,
             "Ingest",
             platform=platform,
-            model_endpoints={"lung-nodule-demo": inference.endpoint_name},
+            model_endpoints=inference.model_endpoints,
         )
         results = Results(
             self,
@@ -74,13 +74,19 @@ class ImagingAiStage(Stack):
                 "postprocess": POSTPROCESS_TIMEOUT,
                 "failure": FAILURE_TIMEOUT,
             },
-            endpoint_name=inference.endpoint_name,
+            endpoint_names=inference.model_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
         CfnOutput(self, "DataKeyArn", value=storage.data_key.key_arn)
-        CfnOutput(self, "EndpointName", value=inference.endpoint_name)
+        for model in config.models:
+            CfnOutput(
+                self,
+                f"EndpointName-{model.slug}",
+                value=inference.model_endpoints[model.name],
+                description=f"The async endpoint serving {model.name}@{model.version}",
+            )
         CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
         for site, role in edge.site_roles.items():
             CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)

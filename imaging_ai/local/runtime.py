@@ -366,13 +366,11 @@ class LocalPipeline:
                 ehr_url=self.ehr.base_url,
             )
         )
-        executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
-        argv = [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
         self._say("starting the edge forwarder (C-STORE SCP)", port=self.forwarder_port)
         site_credentials = self._role(site_role(self.site))
         process = ManagedProcess(
             name="edge forwarder",
-            argv=[*argv, "run", "--config", str(config)],
+            argv=[*_forwarder_command(), "run", "--config", str(config)],
             log_path=logs / "edge-forwarder.log",
             cwd=REPO_ROOT,
             # The forwarder holds its site role's credentials only, as at a hospital.
@@ -412,6 +410,23 @@ class LocalPipeline:
         return send_instances(
             found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
         )
+
+    @property
+    def edge_state_dir(self) -> Path:
+        """The forwarder's state folder: journal, outbox, and the delivery folder of each run."""
+        return self.work_dir / "edge" / "state"
+
+    def edge_status(self) -> list[dict[str, Any]]:
+        """What `edge-forwarder status --json` says of every run, as a site operator sees it."""
+        result = subprocess.run(
+            [*_forwarder_command(), "status", "--json", "--config",
+             str(self.work_dir / "edge" / "forwarder.toml")],
+            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise PipelineError(f"edge-forwarder status failed: {result.stderr[-500:]}")
+        runs: list[dict[str, Any]] = json.loads(result.stdout)
+        return runs
 
     def peak_rss(self) -> dict[str, int]:
         """Peak resident bytes of each process of the pipeline, by what it runs."""
@@ -524,6 +539,11 @@ class LocalPipeline:
         logger.info("runtime", step=text, **fields)
         if self.printer:
             self.printer(f"- {text}")
+
+
+def _forwarder_command() -> list[str]:
+    executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
+    return [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
 
 
 def _detail(entry: dict[str, Any]) -> str:
