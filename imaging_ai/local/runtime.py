@@ -120,6 +120,8 @@ class LocalPipeline:
     # Given (moto backend only): the moto server enforces IAM, and every part runs as its
     # role, with the policies this returns for the provisioned resources (the CDK template's).
     iam_policies: Callable[[LocalResources], list[RoleSpec]] | None = None
+    # Load Orthanc's DICOMweb plugin, for a viewer (`make demo VIEW=1`).
+    pacs_dicomweb: bool = False
     timeline: Timeline = field(init=False)
     moto: MotoServer | None = field(default=None, init=False)
     cloud_moto: MotoServer | None = field(default=None, init=False)
@@ -219,9 +221,8 @@ class LocalPipeline:
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
-        self.pacs = start_orthanc(self.work_dir / "pacs")
-        assert self.moto
-        self.ehr = start_fhir_server(self.moto.endpoint_url, logs)
+        self.pacs = start_orthanc(self.work_dir / "pacs", dicomweb=self.pacs_dicomweb)
+        self.ehr = start_fhir_server(logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
 
@@ -280,8 +281,8 @@ class LocalPipeline:
     def _start_cloud(self, logs: Path) -> None:
         """The AWS stand-in, the resources on it, and (IAM mode) the roles to act as.
 
-        A plain moto server always runs: it holds the local EHR's own table (the hospital's
-        system, never the cloud account) and, under LocalStack, the DynamoDB state table.
+        A plain moto server always runs: the cloud's AWS by default and, under LocalStack, the
+        DynamoDB state table.
         """
         if self.backend not in BACKENDS:
             raise PipelineError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}")
