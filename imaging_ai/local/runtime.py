@@ -454,7 +454,7 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
-        if event in EDGE_TIMELINE_STAGES or event in SHADOW_STAGES:
+        if event in (*EDGE_TIMELINE_STAGES, *SHADOW_STAGES, EdgeStage.NOTIFIED_CRITICAL):
             self.timeline.record(str(event), _detail(entry))
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)
