@@ -26,21 +26,23 @@ from imaging_ai.synthetic_head import HeadStudy
 
 CRITICAL_NOTICE = "critical_notice"
 HEMORRHAGE_MODEL_DIR = REPOSITORY_REGISTRY / MODEL_NAME / MODEL_VERSION
-# A second fake patient: the privacy audit searches the cloud for these values too.
+# A second fake patient: the privacy audit searches the cloud for these values too. Name parts
+# are long on purpose: the audit searches every byte, 8-bit key-image pixels included, and a
+# brain window's mid-grays spell a 5-letter name by chance (measured: "KOVAC" in the pixels).
 HEAD_PATIENT = FakePatient(
-    patient_name="ROE^RICHARD^T",
+    patient_name="MONTGOMERY^BARTHOLOMEW^T",
     patient_id="MRN-5150-2231",
     other_patient_id="SSN-219-09-9999",
     birth_date="19710405",
     sex="M",
     age="055Y",
     accession_number="ACC-2026-77410",
-    referring_physician="KOVAC^MAURA",
-    performing_physician="CARTER^JOHN",
-    operator="HATHAWAY^CAROL",
+    referring_physician="KOWALCZYK^EVANGELINE",
+    performing_physician="FITZGERALD^WILHELMINA",
+    operator="HATHAWAY^GWENDOLYN",
     study_id="STUDY-77410",
     requested_procedure_id="RP-77410-HEAD",
-    private_note="PT ROE RICHARD MRN-5150-2231 FALL FROM LADDER",
+    private_note="PT MONTGOMERY BARTHOLOMEW MRN-5150-2231 FALL FROM LADDER",
 )
 
 
