@@ -23,8 +23,9 @@ from imaging_ai.contracts import (
     LOCAL_NAMES,
     MODELS_PREFIX,
 )
+from imaging_ai.inference.bundle import is_bundle, read_model_card
 from imaging_ai.logs import configure_json_logging, get_logger
-from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
+from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard
 
 logger = get_logger(__name__)
 
@@ -49,13 +50,19 @@ class EndpointPlan:
 
 
 def package_model(model_dir: Path, out_path: Path) -> ModelCard:
-    """model.tar.gz with model.json and weights at its root, as SageMaker unpacks it into
-    /opt/ml/model; refuses a directory whose weights do not match model.json."""
-    card = load_model_card(model_dir, verify_weights=True)
+    """model.tar.gz with model.json and weights (or a whole MONAI bundle) at its root, as
+    SageMaker unpacks it into /opt/ml/model; refuses a directory that does not meet the model
+    contract (weights that do not match model.json, a bundle that cannot be mapped)."""
+    card = read_model_card(model_dir)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out_path, "w:gz") as archive:
-        for name in (MODEL_CARD_NAME, card.weights_file):
-            archive.add(model_dir / name, arcname=name)
+        if is_bundle(model_dir):
+            for path in sorted(model_dir.rglob("*")):
+                if path.is_file():
+                    archive.add(path, arcname=str(path.relative_to(model_dir)))
+        else:
+            for name in (MODEL_CARD_NAME, card.weights_file):
+                archive.add(model_dir / name, arcname=name)
     return card
 
 
