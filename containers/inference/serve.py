@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from imaging_ai.errors import ContractError
+from imaging_ai.inference.bundle import is_model_dir, read_card_version, version_order
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_io import pack_model_output, unpack_model_input
@@ -31,26 +32,75 @@ MAX_BODY_BYTES = 1024**3
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 
 
+def model_versions(model_dir: Path) -> dict[str, Path]:
+    """Version -> model directory: one model directory, or a model's registry folder holding
+    one folder per kept version (`{version}/model.json` + weights, or a MONAI bundle)."""
+    if is_model_dir(model_dir):
+        return {read_card_version(model_dir): model_dir}
+    if not model_dir.is_dir():
+        return {}
+    return {
+        folder.name: folder
+        for folder in sorted(model_dir.iterdir(), key=lambda path: version_order(path.name))
+        if is_model_dir(folder)
+    }
+
+
 class InferenceService:
-    """The loaded model (or why it failed to load), with one inference at a time."""
+    """One model with every kept version; one inference at a time.
+
+    The newest version is loaded at start (it answers `/ping`); a request pinned to another
+    version (a re-run of an old result) loads that version on first use and keeps it.
+    """
 
     def __init__(self, model_dir: Path, settings: PredictorSettings) -> None:
+        self.settings = settings
         self.predictor: Predictor | None = None
         self.load_error: str | None = None
         self._lock = threading.Lock()
+        self._predictors: dict[str, Predictor] = {}
+        self.versions = model_versions(model_dir)
+        if not self.versions:
+            self.load_error = "no model directory (model.json or a MONAI bundle) found"
+            logger.error("model_load_failed", reason=self.load_error)
+            return
         try:
-            self.predictor = Predictor(model_dir, settings)
-            logger.info(
-                "model_loaded",
-                model=self.predictor.card.name,
-                version=self.predictor.card.version,
-                device=str(self.predictor.device),
-                amp=self.predictor.uses_amp,
-                sw_batch_size=self.predictor.sw_batch_size,
-            )
+            self.predictor = self._load(list(self.versions)[-1])
         except ModelLoadError as error:
             self.load_error = str(error)
             logger.error("model_load_failed", reason=self.load_error)
+
+    def _load(self, version: str) -> Predictor:
+        predictor = self._predictors.get(version)
+        if predictor is None:
+            predictor = Predictor(self.versions[version], self.settings)
+            if predictor.card.version != version:
+                raise ModelLoadError(
+                    f"folder {version!r} holds version {predictor.card.version!r} of the model"
+                )
+            self._predictors[version] = predictor
+            logger.info(
+                "model_loaded",
+                model=predictor.card.name,
+                version=predictor.card.version,
+                device=str(predictor.device),
+                amp=predictor.uses_amp,
+                sw_batch_size=predictor.sw_batch_size,
+            )
+        return predictor
+
+    def predictor_for(self, version: str | None) -> Predictor:
+        """The predictor of a pinned version (loaded on first use), or the default one."""
+        if self.predictor is None:
+            raise ModelLoadError(self.load_error or "model not loaded")
+        if version is None or version == self.predictor.card.version:
+            return self.predictor
+        if version not in self.versions:
+            raise ContractError(
+                f"version {version!r} of {self.predictor.card.name!r} is not kept here "
+                f"(kept: {sorted(self.versions, key=version_order)})"
+            )
+        return self._load(version)
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         if self.predictor is None:
@@ -64,6 +114,7 @@ class InferenceService:
             "model": card.name,
             "version": card.version,
             "weights_sha256": card.weights_sha256,
+            "versions": list(self.versions),
             "device": str(self.predictor.device),
             "not_for_clinical_use": card.not_for_clinical_use,
         }
@@ -73,12 +124,14 @@ class InferenceService:
         if self.predictor is None:
             raise ModelLoadError(self.load_error or "model not loaded")
         image, meta = unpack_model_input(payload)
-        self.predictor.check_input(image, meta)
         with self._lock:
-            labels, output = self.predictor.predict(image, meta)
+            predictor = self.predictor_for(meta.model_version)
+            predictor.check_input(image, meta)
+            labels, output = predictor.predict(image, meta)
         logger.info(
             "inference_done",
             run_id=meta.run_id,
+            version=output.model_version,
             findings=len(output.findings),
             seconds=output.inference_seconds,
             device=output.device,

@@ -302,6 +302,25 @@ def read_model_card(model_dir: Path) -> ModelCard:
     return read_bundle(model_dir).card if is_bundle(model_dir) else load_model_card(model_dir)
 
 
+def is_model_dir(path: Path) -> bool:
+    """Our model directory (`model.json`) or a MONAI bundle."""
+    return (path / MODEL_CARD_NAME).is_file() or is_bundle(path)
+
+
+def read_card_version(model_dir: Path) -> str:
+    """The version a model directory holds, without loading its weights."""
+    if is_bundle(model_dir):
+        return str(_read_json(model_dir / METADATA_FILE).get("version", ""))
+    return load_model_card(model_dir, verify_weights=False).version
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    # Numeric parts compare as numbers (1.10.0 after 1.9.0); other parts as text, after them.
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.+-]", version)
+    )
+
+
 def export_bundle(model_dir: Path, out_dir: Path) -> ModelCard:
     """Package one of our model directories in the Model Zoo layout.
 

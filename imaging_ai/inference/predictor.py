@@ -121,6 +121,10 @@ class Predictor:
                 f"image spacing {meta.model_geometry.spacing_mm} mm is not the model's "
                 f"{self.card.input_spacing_mm} mm"
             )
+        if meta.model_version not in (None, self.card.version):
+            raise ContractError(
+                f"request is pinned to version {meta.model_version!r}, not {self.card.version!r}"
+            )
         if self.bundle is not None:  # an oblique grid or a mismatched axis is a 400, not a 500
             Reorientation.for_geometry(meta.model_geometry, self.bundle.axes)
         if min(image.shape) < 1 or not np.isfinite(image).all():
