@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -39,8 +41,9 @@ class Ingest(Construct):
         construct_id: str,
         *,
         platform: Platform,
-        endpoint_name: str,
+        model_endpoints: dict[str, str],
     ) -> None:
+        """`model_endpoints`: model name -> the name of the async endpoint serving it."""
         super().__init__(scope, construct_id)
         config, data_bucket, data_key = platform.config, platform.data_bucket, platform.data_key
         prefix = resource_prefix(config.stage)
@@ -82,7 +85,9 @@ class Ingest(Construct):
             name="preprocess",
             description="Decrypts a study, builds the model-ready volume, invokes the endpoint",
             platform=platform,
-            environment=platform.function_environment(ENDPOINT_NAME=endpoint_name),
+            environment=platform.function_environment(
+                MODEL_ENDPOINTS=json.dumps(model_endpoints, sort_keys=True)
+            ),
             timeout=PREPROCESS_TIMEOUT,
             # Measured (benchmarks/pipeline.py, two runs): peak RSS 0.46-0.51 / 1.0 / 1.9 GiB for
             # 200 / 500 / 1,000 slices of 512² (~260 MiB + 1.7 MiB a slice, the float32 volume
@@ -105,6 +110,7 @@ class Ingest(Construct):
                     Stack.of(self).format_arn(
                         service="sagemaker", resource="endpoint", resource_name=endpoint_name
                     )
+                    for endpoint_name in sorted(set(model_endpoints.values()))
                 ],
             )
         )

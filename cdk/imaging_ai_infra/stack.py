@@ -37,7 +37,12 @@ class ImagingAiStage(Stack):
             config, network, storage.data_bucket, storage.data_key, storage.audit_key, state.table
         )
         inference = Inference(self, "Inference", platform=platform)
-        ingest = Ingest(self, "Ingest", platform=platform, endpoint_name=inference.endpoint_name)
+        ingest = Ingest(
+            self,
+            "Ingest",
+            platform=platform,
+            model_endpoints={"lung-nodule-demo": inference.endpoint_name},
+        )
         results = Results(
             self,
             "Results",

@@ -6,7 +6,7 @@ no intended use, so the site adds those in `configs/imaging_ai.json`. Anything t
 mapped is refused with the field to fix, never guessed.
 
 Run: python -m imaging_ai.inference.bundle card BUNDLE_DIR
-     python -m imaging_ai.inference.bundle export --model-dir containers/inference/model --out DIR
+     python -m imaging_ai.inference.bundle export --model-dir MODEL_DIR --out BUNDLE_DIR
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
 from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
 from imaging_ai.local.moto_server import FAKE_CREDENTIALS
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
-from imaging_ai.local.runtime import LocalPipeline
+from imaging_ai.local.runtime import INFERENCE_LOG_PREFIX, LocalPipeline
 from imaging_ai.local.timeline import STAGES
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
@@ -144,11 +144,15 @@ _STEP_LINES = {"model input built": "preprocess", "results written": "postproces
 def function_steps(logs: Path) -> dict[str, dict[str, float]]:
     """Step timings the functions and the inference server logged (the last run of each)."""
     steps: dict[str, dict[str, float]] = {}
-    for name, key, function in (
-        ("lambda.log", "message", None),
-        ("inference.log", "event", "inference server"),
+    servers = sorted(logs.glob(f"{INFERENCE_LOG_PREFIX}*.log"))
+    for path, key, function in (
+        (logs / "lambda.log", "message", None),
+        # One inference server per model: each is named after its model where there are several.
+        *(
+            (server, "event", "inference server" + _model_suffix(server, len(servers)))
+            for server in servers
+        ),
     ):
-        path = logs / name
         if not path.exists():
             continue
         for line in path.read_text(errors="replace").splitlines():
@@ -164,6 +168,10 @@ def function_steps(logs: Path) -> dict[str, dict[str, float]]:
             elif function is not None and message == "inference_done":
                 steps[function] = {"predict": float(entry.get("seconds", 0.0))}
     return steps
+
+
+def _model_suffix(log: Path, servers: int) -> str:
+    return f" {log.stem.removeprefix(INFERENCE_LOG_PREFIX)}" if servers > 1 else ""
 
 
 def _stored_ids(ehr_store_url: str, resource_type: str) -> list[str]:

@@ -18,6 +18,7 @@ EDGE_TIMELINE_STAGES = (
     EdgeStage.RESULTS_RECEIVED,
     EdgeStage.DELIVERED_PACS,
     EdgeStage.DELIVERED_EHR,
+    EdgeStage.SHADOW_STORED,
 )
 # Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
 CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
@@ -43,6 +44,7 @@ DESCRIPTIONS = {
     EdgeStage.RESULTS_RECEIVED: "edge fetched and decrypted the results",
     EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
     EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
+    EdgeStage.SHADOW_STORED: "shadow-mode model's results kept on the edge, not delivered",
     FAILED: "FAILED",
     NOT_ANALYZED: "NOT ANALYZED: outside the model's intended use, no findings delivered",
     NOT_ROUTED: "no routing rule matched: the study stays on site",

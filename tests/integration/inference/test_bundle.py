@@ -15,8 +15,9 @@ import requests
 from imaging_ai.inference.bundle import STATE_DICT_FILE, TORCHSCRIPT_FILE, export_bundle
 from imaging_ai.inference.evaluation import model_input_for
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import make_chest_phantom
-from tests.integration.inference.conftest import DEMO_MODEL_DIR, REPO, start_server, stop_server
+from tests.integration.inference.conftest import REPO, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from imaging_ai.inference.network import build_network
 from imaging_ai.inference.predictor import PredictorSettings
 from imaging_ai.inference.training import write_model_dir
 from imaging_ai.model_io import pack_model_input, unpack_model_output
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import make_chest_phantom
-from tests.integration.inference.conftest import DEMO_MODEL_DIR
 
 pytestmark = pytest.mark.integration
 

@@ -56,7 +56,7 @@ def endpoint(aws: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Asy
         success_topic_arn=topics[0],
         error_topic_arn=topics[1],
     )
-    emulator = AsyncEndpoint(config).start()
+    emulator = AsyncEndpoint([config]).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", emulator.url)
     reset_clients()
     yield emulator, queue_url
