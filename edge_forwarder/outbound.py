@@ -238,6 +238,7 @@ class Outbound:
                 model_name=run.model_name,
                 shadow=run.shadow,
                 revises_run_id=self._previous_run_id(run),
+                model_version=study.pinned_versions.get(run.model_name),
             )
             for run in runs
         ]

@@ -18,10 +18,11 @@ from types import FrameType
 from typing import Any
 
 from imaging_ai.errors import ContractError
-from imaging_ai.inference.bundle import is_model_dir, read_card_version, version_order
+from imaging_ai.inference.bundle import is_model_dir, read_card_version
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_io import pack_model_output, unpack_model_input
+from imaging_ai.model_registry import ModelRegistry
 
 logger = get_logger(__name__)
 
@@ -33,17 +34,13 @@ DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 
 
 def model_versions(model_dir: Path) -> dict[str, Path]:
-    """Version -> model directory: one model directory, or a model's registry folder holding
-    one folder per kept version (`{version}/model.json` + weights, or a MONAI bundle)."""
+    """Version -> model directory, oldest first: one model directory (`model.json` + weights,
+    or a MONAI bundle), or a model's folder of the model registry (one folder per kept
+    version, `imaging_ai.model_registry`)."""
     if is_model_dir(model_dir):
         return {read_card_version(model_dir): model_dir}
-    if not model_dir.is_dir():
-        return {}
-    return {
-        folder.name: folder
-        for folder in sorted(model_dir.iterdir(), key=lambda path: version_order(path.name))
-        if is_model_dir(folder)
-    }
+    registry = ModelRegistry(model_dir.parent)
+    return {version: model_dir / version for version in registry.versions(model_dir.name)}
 
 
 class InferenceService:
@@ -98,7 +95,7 @@ class InferenceService:
         if version not in self.versions:
             raise ContractError(
                 f"version {version!r} of {self.predictor.card.name!r} is not kept here "
-                f"(kept: {sorted(self.versions, key=version_order)})"
+                f"(kept: {list(self.versions)})"
             )
         return self._load(version)
 

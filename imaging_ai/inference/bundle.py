@@ -314,13 +314,6 @@ def read_card_version(model_dir: Path) -> str:
     return load_model_card(model_dir, verify_weights=False).version
 
 
-def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
-    # Numeric parts compare as numbers (1.10.0 after 1.9.0); other parts as text, after them.
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"[.+-]", version)
-    )
-
-
 def export_bundle(model_dir: Path, out_dir: Path) -> ModelCard:
     """Package one of our model directories in the Model Zoo layout.
 
