@@ -106,12 +106,15 @@ class Results(Construct):
         )
         fn = self.postprocess.function
         # incoming/: the key images burn outlines into the de-identified source slices.
+        # results/: a revision run's SR names its predecessor, read from the earlier run's
+        # results (was denied: every re-run or late-instance revision stayed on the queue).
         for readable in (
             INCOMING_PREFIX,
             INFERENCE_OUTPUT_PREFIX,
             INFERENCE_FAILURE_PREFIX,
             PREPROCESSED_PREFIX,
             MODELS_PREFIX,
+            RESULTS_PREFIX,
         ):
             data_bucket.grant_read(fn, f"{readable}*")
         data_bucket.grant_put(fn, f"{RESULTS_PREFIX}*")

@@ -18,11 +18,10 @@ from types import FrameType
 from typing import Any
 
 from imaging_ai.errors import ContractError
-from imaging_ai.inference.bundle import is_model_dir, read_card_version
+from imaging_ai.inference.bundle import model_versions
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_io import pack_model_output, unpack_model_input
-from imaging_ai.model_registry import ModelRegistry
 
 logger = get_logger(__name__)
 
@@ -31,16 +30,6 @@ ACCEPTED_CONTENT_TYPES = frozenset({NPZ_CONTENT_TYPE, "application/octet-stream"
 # SageMaker async payloads go up to 1 GB; a 200x512x512 float32 volume is ~200 MB uncompressed.
 MAX_BODY_BYTES = 1024**3
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
-
-
-def model_versions(model_dir: Path) -> dict[str, Path]:
-    """Version -> model directory, oldest first: one model directory (`model.json` + weights,
-    or a MONAI bundle), or a model's folder of the model registry (one folder per kept
-    version, `imaging_ai.model_registry`)."""
-    if is_model_dir(model_dir):
-        return {read_card_version(model_dir): model_dir}
-    registry = ModelRegistry(model_dir.parent)
-    return {version: model_dir / version for version in registry.versions(model_dir.name)}
 
 
 class InferenceService:

@@ -31,6 +31,7 @@ from imaging_ai.errors import ContractError
 from imaging_ai.inference.network import CHANNELS, STRIDES
 from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
 from imaging_ai.model_io import Vector3, VolumeGeometry
+from imaging_ai.model_registry import ModelRegistry
 
 METADATA_FILE = Path("configs/metadata.json")
 INFERENCE_FILE = Path("configs/inference.json")
@@ -314,6 +315,16 @@ def read_card_version(model_dir: Path) -> str:
     return load_model_card(model_dir, verify_weights=False).version
 
 
+def model_versions(model_dir: Path) -> dict[str, Path]:
+    """Version -> model directory, oldest first: one model directory (`model.json` + weights,
+    or a MONAI bundle), or a model's folder of the model registry (one folder per kept
+    version, `imaging_ai.model_registry`)."""
+    if is_model_dir(model_dir):
+        return {read_card_version(model_dir): model_dir}
+    registry = ModelRegistry(model_dir.parent)
+    return {version: model_dir / version for version in registry.versions(model_dir.name)}
+
+
 def export_bundle(model_dir: Path, out_dir: Path) -> ModelCard:
     """Package one of our model directories in the Model Zoo layout.
 
@@ -439,6 +450,11 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     card_command = commands.add_parser("card", help=f"print the {MODEL_CARD_NAME} a bundle maps to")
     card_command.add_argument("bundle_dir", type=Path)
+    card_command.add_argument(
+        "--write",
+        action="store_true",
+        help=f"also write it as the bundle's {MODEL_CARD_NAME} (a model registry entry needs it)",
+    )
     export_command = commands.add_parser("export", help="package a model.json model as a bundle")
     export_command.add_argument("--model-dir", type=Path, required=True)
     export_command.add_argument("--out", type=Path, required=True)
@@ -446,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "card":
             card = read_bundle(args.bundle_dir).card
+            if args.write:
+                (args.bundle_dir / MODEL_CARD_NAME).write_text(card.model_dump_json(indent=2))
         else:
             card = export_bundle(args.model_dir, args.out)
     except ContractError as error:

@@ -26,7 +26,7 @@ from edge_forwarder.config import load_config
 from edge_forwarder.transport.journal import Journal, RunRow
 from imaging_ai.aws import client
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
-from imaging_ai.local.demo import SR_COMPREHENSIVE_3D
+from imaging_ai.local.demo import SR_COMPREHENSIVE_3D, collect_summary
 from imaging_ai.local.runtime import LocalModel, LocalPipeline
 from imaging_ai.model_registry import DEMO_MODEL, DEMO_MODEL_DIR
 from imaging_ai.state import RunKey, RunStateStore
@@ -114,7 +114,11 @@ def rerun(
         store = RunStateStore(client("dynamodb"), pipeline.resources.state_table)
         item = store.get(RunKey(pipeline.site, second.pseudo_study_uid, second.run_id))
         assert item is not None
-        reports = requests.get(f"{pipeline.ehr.base_url}/DiagnosticReport", timeout=10).json()
+        summary = collect_summary(pipeline, study, True, time.monotonic())
+        reports = [
+            requests.get(f"{pipeline.ehr.base_url}/DiagnosticReport/{id_}", timeout=10).json()
+            for id_ in summary.ehr_report_ids
+        ]
         denials = pipeline.iam_denials()
     assert denials == [], denials
     bootstrap.reset()
@@ -124,7 +128,7 @@ def rerun(
         second=second,
         srs=srs,
         state={**item.attributes, "model_name": item.model_name, "stage": str(item.stage)},
-        reports=[entry["resource"] for entry in reports.get("entry", [])],
+        reports=reports,
         work_dir=work_dir,
     )
 
