@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from edge_forwarder.cli import main
+from edge_forwarder.config import load_config
 from edge_forwarder.intake import IntakeSettings
+from edge_forwarder.intake.journal import Journal as IntakeJournal
 from edge_forwarder.intake.journal import RerunRefused
 from edge_forwarder.intake.scp import Intake
+from edge_forwarder.transport.journal import Journal
 from imaging_ai.errors import ContractError
-from imaging_ai.model_registry import split_model_reference
+from imaging_ai.model_registry import DEMO_MODEL, split_model_reference
 
 CHEST = {"Modality": "CT", "BodyPartExamined": "CHEST"}
 
@@ -75,3 +79,38 @@ def test_a_model_reference_that_is_not_name_or_name_at_version_is_refused(
     with pytest.raises(ContractError, match="NAME@VERSION"):
         split_model_reference(reference)
     assert split_model_reference("m@1.0.0+cu128") == ("m", "1.0.0+cu128")
+
+
+EXAMPLE = Path(__file__).parents[3] / "edge_forwarder" / "example-config.toml"
+
+
+def test_the_rerun_command_queues_a_retained_study_or_says_why_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a forwarder (the example config) that forwarded a study as run r1-abc
+    for name in ("site-secret.hex", "crosswalk-key.hex"):
+        (tmp_path / name).write_text("ab" * 32)
+    text = EXAMPLE.read_text().replace("/etc/edge-forwarder/", "")
+    text = text.replace('spool_dir = "/var/lib/edge-forwarder/spool"', 'spool_dir = "spool"')
+    text = text.replace('state_dir = "/var/lib/edge-forwarder"', 'state_dir = "state"')
+    config_path = tmp_path / "forwarder.toml"
+    config_path.write_text(text)
+    config = load_config(config_path)
+    intake = Intake(IntakeSettings(spool_dir=config.intake.spool_dir, allow_any_sender=True))
+    key = _forwarded_study(intake)
+    intake.journal.close()
+    config.database_path.parent.mkdir(parents=True, exist_ok=True)
+    Journal(config.database_path).open_run("r1-abc", key, 1, "2.25.77", model_name=DEMO_MODEL)
+    command = ["--config", str(config_path), "rerun"]
+    # When the operator asks for a model no rule of the site sends to, or an unknown study
+    assert main([*command, "r1-abc", "--model", "other-model@1.0"]) == 2
+    assert main([*command, "2.25.999", "--model", DEMO_MODEL]) == 2
+    assert "no routing rule" in capsys.readouterr().err
+    # Then nothing is queued; for the study by its pseudonym and a kept version, it is
+    assert main([*command, "2.25.77", "--model", f"{DEMO_MODEL}@1.0.0"]) == 0
+    assert f"run 2 with {DEMO_MODEL}@1.0.0" in capsys.readouterr().out
+    reopened = IntakeJournal(config.intake.spool_dir / "journal.sqlite3")
+    assert reopened.pinned_models(key) == [f"{DEMO_MODEL}@1.0.0"]
+    # And asking again while that run is pending is refused with the reason
+    assert main([*command, "r1-abc", "--model", DEMO_MODEL]) == 1
+    assert "OPEN" in capsys.readouterr().err
