@@ -11,10 +11,11 @@ from imaging_ai_infra.audit_monitoring import AuditMonitoring
 from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.edge_access import EdgeAccess
 from imaging_ai_infra.inference import Inference
-from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
+from imaging_ai_infra.ingest import Ingest
 from imaging_ai_infra.network import Network
+from imaging_ai_infra.pipeline_function import stage_timeout
 from imaging_ai_infra.platform import Platform
-from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
+from imaging_ai_infra.results import Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
 
@@ -38,10 +39,7 @@ class ImagingAiStage(Stack):
         )
         inference = Inference(self, "Inference", platform=platform)
         ingest = Ingest(
-            self,
-            "Ingest",
-            platform=platform,
-            model_endpoints={"lung-nodule-demo": inference.endpoint_name},
+            self, "Ingest", platform=platform, model_endpoints=inference.model_endpoints
         )
         results = Results(
             self,
@@ -49,38 +47,37 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[ingest.queues.dlq],
+            upstream_dlqs=[queues.dlq for queues in ingest.stage_queues.values()],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
+        stage_queues = {**ingest.stage_queues, **results.stage_queues}
+        functions = {**ingest.functions, **results.functions}
         AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
-                "preprocess": ingest.queues.dlq,
-                "postprocess": results.queues.dlq,
+                **{name: q.dlq for name, q in stage_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },
-            functions={
-                "preprocess": ingest.preprocess.function,
-                "postprocess": results.postprocess.function,
-                "failure": results.failure.function,
-            },
-            timeouts={
-                "preprocess": PREPROCESS_TIMEOUT,
-                "postprocess": POSTPROCESS_TIMEOUT,
-                "failure": FAILURE_TIMEOUT,
-            },
-            endpoint_name=inference.endpoint_name,
+            functions={name: function.function for name, function in functions.items()},
+            timeouts={name: stage_timeout(name) for name in functions},
+            endpoint_names=inference.model_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
         CfnOutput(self, "DataKeyArn", value=storage.data_key.key_arn)
-        CfnOutput(self, "EndpointName", value=inference.endpoint_name)
+        for model in config.models:
+            CfnOutput(
+                self,
+                f"EndpointName-{model.slug}",
+                value=inference.model_endpoints[model.name],
+                description=f"The async endpoint serving {model.name}@{model.version}",
+            )
         CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
         for site, role in edge.site_roles.items():
             CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)

@@ -39,6 +39,14 @@ class DeliveredObject:
     patient_name: str
 
 
+@dataclass(frozen=True)
+class EdgeRun:
+    run_id: str
+    model_name: str
+    shadow: bool
+    stage: str
+
+
 @dataclass
 class DemoSummary:
     """What a user checks after a run; the e2e test asserts on the same facts."""
@@ -57,6 +65,9 @@ class DemoSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    # One run per model the study went to, as `edge-forwarder status` reports it.
+    edge_runs: list[EdgeRun] = field(default_factory=list)
+    edge_deliveries: str = ""  # the forwarder's delivery folder: one sub-folder per run
 
     @property
     def ok(self) -> bool:
@@ -87,6 +98,11 @@ def collect_summary(
         failures=pipeline.failures,
         peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
         step_seconds=function_steps(pipeline.work_dir / "logs"),
+        edge_runs=[
+            EdgeRun(str(r["run_id"]), str(r["model"]), bool(r["shadow"]), str(r["stage"]))
+            for r in pipeline.edge_status()
+        ],
+        edge_deliveries=str(pipeline.edge_state_dir / "deliveries"),
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -250,6 +266,10 @@ def print_summary(
         out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
     out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
     out(f"  imaging study: {', '.join(summary.ehr_report_study_uids) or 'none'}")
+    for run in summary.edge_runs:
+        if run.shadow:
+            out(f"Shadow mode: {run.model_name} ran ({run.stage}); its results stay on the edge")
+            out(f"  in {summary.edge_deliveries}/{run.run_id}, never sent to PACS or EHR")
     out(f"Ground truth nodules (diameter mm): {summary.truth_nodules_mm}")
     diameters = [value for name, value, _ in summary.ehr_measurements if name == "Long Axis"]
     out(f"Reported longest diameters (mm):    {sorted(round(d, 1) for d in diameters)}")

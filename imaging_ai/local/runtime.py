@@ -31,14 +31,9 @@ from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREF
 from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
+from imaging_ai.lambda_stages import LAMBDA_STAGES
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import (
-    FAILURE_HANDLER,
-    POSTPROCESS_HANDLER,
-    PREPROCESS_HANDLER,
-    LocalEventSources,
-    event_sources,
-)
+from imaging_ai.local.dispatcher import LocalEventSources, event_sources
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
 from imaging_ai.local.function_process import FunctionProcess
 from imaging_ai.local.identities import (
@@ -87,7 +82,6 @@ BACKEND_ENV = "IMAGING_AI_BACKEND"
 BACKENDS = ("moto", "localstack")
 # Each model's inference server logs to `logs/inference-{model name}.log`.
 INFERENCE_LOG_PREFIX = "inference-"
-FUNCTIONS = ("preprocess", "postprocess", "failure")
 
 
 @dataclass(frozen=True)
@@ -223,23 +217,16 @@ class LocalPipeline:
         if self.identities is None:
             self._say("starting the Lambda functions, one process each")
             self._functions = {
-                name: FunctionProcess(handler, name, logs / "lambda.log").start()
-                for name, handler in (
-                    ("preprocess", PREPROCESS_HANDLER),
-                    ("postprocess", POSTPROCESS_HANDLER),
-                    ("failure", FAILURE_HANDLER),
-                )
+                stage.name: FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                for stage in LAMBDA_STAGES
             }
         self._sources = event_sources(
-            self.resources.preprocess.url,
-            self.resources.preprocess.dlq_url,
-            self.resources.postprocess.url,
-            self.resources.postprocess.dlq_url,
+            self.resources.queues,
             wait_time_s=1,
             roles={
-                name: role
-                for name in FUNCTIONS
-                if (role := self._role(function_role(name))) is not None
+                stage.name: role
+                for stage in LAMBDA_STAGES
+                if (role := self._role(function_role(stage.name))) is not None
             },
             invokers=self._functions,
         )
@@ -380,13 +367,11 @@ class LocalPipeline:
                 ehr_url=self.ehr.base_url,
             )
         )
-        executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
-        argv = [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
         self._say("starting the edge forwarder (C-STORE SCP)", port=self.forwarder_port)
         site_credentials = self._role(site_role(self.site))
         process = ManagedProcess(
             name="edge forwarder",
-            argv=[*argv, "run", "--config", str(config)],
+            argv=[*_forwarder_command(), "run", "--config", str(config)],
             log_path=logs / "edge-forwarder.log",
             cwd=REPO_ROOT,
             # The forwarder holds its site role's credentials only, as at a hospital.
@@ -426,6 +411,23 @@ class LocalPipeline:
         return send_instances(
             found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
         )
+
+    @property
+    def edge_state_dir(self) -> Path:
+        """The forwarder's state folder: journal, outbox, and the delivery folder of each run."""
+        return self.work_dir / "edge" / "state"
+
+    def edge_status(self) -> list[dict[str, Any]]:
+        """What `edge-forwarder status --json` says of every run, as a site operator sees it."""
+        result = subprocess.run(
+            [*_forwarder_command(), "status", "--json", "--config",
+             str(self.work_dir / "edge" / "forwarder.toml")],
+            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise PipelineError(f"edge-forwarder status failed: {result.stderr[-500:]}")
+        runs: list[dict[str, Any]] = json.loads(result.stdout)
+        return runs
 
     def peak_rss(self) -> dict[str, int]:
         """Peak resident bytes of each process of the pipeline, by what it runs."""
@@ -538,6 +540,11 @@ class LocalPipeline:
         logger.info("runtime", step=text, **fields)
         if self.printer:
             self.printer(f"- {text}")
+
+
+def _forwarder_command() -> list[str]:
+    executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
+    return [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
 
 
 def _detail(entry: dict[str, Any]) -> str:

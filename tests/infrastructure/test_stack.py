@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.infrastructure.conftest import SITES, Synthesized
+from imaging_ai.lambda_stages import LAMBDA_STAGES
+from tests.infrastructure.conftest import PROD_MODELS, SITES, Synthesized
 
 pytestmark = pytest.mark.infrastructure
 
@@ -22,6 +23,9 @@ DATA_ACTION_PREFIXES = (
     "secretsmanager:",
     "ssm:get",
 )
+
+# The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
+_WORK_QUEUES = sum(stage.has_queue for stage in LAMBDA_STAGES)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -121,8 +125,8 @@ def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Sy
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    # preprocess, postprocess and one results queue per site, each with its own DLQ
-    assert len(queues) == 2 * (2 + len(SITES))
+    # each stage's work queue and one results queue per site, each with its own DLQ
+    assert len(queues) == 2 * (_WORK_QUEUES + len(SITES))
     for logical_id, queue in queues.items():
         assert "KmsMasterKeyId" in queue["Properties"], logical_id
         covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
@@ -156,11 +160,13 @@ def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
         for m in mappings
         if "Failure" in m["Properties"]["FunctionName"]["Ref"]
     ]
+    # Every stage's DLQ; the sites' results DLQs are the forwarders' to drain
     assert sorted(failure_sources) == sorted(
         logical_id
         for logical_id in dev.resources("AWS::SQS::Queue")
-        if "Dlq" in logical_id and ("Preprocess" in logical_id or "Postprocess" in logical_id)
+        if "Dlq" in logical_id and "ResultsQueue" not in logical_id
     )
+    assert len(failure_sources) == _WORK_QUEUES
 
 
 # ---- Inference ------------------------------------------------------------------------------
@@ -231,7 +237,7 @@ def test_lambdas_and_endpoint_run_in_isolated_subnets_without_internet(dev: Synt
         for logical_id, f in dev.resources("AWS::Lambda::Function").items()
         if f["Properties"].get("Handler", "").startswith("functions.")
     }
-    assert len(pipeline_functions) == 3
+    assert len(pipeline_functions) == len(LAMBDA_STAGES)
     for logical_id, props in pipeline_functions.items():
         assert {s["Ref"] for s in props["VpcConfig"]["SubnetIds"]} <= subnets, logical_id
         assert props["Runtime"] == "python3.12"
@@ -274,7 +280,27 @@ def test_each_function_has_its_own_role(dev: Synthesized) -> None:
         for f in dev.resources("AWS::Lambda::Function").values()
         if f["Properties"].get("Handler", "").startswith("functions.")
     ]
-    assert len(roles) == len(set(roles)) == 3
+    assert len(roles) == len(set(roles)) == len(LAMBDA_STAGES)
+
+
+def test_the_functions_are_the_stage_tables_with_its_settings(dev: Synthesized) -> None:
+    # Given the one stage table the local runtime reads too (LAMBDA_STAGES)
+    # When the stack is synthesized
+    functions = {
+        f["Properties"]["Handler"]: f["Properties"]
+        for f in dev.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    }
+    # Then each stage is one function with the table's handler, timeout, memory, concurrency
+    assert sorted(functions) == sorted(stage.handler for stage in LAMBDA_STAGES)
+    for stage in LAMBDA_STAGES:
+        settings = functions[stage.handler]
+        assert settings["Description"] == stage.description
+        assert (
+            settings["Timeout"],
+            settings["MemorySize"],
+            settings["ReservedConcurrentExecutions"],
+        ) == (stage.timeout_s, stage.memory_mb, stage.reserved_concurrency[1])
 
 
 # ---- Edge access -----------------------------------------------------------------------------
@@ -331,10 +357,10 @@ def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
 def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
     alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
     dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
-    assert len(dlq_alarms) == 2 + len(SITES)
+    assert len(dlq_alarms) == _WORK_QUEUES + len(SITES)
     assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
     latency = [a for a in alarms if a.get("MetricName") == "Duration"]
-    assert len(latency) == 3
+    assert len(latency) == len(LAMBDA_STAGES)
     assert all(a.get("AlarmActions") for a in alarms)
 
 
@@ -392,3 +418,59 @@ def test_preprocess_can_tell_every_site_that_its_study_was_refused(dev: Synthesi
         ]
     )
     assert all(f'"{queue_id}"' in sendable for queue_id in queue_ids)
+
+
+def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those(
+    prod: Synthesized,
+) -> None:
+    # Given the prod stage synthesized with the example models list (two models)
+    models = {m["name"]: m for m in json.loads(PROD_MODELS.read_text())}
+    # Then there is one endpoint per model, each with the model's instance type and scaling
+    endpoints = {
+        e["Properties"]["EndpointName"]: e
+        for e in prod.resources("AWS::SageMaker::Endpoint").values()
+    }
+    assert set(endpoints) == {f"imaging-ai-{name}" for name in models}
+    configs = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in prod.resources("AWS::SageMaker::EndpointConfig").items()
+    }
+    for name, model in models.items():
+        endpoint = endpoints[f"imaging-ai-{name}"]["Properties"]
+        config_id = endpoint["EndpointConfigName"]["Fn::GetAtt"][0]
+        variant = configs[config_id]["ProductionVariants"][0]
+        assert variant["InstanceType"] == model["instance_type"]
+        (target,) = [
+            t["Properties"]
+            for t in prod.resources("AWS::ApplicationAutoScaling::ScalableTarget").values()
+            if t["Properties"]["ResourceId"] == f"endpoint/imaging-ai-{name}/variant/AllTraffic"
+        ]
+        assert (target["MinCapacity"], target["MaxCapacity"]) == (
+            model["min_capacity"],
+            model["max_capacity"],
+        )
+    # ... each container names its model and version (the artifact: the registry's, or given)
+    containers = [
+        m["Properties"]["PrimaryContainer"]
+        for m in prod.resources("AWS::SageMaker::Model").values()
+    ]
+    served = sorted(
+        (c["Environment"]["MODEL_NAME"], c["Environment"]["MODEL_VERSION"]) for c in containers
+    )
+    assert served == sorted((name, m["version"]) for name, m in models.items())
+    assert any(c["ModelDataUrl"] == models["lung-nodule-shadow"]["artifact"] for c in containers)
+    # ... and preprocess knows which endpoint serves which model, and may invoke only those
+    _, preprocess = _function(prod, "preprocess")
+    routes = json.loads(preprocess["Environment"]["Variables"]["MODEL_ENDPOINTS"])
+    assert routes == {name: f"imaging-ai-{name}" for name in models}
+    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
+    invocable = json.dumps(
+        [
+            statement["Resource"]
+            for logical_id, statement in _statements(prod)
+            if "sagemaker:InvokeEndpointAsync" in _as_list(statement["Action"])
+            and role in json.dumps(prod.template["Resources"][logical_id]["Properties"])
+        ]
+    )
+    assert all(f":endpoint/imaging-ai-{name}" in invocable for name in models)
+    assert "endpoint/*" not in invocable
