@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from edge_forwarder.config import load_config
 from edge_forwarder.transport.journal import Journal, RunRow
 from imaging_ai.aws import client
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
-from imaging_ai.local.demo import SR_COMPREHENSIVE_3D, collect_summary
+from imaging_ai.local.demo import SR_COMPREHENSIVE_3D
 from imaging_ai.local.runtime import LocalModel, LocalPipeline
 from imaging_ai.model_registry import DEMO_MODEL, DEMO_MODEL_DIR
 from imaging_ai.state import RunKey, RunStateStore
@@ -53,7 +53,7 @@ class Rerun:
     study: SyntheticStudy
     first: RunRow
     second: RunRow
-    srs: list[pydicom.Dataset]  # in the PACS: the first SR, then its revision
+    srs: Sequence[pydicom.Dataset]  # in the PACS: the first SR, then its revision
     state: dict[str, Any]  # the re-run's cloud state item attributes
     reports: list[dict[str, Any]]  # DiagnosticReports in the EHR
     work_dir: Path
@@ -114,11 +114,10 @@ def rerun(
         store = RunStateStore(client("dynamodb"), pipeline.resources.state_table)
         item = store.get(RunKey(pipeline.site, second.pseudo_study_uid, second.run_id))
         assert item is not None
-        summary = collect_summary(pipeline, study, True, time.monotonic())
-        reports = [
-            requests.get(f"{pipeline.ehr.base_url}/DiagnosticReport/{id_}", timeout=10).json()
-            for id_ in summary.ehr_report_ids
-        ]
+        # The reports as a clinician's EHR finds them: by FHIR search on the patient's MRN.
+        reports = pipeline.ehr.search(
+            "DiagnosticReport", **{"subject:Patient.identifier": study.patient.patient_id}
+        )
         denials = pipeline.iam_denials()
     assert denials == [], denials
     bootstrap.reset()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle.config_parser import ConfigParser
 from monai.data.meta_tensor import MetaTensor
-from monai.transforms import Orientation
+from monai.transforms.spatial.array import Orientation
 
 from imaging_ai.errors import ContractError
 from imaging_ai.inference.bundle import (
@@ -145,7 +145,7 @@ def test_the_bundle_sees_the_image_as_monai_orientation_hands_it(
     affine[:2] *= -1  # LPS -> RAS
     # When MONAI's own Orientation and our reorientation turn it to the bundle's RAS
     monai_view = Orientation(axcodes="RAS", labels=_RAS_LABELS)(
-        MetaTensor(torch.from_numpy(image)[None], affine=affine)
+        MetaTensor(torch.from_numpy(image)[None], affine=torch.from_numpy(affine))
     )
     reorientation = Reorientation.for_geometry(geometry, read_bundle(zoo_bundle).axes)
     ours = reorientation.to_bundle(image)
