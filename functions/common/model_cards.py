@@ -10,7 +10,7 @@ from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
 
 
-def read_model_card(store: StudyObjectStore, model_name: str, version: str | None) -> ModelCard:
+def read_stored_card(store: StudyObjectStore, model_name: str, version: str | None) -> ModelCard:
     """`models/NAME/model.json`, or `models/NAME/VERSION/model.json` for a pinned version.
 
     Raises ContractError when the store keeps no such version, or when the card found there

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
-from functions.common.model_cards import read_model_card
+from functions.common.model_cards import read_stored_card
 from functions.common.observability import (
     StepSeconds,
     add_metric_with_dimension,
@@ -159,7 +159,7 @@ class PostprocessService:
             run.run_id,
         ):
             raise ContractError("inference output belongs to another run")
-        card = read_model_card(self._store, output.model_name, output.model_version)
+        card = read_stored_card(self._store, output.model_name, output.model_version)
         with steps.step("read_headers"):
             headers = self._source_headers(run)
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:

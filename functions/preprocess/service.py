@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
-from functions.common.model_cards import read_model_card
+from functions.common.model_cards import read_stored_card
 from functions.common.observability import StepSeconds, logger, metrics, tracer
 from functions.common.source_headers import pack_source_headers, volume_header_bytes
 from functions.preprocess.adapters import ModelEndpoints
@@ -189,7 +189,7 @@ class PreprocessService:
 
         The input names the card's version: the endpoint runs exactly that version, the one
         a re-run pins or the current one."""
-        card = read_model_card(self._store, model_run.model_name, model_run.model_version)
+        card = read_stored_card(self._store, model_run.model_name, model_run.model_version)
         steps = StepSeconds()
         header_bytes_by_uid: dict[str, bytes] = {}
         selected = self._select(manifest, run, card, steps, header_bytes_by_uid)
