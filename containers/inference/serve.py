@@ -35,8 +35,10 @@ DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 class InferenceService:
     """One model with every kept version; one inference at a time.
 
-    The newest version is loaded at start (it answers `/ping`); a request pinned to another
-    version (a re-run of an old result) loads that version on first use and keeps it.
+    The newest version is loaded at start (it answers `/ping` and requests that pin no
+    version); a request pinned to another version (a re-run of an old result) loads that one
+    on first use. Besides the newest, one pinned version stays loaded: re-runs come in
+    batches of one version, and each loaded network holds GPU memory.
     """
 
     def __init__(self, model_dir: Path, settings: PredictorSettings) -> None:
@@ -44,7 +46,7 @@ class InferenceService:
         self.predictor: Predictor | None = None
         self.load_error: str | None = None
         self._lock = threading.Lock()
-        self._predictors: dict[str, Predictor] = {}
+        self._pinned: Predictor | None = None
         self.versions = model_versions(model_dir)
         if not self.versions:
             self.load_error = "no model directory (model.json or a MONAI bundle) found"
@@ -57,22 +59,19 @@ class InferenceService:
             logger.error("model_load_failed", reason=self.load_error)
 
     def _load(self, version: str) -> Predictor:
-        predictor = self._predictors.get(version)
-        if predictor is None:
-            predictor = Predictor(self.versions[version], self.settings)
-            if predictor.card.version != version:
-                raise ModelLoadError(
-                    f"folder {version!r} holds version {predictor.card.version!r} of the model"
-                )
-            self._predictors[version] = predictor
-            logger.info(
-                "model_loaded",
-                model=predictor.card.name,
-                version=predictor.card.version,
-                device=str(predictor.device),
-                amp=predictor.uses_amp,
-                sw_batch_size=predictor.sw_batch_size,
+        predictor = Predictor(self.versions[version], self.settings)
+        if predictor.card.version != version:
+            raise ModelLoadError(
+                f"folder {version!r} holds version {predictor.card.version!r} of the model"
             )
+        logger.info(
+            "model_loaded",
+            model=predictor.card.name,
+            version=predictor.card.version,
+            device=str(predictor.device),
+            amp=predictor.uses_amp,
+            sw_batch_size=predictor.sw_batch_size,
+        )
         return predictor
 
     def predictor_for(self, version: str | None) -> Predictor:
@@ -86,7 +85,10 @@ class InferenceService:
                 f"version {version!r} of {self.predictor.card.name!r} is not kept here "
                 f"(kept: {list(self.versions)})"
             )
-        return self._load(version)
+        if self._pinned is None or self._pinned.card.version != version:
+            self._pinned = None  # released before the next one loads
+            self._pinned = self._load(version)
+        return self._pinned
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         if self.predictor is None:
