@@ -194,7 +194,9 @@ def _three(value: Any, field: str) -> tuple[Any, Any, Any]:
 
 def _axes(parser: ConfigParser) -> BundleAxes:
     axcodes = str(parser.get_parsed_content(f"{_transform(parser, 'Orientationd')}#axcodes"))
-    if sorted(_AXIS_LETTERS[c][0] for c in axcodes if c in _AXIS_LETTERS) != [0, 1, 2]:
+    if not set(axcodes) <= _AXIS_LETTERS.keys() or sorted(
+        _AXIS_LETTERS[letter][0] for letter in axcodes
+    ) != [0, 1, 2]:
         raise BundleError(f"Orientationd axcodes {axcodes!r} do not name three patient axes")
     pixdim = _three(parser.get_parsed_content(f"{_transform(parser, 'Spacingd')}#pixdim"), "pixdim")
     if parser.get("inferer#_target_", "").split(".")[-1] != "SlidingWindowInferer":

@@ -191,6 +191,10 @@ def _no_spacing(inference: dict[str, Any]) -> None:
     del inference["preprocessing"]["transforms"][3]
 
 
+def _twice_anterior(inference: dict[str, Any]) -> None:
+    inference["preprocessing"]["transforms"][2]["axcodes"] = "RAA"
+
+
 def _sigmoid_output(metadata: dict[str, Any]) -> None:
     metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "spleen"}
     metadata["network_data_format"]["outputs"]["pred"]["num_channels"] = 1
@@ -202,6 +206,7 @@ def _sigmoid_output(metadata: dict[str, Any]) -> None:
         ("metadata.json", _no_channel_def, "channel_def"),
         ("metadata.json", _sigmoid_output, "background"),
         ("inference.json", _no_spacing, "Spacingd"),
+        ("inference.json", _twice_anterior, "three patient axes"),
         ("imaging_ai.json", lambda card: card["labels"].clear(), "'spleen' has no codes"),
         ("imaging_ai.json", lambda card: card.update(roi_size=[8, 8, 8]), "come from the bundle"),
         ("imaging_ai.json", lambda card: card.update(weights_sha256="0" * 64), "SHA-256"),
