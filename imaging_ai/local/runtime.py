@@ -61,6 +61,7 @@ from imaging_ai.local.timeline import (
     FAILED,
     NOT_ANALYZED,
     NOT_ROUTED,
+    SHADOW_STAGES,
     Timeline,
 )
 from imaging_ai.logs import get_logger
@@ -467,7 +468,7 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
-        if event in EDGE_TIMELINE_STAGES:
+        if event in EDGE_TIMELINE_STAGES or event in SHADOW_STAGES:
             self.timeline.record(str(event), _detail(entry))
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)

@@ -18,8 +18,9 @@ EDGE_TIMELINE_STAGES = (
     EdgeStage.RESULTS_RECEIVED,
     EdgeStage.DELIVERED_PACS,
     EdgeStage.DELIVERED_EHR,
-    EdgeStage.SHADOW_STORED,
 )
+# Recorded when seen, but only where a model runs in shadow mode (not part of every study's road).
+SHADOW_STAGES = (EdgeStage.SHADOW_STORED,)
 # Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
 CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
 FAILED = "failed"
