@@ -26,7 +26,7 @@ from edge_forwarder.config import load_config
 from edge_forwarder.transport.journal import Journal, RunRow
 from imaging_ai.aws import client
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
-from imaging_ai.local.demo import SR_COMPREHENSIVE_3D
+from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D
 from imaging_ai.local.runtime import LocalModel, LocalPipeline
 from imaging_ai.model_registry import DEMO_MODEL, DEMO_MODEL_DIR
 from imaging_ai.state import RunKey, RunStateStore
@@ -54,6 +54,7 @@ class Rerun:
     first: RunRow
     second: RunRow
     srs: Sequence[pydicom.Dataset]  # in the PACS: the first SR, then its revision
+    seg_versions: list[str]  # SoftwareVersions of the SEGs in the PACS
     state: dict[str, Any]  # the re-run's cloud state item attributes
     reports: list[dict[str, Any]]  # DiagnosticReports in the EHR
     work_dir: Path
@@ -104,11 +105,13 @@ def rerun(
         assert edge_forwarder([*command, f"{DEMO_MODEL}@{OLD}"]) == 0
         second = _wait_for_end(journal, 2, timeout_s=240)
         assert pipeline.pacs and pipeline.ehr and pipeline.resources
-        srs = [
+        results = [
             pydicom.dcmread(io.BytesIO(_instance_file(pipeline.pacs.rest_url, item["ID"])))
             for item in pipeline.pacs.study_instances(study.study_instance_uid)
-            if item["Tags"].get("SOPClassUID") == SR_COMPREHENSIVE_3D
+            if item["Tags"].get("SOPClassUID") in (SR_COMPREHENSIVE_3D, SEGMENTATION)
         ]
+        srs = [ds for ds in results if ds.SOPClassUID == SR_COMPREHENSIVE_3D]
+        seg_versions = sorted(str(ds.SoftwareVersions) for ds in results if ds not in srs)
         # The first SR revises nothing: it sorts first.
         srs.sort(key=lambda sr: "PredecessorDocumentsSequence" in sr)
         store = RunStateStore(client("dynamodb"), pipeline.resources.state_table)
@@ -126,6 +129,7 @@ def rerun(
         first=first,
         second=second,
         srs=srs,
+        seg_versions=seg_versions,
         state={**item.attributes, "model_name": item.model_name, "stage": str(item.stage)},
         reports=reports,
         work_dir=work_dir,
@@ -150,6 +154,7 @@ def test_the_rerun_is_delivered_as_a_revision_made_by_the_pinned_version(rerun: 
     first, revision = rerun.srs
     # Each names the version that made it
     assert (_algorithm_version(first), _algorithm_version(revision)) == (CURRENT, OLD)
+    assert rerun.seg_versions == [OLD, CURRENT]  # one SEG per run, each naming its version
     # The revision points back at the first SR, in the original study
     (predecessor,) = revision.PredecessorDocumentsSequence
     assert predecessor.StudyInstanceUID == rerun.study.study_instance_uid
