@@ -291,6 +291,13 @@ def test_the_optional_pacs_notice_tells_the_original_study_why(
         "Not analyzed by lung-nodule-demo: no series within the model's intended use: localizer"
     )
     assert PSEUDO_PATIENT.encode() not in stored and ehr.posted == []
+    # ... but a shadow-mode model's verdict never reaches the PACS, even as a notice
+    journal.open_run("r1-5ad0e00001", "key-1", 1, PSEUDO_STUDY, stage=EdgeStage.UPLOADED,
+                     model_name="lung-next", shadow=True)  # fmt: skip
+    results.send(_not_analyzed().model_copy(update={"run_id": "r1-5ad0e00001"}))
+    inbound.tick()
+    assert len(pacs.stored) == 1
+    assert journal.run("r1-5ad0e00001").stage is EdgeStage.NOT_ANALYZED  # type: ignore[union-attr]
 
 
 def test_a_shadow_models_results_stay_on_the_edge_while_the_live_models_are_delivered(
