@@ -346,6 +346,19 @@ class RunStateStore:
             states, key=lambda state: min(state.stage_times.values(), default=datetime.min)
         )
 
+    def runs(self) -> list[RunState]:
+        """Every run in the table (a Scan: for reports over all sites, not the request path)."""
+        states: list[RunState] = []
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(#sk, :run)",
+            ExpressionAttributeNames={"#sk": SORT_KEY},
+            ExpressionAttributeValues={":run": {"S": "RUN#"}},
+        ):
+            states.extend(_to_state(item) for item in page.get("Items", []))
+        return states
+
     def _conditional_update(
         self,
         run: RunKey,

@@ -16,10 +16,13 @@ from pydicom.dataset import Dataset
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
 from functions.common.observability import (
+    TURNAROUND_METRIC,
     StepSeconds,
     add_metric_with_dimension,
+    add_metric_with_dimensions,
     logger,
     metrics,
+    record_run_ended,
     tracer,
 )
 from functions.common.source_headers import unpack_source_headers
@@ -135,9 +138,14 @@ class PostprocessService:
             seconds = max(0.0, (end - started).total_seconds())
             metrics.add_metric(name=END_TO_END_METRIC, unit=MetricUnit.Seconds, value=seconds)
             logger.info("run delivered", end_to_end_seconds=round(seconds, 3))
+        record_run_ended(run.site, delivered.model_name, Stage.DELIVERED.value.lower())
+        group = {"site": run.site, "model": delivered.model_name or "unknown"}
         for stage, seconds in delivered.stage_latencies_s().items():
             add_metric_with_dimension(
                 STAGE_METRIC, MetricUnit.Seconds, seconds, "stage", stage.value
+            )
+            add_metric_with_dimensions(
+                TURNAROUND_METRIC, MetricUnit.Seconds, seconds, {**group, "stage": stage.value}
             )
 
     @tracer.capture_method
