@@ -359,6 +359,29 @@ class RunStateStore:
             states.extend(_to_state(item) for item in page.get("Items", []))
         return states
 
+    def put_baseline(self, site: str, model_name: str, baseline_json: str) -> None:
+        """Store the drift baseline of (site, model): the validation's profiles, no PHI."""
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+                "baseline": {"S": baseline_json},
+            },
+        )
+
+    def baseline(self, site: str, model_name: str) -> str | None:
+        response = self._db.get_item(
+            TableName=self._table,
+            Key={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+            },
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return str(item["baseline"]["S"]) if item else None
+
     def _conditional_update(
         self,
         run: RunKey,
@@ -382,6 +405,10 @@ class RunStateStore:
                 current = self.get(run)
                 raise StageConflict(run, expected, current.stage if current else None) from None
             raise
+
+
+def _baseline_partition(site: str, model_name: str) -> str:
+    return f"BASELINE#{check_site(site)}#{model_name}"
 
 
 def _is_condition_failure(error: ClientError) -> bool:

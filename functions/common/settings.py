@@ -20,3 +20,8 @@ class CommonSettings(BaseSettings):
 
 class PreprocessSettings(CommonSettings):
     endpoint_name: str = Field(min_length=1)
+
+
+class DriftSettings(CommonSettings):
+    # The recent window compared with the validation baseline (imaging_ai.drift).
+    drift_window_days: float = Field(default=7.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -42,6 +43,7 @@ from imaging_ai.contracts import (
     model_card_key,
     result_key,
 )
+from imaging_ai.drift import FINDING_VOLUMES_ATTRIBUTE, FINDINGS_ATTRIBUTE
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
@@ -190,8 +192,11 @@ class PostprocessService:
             Stage.REPORTED,
             {
                 "model_version": output.model_version,
-                "findings": str(len(output.findings)),
+                FINDINGS_ATTRIBUTE: str(len(output.findings)),
                 "findings_reported": str(len(reported.findings)),
+                FINDING_VOLUMES_ATTRIBUTE: json.dumps(
+                    [round(f.volume_mm3, 1) for f in output.findings]
+                ),
             },
         )
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
