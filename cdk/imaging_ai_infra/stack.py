@@ -14,6 +14,7 @@ from imaging_ai_infra.inference import Inference
 from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
 from imaging_ai_infra.network import Network
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.quality_monitoring import QualityMonitoring
 from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
@@ -49,7 +50,7 @@ class ImagingAiStage(Stack):
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
-        AuditMonitoring(
+        audit = AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
@@ -71,6 +72,18 @@ class ImagingAiStage(Stack):
             },
             endpoint_name=inference.endpoint_name,
             alarm_email=self.node.try_get_context("alarm_email"),
+        )
+        QualityMonitoring(
+            self,
+            "QualityMonitoring",
+            platform=platform,
+            function_log_groups=[
+                ingest.preprocess.log_group,
+                results.postprocess.log_group,
+                results.failure.log_group,
+            ],
+            alarm_topic=audit.alarm_topic,
+            dashboard=audit.dashboard,
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
