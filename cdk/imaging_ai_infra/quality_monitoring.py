@@ -19,13 +19,10 @@ from imaging_ai_infra.names import (
     METRIC_RUNS_ENDED,
     METRIC_TURNAROUND_SECONDS,
     METRICS_NAMESPACE,
+    lambda_stages,
 )
 from imaging_ai_infra.pipeline_function import PipelineFunction
 from imaging_ai_infra.platform import Platform
-
-DRIFT_TIMEOUT = Duration.minutes(5)
-DRIFT_SCHEDULE = Duration.hours(1)
-DRIFT_WINDOW_DAYS = 7
 
 
 def _search(metric_name: str, dimensions: tuple[str, ...], statistic: str, period: Duration,
@@ -43,68 +40,62 @@ def _search(metric_name: str, dimensions: tuple[str, ...], statistic: str, perio
 
 
 class QualityMonitoring(Construct):
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        platform: Platform,
-        function_log_groups: list[logs.ILogGroup],
-        alarm_topic: sns.ITopic,
-        dashboard: cloudwatch.Dashboard,
-    ) -> None:
+    """The scheduled stages of lambda_stages.toml (the drift check) and what they report."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, platform: Platform) -> None:
         super().__init__(scope, construct_id)
-        # ---- The drift check: reads the run-state table (runs and baselines) only.
-        self.drift = PipelineFunction(
-            self,
-            "Drift",
-            name="drift",
-            description="Compares each site's and model's recent runs with their validation",
-            platform=platform,
-            environment=platform.function_environment(DRIFT_WINDOW_DAYS=str(DRIFT_WINDOW_DAYS)),
-            timeout=DRIFT_TIMEOUT,
-            memory_size=512,
-            reserved_concurrency=1,
-        )
-        platform.state_table.grant_read_data(self.drift.function)
-        self.drift.acknowledge_grants(bucket_resources=[], actions=())
-        events.Rule(
-            self,
-            "DriftSchedule",
-            description="Hourly drift check; a missed run is covered by the next one",
-            schedule=events.Schedule.rate(DRIFT_SCHEDULE),
-            targets=[targets.LambdaFunction(self.drift.function, retry_attempts=2)],
-        )
+        self.functions: dict[str, PipelineFunction] = {}
+        for entry in lambda_stages("schedule"):
+            name = entry["name"]
+            function = PipelineFunction(
+                self, platform=platform, name=name, environment=platform.function_environment()
+            )
+            function.grant_stage_data()
+            function.acknowledge_grants()
+            events.Rule(
+                self,
+                f"{name.title()}Schedule",
+                description=f"Runs {name} every {entry['schedule_minutes']} minutes; a missed run"
+                " is covered by the next one",
+                schedule=events.Schedule.rate(Duration.minutes(entry["schedule_minutes"])),
+                targets=[targets.LambdaFunction(function.function, retry_attempts=2)],
+            )
+            self.functions[name] = function
         service, name = METRIC_DRIFT_DETECTED
         self.drift_alarm = cloudwatch.Alarm(
             self,
             "DriftDetected",
             alarm_description=(
                 "A site's inputs or a model's outputs moved away from its validation baseline"
-                " (PSI or KS above threshold): see the quality dashboard's drift widgets"
+                " (PSI or KS above threshold): see the dashboard's drift widgets"
             ),
             metric=cloudwatch.Metric(
                 namespace=METRICS_NAMESPACE,
                 metric_name=name,
                 dimensions_map={"service": service},
                 statistic="Maximum",
-                period=DRIFT_SCHEDULE,
+                period=Duration.hours(1),
             ),
             threshold=1,
             evaluation_periods=1,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
         )
-        self.drift_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
 
-        # ---- The operations dashboard gets the monthly value report's figures, live, and
-        # drift per feature.
+    def report_to(
+        self,
+        alarm_topic: sns.ITopic,
+        dashboard: cloudwatch.Dashboard,
+        function_log_groups: list[logs.ILogGroup],
+    ) -> None:
+        """The drift alarm to the operators' topic; on their dashboard, the monthly value
+        report's figures live, and drift per feature."""
+        self.drift_alarm.add_alarm_action(cloudwatch_actions.SnsAction(alarm_topic))
         day, hour = Duration.days(1), Duration.hours(1)
         site_model = ("site", "model")
-        self.dashboard = dashboard
         ended = METRIC_RUNS_ENDED[1]
         turnaround = METRIC_TURNAROUND_SECONDS[1]
-        self.dashboard.add_widgets(
+        dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Studies per day, by site, model and outcome",
                 left=[_search(ended, (*site_model, "outcome"), "Sum", day, "")],
@@ -121,7 +112,7 @@ class QualityMonitoring(Construct):
                 width=12,
             ),
         )
-        self.dashboard.add_widgets(
+        dashboard.add_widgets(
             *(
                 cloudwatch.GraphWidget(
                     title=f"Turnaround to each stage, {statistic} (s), by site and model",
@@ -131,7 +122,7 @@ class QualityMonitoring(Construct):
                 for statistic in ("p50", "p95")
             )
         )
-        self.dashboard.add_widgets(
+        dashboard.add_widgets(
             cloudwatch.GraphWidget(
                 title="Drift score per feature (statistic / threshold; above 1 is drift)",
                 left=[
@@ -144,7 +135,7 @@ class QualityMonitoring(Construct):
             ),
             cloudwatch.GraphWidget(
                 title="Drifting sites and models",
-                left=[_search(name, site_model, "Maximum", hour, "")],
+                left=[_search(METRIC_DRIFT_DETECTED[1], site_model, "Maximum", hour, "")],
                 width=8,
             ),
             cloudwatch.AlarmStatusWidget(title="Drift alarm", alarms=[self.drift_alarm], width=4),

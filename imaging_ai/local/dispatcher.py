@@ -14,15 +14,14 @@ from typing import Any
 
 from imaging_ai.aws import Credentials, acting_as, client
 from imaging_ai.errors import PipelineError
+from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
+from imaging_ai.local.provision import QueuePair
 
 logger = logging.getLogger(__name__)
 
+# Handlers are resolved by dotted path (LambdaStage.handler): the library never imports the
+# deployable units statically.
 Handler = Callable[[dict[str, Any], Any], Any]
-
-# Handlers by dotted path: the library never imports the deployable units statically.
-PREPROCESS_HANDLER = "functions.preprocess.handler.lambda_handler"
-POSTPROCESS_HANDLER = "functions.postprocess.handler.lambda_handler"
-FAILURE_HANDLER = "functions.failure.handler.lambda_handler"
 
 
 class DispatchError(PipelineError):
@@ -246,38 +245,38 @@ def _poll_until(dispatcher: SqsDispatcher, stop: threading.Event) -> None:
 
 
 def event_sources(
-    preprocess_queue_url: str,
-    preprocess_dlq_url: str,
-    postprocess_queue_url: str,
-    postprocess_dlq_url: str,
+    queues: Mapping[str, QueuePair],
     wait_time_s: int = 0,
     roles: Mapping[str, Credentials] | None = None,
     invokers: Mapping[str, Handler] | None = None,
+    stages: Iterable[LambdaStage] = LAMBDA_STAGES,
 ) -> LocalEventSources:
-    """Preprocess and postprocess on their queues; the failure handler on both DLQs.
+    """One mapping per stage on its own queue; a dead-letter stage on every stage's DLQ.
 
-    `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
-    of its execution role; `invokers` maps a function name to what runs it (its own process,
-    say); a function not named there runs in-process.
+    `queues` maps a stage name to its queues (`LocalResources.queues`); `roles` maps a stage
+    name to the credentials of its execution role; `invokers` maps a stage name to what runs
+    it (its own process, say); a stage not named there runs in-process.
     """
+    stages = tuple(stages)
     roles = roles or {}
     invokers = invokers or {}
 
-    def mapping(queue_url: str, handler: str, function_name: str) -> SqsDispatcher:
+    def mapping(queue_url: str, stage: LambdaStage) -> SqsDispatcher:
         return SqsDispatcher(
             queue_url,
-            handler,
-            function_name,
+            stage.handler,
+            stage.name,
             wait_time_s=wait_time_s,
-            role=roles.get(function_name),
-            invoker=invokers.get(function_name),
+            role=roles.get(stage.name),
+            invoker=invokers.get(stage.name),
         )
 
-    return LocalEventSources(
-        [
-            mapping(preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
-            mapping(postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
-            mapping(preprocess_dlq_url, FAILURE_HANDLER, "failure"),
-            mapping(postprocess_dlq_url, FAILURE_HANDLER, "failure"),
-        ]
-    )
+    own = [mapping(queues[stage.name].url, stage) for stage in stages if stage.has_queue]
+    dead_letters = [
+        mapping(queues[source.name].dlq_url, stage)
+        for stage in stages
+        if stage.trigger is Trigger.DEAD_LETTERS
+        for source in stages
+        if source.has_queue
+    ]
+    return LocalEventSources([*own, *dead_letters])

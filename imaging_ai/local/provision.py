@@ -18,6 +18,7 @@ from imaging_ai.contracts import (
     model_card_key,
     site_results_queue_name,
 )
+from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
 from imaging_ai.model_card import ModelCard
 
 KMS_ALIAS = "alias/imaging-ai-data"
@@ -49,12 +50,19 @@ class LocalResources:
     data_bucket: str
     state_table: str
     manifest_rule_arn: str
-    preprocess: QueuePair
-    postprocess: QueuePair
+    queues: dict[str, QueuePair]  # Lambda stage name -> its work queue and DLQ
     inference_success_topic_arn: str
     inference_error_topic_arn: str
     endpoint_name: str
     site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
+
+    @property
+    def preprocess(self) -> QueuePair:
+        return self.queues["preprocess"]
+
+    @property
+    def postprocess(self) -> QueuePair:
+        return self.queues["postprocess"]
 
     def function_environment(self, service_name: str = "imaging-ai") -> dict[str, str]:
         """The environment variables the Lambda functions read (what the CDK stack sets)."""
@@ -73,21 +81,27 @@ def provision(
     sites: Iterable[str],
     model_cards: Sequence[ModelCard] = (),
     max_receive_count: int = MAX_RECEIVE_COUNT,
+    stages: Sequence[LambdaStage] = LAMBDA_STAGES,
 ) -> LocalResources:
     """Make (or find) every resource; safe to call again with more sites or model cards."""
     region = client("sts").meta.region_name
     key_arn = _kms_key()
     bucket = LOCAL_NAMES["data_bucket"]
     _bucket(bucket, key_arn, region)
-    preprocess = _queue_pair(
-        LOCAL_NAMES["preprocess_queue"], LOCAL_NAMES["preprocess_dlq"], max_receive_count
-    )
-    postprocess = _queue_pair(
-        LOCAL_NAMES["postprocess_queue"], LOCAL_NAMES["postprocess_dlq"], max_receive_count
-    )
-    rule_arn = _manifest_rule(bucket, preprocess)
-    success_arn = _topic(LOCAL_NAMES["inference_success_topic"], postprocess)
-    error_arn = _topic(LOCAL_NAMES["inference_error_topic"], postprocess)
+    queues = {
+        stage.name: _queue_pair(stage.queue_name, stage.dlq_name, max_receive_count)
+        for stage in stages
+        if stage.has_queue
+    }
+    success_arn = _topic(LOCAL_NAMES["inference_success_topic"])
+    error_arn = _topic(LOCAL_NAMES["inference_error_topic"])
+    rule_arn = ""
+    for stage in stages:
+        if stage.trigger is Trigger.MANIFEST_CREATED:
+            rule_arn = _manifest_rule(bucket, queues[stage.name])
+        elif stage.trigger is Trigger.INFERENCE_NOTIFICATIONS:
+            for topic_arn in (success_arn, error_arn):
+                _subscribe(topic_arn, queues[stage.name])
     table = LOCAL_NAMES["state_table"]
     _state_table(table)
     site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
@@ -106,8 +120,7 @@ def provision(
         data_bucket=bucket,
         state_table=table,
         manifest_rule_arn=rule_arn,
-        preprocess=preprocess,
-        postprocess=postprocess,
+        queues=queues,
         inference_success_topic_arn=success_arn,
         inference_error_topic_arn=error_arn,
         endpoint_name=LOCAL_NAMES["endpoint_name"],
@@ -237,14 +250,16 @@ def _manifest_rule(bucket: str, target: QueuePair) -> str:
     return rule_arn
 
 
-def _topic(name: str, subscriber: QueuePair) -> str:
+def _topic(name: str) -> str:
+    return str(client("sns").create_topic(Name=name)["TopicArn"])
+
+
+def _subscribe(topic_arn: str, subscriber: QueuePair) -> None:
     sns = client("sns")
-    topic_arn = str(sns.create_topic(Name=name)["TopicArn"])
     existing = sns.list_subscriptions_by_topic(TopicArn=topic_arn).get("Subscriptions", [])
     if not any(sub.get("Endpoint") == subscriber.arn for sub in existing):
         # Raw delivery off: postprocess reads the SNS envelope, as in AWS.
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=subscriber.arn)
-    return topic_arn
 
 
 def _state_table(name: str) -> None:
