@@ -67,6 +67,7 @@ def score_studies(
         if result is not None and result.segmentation is not None:
             predicted = segmentation_mask(result.segmentation, study.sop_instance_uids)
             findings = lesions_from_mask(predicted, study.geometry)
+            score.findings = findings
             score.pairs, score.missed, score.false_positives = match(study.lesions, findings)
             if study.truth_mask is not None:
                 score.dice = dice(study.truth_mask, predicted)

@@ -50,6 +50,7 @@ class StudyScore:
     missed: list[Lesion] = field(default_factory=list)
     false_positives: list[Lesion] = field(default_factory=list)
     dice: float | None = None  # None: no truth mask, or neither mask holds a voxel
+    findings: list[Lesion] = field(default_factory=list)  # everything the model found
 
 
 def match(

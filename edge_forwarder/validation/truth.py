@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from edge_forwarder.transport.errors import ConfigError
 from imaging_ai.dicom_folder import FolderSeries, scan_folder
+from imaging_ai.drift import RunProfile, input_profile
 from imaging_ai.model_io import Vector3, VolumeGeometry
 from imaging_ai.volume import build_volume
 
@@ -51,6 +52,7 @@ class AnnotatedStudy:
     slice_thickness_mm: float
     geometry: VolumeGeometry
     sop_instance_uids: list[str]  # volume order: the rows of every mask below
+    acquisition: RunProfile  # what the drift monitor compares production against
     lesions: list[Lesion] = field(default_factory=list)
     truth_mask: npt.NDArray[np.bool_] | None = None  # None: truth given as CSV points
 
@@ -142,6 +144,7 @@ def load_annotated_studies(folder: Path) -> list[AnnotatedStudy]:
             slice_thickness_mm=float(first.get("SliceThickness", 0) or 0),
             geometry=volume.geometry,
             sop_instance_uids=volume.sop_instance_uids,
+            acquisition=input_profile(first, volume.voxels),
         )
         if study_uid in segs:
             study.truth_mask = segmentation_mask(segs[study_uid], study.sop_instance_uids)

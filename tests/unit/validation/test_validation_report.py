@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_forwarder.validation.command import SUMMARY_NAME, validate
+from edge_forwarder.validation.command import BASELINE_NAME, SUMMARY_NAME, validate
 from edge_forwarder.validation.report import HTML_NAME, PDF_NAME, ValidationReport
 from edge_forwarder.validation.runner import ShadowResult
 from edge_forwarder.validation.scoring import Outcome
 from edge_forwarder.validation.truth import AnnotatedStudy
+from imaging_ai.drift import Baseline
 from imaging_ai.local.runtime import DEFAULT_MODEL_DIR
 from imaging_ai.synthetic import (
     ScannerProfile,
@@ -177,3 +178,17 @@ def test_breakdowns_froc_and_files(validated) -> None:
         assert text in page
     assert (out / PDF_NAME).read_bytes().startswith(b"%PDF")
     assert json.loads((out / SUMMARY_NAME).read_text())["not_analyzed"] == 1
+
+
+def test_the_drift_baseline_holds_distributions_and_no_identifier(validated) -> None:
+    _, cases, out = validated
+    text = (out / BASELINE_NAME).read_text()
+    baseline = Baseline.model_validate_json(text)
+    # Then the baseline counts both scanners, the analyzed studies' findings (3 and 1) and
+    # the one not-analyzed study, and names no study
+    assert baseline.categorical["scanner_model"] == {"SCANNER A": 1, "SCANNER B": 1, "absent": 1}
+    assert sorted(baseline.numeric["findings_per_study"]) == [1.0, 3.0]
+    assert baseline.categorical["not_analyzed_rate"] == {"analyzed": 2, "not_analyzed": 1}
+    for case in (cases["one"], cases["two"]):
+        assert case.study_instance_uid not in text
+        assert case.patient.patient_id not in text
