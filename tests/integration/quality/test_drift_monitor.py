@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,7 @@ from imaging_ai.state import ATTRIBUTE_DEFINITIONS, KEY_SCHEMA, RunKey, RunState
 from imaging_ai.synthetic import FakePatient, ScannerProfile, iter_ct_slices, make_chest_phantom
 
 TABLE = "drift-state"
+DOCS_CHART = Path(__file__).resolve().parents[3] / "docs" / "sample-drift-chart.png"
 MODEL = "lung-nodule-demo"
 NAMESPACE = "ImagingAI"
 VALIDATED = ScannerProfile()
@@ -49,7 +53,7 @@ def _emf(stdout: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 
 def test_a_changed_scanner_raises_drift_and_the_same_does_not(
-    aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client("dynamodb").create_table(TableName=TABLE, KeySchema=KEY_SCHEMA,
                                     AttributeDefinitions=ATTRIBUTE_DEFINITIONS,
@@ -89,7 +93,11 @@ def test_a_changed_scanner_raises_drift_and_the_same_does_not(
     assert scores[("site-new", "kernel")] > 1 > scores[("site-same", "kernel")]
     assert "2.25." not in out
     # And the operator's status shows the same verdicts
-    assert main(["--table", TABLE, "status"]) == 1
+    chart = tmp_path / "drift.png"
+    assert main(["--table", TABLE, "status", "--chart", str(chart)]) == 1
     shown = capsys.readouterr().out
     assert "site-new / lung-nodule-demo: 6 run(s): DRIFT" in shown
     assert "site-same / lung-nodule-demo: 6 run(s): ok" in shown
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    if DOCS_CHART.parent.is_dir() and os.environ.get("WRITE_DOCS_SAMPLES"):
+        shutil.copy(chart, DOCS_CHART)  # docs/sample-drift-chart.png is this chart
