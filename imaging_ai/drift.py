@@ -107,24 +107,26 @@ class FeatureDrift:
 def reference_region_hu(
     hu: npt.NDArray[np.floating] | npt.NDArray[np.integer],
 ) -> tuple[float, float]:
-    """Mean and standard deviation of HU in the four corner columns of every slice (air
-    outside the body on a chest CT), padding left out."""
+    """Mean and standard deviation of HU in air outside the body: the four corners of every
+    slice, and the top rows over the middle third of the columns (the air above the patient,
+    inside the reconstruction circle where a scanner pads its corners). Padding is left out."""
     if hu.ndim != 3:
         raise ContractError("reference region needs a (slice, row, column) volume")
     rows, cols = hu.shape[1:]
     r, c = max(1, int(rows * _CORNER_FRACTION)), max(1, int(cols * _CORNER_FRACTION))
-    corners = np.concatenate(
+    region = np.concatenate(
         [
             hu[:, :r, :c].ravel(),
             hu[:, :r, -c:].ravel(),
             hu[:, -r:, :c].ravel(),
             hu[:, -r:, -c:].ravel(),
+            hu[:, :r, cols // 3 : 2 * cols // 3].ravel(),
         ]
     ).astype(np.float64)
-    corners = corners[corners >= _PADDING_BELOW_HU]
-    if corners.size == 0:
+    region = region[region >= _PADDING_BELOW_HU]
+    if region.size == 0:
         return float("nan"), float("nan")
-    return float(corners.mean()), float(corners.std())
+    return float(region.mean()), float(region.std())
 
 
 def input_profile(

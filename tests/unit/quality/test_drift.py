@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
 from imaging_ai.drift import (
@@ -75,3 +78,19 @@ def test_statistics_against_hand_computed_values() -> None:
     assert ks_statistic([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(0.5)
     # c(0.01) = 1.6276 for two samples of 10
     assert ks_critical(10, 10) == pytest.approx(1.6276 * (0.2**0.5), abs=1e-3)
+
+
+def test_the_profile_of_a_real_scanner_series() -> None:
+    # Given five slices of a real GE CT (tests/data/ct-gantry-tilt, BSD-2)
+    folder = Path(__file__).resolve().parents[2] / "data" / "ct-gantry-tilt" / "ge-variable-spacing"
+    slices = [pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))[:5]]
+    hu = np.stack(
+        [s.pixel_array * float(s.RescaleSlope) + float(s.RescaleIntercept) for s in slices]
+    )
+    # When its acquisition profile is taken
+    profile = input_profile(slices[0], hu)
+    # Then it names the scanner and kernel from the headers, and the air region reads as air
+    assert profile.categorical["scanner_model"] == "HiSpeed Dual"
+    assert profile.categorical["kernel"] == "STD+"
+    assert abs(profile.numeric["air_hu_mean"] + 1000) < 30
+    assert 0 < profile.numeric["air_hu_std"] < 100
