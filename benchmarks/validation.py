@@ -7,7 +7,9 @@ in this process (`imaging_ai.inference.evaluation`'s path: resample, predict, sc
 production path through the whole local pipeline costs on top of the model itself.
 
     python -m benchmarks.validation [--studies 20] [--out .local-run/validation-benchmark]
-        [--no-peer]
+        [--no-peer] [--write-only]
+
+Studies already written under `--out` (CT and truth) are kept: writing 20 takes minutes.
 
 Prints a table, then one JSON line. The report it writes (HTML + PDF) is the docs sample.
 """
@@ -43,10 +45,14 @@ def write_studies(folder: Path, count: int) -> list[tuple[int, tuple[float, floa
         thick = index % 10 == 9
         spacing = (THICK_MM, *DEMO_SPACING_MM[1:]) if thick else DEMO_SPACING_MM
         shape = (DEMO_SHAPE[0] // 4, *DEMO_SHAPE[1:]) if thick else DEMO_SHAPE
+        written.append((seed, spacing))
+        truth = folder / "truth" / f"study-{index:02d}.dcm"
+        if truth.exists():
+            continue
+        shutil.rmtree(folder / f"study-{index:02d}", ignore_errors=True)  # a partial one
         study = write_ct_study(folder / f"study-{index:02d}", seed=seed, shape=shape,
                                spacing_mm=spacing, scanner=SCANNERS[index % 2])  # fmt: skip
-        write_truth_segmentation(study, folder / "truth" / f"study-{index:02d}.dcm")
-        written.append((seed, spacing))
+        write_truth_segmentation(study, truth)
     return written
 
 
@@ -68,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path(".local-run/validation-benchmark"))
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--write-only", action="store_true", help="write the studies, stop")
     args = parser.parse_args(argv)
-    shutil.rmtree(args.out, ignore_errors=True)
+    shutil.rmtree(args.out / "report", ignore_errors=True)
     started = time.perf_counter()
     written = write_studies(args.out / "studies", args.studies)
     generated_s = time.perf_counter() - started
+    if args.write_only:
+        return 0
     started = time.perf_counter()
     report = validate(args.out / "studies", DEFAULT_MODEL_DIR, args.out / "report")
     validate_s = time.perf_counter() - started
