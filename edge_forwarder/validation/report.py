@@ -258,25 +258,36 @@ def write_html(report: ValidationReport, path: Path) -> None:
     path.write_text("\n".join(parts), encoding="utf-8")
 
 
+_LINE = 0.016  # of an A4 page, at 6.5 pt monospace
+_TOP, _BOTTOM = 0.96, 0.04
+
+
 def write_pdf(report: ValidationReport, path: Path) -> None:
+    """The tables as monospace text flowing over A4 pages, then the two figures."""
     with PdfPages(path) as pdf:
-        tables = _lines(report)
-        for start in range(0, len(tables), 4):
-            page = plt.figure(figsize=(8.27, 11.69))  # A4
-            y = 0.96
-            if start == 0:
-                page.text(0.05, y, f"Validation of {report.model_name} {report.model_version}",
-                          fontsize=14, weight="bold")  # fmt: skip
-                y -= 0.04
-            for title, rows in tables[start : start + 4]:
-                page.text(0.05, y, title, fontsize=11, weight="bold")
-                y -= 0.025
-                for row in rows[:26]:
-                    page.text(0.05, y, "   ".join(row), fontsize=6.5, family="monospace")
-                    y -= 0.016
-                y -= 0.02
-            pdf.savefig(page)
-            plt.close(page)
+        page = plt.figure(figsize=(8.27, 11.69))
+        page.text(0.05, _TOP, f"Validation of {report.model_name} {report.model_version}",
+                  fontsize=14, weight="bold")  # fmt: skip
+        y = _TOP - 0.04
+        for title, rows in _lines(report):
+            widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+            lines = [
+                "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+            ]
+            for index, line in enumerate([title, *lines]):
+                if y < _BOTTOM:  # next page
+                    pdf.savefig(page)
+                    plt.close(page)
+                    page, y = plt.figure(figsize=(8.27, 11.69)), _TOP
+                if index == 0:
+                    page.text(0.05, y, line, fontsize=11, weight="bold")
+                    y -= 0.025
+                else:
+                    page.text(0.05, y, line, fontsize=6.5, family="monospace")
+                    y -= _LINE
+            y -= 0.02
+        pdf.savefig(page)
+        plt.close(page)
         for make in (_figure_froc, _figure_bland_altman):
             figure = make(report)
             pdf.savefig(figure)
