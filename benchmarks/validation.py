@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     report = validate(args.out / "studies", DEFAULT_MODEL_DIR, args.out / "report")
     validate_s = time.perf_counter() - started
+    print(f"validate: {args.studies} studies in {validate_s:.1f} s", flush=True)
     analyzable = [seed for seed, spacing in written if spacing == DEMO_SPACING_MM]
     peer_s = None if args.no_peer else bare_model_seconds(analyzable)
     print(f"{'what':<52} {'seconds':>9} {'per study':>10}")
