@@ -25,7 +25,7 @@ from pathlib import Path
 from edge_forwarder.validation.command import validate
 from imaging_ai.inference.evaluation import DEMO_SHAPE, DEMO_SPACING_MM, model_input_for
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
-from imaging_ai.local.runtime import DEFAULT_MODEL_DIR
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import ScannerProfile, write_ct_study, write_truth_segmentation
 
 SEED_BASE = 1000  # evaluation seeds: never trained on
@@ -60,7 +60,7 @@ def bare_model_seconds(seeds: list[int]) -> float:
     """The peer: the model alone on the same analyzable phantoms, in this process."""
     from imaging_ai.synthetic import make_chest_phantom
 
-    predictor = Predictor(DEFAULT_MODEL_DIR, PredictorSettings())
+    predictor = Predictor(DEMO_MODEL_DIR, PredictorSettings())
     started = time.perf_counter()
     for seed in seeds:
         phantom = make_chest_phantom(seed, shape=DEMO_SHAPE, spacing_mm=DEMO_SPACING_MM)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_only:
         return 0
     started = time.perf_counter()
-    report = validate(args.out / "studies", DEFAULT_MODEL_DIR, args.out / "report")
+    report = validate(args.out / "studies", DEMO_MODEL_DIR, args.out / "report")
     validate_s = time.perf_counter() - started
     print(f"validate: {args.studies} studies in {validate_s:.1f} s", flush=True)
     analyzable = [seed for seed, spacing in written if spacing == DEMO_SPACING_MM]

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
+from imaging_ai.results.fhir import DICOM_UID_SYSTEM, identifier_search
 
 # A pseudonym counts as present when it appears whole, or when a long enough piece of its
 # distinctive part does (a truncated UID in a 16-char SH field, the patient pseudonym's digest
@@ -90,11 +91,15 @@ def _walk(dataset: Dataset) -> Iterator[Dataset]:
                 yield from _walk(item)
 
 
-def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> bytes:
+def reidentify_dicom(
+    part10: bytes, identity: StudyIdentity, run_id: str, revises_run_id: str | None = None
+) -> bytes:
     """Restore original study/series/FoR/instance UIDs and the patient module in an SR or SEG.
 
     The result object gets a new SOP Instance UID (and a new series UID when the cloud made
-    a new series) so PACS files it into the original study as a new, derived object.
+    a new series) so PACS files it into the original study as a new, derived object. A
+    revision SR's PredecessorDocumentsSequence names the earlier SR by its cloud UIDs: they
+    become the UIDs this edge gave that SR when it delivered run `revises_run_id`.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
     pseudonyms = pseudonyms_of(identity, (dataset.get(k) for k in _PATIENT_KEYWORDS))
@@ -104,6 +109,10 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     # The result's own UIDs are cloud-made: replace them with local ones, stable per run.
     mapping.setdefault(own_sop, _local_uid(run_id, own_sop))
     mapping.setdefault(own_series, _local_uid(run_id, own_series))
+    if revises_run_id is not None:
+        for series in _predecessor_series(dataset):
+            for uid in _predecessor_uids(series):
+                mapping.setdefault(uid, _local_uid(revises_run_id, uid))
     for item in _walk(dataset):
         for element in item:
             if element.VR != "UI" or element.value in (None, ""):
@@ -131,6 +140,18 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     data = out.getvalue()
     assert_no_pseudonyms_dicom(data, pseudonyms)
     return data
+
+
+def _predecessor_series(dataset: Dataset) -> Iterator[Dataset]:
+    for study in dataset.get("PredecessorDocumentsSequence", []):
+        yield from study.get("ReferencedSeriesSequence", [])
+
+
+def _predecessor_uids(series: Dataset) -> Iterator[str]:
+    """The earlier SR's own series and instance UIDs (cloud-made, like this SR's)."""
+    yield str(series.SeriesInstanceUID)
+    for sop in series.get("ReferencedSOPSequence", []):
+        yield str(sop.ReferencedSOPInstanceUID)
 
 
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
@@ -221,16 +242,17 @@ def reidentify_bundle(
             if gender:
                 resource["gender"] = gender
             # A conditional create keyed on the MRN: the EHR links to its existing patient.
-            request = entry.setdefault("request", {"method": "POST", "url": "Patient"})
-            if request.get("method") == "POST":
-                request["ifNoneExist"] = (
-                    f"identifier={patient_identifier_system}|{identity.patient_id}"
-                )
+            _create_once(
+                entry, "Patient", identifier_search(patient_identifier_system, identity.patient_id)
+            )
         if kind == "ImagingStudy":
             identifiers = [
-                i for i in resource.get("identifier", []) if i.get("system") == "urn:dicom:uid"
-            ] or [{"system": "urn:dicom:uid"}]
-            identifiers[0]["value"] = f"urn:oid:{identity.study_instance_uid}"
+                i for i in resource.get("identifier", []) if i.get("system") == DICOM_UID_SYSTEM
+            ] or [{"system": DICOM_UID_SYSTEM}]
+            study_uid = f"urn:oid:{identity.study_instance_uid}"
+            identifiers[0]["value"] = study_uid
+            # One ImagingStudy per study in the EHR, whatever number of runs report on it.
+            _create_once(entry, "ImagingStudy", identifier_search(DICOM_UID_SYSTEM, study_uid))
             if identity.accession_number:
                 identifiers.append(
                     {
@@ -253,6 +275,13 @@ def reidentify_bundle(
             ]
     assert_no_pseudonyms_json(result, pseudonyms)
     return result
+
+
+def _create_once(entry: dict[str, Any], kind: str, search: str) -> None:
+    """Make a POST entry a conditional create: the EHR keeps the resource it already has."""
+    request = entry.setdefault("request", {"method": "POST", "url": kind})
+    if request.get("method") == "POST":
+        request["ifNoneExist"] = search
 
 
 def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:

@@ -11,11 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
+from functions.common.model_cards import read_stored_card
 from functions.common.observability import (
     TURNAROUND_METRIC,
     StepSeconds,
@@ -40,12 +40,10 @@ from imaging_ai.contracts import (
     TERMINAL_STAGES,
     SiteResultMessage,
     Stage,
-    model_card_key,
     result_key,
 )
 from imaging_ai.drift import FINDING_VOLUMES_ATTRIBUTE, FINDINGS_ATTRIBUTE
 from imaging_ai.errors import ContractError, PipelineError
-from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
 from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
 
@@ -123,6 +121,10 @@ class PostprocessService:
         finally:
             self._state.release(run, holder)
         metrics.add_metric(name="ResultsDelivered", unit=MetricUnit.Count, value=1)
+        if claimed.attributes.get("shadow") == "true":
+            # A shadow-mode model's results: stored and told to the site, which keeps them
+            # on the edge instead of delivering them (counted apart to compare before go-live).
+            metrics.add_metric(name="ShadowResults", unit=MetricUnit.Count, value=1)
         self._record_latency(run)
         return PostprocessOutcome.DELIVERED
 
@@ -171,7 +173,7 @@ class PostprocessService:
             run.run_id,
         ):
             raise ContractError("inference output belongs to another run")
-        card = self._model_card(output.model_name)
+        card = read_stored_card(self._store, output.model_name, output.model_version)
         with steps.step("read_headers"):
             headers = self._source_headers(run)
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
@@ -192,6 +194,7 @@ class PostprocessService:
             Stage.REPORTED,
             {
                 "model_version": output.model_version,
+                "weights_sha256": output.weights_sha256,
                 FINDINGS_ATTRIBUTE: str(len(output.findings)),
                 "findings_reported": str(len(reported.findings)),
                 FINDING_VOLUMES_ATTRIBUTE: json.dumps(
@@ -240,12 +243,6 @@ class PostprocessService:
         indices = key_slice_indices(labels, output)
         wanted = {key_slice_ids(headers[k]): k for k in indices}
         return read_key_slices(self._store, manifest_key, output.input.pseudo_series_uid, wanted)
-
-    def _model_card(self, model_name: str) -> ModelCard:
-        try:
-            return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
-        except ValidationError:
-            raise ContractError("the model's model.json does not match its schema") from None
 
     def _source_headers(self, run: RunKey) -> list[Dataset]:
         payload = self._store.read_encrypted(

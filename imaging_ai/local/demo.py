@@ -8,21 +8,22 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pydicom
-import requests
 
-from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
-from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
-from imaging_ai.local.moto_server import FAKE_CREDENTIALS
+from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder, send_instances
+from imaging_ai.local.fhir_server import ensure_installed
+from imaging_ai.local.ohif import ensure_installed as ensure_viewer_installed
+from imaging_ai.local.ohif import start_viewer
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
-from imaging_ai.local.runtime import LocalPipeline
+from imaging_ai.local.runtime import INFERENCE_LOG_PREFIX, LocalPipeline
 from imaging_ai.local.timeline import STAGES
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
@@ -37,6 +38,14 @@ class DeliveredObject:
     study_instance_uid: str
     patient_id: str
     patient_name: str
+
+
+@dataclass(frozen=True)
+class EdgeRun:
+    run_id: str
+    model_name: str
+    shadow: bool
+    stage: str
 
 
 @dataclass
@@ -57,6 +66,9 @@ class DemoSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    # One run per model the study went to, as `edge-forwarder status` reports it.
+    edge_runs: list[EdgeRun] = field(default_factory=list)
+    edge_deliveries: str = ""  # the forwarder's delivery folder: one sub-folder per run
 
     @property
     def ok(self) -> bool:
@@ -87,6 +99,11 @@ def collect_summary(
         failures=pipeline.failures,
         peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
         step_seconds=function_steps(pipeline.work_dir / "logs"),
+        edge_runs=[
+            EdgeRun(str(r["run_id"]), str(r["model"]), bool(r["shadow"]), str(r["stage"]))
+            for r in pipeline.edge_status()
+        ],
+        edge_deliveries=str(pipeline.edge_state_dir / "deliveries"),
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -100,24 +117,26 @@ def collect_summary(
                     patient_name=str(tags.get("PatientName", "")),
                 )
             )
-    base = pipeline.ehr.base_url
-    assert pipeline.moto is not None
-    for report_id in _stored_ids(pipeline.moto.endpoint_url, "DiagnosticReport"):
-        report = requests.get(f"{base}/DiagnosticReport/{report_id}", timeout=10).json()
+    ehr = pipeline.ehr
+    # The report as a clinician's EHR finds it: by FHIR search on the patient's MRN.
+    reports = ehr.search(
+        "DiagnosticReport", **{"subject:Patient.identifier": study.patient.patient_id}
+    )
+    for report in reports:
         summary.ehr_report_ids.append(str(report.get("id")))
         subject = report.get("subject", {}).get("reference", "")
         if subject:
-            patient = requests.get(f"{base}/{subject}", timeout=10).json()
             summary.ehr_patient_identifiers.extend(
-                str(identifier.get("value")) for identifier in patient.get("identifier", [])
+                str(identifier.get("value"))
+                for identifier in ehr.read(subject).get("identifier", [])
             )
         for study_ref in report.get("imagingStudy", []):
-            imaging_study = requests.get(f"{base}/{study_ref['reference']}", timeout=10).json()
+            imaging_study = ehr.read(study_ref["reference"])
             summary.ehr_report_study_uids.extend(
                 str(identifier.get("value")) for identifier in imaging_study.get("identifier", [])
             )
         for result in report.get("result", []):
-            observation = requests.get(f"{base}/{result['reference']}", timeout=10).json()
+            observation = ehr.read(result["reference"])
             summary.ehr_observations += 1
             quantity = observation.get("valueQuantity", {})
             coding = observation.get("code", {}).get("coding", [{}])[0]
@@ -144,11 +163,15 @@ _STEP_LINES = {"model input built": "preprocess", "results written": "postproces
 def function_steps(logs: Path) -> dict[str, dict[str, float]]:
     """Step timings the functions and the inference server logged (the last run of each)."""
     steps: dict[str, dict[str, float]] = {}
-    for name, key, function in (
-        ("lambda.log", "message", None),
-        ("inference.log", "event", "inference server"),
+    servers = sorted(logs.glob(f"{INFERENCE_LOG_PREFIX}*.log"))
+    for path, key, function in (
+        (logs / "lambda.log", "message", None),
+        # One inference server per model: each is named after its model where there are several.
+        *(
+            (server, "event", "inference server" + _model_suffix(server, len(servers)))
+            for server in servers
+        ),
     ):
-        path = logs / name
         if not path.exists():
             continue
         for line in path.read_text(errors="replace").splitlines():
@@ -166,25 +189,8 @@ def function_steps(logs: Path) -> dict[str, dict[str, float]]:
     return steps
 
 
-def _stored_ids(ehr_store_url: str, resource_type: str) -> list[str]:
-    """Ids of one resource type in the EHR's store (the local FHIR server has no search).
-
-    The EHR keeps its table on the runtime's plain moto server, whichever backend the cloud
-    side runs on (IAM-enforcing moto or LocalStack).
-    """
-    table = boto3.client(
-        "dynamodb",
-        endpoint_url=ehr_store_url,
-        region_name=FAKE_CREDENTIALS["AWS_REGION"],
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    ids: set[str] = set()
-    for page in table.get_paginator("scan").paginate(TableName=RESOURCE_TABLE):
-        for item in page.get("Items", []):
-            if item.get("resourceType", {}).get("S") == resource_type:
-                ids.add(item["id"]["S"])
-    return sorted(ids)
+def _model_suffix(log: Path, servers: int) -> str:
+    return f" {log.stem.removeprefix(INFERENCE_LOG_PREFIX)}" if servers > 1 else ""
 
 
 def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]:
@@ -238,10 +244,15 @@ def print_summary(
         kind = "SR  (Comprehensive 3D, TID 1500)" if is_sr else "SEG"
         out(f"  {kind:<34} patient {item.patient_id} / {item.patient_name}")
     out(f"EHR (FHIR R4 {pipeline.ehr.base_url}):")
+    out("  found by GET DiagnosticReport?subject:Patient.identifier=<the patient's MRN>")
     for report_id in summary.ehr_report_ids:
         out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
     out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
     out(f"  imaging study: {', '.join(summary.ehr_report_study_uids) or 'none'}")
+    for run in summary.edge_runs:
+        if run.shadow:
+            out(f"Shadow mode: {run.model_name} ran ({run.stage}); its results stay on the edge")
+            out(f"  in {summary.edge_deliveries}/{run.run_id}, never sent to PACS or EHR")
     out(f"Ground truth nodules (diameter mm): {summary.truth_nodules_mm}")
     diameters = [value for name, value, _ in summary.ehr_measurements if name == "Long Axis"]
     out(f"Reported longest diameters (mm):    {sorted(round(d, 1) for d in diameters)}")
@@ -281,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     size_mb = sum(path.stat().st_size for path in study.paths) / 1e6
     say(f"  {len(study.paths)} instances, {size_mb:.0f} MB, {len(study.phantom.nodules)} nodule(s)")
     with LocalPipeline(
-        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say, pacs_dicomweb=args.view
     ) as pipeline:
         port = pipeline.forwarder_port
         say(f"Sending the study by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
@@ -293,7 +304,33 @@ def run(args: argparse.Namespace) -> int:
         summary = collect_summary(pipeline, study, delivered, started)
         print_summary(summary, pipeline, study, out=say)
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        if args.view and pipeline.pacs is not None:
+            keep_viewing(
+                pipeline.pacs, say, scan_folder(work_dir / "study"), study.study_instance_uid
+            )
     return 0 if summary.ok else 1
+
+
+def keep_viewing(
+    pacs: Orthanc, say: Any, original: StudyFolder, study_instance_uid: str | None = None
+) -> None:
+    """`make demo VIEW=1`: serve OHIF on the PACS until Ctrl-C.
+
+    A hospital's PACS holds the original images before any result arrives; the demo's PACS
+    only got the results, so the original study is stored now for the SEG and SR to sit on.
+    """
+    stored = send_instances(original, "127.0.0.1", pacs.dicom_port, pacs.ae_title, SENDER_AE_TITLE)
+    say(f"Stored the original study in the PACS for viewing ({stored.sent} instance(s))")
+    viewer = start_viewer(pacs)
+    page = viewer.study_url(study_instance_uid) if study_instance_uid else viewer.url
+    say(f"OHIF viewer (the PACS's studies, with our SR and SEG): {page}")
+    say("  in OHIF: double-click the SEG, then the SR thumbnail. Ctrl-C stops the viewer.")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        say("viewer stopped")
+    finally:
+        viewer.stop()
 
 
 @dataclass
@@ -440,7 +477,7 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         say("Nothing to send: no DICOM instance in the folder")
         return 1
     with LocalPipeline(
-        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say, pacs_dicomweb=args.view
     ) as pipeline:
         port = pipeline.forwarder_port
         say(f"Sending every series by C-STORE to the forwarder on 127.0.0.1:{port}")
@@ -453,6 +490,8 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         print_user_summary(summary, out=say)
         say(f"Logs and spool: {pipeline.work_dir}")
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        if args.view and pipeline.pacs is not None:
+            keep_viewing(pipeline.pacs, say, found)
     return 0 if summary.ok else 1
 
 
@@ -490,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--no-isolation", action="store_true", help="skip the network namespace")
     parser.add_argument(
+        "--view",
+        action="store_true",
+        help="afterwards, serve the OHIF viewer on the PACS until Ctrl-C (no network namespace)",
+    )
+    parser.add_argument(
         "--study",
         type=Path,
         default=None,
@@ -505,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         argv += ["--study", str(args.study)]
     # npm needs the registry: install the EHR's server before leaving the network behind.
     ensure_installed()
-    if not args.no_isolation:
+    if args.view:
+        ensure_viewer_installed()
+        # A browser outside a private namespace could not reach the viewer inside it.
+        print("note: --view runs without a network namespace; the viewer binds 127.0.0.1")
+    elif not args.no_isolation:
         _isolate(argv)
     return run(args)
 

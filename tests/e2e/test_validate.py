@@ -11,7 +11,7 @@ import pytest
 from edge_forwarder.validation.command import validate
 from edge_forwarder.validation.report import HTML_NAME, PDF_NAME
 from edge_forwarder.validation.scoring import Outcome
-from imaging_ai.local.runtime import DEFAULT_MODEL_DIR
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import ScannerProfile, write_ct_study, write_truth_segmentation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -32,7 +32,7 @@ def test_validate_runs_the_pipeline_and_scores_its_segmentation(tmp_path: Path) 
                            scanner=ScannerProfile(model_name="THICK SCANNER"))  # fmt: skip
     write_truth_segmentation(thick, studies / "thick-truth.dcm")
     # When the site validates the demo model on them
-    report = validate(studies, DEFAULT_MODEL_DIR, tmp_path / "report")
+    report = validate(studies, DEMO_MODEL_DIR, tmp_path / "report")
     bootstrap.reset()
     # Then the truth SEG the generator wrote is valid DICOM (dciodvfy: errors exit non-zero)
     if shutil.which("dciodvfy"):

@@ -9,7 +9,8 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -127,13 +128,22 @@ def ehr() -> Iterator[Ehr]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    with loopback_http(Handler) as url:
+        state.url = f"{url}/fhir"
+        yield state
+
+
+@contextmanager
+def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` from a thread on a free loopback port; yield its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -163,8 +173,15 @@ class CloudSide:
                     datasets.append(pydicom.dcmread(io.BytesIO(extracted.read())))
         return datasets
 
-    def answer(self, manifest: Manifest, study: SyntheticStudy) -> SiteResultMessage:
-        """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site."""
+    def answer(
+        self,
+        manifest: Manifest,
+        study: SyntheticStudy,
+        edit_bundle: Callable[[dict[str, Any]], None] | None = None,
+    ) -> SiteResultMessage:
+        """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site.
+
+        `edit_bundle` changes the Bundle after it was built: a cloud-side defect."""
         headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
         labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
         geometry = study.phantom.geometry()
@@ -175,7 +192,7 @@ class CloudSide:
                 site=SITE,
                 pseudo_study_uid=manifest.pseudo_study_uid,
                 pseudo_series_uid=str(headers[0].SeriesInstanceUID),
-                run_id=manifest.run_id,
+                run_id=manifest.runs[0].run_id,
                 model_name=card.name,
                 source_geometry=geometry,
                 model_geometry=geometry,
@@ -193,8 +210,10 @@ class CloudSide:
         for d in headers:
             del d.PixelData
         objects = build_results(
-            headers, labels, output, card, manifest.run_id, key_slices_hu=key_slices
+            headers, labels, output, card, manifest.runs[0].run_id, key_slices_hu=key_slices
         )
+        if edit_bundle is not None:
+            edit_bundle(objects.bundle)
         context = encryption_context(SITE, manifest.pseudo_study_uid)
         keys = {}
         for name, data in (
@@ -203,7 +222,7 @@ class CloudSide:
             ("report.bundle.json", json.dumps(objects.bundle).encode()),
             ("keyimages.dcm", _part10(objects.key_images)),  # type: ignore[arg-type]
         ):
-            key = result_key(SITE, manifest.pseudo_study_uid, manifest.run_id, name)
+            key = result_key(SITE, manifest.pseudo_study_uid, manifest.runs[0].run_id, name)
             client("s3").put_object(
                 Bucket=BUCKET, Key=key, Body=envelope.encrypt_bytes(data, self.key_arn, context)
             )
@@ -212,7 +231,7 @@ class CloudSide:
             kind="RESULT_READY",
             site=SITE,
             pseudo_study_uid=manifest.pseudo_study_uid,
-            run_id=manifest.run_id,
+            run_id=manifest.runs[0].run_id,
             result_keys=keys,
         )
         client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=message.model_dump_json())

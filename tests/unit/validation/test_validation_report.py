@@ -17,7 +17,7 @@ from edge_forwarder.validation.runner import ShadowResult
 from edge_forwarder.validation.scoring import Outcome
 from edge_forwarder.validation.truth import AnnotatedStudy
 from imaging_ai.drift import Baseline
-from imaging_ai.local.runtime import DEFAULT_MODEL_DIR
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import (
     ScannerProfile,
     SyntheticStudy,
@@ -123,7 +123,7 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[ValidationRepor
     )
     # When the site validates the model
     out = root / "report"
-    report = validate(studies_dir, DEFAULT_MODEL_DIR, out, pipeline=outcomes)
+    report = validate(studies_dir, DEMO_MODEL_DIR, out, pipeline=outcomes)
     return report, {"one": one, "two": two, "grown": grown}, out
 
 
