@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import ScannerProfile, write_ct_study, write_truth_segmentation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_validate_runs_the_pipeline_and_scores_its_segmentation(tmp_path: Path) -> None:
@@ -50,3 +52,5 @@ def test_validate_runs_the_pipeline_and_scores_its_segmentation(tmp_path: Path) 
     assert analyzed.dice is not None and analyzed.dice > 0.6
     assert (tmp_path / "report" / HTML_NAME).exists()
     assert (tmp_path / "report" / PDF_NAME).exists()
+    if os.environ.get("WRITE_DOCS_SAMPLES"):  # docs/sample-validation-report.pdf is this one
+        shutil.copy(tmp_path / "report" / PDF_NAME, DOCS / "sample-validation-report.pdf")
