@@ -346,6 +346,42 @@ class RunStateStore:
             states, key=lambda state: min(state.stage_times.values(), default=datetime.min)
         )
 
+    def runs(self) -> list[RunState]:
+        """Every run in the table (a Scan: for reports over all sites, not the request path)."""
+        states: list[RunState] = []
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(#sk, :run)",
+            ExpressionAttributeNames={"#sk": SORT_KEY},
+            ExpressionAttributeValues={":run": {"S": "RUN#"}},
+        ):
+            states.extend(_to_state(item) for item in page.get("Items", []))
+        return states
+
+    def put_baseline(self, site: str, model_name: str, baseline_json: str) -> None:
+        """Store the drift baseline of (site, model): the validation's profiles, no PHI."""
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+                "baseline": {"S": baseline_json},
+            },
+        )
+
+    def baseline(self, site: str, model_name: str) -> str | None:
+        response = self._db.get_item(
+            TableName=self._table,
+            Key={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+            },
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return str(item["baseline"]["S"]) if item else None
+
     def _conditional_update(
         self,
         run: RunKey,
@@ -369,6 +405,10 @@ class RunStateStore:
                 current = self.get(run)
                 raise StageConflict(run, expected, current.stage if current else None) from None
             raise
+
+
+def _baseline_partition(site: str, model_name: str) -> str:
+    return f"BASELINE#{check_site(site)}#{model_name}"
 
 
 def _is_condition_failure(error: ClientError) -> bool:
