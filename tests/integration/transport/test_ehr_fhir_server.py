@@ -31,9 +31,11 @@ MRN_SYSTEM = EhrSection.model_fields["patient_identifier_system"].default
 HEMORRHAGE = Code(scheme="SCT", value="1386000", meaning="Intracranial hemorrhage")
 
 
-@pytest.fixture(scope="module")
-def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer]:
-    server = start_fhir_server(tmp_path_factory.mktemp("fhir"))
+# One EHR per test: the synthetic studies share one fake patient, and each test counts what
+# the EHR holds for that patient.
+@pytest.fixture
+def fhir(tmp_path: Path) -> Iterator[FhirServer]:
+    server = start_fhir_server(tmp_path / "fhir")
     yield server
     server.stop()
 
@@ -107,7 +109,8 @@ def test_a_report_sent_again_gives_one_patient_and_one_report_per_run(
         r["reference"].split("/")[1] for r in report["result"]
     )
     # When the cloud re-runs the study (a new run) and the edge delivers that report too
-    cloud.answer(manifest.model_copy(update={"run_id": "rerun-1"}), edge.study)
+    rerun = manifest.runs[0].model_copy(update={"run_id": "rerun-1"})
+    cloud.answer(manifest.model_copy(update={"runs": [rerun]}), edge.study)
     edge.forwarder.inbound.tick()
     # Then the same patient and imaging study carry two reports, one per run
     assert [p["id"] for p in fhir.search("Patient", identifier=mrn)] == [patient["id"]]
