@@ -30,13 +30,13 @@ from imaging_ai.contracts import (
 )
 from imaging_ai.model_card import Code, Label, ModelCard, load_model_card
 from imaging_ai.model_io import (
-    Finding,
     ModelInputMeta,
     ModelOutputMeta,
     pack_model_output,
     unpack_model_input,
 )
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.model_io_support import finding, output_meta
 
 SITE = "site-a"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
@@ -272,27 +272,16 @@ def true_nodule_output(
     """What a perfect model answers for the study: its phantom's first nodule, as labels."""
     labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
     nodule = study.synthetic.phantom.nodules[0]
-    output = ModelOutputMeta(
-        input=meta,
-        model_name=meta.model_name,
-        model_version="0.1.0",
-        weights_sha256="0" * 64,
-        device="cpu",
-        inference_seconds=0.1,
-        findings=[
-            Finding(
-                label_value=1,
-                component=1,
-                voxel_count=int(labels.sum()),
-                volume_mm3=nodule.volume_mm3,
-                longest_diameter_mm=nodule.diameter_mm,
-                centroid_mm=meta.source_geometry.voxel_to_patient(
-                    tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
-                ),
-            )
-        ],
+    centroid = meta.source_geometry.voxel_to_patient(
+        tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
     )
-    return labels, output
+    true_finding = finding(
+        centroid,
+        voxel_count=int(labels.sum()),
+        volume_mm3=nodule.volume_mm3,
+        longest_diameter_mm=nodule.diameter_mm,
+    )
+    return labels, output_meta(meta, [true_finding])
 
 
 def emulate_inference(

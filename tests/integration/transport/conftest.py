@@ -30,10 +30,10 @@ from imaging_ai.contracts import (
     site_results_queue_name,
 )
 from imaging_ai.local.moto_server import free_port
-from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
+from tests.model_io_support import input_meta, output_meta
 from tests.unit.results.sample import demo_card
 
 SITE = "site-a"
@@ -170,24 +170,16 @@ class CloudSide:
         geometry = study.phantom.geometry()
         card = demo_card()
         findings = study.phantom.truth_findings()
-        output = ModelOutputMeta(
-            input=ModelInputMeta(
-                site=SITE,
-                pseudo_study_uid=manifest.pseudo_study_uid,
-                pseudo_series_uid=str(headers[0].SeriesInstanceUID),
-                run_id=manifest.run_id,
-                model_name=card.name,
-                source_geometry=geometry,
-                model_geometry=geometry,
-                sop_instance_uids=[str(d.SOPInstanceUID) for d in headers],
-            ),
+        meta = input_meta(
+            geometry,
             model_name=card.name,
-            model_version=card.version,
-            weights_sha256=card.weights_sha256,
-            device="cpu",
-            inference_seconds=0.1,
-            findings=findings,
+            sop_instance_uids=[str(d.SOPInstanceUID) for d in headers],
+            site=SITE,
+            pseudo_study_uid=manifest.pseudo_study_uid,
+            pseudo_series_uid=str(headers[0].SeriesInstanceUID),
+            run_id=manifest.run_id,
         )
+        output = output_meta(meta, findings, card)
         # The key images burn the outline into the de-identified slices, as postprocess does.
         key_slices = {k: stored_to_hu(headers[k]) for k in key_slice_indices(labels, output)}
         for d in headers:

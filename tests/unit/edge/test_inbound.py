@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,14 @@ from edge_forwarder.observability import Telemetry
 from edge_forwarder.transport.journal import Journal
 from imaging_ai.contracts import BUNDLE_NAME, SR_NAME, SiteResultMessage, result_key
 from imaging_ai.edge_stage import EdgeStage
+from tests.edge_support import JANE_DOE
 from tests.unit.edge.conftest import FakeEhr, FakePacs, FakeResults, make_delivery
 
 PSEUDO_STUDY, PSEUDO_SERIES, PSEUDO_PATIENT = "2.25.101", "2.25.102", "ANON-TESTPATIENT"
-IDENTITY = StudyIdentity(
+IDENTITY = replace(
+    JANE_DOE,
     pseudo_study_uid=PSEUDO_STUDY,
-    study_instance_uid="1.2.3.4.1",
     pseudo_patient_id=PSEUDO_PATIENT,
-    patient_id="MRN-0042",
-    patient_name="DOE^JANE",
-    patient_birth_date="19700101",
-    patient_sex="F",
-    accession_number="ACC-77",
-    study_date="20240102",
-    study_time="101500",
-    date_shift_days=-10,
     series={PSEUDO_SERIES: "1.2.3.4.2"},
 )
 RUN_ID = "r1-abcdef0123"

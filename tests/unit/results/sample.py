@@ -10,8 +10,9 @@ import numpy.typing as npt
 import pydicom
 
 from imaging_ai.model_card import Code, Label, ModelCard
-from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
+from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.synthetic import write_ct_study
+from tests.model_io_support import input_meta, output_meta
 
 SHAPE = (24, 128, 128)
 SPACING = (2.5, 2.5, 2.5)
@@ -107,23 +108,13 @@ def make_sample_run(tmp: Path, run_id: str = "run-1", nodules: int = 2) -> Sampl
     geometry = study.phantom.geometry()
     findings = study.phantom.truth_findings()
     card = demo_card()
-    meta_in = ModelInputMeta(
-        site="site-a",
+    meta_in = input_meta(
+        geometry,
+        model_name=card.name,
+        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
         pseudo_study_uid=str(headers[0].StudyInstanceUID),
         pseudo_series_uid=str(headers[0].SeriesInstanceUID),
         run_id=run_id,
-        model_name=card.name,
-        source_geometry=geometry,
-        model_geometry=geometry,
-        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
     )
-    output = ModelOutputMeta(
-        input=meta_in,
-        model_name=card.name,
-        model_version=card.version,
-        weights_sha256=card.weights_sha256,
-        device="cpu",
-        inference_seconds=1.0,
-        findings=findings,
-    )
+    output = output_meta(meta_in, findings, card, inference_seconds=1.0)
     return SampleRun(paths=study.paths, headers=headers, labels=labels, output=output, card=card)

@@ -20,6 +20,7 @@ from imaging_ai.results.key_images import (
     key_slice_indices,
     stored_to_hu,
 )
+from tests.model_io_support import finding
 from tests.unit.results.sample import SampleRun
 
 
@@ -36,13 +37,9 @@ def two_slices(sample_run: SampleRun) -> tuple[ResultObjects, np.ndarray, list[i
     labels = sample_run.labels.copy()
     labels[16, 60:66, 60:66] = 1
     geometry = sample_run.output.input.source_geometry
-    third = Finding(
-        label_value=1,
-        component=3,
-        voxel_count=36,
-        volume_mm3=562.5,
-        longest_diameter_mm=17.68,
-        centroid_mm=geometry.voxel_to_patient((16, 62.5, 62.5)),
+    centroid = geometry.voxel_to_patient((16, 62.5, 62.5))
+    third = finding(
+        centroid, component=3, voxel_count=36, volume_mm3=562.5, longest_diameter_mm=17.68
     )
     findings = [*sample_run.output.findings, third]
     objects = _build(sample_run, labels, findings)
