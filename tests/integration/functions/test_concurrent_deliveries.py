@@ -10,8 +10,7 @@ from imaging_ai.aws import client
 from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage
 from imaging_ai.lambda_stages import lambda_stage
 from imaging_ai.local.dispatcher import BatchOutcome, SqsDispatcher
-from imaging_ai.state import RunKey, RunStateStore
-from tests.functions_support import SITE, upload_study
+from tests.functions_support import SITE, run_stage, upload_study
 from tests.integration.functions.conftest import Stack
 
 WAIT_S = 60.0
@@ -83,9 +82,7 @@ def test_a_second_delivery_inside_the_invoke_window_does_not_invoke_again(
     # Then the endpoint was called exactly once and the run is INFERRING
     assert len(stack.inference_calls) == 1
     assert sorted(o.failed for o in outcomes) == [0, 1]  # the second was retried, not dropped
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.INFERRING
+    assert run_stage(resources.state_table, study) is Stage.INFERRING
 
 
 def test_three_concurrent_deliveries_of_a_manifest_give_one_inference(
@@ -144,6 +141,4 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
     )
     messages = [SiteResultMessage.model_validate_json(body) for body in stack.site_messages()]
     assert [m.kind for m in messages] == ["RESULT_READY"]
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.DELIVERED
+    assert run_stage(resources.state_table, study) is Stage.DELIVERED

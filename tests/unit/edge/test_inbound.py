@@ -100,20 +100,29 @@ def _failed(reason: str) -> SiteResultMessage:
     )
 
 
-@pytest.fixture
-def parts(tmp_path: Path, journal: Journal, telemetry: Telemetry):  # type: ignore[no-untyped-def]
+def _inbound(
+    folder: Path, journal: Journal, telemetry: Telemetry, vault: Vault, notice: bool = False
+) -> tuple[Inbound, FakeResults, FakePacs, FakeEhr]:
+    """The inbound part on fakes at its adapter boundary; `notice`: the optional PACS notice."""
     results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    folder = tmp_path / "deliveries"
     inbound = Inbound(
         journal=journal,
         results=results,
-        identities=Vault(IDENTITY),
+        identities=vault,
         identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
         delivery=make_delivery(journal, telemetry, pacs, ehr, folder),
         telemetry=telemetry,
         deliveries_dir=folder,
+        not_analyzed_notice=notice,
     )
     return inbound, results, pacs, ehr
+
+
+@pytest.fixture
+def parts(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> tuple[Inbound, FakeResults, FakePacs, FakeEhr]:
+    return _inbound(tmp_path / "deliveries", journal, telemetry, Vault(IDENTITY))
 
 
 def _uploaded_run(journal: Journal) -> None:
@@ -179,16 +188,7 @@ def test_a_result_without_a_crosswalk_entry_fails_the_run_and_is_acknowledged(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given a vault that does not know the study
-    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    inbound = Inbound(
-        journal=journal,
-        results=results,
-        identities=Vault(),
-        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
-        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
-        telemetry=telemetry,
-        deliveries_dir=tmp_path / "d",
-    )
+    inbound, results, pacs, _ehr = _inbound(tmp_path / "d", journal, telemetry, Vault())
     _uploaded_run(journal)
     results.send(_ready(), {SR_NAME: _sr()})
     # When the inbound loop runs
@@ -261,16 +261,8 @@ def test_the_optional_pacs_notice_tells_the_original_study_why(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given a site that asked for the notice
-    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    inbound = Inbound(
-        journal=journal,
-        results=results,
-        identities=Vault(IDENTITY),
-        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
-        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
-        telemetry=telemetry,
-        deliveries_dir=tmp_path / "d",
-        not_analyzed_notice=True,
+    inbound, results, pacs, ehr = _inbound(
+        tmp_path / "d", journal, telemetry, Vault(IDENTITY), notice=True
     )
     _uploaded_run(journal)
     results.send(_not_analyzed())
