@@ -72,7 +72,7 @@ def model_card(name: str = "lung-nodule-demo") -> ModelCard:
         weights_file="model.ts",
         weights_sha256="0" * 64,
         labels=[
-            lung_label(1, "nodule", NODULE, "Morphologically Altered Structure", "Lung structure")
+            lung_label(1, "nodule", NODULE, ("Morphologically Altered Structure", "Lung structure"))
         ],
         input_spacing_mm=(2.0, 1.0, 1.0),
         intensity_window_hu=(-1000.0, 400.0),

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from imaging_ai.local.moto_server import free_port
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
+from tests.http_support import QuietHandler
 from tests.model_io_support import input_meta, output_meta
 from tests.unit.results.sample import demo_card
 
@@ -96,7 +97,7 @@ class Ehr:
 def ehr() -> Iterator[Ehr]:
     state = Ehr(url="", script=[])
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length)
@@ -117,15 +118,7 @@ def ehr() -> Iterator[Ehr]:
                     if state.script
                     else (200, {"resourceType": "Bundle", "type": "transaction-response"})
                 )
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.reply(status, json.dumps(answer).encode(), "application/fhir+json")
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/fhir"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from imaging_ai.results.key_images import (
     key_slice_indices,
     stored_to_hu,
 )
+from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.model_io_support import finding
 from tests.unit.results.sample import SampleRun
 
@@ -107,10 +107,7 @@ def test_passes_dciodvfy_and_round_trips(
     key = two_slices[0].key_images
     assert key is not None
     path = tmp_path / "key.dcm"
-    key.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
-    assert errors == [], report.stderr
+    assert_dciodvfy_clean(key, path)
     again = pydicom.dcmread(io.BytesIO(path.read_bytes()))
     assert np.array_equal(again.pixel_array, key.pixel_array)
 
