@@ -11,13 +11,14 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.logs import JsonFormatter
 
 LOGGER_NAME = "edge_forwarder"
@@ -140,7 +141,8 @@ class MetricsServer:
     def __init__(self, host: str, port: int, metrics: Metrics, health: HealthState) -> None:
         registry, health_state = metrics.registry, health
 
-        class Handler(BaseHTTPRequestHandler):
+        # Quiet: access logs would duplicate scrapes every 15 s.
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
@@ -150,14 +152,7 @@ class MetricsServer:
                     kind = "application/json"
                 else:
                     body, status, kind = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # access logs would duplicate scrapes every 15 s
+                self.reply(status, body, kind)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = int(self.server.server_address[1])

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from functions.common import bootstrap
 from imaging_ai import envelope
 from imaging_ai.aws import Credentials, reset_clients
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.lambda_stages import lambda_stage
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 from imaging_ai.local.dispatcher import SqsDispatcher
@@ -37,7 +38,6 @@ from tests.cloud_contract import (
     site_role,
 )
 from tests.functions_support import UploadedStudy, model_card, true_nodule_output
-from tests.http_support import QuietHandler
 from tests.integration.transport.conftest import ehr, pacs  # noqa: F401  (the real peers)
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from imaging_ai.aws import client, reset_clients
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from tests.http_support import QuietHandler
 
 BUCKET = "endpoint-test"
 

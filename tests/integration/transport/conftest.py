@@ -29,11 +29,11 @@ from imaging_ai.contracts import (
     result_key,
     site_results_queue_name,
 )
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.moto_server import free_port
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
-from tests.http_support import QuietHandler
 from tests.model_io_support import input_meta, output_meta
 from tests.unit.results.sample import demo_card
 

@@ -15,8 +15,8 @@ import requests
 
 from edge_forwarder.transport.ehr import EhrClient
 from edge_forwarder.transport.pacs import PacsPeer, open_association
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
-from tests.http_support import QuietHandler
 from tests.integration.transport.conftest import Pacs
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Small HTTP peers for tests (a FHIR server, an inference container): the shared handler part."""
+"""The request-handler base of our small HTTP servers: one way to answer, no access log."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from http.server import BaseHTTPRequestHandler
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    """A request handler that answers with `reply` and keeps the test output clean."""
+    """Answers with `reply`; writes no access log line (the default puts every request, path
+    and client address on stderr; our servers log what matters with fields)."""
 
     def reply(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -16,4 +17,4 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        return  # the default writes every request to stderr
+        return
