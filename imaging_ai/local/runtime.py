@@ -222,8 +222,7 @@ class LocalPipeline:
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
         self.pacs = start_orthanc(self.work_dir / "pacs")
-        assert self.moto
-        self.ehr = start_fhir_server(self.moto.endpoint_url, logs)
+        self.ehr = start_fhir_server(logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
 
@@ -258,8 +257,8 @@ class LocalPipeline:
     def _start_cloud(self, logs: Path) -> None:
         """The AWS stand-in, the resources on it, and (IAM mode) the roles to act as.
 
-        A plain moto server always runs: it holds the local EHR's own table (the hospital's
-        system, never the cloud account) and, under LocalStack, the DynamoDB state table.
+        A plain moto server always runs: the cloud's AWS by default and, under LocalStack, the
+        DynamoDB state table.
         """
         if self.backend not in BACKENDS:
             raise PipelineError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}")
