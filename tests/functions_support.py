@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -145,18 +145,17 @@ def deidentify_trivially(
 
 @dataclass
 class UploadedStudy:
+    """A study as the forwarder left it in the bucket; its run is the manifest's."""
+
     manifest: Manifest
     synthetic: SyntheticStudy
     series_uid: str
     datasets: list[Dataset]
+    pseudo_study_uid: str = field(init=False)
+    run_id: str = field(init=False)
 
-    @property
-    def pseudo_study_uid(self) -> str:
-        return self.manifest.pseudo_study_uid
-
-    @property
-    def run_id(self) -> str:
-        return self.manifest.run_id
+    def __post_init__(self) -> None:
+        self.pseudo_study_uid, self.run_id = self.manifest.pseudo_study_uid, self.manifest.run_id
 
 
 def make_series(
