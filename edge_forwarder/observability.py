@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.http_handler import QuietHandler
 from imaging_ai.logs import JsonFormatter
 
@@ -88,6 +89,11 @@ def silence_dicom_library_warnings() -> None:
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a named event with keyword fields (fields outside the allow-list are dropped)."""
     logging.getLogger(LOGGER_NAME).log(level, event, extra={"fields": fields})
+
+
+def log_stage(stage: EdgeStage, **fields: Any) -> None:
+    """Log that a run reached `stage`: the event is named after it and carries it."""
+    log_event(stage, stage=stage, **fields)
 
 
 class Metrics:

@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from edge_forwarder.deid import Deidentifier, DeidResult
 from edge_forwarder.intake import CompletedStudy
-from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.observability import Telemetry, log_event, log_stage
 from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
@@ -110,9 +110,8 @@ class Outbound:
         try:
             run = run or self._open_run(study)
             self._reach(run.run_id, EdgeStage.COMPLETE)
-            log_event(
+            log_stage(
                 EdgeStage.COMPLETE,
-                stage=EdgeStage.COMPLETE,
                 run_id=run.run_id,
                 pseudo_study_uid=run.pseudo_study_uid,
                 run_number=study.run_number,
@@ -128,9 +127,8 @@ class Outbound:
             self.telemetry.audit.record(
                 "deidentify", pseudo_study_uid=run.pseudo_study_uid, run_id=run.run_id
             )
-            log_event(
+            log_stage(
                 EdgeStage.DEIDENTIFIED,
-                stage=EdgeStage.DEIDENTIFIED,
                 run_id=run.run_id,
                 pseudo_study_uid=run.pseudo_study_uid,
                 instance_count=_instance_count(study),
@@ -249,9 +247,8 @@ class Outbound:
         self.telemetry.audit.record(
             "upload", pseudo_study_uid=run.pseudo_study_uid, run_id=run_id, destination="s3"
         )
-        log_event(
+        log_stage(
             EdgeStage.UPLOADED,
-            stage=EdgeStage.UPLOADED,
             run_id=run_id,
             pseudo_study_uid=run.pseudo_study_uid,
             bytes=sent,
