@@ -10,6 +10,7 @@ from pathlib import Path
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.node_packages import npm_ci_once
+from imaging_ai.local.processes import first_on_path
 
 PACKAGE_DIR = Path(__file__).with_name("browser")
 PACKAGE_FILES = ("package.json", "package-lock.json", "open_study.mjs")
@@ -32,11 +33,7 @@ class ViewedStudy:
 
 def chromium_binary() -> str | None:
     """Debian's chromium, or None when it is not installed."""
-    for name in _CHROMIUM:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return first_on_path(_CHROMIUM)
 
 
 def ensure_installed(timeout_s: float = 300.0) -> Path:
