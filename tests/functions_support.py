@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +23,7 @@ from imaging_ai.contracts import (
     Manifest,
     ManifestInstance,
     ManifestSeries,
+    ModelRun,
     Stage,
     encryption_context,
     inference_output_prefix,
@@ -37,12 +37,13 @@ from imaging_ai.model_io import (
     pack_model_output,
     unpack_model_input,
 )
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.state import RunKey, RunState, RunStateStore
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 from tests.model_io_support import finding, output_meta
 
 SITE = "site-a"
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
+SHIPPED_MODEL_DIR = DEMO_MODEL_DIR  # the shipped demo model
 NODULE = Code(scheme="SCT", value="27925004", meaning="Nodule")
 
 
@@ -145,17 +146,25 @@ def deidentify_trivially(
 
 @dataclass
 class UploadedStudy:
-    """A study as the forwarder left it in the bucket; its run is the manifest's."""
+    """A study as the forwarder left it in the bucket; its runs are the manifest's."""
 
     manifest: Manifest
     synthetic: SyntheticStudy
     series_uid: str
     datasets: list[Dataset]
-    pseudo_study_uid: str = field(init=False)
-    run_id: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.pseudo_study_uid, self.run_id = self.manifest.pseudo_study_uid, self.manifest.run_id
+    @property
+    def pseudo_study_uid(self) -> str:
+        return self.manifest.pseudo_study_uid
+
+    @property
+    def run_id(self) -> str:
+        """The first (in most tests the only) model run of the upload."""
+        return self.manifest.runs[0].run_id
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.runs[0].model_name
 
 
 def make_series(
@@ -202,13 +211,18 @@ def upload_study(
     shape: tuple[int, int, int] = (24, 128, 128),
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
     spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
+    runs: list[ModelRun] | None = None,
 ) -> UploadedStudy:
-    """What the edge forwarder does: series tar, encrypt, upload, manifest LAST."""
+    """What the edge forwarder does: series tar, encrypt, upload, manifest LAST.
+
+    The manifest names `runs` (one per model), or one run `run_id` of `model_name`.
+    """
     synthetic, study_uid, series_uid, datasets = prepared or make_series(
         tmp_path, shape, markers, spacing_mm=spacing_mm
     )
     entry = _put_series(bucket, key_arn, study_uid, series_uid, datasets, tamper=tamper)
-    manifest = _put_manifest(bucket, key_arn, study_uid, [entry], run_id, model_name)
+    runs = runs or [ModelRun(run_id=run_id, model_name=model_name)]
+    manifest = _put_manifest(bucket, key_arn, study_uid, [entry], runs)
     return UploadedStudy(manifest, synthetic, series_uid, datasets)
 
 
@@ -227,7 +241,8 @@ def upload_series(
         for ds in datasets:
             deidentify_trivially(ds, study_uid, series_uid)
         entries.append(_put_series(bucket, key_arn, study_uid, series_uid, datasets))
-    return _put_manifest(bucket, key_arn, study_uid, entries, run_id, model_name)
+    runs = [ModelRun(run_id=run_id, model_name=model_name)]
+    return _put_manifest(bucket, key_arn, study_uid, entries, runs)
 
 
 def _put_series(
@@ -266,15 +281,13 @@ def _put_manifest(
     key_arn: str,
     study_uid: str,
     series: list[ManifestSeries],
-    run_id: str,
-    model_name: str,
+    runs: list[ModelRun],
 ) -> Manifest:
     """Write the study's manifest, encrypted: the commit marker, so always LAST."""
     manifest = Manifest(
         site=SITE,
         pseudo_study_uid=study_uid,
-        run_id=run_id,
-        model_name=model_name,
+        runs=runs,
         series=series,
         deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
         forwarder_version="test",
@@ -289,23 +302,14 @@ def _put_manifest(
     return manifest
 
 
-class NamesRun(Protocol):
-    """An uploaded study or its manifest: either names its run."""
-
-    @property
-    def pseudo_study_uid(self) -> str: ...
-
-    @property
-    def run_id(self) -> str: ...
-
-
-def run_state(state_table: str, upload: NamesRun) -> RunState | None:
-    """The upload's run as the state table holds it now (None: never recorded)."""
-    key = RunKey(SITE, upload.pseudo_study_uid, upload.run_id)
+def run_state(state_table: str, upload: UploadedStudy | Manifest) -> RunState | None:
+    """The upload's (first) run as the state table holds it now (None: never recorded)."""
+    run_id = upload.run_id if isinstance(upload, UploadedStudy) else upload.runs[0].run_id
+    key = RunKey(SITE, upload.pseudo_study_uid, run_id)
     return RunStateStore(client("dynamodb"), state_table).get(key)
 
 
-def run_stage(state_table: str, upload: NamesRun) -> Stage | None:
+def run_stage(state_table: str, upload: UploadedStudy | Manifest) -> Stage | None:
     """The stage the upload's run is in now (None: never recorded)."""
     run = run_state(state_table, upload)
     return run.stage if run else None

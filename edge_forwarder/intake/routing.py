@@ -40,9 +40,12 @@ def series_matches(rule: SeriesMatch, series: SeriesSummary) -> bool:
     )
 
 
-def choose_route(rules: list[RoutingRule], series: list[SeriesSummary]) -> tuple[int, str] | None:
-    """The first rule that at least one series matches, as (rule index, model name)."""
+def choose_models(rules: list[RoutingRule], series: list[SeriesSummary]) -> list[tuple[int, str]]:
+    """Every model named by a rule that at least one series matches, as (rule index, model
+    name), in rule order; a model named by several matching rules is taken once."""
+    chosen: dict[str, int] = {}
     for index, rule in enumerate(rules):
         if any(series_matches(rule, s) for s in series):
-            return index, rule.model
-    return None
+            for model in rule.models:
+                chosen.setdefault(model, index)
+    return [(index, model) for model, index in chosen.items()]

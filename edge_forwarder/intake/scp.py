@@ -24,7 +24,7 @@ from edge_forwarder.intake.association import IntakeServer, start_intake_server
 from edge_forwarder.intake.commit import GroupCommit
 from edge_forwarder.intake.header import HeaderError, read_header, tags_for
 from edge_forwarder.intake.journal import Journal, JournalBatch
-from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
+from edge_forwarder.intake.routing import choose_models, rule_attributes, series_matches
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
 from imaging_ai.dicom_policy import (
@@ -85,11 +85,11 @@ _CHECKED = (
 
 @dataclass(frozen=True)
 class CompletedStudy:
-    """A study whose quiet timer expired, routed to a model and claimed exactly once."""
+    """A study whose quiet timer expired, routed to its models and claimed exactly once."""
 
     study_key: str  # opaque spool id, safe to log (no PHI)
     run_number: int  # 1; late instances after forwarding give 2, 3 ... (a revision run)
-    route: str  # the model the routing rules chose
+    models: tuple[str, ...]  # every model the routing rules chose (one run each), rule order
     series: dict[str, list[Path]]  # original SeriesInstanceUID -> spooled files: PHI keys
 
 
@@ -455,27 +455,28 @@ class Intake:
                 log.warning(
                     "expected_series_missing", study_key=study.study_key, name=",".join(missing)
                 )
-            route = choose_route(s.routing, series)
-            if route is None:
+            chosen = choose_models(s.routing, series)
+            if not chosen:
                 self.journal.set_unrouted(study.study_key)
                 log.info("route_decision", study_key=study.study_key, status="no_rule_matched")
                 continue
-            rule_index, model = route
-            if not self.journal.claim(study.study_key, study.run_number, model):
+            models = tuple(model for _, model in chosen)
+            if not self.journal.claim(study.study_key, study.run_number, models):
                 continue
-            log.info(
-                "route_decision",
-                study_key=study.study_key,
-                run_number=study.run_number,
-                name=model,
-                status=f"rule_{rule_index}",
-                series_count=len(series),
-            )
+            for rule_index, model in chosen:
+                log.info(
+                    "route_decision",
+                    study_key=study.study_key,
+                    run_number=study.run_number,
+                    name=model,
+                    status=f"rule_{rule_index}",
+                    series_count=len(series),
+                )
             completed.append(
                 CompletedStudy(
                     study_key=study.study_key,
                     run_number=study.run_number,
-                    route=model,
+                    models=models,
                     series=self.journal.instance_paths(study.study_key),
                 )
             )
