@@ -63,7 +63,7 @@ def test_a_run_with_35_findings_reports_the_20_largest_and_says_15_more(tmp_path
     ]
     assert "reports 20 finding(s)" in report["conclusion"]
     assert "15 more finding(s)" in report["conclusion"]
-    # And the transaction stays within what FHIR servers accept (100 entries: a common limit)
+    # And the transaction stays within what FHIR servers commonly accept (100 entries)
     assert len(bundle["entry"]) == 5 + 20 * len(run.card.measurements) <= 100
 
 
