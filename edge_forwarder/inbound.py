@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_forwarder.critical import critical_findings
 from edge_forwarder.delivery import Delivery
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.observability import Telemetry, log_event, log_stage
@@ -171,6 +172,12 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.EHR, DeliveryState.PENDING, payload_dir=folder
             )
+            if critical_findings(json.loads((folder / BUNDLE_NAME).read_text())):
+                self.journal.set_delivery(
+                    run_id, DeliveryTarget.CRITICAL, DeliveryState.PENDING, payload_dir=folder
+                )
+                log_event("critical_finding", logging.WARNING, run_id=run_id,
+                          pseudo_study_uid=message.pseudo_study_uid)  # fmt: skip
         if (folder / ORU_NAME).exists():
             self.journal.set_delivery(
                 run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder

@@ -191,6 +191,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
     # The cloud's verdict on a study: outside the model's intended use, nothing delivered.
     "not_analyzed": ("110111", "Procedure Record", "not_analyzed", "R"),
+    # A critical finding told to the site (EHR Communication or webhook), or the attempt.
+    "critical_notice": ("110106", "Export", "critical_notice", "C"),
     # A shadow-mode model's results kept on the edge and deliberately not delivered.
     "shadow_stored": ("110111", "Procedure Record", "shadow_stored", "R"),
 }

@@ -25,6 +25,7 @@ class Trigger(StrEnum):
     MANIFEST_CREATED = "manifest-created"
     INFERENCE_NOTIFICATIONS = "inference-notifications"
     DEAD_LETTERS = "dead-letters"
+    SCHEDULE = "schedule"  # an EventBridge schedule every `schedule_minutes`; no queue
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class LambdaStage:
     writes: tuple[str, ...] = ()
     invokes_endpoint: bool = False
     reads_manifests: bool = False
+    schedule_minutes: int = 0
 
     @property
     def handler(self) -> str:
@@ -51,7 +53,7 @@ class LambdaStage:
     @property
     def has_queue(self) -> bool:
         """Whether the stage polls a work queue of its own (with a dead-letter queue)."""
-        return self.trigger is not Trigger.DEAD_LETTERS
+        return self.trigger not in (Trigger.DEAD_LETTERS, Trigger.SCHEDULE)
 
     @property
     def queue_name(self) -> str:

@@ -103,6 +103,22 @@ class IntendedUse(BaseModel):
     image_check: LungDensityCheck | None = None
 
 
+class TriageFlag(BaseModel):
+    """A per-study yes / no the model answers with a probability (e.g. hemorrhage suspected).
+
+    The probability is the mean foreground probability of the label's most likely voxels
+    that together make `min_volume_mm3`: one confident voxel does not flag a study, a
+    bleed of that size does.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # what a site reads, e.g. "Intracranial hemorrhage suspected"
+    finding: Code  # e.g. SCT 1386000 Intracranial hemorrhage
+    label_value: int = Field(ge=1, le=255)  # the label whose probability map decides
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_volume_mm3: float = Field(gt=0.0)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -123,6 +139,22 @@ class ModelCard(BaseModel):
     max_findings: int = Field(default=20, ge=1)
     not_for_clinical_use: bool = True
     manufacturer: str = "imaging-ai-pipeline project"
+    triage: TriageFlag | None = None
+    # Findings a site must hear about at once (a notification within seconds of the result):
+    # a suspected triage flag or a finding whose label type carries one of these codes.
+    critical_findings: list[Code] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _triage_names_a_label(self) -> ModelCard:
+        if self.triage is not None and self.triage.label_value not in {
+            label.value for label in self.labels
+        }:
+            raise ValueError("triage flag names a label value the model does not have")
+        return self
+
+    def is_critical(self, code: Code) -> bool:
+        """Does the card declare this finding critical (scheme and value compared)?"""
+        return any((c.scheme, c.value) == (code.scheme, code.value) for c in self.critical_findings)
 
     def label(self, value: int) -> Label:
         for label in self.labels:

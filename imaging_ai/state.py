@@ -359,6 +359,46 @@ class RunStateStore:
             states, key=lambda state: min(state.stage_times.values(), default=datetime.min)
         )
 
+    def runs(self) -> list[RunState]:
+        """Every run in the table (a Scan: for reports over all sites, not the request path)."""
+        states: list[RunState] = []
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(#sk, :run)",
+            ExpressionAttributeNames={"#sk": SORT_KEY},
+            ExpressionAttributeValues={":run": {"S": "RUN#"}},
+        ):
+            states.extend(_to_state(item) for item in page.get("Items", []))
+        return states
+
+    def put_baseline(self, site: str, model_name: str, baseline_json: str) -> None:
+        """Store the drift baseline of (site, model): the validation's profiles, no PHI."""
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+                "baseline": {"S": baseline_json},
+            },
+        )
+
+    def baseline(self, site: str, model_name: str) -> str | None:
+        response = self._db.get_item(
+            TableName=self._table,
+            Key={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+            },
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return str(item["baseline"]["S"]) if item else None
+
+
+def _baseline_partition(site: str, model_name: str) -> str:
+    return f"BASELINE#{check_site(site)}#{model_name}"
+
 
 def _is_condition_failure(error: ClientError) -> bool:
     return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")

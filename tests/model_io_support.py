@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from imaging_ai.model_card import ModelCard
-from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import (
+    Finding,
+    ModelInputMeta,
+    ModelOutputMeta,
+    TriageResult,
+    VolumeGeometry,
+)
 
 # The run a test means when it names none: pseudonymous identifiers only.
 RUN = {
@@ -39,6 +45,7 @@ def output_meta(
     findings: Iterable[Finding],
     card: ModelCard | None = None,
     inference_seconds: float = 0.1,
+    triage: TriageResult | None = None,
 ) -> ModelOutputMeta:
     """The model's answer to `meta` on the CPU: `card`'s model, or an unversioned one."""
     return ModelOutputMeta(
@@ -49,6 +56,7 @@ def output_meta(
         device="cpu",
         inference_seconds=inference_seconds,
         findings=list(findings),
+        triage=triage,
     )
 
 

@@ -22,7 +22,11 @@ FHIR_SYSTEMS: Final[dict[str, str]] = {
 SCHEMES_BY_SYSTEM: Final[dict[str, str]] = {uri: scheme for scheme, uri in FHIR_SYSTEMS.items()}
 
 # The UCUM units our measurements may carry, with their DICOM code meanings.
-UCUM_UNITS: Final[dict[str, str]] = {"mm3": "cubic millimeter", "mm": "millimeter"}
+UCUM_UNITS: Final[dict[str, str]] = {
+    "mm3": "cubic millimeter",
+    "mm": "millimeter",
+    "%": "percent",  # a triage flag's probability in the FHIR report
+}
 
 # ---- Concepts ------------------------------------------------------------------------------
 
@@ -46,9 +50,26 @@ ARTIFICIAL_INTELLIGENCE: Final = Code("123110", "DCM", "Artificial Intelligence"
 
 RADIOLOGY_CATEGORY: Final = Code("LP29684-5", "LN", "Radiology")
 CT_CHEST: Final = Code("24627-2", "LN", "CT Chest")
+CT_HEAD: Final = Code("30799-1", "LN", "CT Head WO contrast")
 CT_PROCEDURE: Final = Code("77477000", "SCT", "Computerized axial tomography")
 # Imaging procedure reported, by (Modality, BodyPartExamined) of the source series.
-PROCEDURES: Final[dict[tuple[str, str], Code]] = {("CT", "CHEST"): CT_CHEST}
+PROCEDURES: Final[dict[tuple[str, str], Code]] = {
+    ("CT", "CHEST"): CT_CHEST,
+    ("CT", "HEAD"): CT_HEAD,
+    ("CT", "BRAIN"): CT_HEAD,
+}
+# A triage flag's answer (SR qualitative evaluation value, FHIR Observation value).
+PRESENT: Final = Code("52101004", "SCT", "Present")
+ABSENT: Final = Code("2667000", "SCT", "Absent")
+# FHIR Observation.interpretation of a triage answer: critical when the card says so.
+INTERPRETATION_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+CRITICAL_ABNORMAL: Final = {
+    "system": INTERPRETATION_SYSTEM,
+    "code": "AA",
+    "display": "Critical abnormal",
+}
+ABNORMAL: Final = {"system": INTERPRETATION_SYSTEM, "code": "A", "display": "Abnormal"}
+NORMAL: Final = {"system": INTERPRETATION_SYSTEM, "code": "N", "display": "Normal"}
 PROCEDURES_BY_MODALITY: Final[dict[str, Code]] = {"CT": CT_PROCEDURE}
 
 OBSERVATION_CATEGORY_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/observation-category"

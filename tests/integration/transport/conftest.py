@@ -32,6 +32,8 @@ from imaging_ai.contracts import (
 )
 from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.moto_server import free_port
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import TriageResult
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
@@ -171,14 +173,17 @@ class CloudSide:
         manifest: Manifest,
         study: SyntheticStudy,
         edit_bundle: Callable[[dict[str, Any]], None] | None = None,
+        card: ModelCard | None = None,
+        triage: TriageResult | None = None,
     ) -> SiteResultMessage:
         """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site.
 
-        `edit_bundle` changes the Bundle after it was built: a cloud-side defect."""
+        `edit_bundle` changes the Bundle after it was built: a cloud-side defect. `card` and
+        `triage` stand for a model with a per-study flag (default: the demo card, no flag)."""
         headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
         labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
         geometry = study.phantom.geometry()
-        card = demo_card()
+        card = card or demo_card()
         findings = study.phantom.truth_findings()
         meta = input_meta(
             geometry,
@@ -189,7 +194,7 @@ class CloudSide:
             pseudo_series_uid=str(headers[0].SeriesInstanceUID),
             run_id=manifest.runs[0].run_id,
         )
-        output = output_meta(meta, findings, card)
+        output = output_meta(meta, findings, card, triage=triage)
         # The key images burn the outline into the de-identified slices, as postprocess does.
         key_slices = {k: stored_to_hu(headers[k]) for k in key_slice_indices(labels, output)}
         for d in headers:
