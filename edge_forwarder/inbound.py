@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from edge_forwarder.critical import critical_findings
 from edge_forwarder.delivery import Delivery
 from edge_forwarder.identity import StudyIdentity
-from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.observability import Telemetry, log_event, log_stage
 from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.result_objects import ORU_NAME
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
@@ -147,9 +147,8 @@ class Inbound:
         objects = self.results.fetch(message)
         check_result_objects(objects, message.pseudo_study_uid)
         self._advance_once(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
-        log_event(
+        log_stage(
             EdgeStage.RESULTS_RECEIVED,
-            stage=EdgeStage.RESULTS_RECEIVED,
             run_id=run_id,
             pseudo_study_uid=message.pseudo_study_uid,
             count=len(objects),
@@ -278,9 +277,8 @@ class Inbound:
             self.journal.note(run_id, "not_analyzed_after_end", detail=reason)
             return
         self.journal.advance(run_id, EdgeStage.NOT_ANALYZED, reason=reason)
-        log_event(
+        log_stage(
             EdgeStage.NOT_ANALYZED,
-            stage=EdgeStage.NOT_ANALYZED,
             run_id=run_id,
             pseudo_study_uid=message.pseudo_study_uid,
             reason=reason,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from imaging_ai.contracts import model_card_key
 from imaging_ai.errors import ContractError
 
 MODEL_CARD_NAME = "model.json"
@@ -175,3 +177,17 @@ def load_model_card(model_dir: Path, verify_weights: bool = True) -> ModelCard:
         if digest != card.weights_sha256:
             raise ContractError("weights SHA-256 does not match model.json")
     return card
+
+
+def store_model_cards(s3: Any, bucket: str, cards: Iterable[ModelCard], **put_options: str) -> None:
+    """Every version's card at models/NAME/VERSION/model.json (a re-run pins one) and each
+    model's last card, so list versions oldest first, as its current models/NAME/model.json."""
+    for card in cards:
+        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=card.model_dump_json(indent=2).encode(),
+                ContentType="application/json",
+                **put_options,
+            )

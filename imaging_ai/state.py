@@ -160,9 +160,11 @@ class RunStateStore:
             names[f"#a{index}"] = f"attr_{name}"
             values[f":a{index}"] = {"S": value}
             updates.append(f"#a{index} = :a{index}")
-        self._conditional_update(
-            run, "SET " + ", ".join(updates), "#stage = :expected", names, values, expected
-        )
+        if not self._updated_if(
+            run, "SET " + ", ".join(updates), "#stage = :expected", names, values
+        ):
+            current = self.get(run)
+            raise StageConflict(run, expected, current.stage if current else None)
 
     def claim(
         self, run: RunKey, stages: tuple[Stage, ...], holder: str, lease_s: float
@@ -272,21 +274,14 @@ class RunStateStore:
             names["#model"] = "model_name"
             values[":model"] = {"S": model_name}
             update += ", #model = if_not_exists(#model, :model)"
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=run.item_key,
-                UpdateExpression=update,
-                ConditionExpression="attribute_not_exists(#stage) OR "
-                "(#stage <> :failed AND #stage <> :delivered AND #stage <> :not_analyzed)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return self._updated_if(
+            run,
+            update,
+            "attribute_not_exists(#stage) OR "
+            "(#stage <> :failed AND #stage <> :delivered AND #stage <> :not_analyzed)",
+            names,
+            values,
+        )
 
     def not_analyze(self, run: RunKey, reason: str) -> bool:
         """Record NOT_ANALYZED with its reason, from a stage before inference only.
@@ -302,18 +297,36 @@ class RunStateStore:
         for index, stage in enumerate(NOT_ANALYZED_FROM):
             values[f":s{index}"] = {"S": stage.value}
         allowed = ", ".join(f":s{index}" for index in range(len(NOT_ANALYZED_FROM)))
+        names = {
+            "#stage": "stage",
+            "#from": "failed_from",
+            "#at": _time_attribute(Stage.NOT_ANALYZED),
+            "#reason": "reason",
+        }
+        return self._updated_if(
+            run,
+            "SET #from = #stage, #stage = :to, #at = :now, #reason = :reason",
+            f"#stage IN ({allowed})",
+            names,
+            values,
+        )
+
+    def _updated_if(
+        self,
+        run: RunKey,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> bool:
+        """Apply `update` if `condition` holds; False (nothing changed) when it does not."""
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key=run.item_key,
-                UpdateExpression="SET #from = #stage, #stage = :to, #at = :now, #reason = :reason",
-                ConditionExpression=f"#stage IN ({allowed})",
-                ExpressionAttributeNames={
-                    "#stage": "stage",
-                    "#from": "failed_from",
-                    "#at": _time_attribute(Stage.NOT_ANALYZED),
-                    "#reason": "reason",
-                },
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
@@ -381,30 +394,6 @@ class RunStateStore:
         )
         item = response.get("Item")
         return str(item["baseline"]["S"]) if item else None
-
-    def _conditional_update(
-        self,
-        run: RunKey,
-        update: str,
-        condition: str,
-        names: dict[str, str],
-        values: dict[str, Any],
-        expected: Stage,
-    ) -> None:
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=run.item_key,
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                current = self.get(run)
-                raise StageConflict(run, expected, current.stage if current else None) from None
-            raise
 
 
 def _baseline_partition(site: str, model_name: str) -> str:

@@ -154,16 +154,18 @@ _VERHOEFF_D = (
     (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
     (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
 )
-_VERHOEFF_P = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
-    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
-    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
-    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
-    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
-    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
-    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
-)
+# Verhoeff's position permutations: row i applies the base permutation i times.
+_VERHOEFF_BASE = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
+
+
+def _permutation_powers(base: tuple[int, ...], count: int) -> tuple[tuple[int, ...], ...]:
+    rows = [tuple(range(len(base)))]
+    while len(rows) < count:
+        rows.append(tuple(base[digit] for digit in rows[-1]))
+    return tuple(rows)
+
+
+_VERHOEFF_P = _permutation_powers(_VERHOEFF_BASE, 8)
 
 
 def verhoeff_valid(digits: str) -> bool:

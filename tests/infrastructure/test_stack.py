@@ -48,6 +48,19 @@ def _statements(synthesized: Synthesized) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _granted(synthesized: Synthesized, function: dict[str, Any], action: str) -> str:
+    """The resources the function's role is granted `action` on, as JSON text to search."""
+    role = json.dumps({"Ref": function["Role"]["Fn::GetAtt"][0]})
+    return json.dumps(
+        [
+            statement["Resource"]
+            for logical_id, statement in _statements(synthesized)
+            if action in _as_list(statement["Action"])
+            and role in json.dumps(synthesized.template["Resources"][logical_id]["Properties"])
+        ]
+    )
+
+
 def _tls_only(document: dict[str, Any]) -> bool:
     return any(
         s["Effect"] == "Deny"
@@ -412,15 +425,7 @@ def test_preprocess_can_tell_every_site_that_its_study_was_refused(dev: Synthesi
     }
     assert len(queue_ids) == len(SITES)
     # and its role may send to each of those queues (and only by name, never "*")
-    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
-    sendable = json.dumps(
-        [
-            statement["Resource"]
-            for logical_id, statement in _statements(dev)
-            if "sqs:SendMessage" in _as_list(statement["Action"])
-            and role in json.dumps(dev.template["Resources"][logical_id]["Properties"])
-        ]
-    )
+    sendable = _granted(dev, preprocess, "sqs:SendMessage")
     assert all(f'"{queue_id}"' in sendable for queue_id in queue_ids)
 
 
@@ -509,14 +514,6 @@ def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those
     _, preprocess = _function(prod, "preprocess")
     routes = json.loads(preprocess["Environment"]["Variables"]["MODEL_ENDPOINTS"])
     assert routes == {name: f"imaging-ai-{name}" for name in models}
-    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
-    invocable = json.dumps(
-        [
-            statement["Resource"]
-            for logical_id, statement in _statements(prod)
-            if "sagemaker:InvokeEndpointAsync" in _as_list(statement["Action"])
-            and role in json.dumps(prod.template["Resources"][logical_id]["Properties"])
-        ]
-    )
+    invocable = _granted(prod, preprocess, "sagemaker:InvokeEndpointAsync")
     assert all(f":endpoint/imaging-ai-{name}" in invocable for name in models)
     assert "endpoint/*" not in invocable
