@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import highdicom as hd
 import numpy as np
 
 from functions.common import bootstrap
@@ -50,7 +49,7 @@ from imaging_ai.model_io import (
     unpack_model_input,
 )
 from imaging_ai.model_registry import DEMO_MODEL_DIR
-from imaging_ai.results.seg import build_segmentation
+from imaging_ai.results.seg import build_segmentation, highdicom_reference
 from tests.functions_support import SITE, make_series, upload_study
 
 # Peer comparisons: best of this many, alternating (the function stages run once, warm).
@@ -188,22 +187,8 @@ def seg_peer(study: Any, labels: np.ndarray, card: ModelCard) -> tuple[float, fl
     seg = ours()
 
     def peer() -> Any:
-        return hd.seg.Segmentation(
-            source_images=headers,
-            pixel_array=np.stack([labels == label.value for label in card.labels], axis=-1),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[
-                hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence
-            ],
-            series_instance_uid=seg.SeriesInstanceUID,
-            series_number=seg.SeriesNumber,
-            sop_instance_uid=seg.SOPInstanceUID,
-            instance_number=1,
-            manufacturer=seg.Manufacturer,
-            manufacturer_model_name=seg.ManufacturerModelName,
-            software_versions=seg.SoftwareVersions,
-            device_serial_number=seg.DeviceSerialNumber,
-        )
+        masks = np.stack([labels == label.value for label in card.labels], axis=-1)
+        return highdicom_reference(headers, masks, seg)
 
     if seg.PixelData != peer().PixelData:
         raise SystemExit("our SEG frames differ from highdicom's own build")

@@ -135,3 +135,31 @@ def build_segmentation(
         )[:64],
     )
     return seg
+
+
+def highdicom_reference(
+    source_images: Sequence[pydicom.Dataset],
+    masks: npt.NDArray[np.bool_],
+    seg: hd.seg.Segmentation,
+) -> hd.seg.Segmentation:
+    """highdicom's own build of `seg` from one boolean mask per segment (the last axis).
+
+    The peer our frames are checked against: same segments, UIDs and equipment as `seg`,
+    built the way highdicom's users build a SEG.
+    """
+    return hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence
+        ],
+        series_instance_uid=seg.SeriesInstanceUID,
+        series_number=seg.SeriesNumber,
+        sop_instance_uid=seg.SOPInstanceUID,
+        instance_number=1,
+        manufacturer=seg.Manufacturer,
+        manufacturer_model_name=seg.ManufacturerModelName,
+        software_versions=seg.SoftwareVersions,
+        device_serial_number=seg.DeviceSerialNumber,
+    )

@@ -12,7 +12,7 @@ import pytest
 
 from imaging_ai.errors import ContractError
 from imaging_ai.results import ResultObjects, build_results
-from imaging_ai.results.seg import build_segmentation
+from imaging_ai.results.seg import build_segmentation, highdicom_reference
 from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.unit.results.sample import SampleRun
 
@@ -98,22 +98,7 @@ def test_label_map_input_gives_the_frames_of_per_label_masks(sample_run: SampleR
     # When the SEG is built, and when highdicom builds it from one boolean mask per label
     seg = build_segmentation(sample_run.headers, labels, card, study_uid, "run-map")
     masks = np.stack([labels == 7, labels == 3], axis=-1)
-    reference = hd.seg.Segmentation(
-        source_images=sample_run.headers,
-        pixel_array=masks,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            hd.seg.SegmentDescription.from_dataset(item) for item in seg.SegmentSequence
-        ],
-        series_instance_uid=seg.SeriesInstanceUID,
-        series_number=seg.SeriesNumber,
-        sop_instance_uid=seg.SOPInstanceUID,
-        instance_number=1,
-        manufacturer=seg.Manufacturer,
-        manufacturer_model_name=seg.ManufacturerModelName,
-        software_versions=seg.SoftwareVersions,
-        device_serial_number=seg.DeviceSerialNumber,
-    )
+    reference = highdicom_reference(sample_run.headers, masks, seg)
 
     # Then both hold the same frames, in the same order, for the same segments and slices
     assert int(seg.NumberOfFrames) == int(reference.NumberOfFrames) > 0
