@@ -6,7 +6,6 @@ Run: python -m imaging_ai.inference.hemorrhage --out containers/inference/hemorr
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,11 +13,9 @@ import numpy as np
 import torch
 
 from imaging_ai.inference.grid import model_geometry_for, resample_linear
-from imaging_ai.inference.network import export_torchscript
-from imaging_ai.inference.training import TrainingCase, TrainingRecipe, train
+from imaging_ai.inference.training import TrainingCase, TrainingRecipe, export_model_dir, train
 from imaging_ai.logs import configure_json_logging
 from imaging_ai.model_card import (
-    MODEL_CARD_NAME,
     Code,
     IntendedUse,
     Label,
@@ -137,15 +134,7 @@ def model_card(weights_sha256: str) -> ModelCard:
 def write_model_dir(
     network: torch.nn.Module, out_dir: Path, training: dict[str, float | int | str]
 ) -> ModelCard:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_FILE
-    export_torchscript(network, weights)
-    card = model_card(hashlib.sha256(weights.read_bytes()).hexdigest())
-    document = json.loads(card.model_dump_json())
-    # Extra keys are ignored by ModelCard but keep the provenance next to the weights.
-    document["training"] = training
-    (out_dir / MODEL_CARD_NAME).write_text(json.dumps(document, indent=2) + "\n")
-    return card
+    return export_model_dir(network, out_dir, WEIGHTS_FILE, model_card, training)
 
 
 HEMORRHAGE_RECIPE = TrainingRecipe(

@@ -257,13 +257,27 @@ def train(
     return summary
 
 
-def write_model_dir(
-    network: torch.nn.Module, out_dir: Path, training: dict[str, float | int | str]
+def export_model_dir(
+    network: torch.nn.Module,
+    out_dir: Path,
+    weights_file: str,
+    card_for: Callable[[str], ModelCard],
+    training: dict[str, float | int | str],
 ) -> ModelCard:
+    """Write the TorchScript weights and the model card made for their SHA-256 to `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_FILE
+    weights = out_dir / weights_file
     export_torchscript(network, weights)
-    card = ModelCard(
+    card = card_for(hashlib.sha256(weights.read_bytes()).hexdigest())
+    document = json.loads(card.model_dump_json())
+    # Extra keys are ignored by ModelCard but keep the provenance next to the weights.
+    document["training"] = training
+    (out_dir / MODEL_CARD_NAME).write_text(json.dumps(document, indent=2) + "\n")
+    return card
+
+
+def model_card(weights_sha256: str) -> ModelCard:
+    return ModelCard(
         name=MODEL_NAME,
         version="1.0.0",
         description=(
@@ -272,7 +286,7 @@ def write_model_dir(
             "a real patient."
         ),
         weights_file=WEIGHTS_FILE,
-        weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+        weights_sha256=weights_sha256,
         labels=[NODULE_LABEL],
         input_spacing_mm=MODEL_SPACING_MM,
         intensity_window_hu=INTENSITY_WINDOW_HU,
@@ -280,11 +294,13 @@ def write_model_dir(
         overlap=0.125,
         not_for_clinical_use=True,
     )
-    document = json.loads(card.model_dump_json())
-    # Extra keys are ignored by ModelCard but keep the provenance next to the weights.
-    document["training"] = {**training, "script": "python -m imaging_ai.inference.training"}
-    (out_dir / MODEL_CARD_NAME).write_text(json.dumps(document, indent=2) + "\n")
-    return card
+
+
+def write_model_dir(
+    network: torch.nn.Module, out_dir: Path, training: dict[str, float | int | str]
+) -> ModelCard:
+    provenance = {**training, "script": "python -m imaging_ai.inference.training"}
+    return export_model_dir(network, out_dir, WEIGHTS_FILE, model_card, provenance)
 
 
 LUNG_NODULE_RECIPE = TrainingRecipe(
