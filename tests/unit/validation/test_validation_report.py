@@ -75,29 +75,20 @@ def validated(tmp_path_factory: pytest.TempPathFactory) -> tuple[ValidationRepor
     scanner_b = ScannerProfile(manufacturer="SIEMENS", model_name="SCANNER B")
     # Given three annotated studies on two scanners and two slice thicknesses: truth as SEG
     # for two, as a CSV of points for the third
-    one = write_ct_study(
-        studies_dir / "one",
-        seed=11,
-        shape=SHAPE,
-        spacing_mm=(4.0, 4.5, 4.5),
-        nodule_count=2,
-        scanner=scanner_a,
-    )
-    two = write_ct_study(
-        studies_dir / "two",
-        seed=12,
-        shape=SHAPE,
-        spacing_mm=(5.0, 4.5, 4.5),
-        nodule_count=2,
-        scanner=scanner_b,
-    )
-    three = write_ct_study(
-        studies_dir / "three",
-        seed=13,
-        shape=SHAPE,
-        spacing_mm=(6.0, 4.5, 4.5),
-        nodule_count=1,
-        scanner=scanner_b,
+    one, two, three = (
+        write_ct_study(
+            studies_dir / name,
+            seed=seed,
+            shape=SHAPE,
+            spacing_mm=(thickness_mm, 4.5, 4.5),
+            nodule_count=nodules,
+            scanner=scanner,
+        )
+        for name, seed, thickness_mm, nodules, scanner in (
+            ("one", 11, 4.0, 2, scanner_a),
+            ("two", 12, 5.0, 2, scanner_b),
+            ("three", 13, 6.0, 1, scanner_b),
+        )
     )
     for study in (one, two):
         write_truth_segmentation(study, studies_dir / "truth" / f"{study.study_instance_uid}.dcm")
