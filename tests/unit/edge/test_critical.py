@@ -74,9 +74,14 @@ class RecordingWebhook:
         self.received.append(communication)
 
 
-def _inbound(
-    journal: Journal, telemetry: Telemetry, folder: Path, webhook: RecordingWebhook | None = None
-) -> tuple[Inbound, FakeResults, FakeEhr]:
+def _inbound_with_report(
+    journal: Journal,
+    telemetry: Telemetry,
+    folder: Path,
+    interpretation: str,
+    webhook: RecordingWebhook | None = None,
+) -> tuple[Inbound, FakeEhr]:
+    """An inbound loop, and an uploaded run whose SR and report (triage `interpretation`) wait."""
     results, ehr = FakeResults(), FakeEhr()
     delivery = make_delivery(journal, telemetry, FakePacs(), ehr, folder)
     if webhook is not None:
@@ -90,7 +95,9 @@ def _inbound(
         telemetry=telemetry,
         deliveries_dir=folder,
     )
-    return inbound, results, ehr
+    _uploaded_run(journal)
+    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _report(interpretation)})
+    return inbound, ehr
 
 
 def _audit(telemetry: Telemetry) -> list[dict[str, Any]]:
@@ -106,9 +113,7 @@ def test_a_critical_result_sends_a_communication_to_the_ehr_first_and_audits_it(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given an uploaded run whose report holds a critical (AA) finding
-    inbound, results, ehr = _inbound(journal, telemetry, tmp_path / "d")
-    _uploaded_run(journal)
-    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _report("AA")})
+    inbound, ehr = _inbound_with_report(journal, telemetry, tmp_path / "d", "AA")
     # When the inbound loop takes the result
     inbound.tick()
     # Then the EHR's first POST is the Communication, about the re-identified patient
@@ -140,9 +145,7 @@ def test_a_result_without_a_critical_finding_sends_no_notice(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given a report whose triage Observation reads normal
-    inbound, results, ehr = _inbound(journal, telemetry, tmp_path / "d")
-    _uploaded_run(journal)
-    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _report("N")})
+    inbound, ehr = _inbound_with_report(journal, telemetry, tmp_path / "d", "N")
     # When it is taken, Then only the report goes to the EHR and nothing is audited as critical
     inbound.tick()
     (posted,) = ehr.posted
@@ -157,9 +160,7 @@ def test_a_webhook_gets_the_notice_after_a_transient_failure(
 ) -> None:
     # Given a configured webhook that is down once
     webhook = RecordingWebhook(TransientError("webhook answered HTTP 503"))
-    inbound, results, ehr = _inbound(journal, telemetry, tmp_path / "d", webhook)
-    _uploaded_run(journal)
-    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _report("AA")})
+    inbound, ehr = _inbound_with_report(journal, telemetry, tmp_path / "d", "AA", webhook)
     # When the result is taken
     inbound.tick()
     # Then the webhook got the notice on the retry, the EHR only the report, and it is audited
@@ -178,9 +179,7 @@ def test_a_refused_notice_is_dead_lettered_and_audited_as_failed(
 ) -> None:
     # Given a webhook that refuses the notice
     webhook = RecordingWebhook(PermanentError("webhook answered HTTP 400"))
-    inbound, results, _ = _inbound(journal, telemetry, tmp_path / "d", webhook)
-    _uploaded_run(journal)
-    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _report("AA")})
+    inbound, _ = _inbound_with_report(journal, telemetry, tmp_path / "d", "AA", webhook)
     # When the result is taken
     inbound.tick()
     # Then the notice is a visible dead letter, audited with a failure outcome
