@@ -54,6 +54,13 @@ def _dciodvfy_errors(path: Path) -> list[str]:
     return [line for line in report.stderr.splitlines() if line.startswith("Error")]
 
 
+def _valid_sr_tree(sr: Any, path: Path) -> str:
+    """Save the SR, check dciodvfy finds no error in it, and return DCMTK's dump of its tree."""
+    sr.save_as(path, enforce_file_format=True)
+    assert _dciodvfy_errors(path) == []
+    return subprocess.run(["dsrdump", "+Pc", str(path)], capture_output=True, text=True).stdout
+
+
 def test_a_suspected_critical_flag_is_coded_in_the_sr_and_critical_in_fhir(
     sample_run: SampleRun, tmp_path: Path
 ) -> None:
@@ -63,10 +70,7 @@ def test_a_suspected_critical_flag_is_coded_in_the_sr_and_critical_in_fhir(
         sample_run.headers, sample_run.labels, _output(sample_run, 0.97), card, "run-triage"
     )
     # Then the SR carries the coded answer (present) and the probability in words, valid DICOM
-    path = tmp_path / "sr.dcm"
-    results.sr.save_as(path, enforce_file_format=True)
-    assert _dciodvfy_errors(path) == []
-    tree = subprocess.run(["dsrdump", "+Pc", str(path)], capture_output=True, text=True).stdout
+    tree = _valid_sr_tree(results.sr, tmp_path / "sr.dcm")
     assert 'CODE:(1386000,SCT,"Intracranial hemorrhage")=(52101004,SCT,"Present")' in tree
     content = read_report(results.sr)
     assert "Intracranial hemorrhage suspected: yes (probability 0.97" in content.conclusion()
@@ -92,10 +96,7 @@ def test_an_unsuspected_flag_reads_absent_and_normal(sample_run: SampleRun, tmp_
     output = _output(sample_run, 0.02).model_copy(update={"findings": []})
     results = build_results(sample_run.headers, sample_run.labels * 0, output, card, "run-neg")
     # Then the SR says absent, the FHIR Observation is normal, and nothing reads critical
-    path = tmp_path / "sr.dcm"
-    results.sr.save_as(path, enforce_file_format=True)
-    assert _dciodvfy_errors(path) == []
-    tree = subprocess.run(["dsrdump", "+Pc", str(path)], capture_output=True, text=True).stdout
+    tree = _valid_sr_tree(results.sr, tmp_path / "sr.dcm")
     assert 'CODE:(1386000,SCT,"Intracranial hemorrhage")=(2667000,SCT,"Absent")' in tree
     observation = _triage_observation(results.bundle)
     assert observation["interpretation"][0]["coding"][0]["code"] == "N"
