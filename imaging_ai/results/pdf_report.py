@@ -22,6 +22,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
 from imaging_ai.results import codes
+from imaging_ai.results.patient_study import DEIDENTIFICATION_ATTRIBUTES, IDENTITY_ATTRIBUTES
 from imaging_ai.results.report_content import ReportContent, format_value, read_report
 from imaging_ai.results.uids import explicit_le_file_meta
 
@@ -29,18 +30,6 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 PDF_SERIES_NUMBER = 9103
 # LOINC 18748-4 "Diagnostic imaging study": the document's title code.
 DOCUMENT_TITLE = Code("18748-4", "LN", "Diagnostic imaging study")
-_TYPE_2_PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 
 
 def _latin1(text: str) -> str:
@@ -170,7 +159,7 @@ def build_encapsulated_pdf(
         frames = list(pixels) if pixels.ndim == 3 else [pixels]
     pdf = render_pdf(sr, content, frames)
     ds = Dataset()
-    for keyword in _TYPE_2_PATIENT_STUDY:
+    for keyword in IDENTITY_ATTRIBUTES:
         ds[keyword] = (
             sr[keyword]
             if keyword in sr
@@ -180,11 +169,7 @@ def build_encapsulated_pdf(
                 None,
             )
         )
-    for keyword in (
-        "PatientIdentityRemoved",
-        "DeidentificationMethod",
-        "DeidentificationMethodCodeSequence",
-    ):
+    for keyword in DEIDENTIFICATION_ATTRIBUTES:
         if keyword in sr:
             ds[keyword] = sr[keyword]
     if "SpecificCharacterSet" in sr:
