@@ -113,6 +113,17 @@ def localizer(phantom: Phantom, patient: FakePatient, study_uid: str, for_uid: s
     return ds
 
 
+def _make_new_instance(ds: Dataset, sop_class_uid: str) -> None:
+    """Make `ds` a new instance of `sop_class_uid`: a fresh SOP Instance UID and file meta."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+
+
 def _non_image(template: Dataset, sop_class_uid: str, modality: str, series_number: int) -> Dataset:
     """A new instance of another SOP class, with the study's patient and study module."""
     ds = Dataset()
@@ -131,13 +142,7 @@ def _non_image(template: Dataset, sop_class_uid: str, modality: str, series_numb
     ):
         if keyword in template:
             setattr(ds, keyword, copy.deepcopy(template.data_element(keyword).value))  # type: ignore[union-attr]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    _make_new_instance(ds, sop_class_uid)
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = modality
     ds.SeriesNumber = series_number
@@ -249,13 +254,7 @@ def enhanced_ct(slices: Sequence[Dataset]) -> Dataset:
     for element in first:
         if element.keyword and element.keyword not in skip and element.tag.group != 0x0029:
             ds.add(copy.deepcopy(element))
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(ENHANCED_CT)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    ds.SOPClassUID = ENHANCED_CT
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    _make_new_instance(ds, ENHANCED_CT)
     ds.InstanceNumber = 1
     ds.NumberOfFrames = len(slices)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
