@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,20 +15,18 @@ import requests
 from imaging_ai.local.browser import chromium_binary, view_study
 from imaging_ai.local.ohif import Viewer, start_viewer
 from imaging_ai.local.orthanc import (
-    SENDER_AE_TITLE,
     Orthanc,
     dicomweb_plugin,
-    orthanc_binary,
     start_orthanc,
 )
 from imaging_ai.results import build_results
 from imaging_ai.results.report_content import format_value, read_report
-from tests.integration.results.conftest import DCMTK_STORESCU
+from tests.integration.results.conftest import NEEDS_ORTHANC, store_with_dcmtk
 from tests.unit.results.sample import make_sample_run
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed"),
+    NEEDS_ORTHANC,
     pytest.mark.skipif(dicomweb_plugin() is None, reason="orthanc-dicomweb is not installed"),
     pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed"),
 ]
@@ -51,21 +48,12 @@ def viewer(dicomweb_pacs: Orthanc) -> Iterator[Viewer]:
     served.stop()
 
 
-def _store(pacs: Orthanc, paths: list[Path]) -> None:
-    sent = subprocess.run(
-        [DCMTK_STORESCU, "-R", "-aet", SENDER_AE_TITLE, "-aec", pacs.ae_title, "127.0.0.1",
-         str(pacs.dicom_port), *map(str, paths)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
-
-
 def test_one_origin_serves_the_viewer_and_the_pacs_dicomweb_read_only(
     dicomweb_pacs: Orthanc, viewer: Viewer, tmp_path: Path
 ) -> None:
     # Given a study in the PACS
     run = make_sample_run(tmp_path / "study", nodules=1)
-    _store(dicomweb_pacs, run.paths[:2])
+    store_with_dcmtk(dicomweb_pacs, run.paths[:2])
     study_uid = str(run.headers[0].StudyInstanceUID)
 
     # When the browser asks the viewer's origin for the app, its config and the study (QIDO-RS)
@@ -99,7 +87,7 @@ def test_ohif_shows_the_seg_segments_and_the_sr_measurements(
     sr_path, seg_path = tmp_path / "sr.dcm", tmp_path / "seg.dcm"
     results.sr.save_as(sr_path, enforce_file_format=True)
     results.seg.save_as(seg_path, enforce_file_format=True)
-    _store(dicomweb_pacs, [*run.paths, sr_path, seg_path])
+    store_with_dcmtk(dicomweb_pacs, [*run.paths, sr_path, seg_path])
     segment_labels = [str(s.SegmentLabel) for s in pydicom.dcmread(seg_path).SegmentSequence]
     report = read_report(results.sr)
     volumes = [

@@ -4,14 +4,13 @@ edge's own SCU to Orthanc, land in the source study beside the CT."""
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from edge_forwarder.transport.pacs import PacsPeer
-from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import (
     MULTIFRAME_GRAYSCALE_BYTE_SC,
@@ -19,12 +18,12 @@ from imaging_ai.results.key_images import (
     stored_to_hu,
 )
 from imaging_ai.results.pdf_report import ENCAPSULATED_PDF, build_encapsulated_pdf
-from tests.integration.results.conftest import DCMTK_STORESCU
+from tests.integration.results.conftest import NEEDS_ORTHANC, store_with_dcmtk
 from tests.unit.results.sample import make_sample_run
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed"),
+    NEEDS_ORTHANC,
 ]
 
 
@@ -37,12 +36,7 @@ def _part10(dataset: pydicom.Dataset) -> bytes:
 def test_key_images_and_pdf_are_filed_in_the_source_study(pacs: Orthanc, tmp_path: Path) -> None:
     # Given the source CT in the PACS, and the run's key images and PDF report
     run = make_sample_run(tmp_path / "study")
-    sent = subprocess.run(
-        [DCMTK_STORESCU, "-aet", SENDER_AE_TITLE, "-aec", pacs.ae_title, "127.0.0.1",
-         str(pacs.dicom_port), *map(str, run.paths)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
+    store_with_dcmtk(pacs, run.paths)
     indices = key_slice_indices(run.labels, run.output)
     pixels = {k: stored_to_hu(pydicom.dcmread(run.paths[k])) for k in indices}
     results = build_results(

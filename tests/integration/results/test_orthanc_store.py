@@ -7,38 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc, orthanc_binary
+from imaging_ai.local.orthanc import Orthanc
 from imaging_ai.results import ResultObjects, build_results
-from tests.integration.results.conftest import DCMTK_STORESCU
+from tests.integration.results.conftest import DCMTK_STORESCU, NEEDS_ORTHANC, store_with_dcmtk
 from tests.unit.results.sample import SampleRun, make_sample_run
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(orthanc_binary() is None, reason="Orthanc is not installed"),
+    NEEDS_ORTHANC,
 ]
-
-
-def _storescu(pacs: Orthanc, paths: list[Path]) -> None:
-    sent = subprocess.run(
-        # -R proposes exactly the files' SOP classes (the default list lacks Comprehensive 3D SR).
-        [DCMTK_STORESCU, "-R", "-aet", SENDER_AE_TITLE, "-aec", pacs.ae_title, "-to", "10",
-         "127.0.0.1", str(pacs.dicom_port), *map(str, paths)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
 
 
 def test_sr_and_seg_arrive_in_the_source_study(pacs: Orthanc, tmp_path: Path) -> None:
     # Given the (pseudonymous) source CT already in the PACS,
     run: SampleRun = make_sample_run(tmp_path / "study")
-    _storescu(pacs, run.paths)
+    store_with_dcmtk(pacs, run.paths)
     results: ResultObjects = build_results(run.headers, run.labels, run.output, run.card, "run-1")
     sr_path, seg_path = tmp_path / "sr.dcm", tmp_path / "seg.dcm"
     results.sr.save_as(sr_path, enforce_file_format=True)
     results.seg.save_as(seg_path, enforce_file_format=True)
 
     # When the SR and SEG are C-STOREd by the pipeline's AE title,
-    _storescu(pacs, [sr_path, seg_path])
+    store_with_dcmtk(pacs, [sr_path, seg_path])
 
     # Then Orthanc files them in the same study, as new series beside the CT.
     study_uid = str(run.headers[0].StudyInstanceUID)
