@@ -140,7 +140,7 @@ def build_segmentation(
 def highdicom_reference(
     source_images: Sequence[pydicom.Dataset],
     masks: npt.NDArray[np.bool_],
-    seg: hd.seg.Segmentation,
+    seg: pydicom.Dataset,
 ) -> hd.seg.Segmentation:
     """highdicom's own build of `seg` from one boolean mask per segment (the last axis).
 
