@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from imaging_ai.errors import ContractError
+
+_Meta = TypeVar("_Meta", bound=BaseModel)
 
 Vector3 = tuple[float, float, float]
 
@@ -108,12 +111,15 @@ def _pack(arrays: dict[str, npt.NDArray[np.generic]], meta_json: str, compress: 
     return buffer.getvalue()
 
 
-def _unpack(payload: bytes, name: str) -> tuple[npt.NDArray[np.generic], str]:
+def _unpack(
+    payload: bytes, name: str, meta_type: type[_Meta]
+) -> tuple[npt.NDArray[np.generic], _Meta]:
     try:
         with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
-            return archive[name], archive["meta"].tobytes().decode()
+            array, meta_json = archive[name], archive["meta"].tobytes().decode()
     except (ValueError, KeyError, OSError) as error:
         raise ContractError(f"payload is not a valid npz with {name!r} and 'meta'") from error
+    return array, meta_type.model_validate_json(meta_json)
 
 
 def pack_model_input(image: npt.NDArray[np.float32], meta: ModelInputMeta) -> bytes:
@@ -126,8 +132,7 @@ def pack_model_input(image: npt.NDArray[np.float32], meta: ModelInputMeta) -> by
 
 
 def unpack_model_input(payload: bytes) -> tuple[npt.NDArray[np.float32], ModelInputMeta]:
-    image, meta_json = _unpack(payload, "image")
-    meta = ModelInputMeta.model_validate_json(meta_json)
+    image, meta = _unpack(payload, "image", ModelInputMeta)
     if image.shape != meta.model_geometry.shape or image.dtype != np.float32:
         raise ContractError("image does not match its declared geometry")
     return image.astype(np.float32, copy=False), meta
@@ -143,8 +148,7 @@ def pack_model_output(labels: npt.NDArray[np.uint8], meta: ModelOutputMeta) -> b
 
 
 def unpack_model_output(payload: bytes) -> tuple[npt.NDArray[np.uint8], ModelOutputMeta]:
-    labels, meta_json = _unpack(payload, "labels")
-    meta = ModelOutputMeta.model_validate_json(meta_json)
+    labels, meta = _unpack(payload, "labels", ModelOutputMeta)
     if labels.shape != meta.input.source_geometry.shape:
         raise ContractError("label map does not match its declared geometry")
     return labels.astype(np.uint8, copy=False), meta
