@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
+from imaging_ai.results.patient_study import IDENTITY_ATTRIBUTES
 from imaging_ai.synthetic import (
     HU_AIR,
     HU_BONE,
@@ -127,19 +128,7 @@ def _make_new_instance(ds: Dataset, sop_class_uid: str) -> None:
 def _non_image(template: Dataset, sop_class_uid: str, modality: str, series_number: int) -> Dataset:
     """A new instance of another SOP class, with the study's patient and study module."""
     ds = Dataset()
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyInstanceUID",
-        "StudyDate",
-        "StudyTime",
-        "AccessionNumber",
-        "StudyID",
-        "ReferringPhysicianName",
-        "InstitutionName",
-    ):
+    for keyword in (*IDENTITY_ATTRIBUTES, "InstitutionName"):
         if keyword in template:
             setattr(ds, keyword, copy.deepcopy(template.data_element(keyword).value))  # type: ignore[union-attr]
     _make_new_instance(ds, sop_class_uid)
