@@ -74,6 +74,22 @@ def _patient_centre(
     return np.array([ox + j * dx, oy + i * dy, oz + k * dz])
 
 
+def require_held_out(seeds: list[int], training_seed_base: int) -> None:
+    """Refuse the seeds a model was trained on: scores on them would flatter it."""
+    if any(seed >= training_seed_base for seed in seeds):
+        raise ContractError(f"seeds from {training_seed_base} up are training seeds")
+
+
+def take_nearest(
+    unmatched: list[Finding], centre_mm: npt.ArrayLike, within_mm: float
+) -> Finding | None:
+    """Remove and return the finding whose centroid is nearest `centre_mm`, if within reach."""
+    distances = [float(np.linalg.norm(np.subtract(f.centroid_mm, centre_mm))) for f in unmatched]
+    if distances and min(distances) <= within_mm:
+        return unmatched.pop(int(np.argmin(distances)))
+    return None
+
+
 def score_study(seed: int, phantom: Phantom, findings: list[Finding]) -> StudyResult:
     """Match each true nodule to the nearest unmatched finding whose centroid lies inside it."""
     unmatched = list(findings)
@@ -83,9 +99,8 @@ def score_study(seed: int, phantom: Phantom, findings: list[Finding]) -> StudyRe
             continue
         result.nodules += 1
         centre = _patient_centre(phantom, nodule.center_voxel)
-        distances = [float(np.linalg.norm(np.subtract(f.centroid_mm, centre))) for f in unmatched]
-        if distances and min(distances) <= nodule.diameter_mm / 2:
-            match = unmatched.pop(int(np.argmin(distances)))
+        match = take_nearest(unmatched, centre, nodule.diameter_mm / 2)
+        if match is not None:
             result.detected += 1
             result.volume_errors.append(
                 abs(match.volume_mm3 - nodule.volume_mm3) / nodule.volume_mm3
@@ -101,8 +116,7 @@ def evaluate(
     spacing_mm: tuple[float, float, float] = DEMO_SPACING_MM,
     nodule_count: int | None = None,
 ) -> tuple[dict[str, float], list[StudyResult]]:
-    if any(seed >= TRAINING_SEED_BASE for seed in seeds):
-        raise ContractError(f"seeds from {TRAINING_SEED_BASE} up are training seeds")
+    require_held_out(seeds, TRAINING_SEED_BASE)
     results = []
     for seed in seeds:
         phantom = make_chest_phantom(

@@ -24,7 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from imaging_ai.errors import ContractError
-from imaging_ai.inference.evaluation import model_input_for, parse_seeds
+from imaging_ai.inference.evaluation import (
+    model_input_for,
+    parse_seeds,
+    require_held_out,
+    take_nearest,
+)
 from imaging_ai.inference.hemorrhage import TRAINING_SEED_BASE
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
 from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta
@@ -129,9 +134,8 @@ def score_study(
             continue
         score.bleeds += 1
         centre = head.bleed_centre_mm(bleed)
-        distances = [float(np.linalg.norm(np.subtract(f.centroid_mm, centre))) for f in unmatched]
-        if distances and min(distances) <= max(bleed.radius_mm, 3.0):
-            match = unmatched.pop(int(np.argmin(distances)))
+        match = take_nearest(unmatched, centre, max(bleed.radius_mm, 3.0))
+        if match is not None:
             score.found += 1
             score.volume_errors.append(abs(match.volume_mm3 - bleed.volume_mm3) / bleed.volume_mm3)
     return score
@@ -143,8 +147,7 @@ def evaluate(
     shape: tuple[int, int, int] = DEMO_SHAPE,
     spacing_mm: tuple[float, float, float] = DEMO_SPACING_MM,
 ) -> tuple[dict[str, float], list[StudyScore]]:
-    if any(seed >= TRAINING_SEED_BASE for seed in seeds):
-        raise ContractError(f"seeds from {TRAINING_SEED_BASE} up are training seeds")
+    require_held_out(seeds, TRAINING_SEED_BASE)
     scores = []
     for seed in seeds:
         study = HeldOutStudy(seed)
