@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from pathlib import Path
+
 from imaging_ai.edge_stage import EdgeStage
+from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.local.timeline import FAILED, NOT_ANALYZED, NOT_ROUTED, Timeline
 
 DELIVERED = (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR)
@@ -75,3 +80,25 @@ def test_a_study_wide_end_ends_the_wait_for_every_run() -> None:
         timeline.record(end)
         assert timeline.wait_for(DELIVERED, timeout_s=60) is False
         assert timeline.ended() == end
+
+
+def test_the_local_runtime_follows_each_run_in_the_forwarder_log(tmp_path: Path) -> None:
+    # Given the forwarder's log of a study routed to two models, one rejecting it
+    pipeline = LocalPipeline(work_dir=tmp_path, printer=None)
+    lines = [
+        {"event": EdgeStage.COMPLETE, "run_id": "run-lung", "pseudo_study_uid": "2.25.1"},
+        {"event": EdgeStage.COMPLETE, "run_id": "run-liver", "pseudo_study_uid": "2.25.1"},
+        {"event": EdgeStage.NOT_ANALYZED, "run_id": "run-liver", "reason": "not analyzed: CT"},
+    ]
+    for line in lines:
+        pipeline._on_edge_line(json.dumps(line))
+    # When the demo waits while the other model's results are delivered
+    waited: list[bool] = []
+    waiter = threading.Thread(target=lambda: waited.append(pipeline.wait_until_delivered(60)))
+    waiter.start()
+    for stage in DELIVERED:
+        pipeline._on_edge_line(json.dumps({"event": stage, "run_id": "run-lung"}))
+    waiter.join()
+    # Then the wait ends delivered (the rejection did not end it), the rejection reported
+    assert waited == [True]
+    assert pipeline.timeline.run_ends()["run-liver"] == NOT_ANALYZED
