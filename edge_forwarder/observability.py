@@ -52,6 +52,7 @@ _ALLOWED_FIELDS = frozenset(
         "resumed",
         "http_status",
         "where",
+        "priority",  # ROUTINE or STAT: not PHI
     }
 )
 

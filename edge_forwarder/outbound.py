@@ -21,7 +21,7 @@ from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord
+from imaging_ai.contracts import DeidRecord, Priority, priority_rank
 from imaging_ai.edge_stage import (
     AWAITING_UPLOAD,
     OUTBOUND_ORDER,
@@ -50,7 +50,8 @@ class Upload(Protocol):
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
                 deidentification: DeidRecord, revises_run_id: str | None = None,
-                model_name: str | None = None) -> object: ...  # fmt: skip
+                model_name: str | None = None,
+                priority: Priority = Priority.ROUTINE) -> object: ...  # fmt: skip
 
     def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
 
@@ -88,7 +89,9 @@ class Outbound:
     stop: threading.Event
 
     def tick(self) -> None:
-        for study in self.intake.poll_completed():
+        # STAT first at both steps; a stable sort keeps the intake's order within a priority.
+        completed = sorted(self.intake.poll_completed(), key=lambda s: priority_rank(s.priority))
+        for study in completed:
             if self.stop.is_set():
                 return
             self.take(study)
@@ -159,7 +162,8 @@ class Outbound:
             study.study_key,
             study.run_number,
             pseudo_study_uid,
-            detail=f"instances={_instance_count(study)}",
+            detail=f"instances={_instance_count(study)} priority={study.priority}",
+            priority=study.priority,
         )
 
     def _reach(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
@@ -219,6 +223,7 @@ class Outbound:
             self._deid_record(packed.last_result),
             self._previous_run_id(run.pseudo_study_uid, study.run_number),
             model_name=study.route or None,
+            priority=run.priority,
         )
         self.journal.advance(run.run_id, EdgeStage.PREPARED)
 

@@ -1,4 +1,10 @@
-"""Ingest: manifest objects → EventBridge rule → SQS (+DLQ) → the preprocess function."""
+"""Ingest: manifest objects → EventBridge rules → SQS (+DLQ), routine and STAT → preprocess.
+
+Priority: a STAT study's manifest key ends in STAT_MANIFEST_NAME (the S3 event carries only
+the key), so its own rule sends it to its own queue. The preprocess function drains both, and
+the routine queue's event source is capped below the function's reserved concurrency: a
+routine backlog can never take the instances a STAT study needs (docs/priority.md).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from imaging_ai_infra.names import (
     MANIFEST_NAME,
     MODELS_PREFIX,
     PREPROCESSED_PREFIX,
+    STAT_MANIFEST_NAME,
     resource_prefix,
 )
 from imaging_ai_infra.pipeline_function import PipelineFunction
@@ -28,6 +35,10 @@ from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.queues import QueueWithDlq
 
 PREPROCESS_TIMEOUT = Duration.minutes(5)
+# Preprocess instances at once, and how many of them routine studies may hold: the rest are
+# kept for STAT studies (an SQS event source's maximum concurrency is at least 2).
+PREPROCESS_CONCURRENCY = {"prod": 10, "dev": 4}
+STAT_HEADROOM = 2
 
 
 class Ingest(Construct):
@@ -52,30 +63,22 @@ class Ingest(Construct):
             queue_name=f"{prefix}-preprocess",
             visibility_timeout=Duration.seconds(PREPROCESS_TIMEOUT.to_seconds() * 6),
         )
-        self.manifest_rule = events.Rule(
+        self.stat_queues = QueueWithDlq(
             self,
-            "ManifestCreated",
-            description="A site's manifest object was written: the study upload is complete",
-            event_pattern=events.EventPattern(
-                source=["aws.s3"],
-                detail_type=["Object Created"],
-                detail={
-                    "bucket": {"name": [data_bucket.bucket_name]},
-                    "object": {
-                        "key": events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}")
-                    },
-                },
-            ),
+            "PreprocessStatQueue",
+            config=config,
+            key=data_key,
+            queue_name=f"{prefix}-preprocess-stat",
+            visibility_timeout=Duration.seconds(PREPROCESS_TIMEOUT.to_seconds() * 6),
         )
-        self.manifest_rule.add_target(
-            targets.SqsQueue(
-                self.queues.queue,
-                dead_letter_queue=self.queues.dlq,
-                retry_attempts=185,
-                max_event_age=Duration.hours(24),
-            )
+        self.manifest_rule = self._manifest_rule(
+            "ManifestCreated", MANIFEST_NAME, self.queues, data_bucket.bucket_name
+        )
+        self.stat_manifest_rule = self._manifest_rule(
+            "StatManifestCreated", STAT_MANIFEST_NAME, self.stat_queues, data_bucket.bucket_name
         )
 
+        concurrency = PREPROCESS_CONCURRENCY["prod" if config.is_prod else "dev"]
         self.preprocess = PipelineFunction(
             self,
             "Preprocess",
@@ -90,7 +93,7 @@ class Ingest(Construct):
             # 4096 MB holds a 2,000-slice series (~3.6 GiB) with ~12 % to spare, well inside
             # Lambda's 10,240 MB, and buys 2.3 vCPUs (Lambda allots CPU by memory).
             memory_size=4096,
-            reserved_concurrency=10 if config.is_prod else 2,
+            reserved_concurrency=concurrency,
         )
         fn = self.preprocess.function
         data_bucket.grant_read(fn, f"{INCOMING_PREFIX}*")
@@ -109,7 +112,17 @@ class Ingest(Construct):
             )
         )
         fn.add_event_source(
-            sources.SqsEventSource(self.queues.queue, batch_size=1, report_batch_item_failures=True)
+            sources.SqsEventSource(
+                self.queues.queue,
+                batch_size=1,
+                report_batch_item_failures=True,
+                max_concurrency=concurrency - STAT_HEADROOM,
+            )
+        )
+        fn.add_event_source(
+            sources.SqsEventSource(
+                self.stat_queues.queue, batch_size=1, report_batch_item_failures=True
+            )
         )
         self.preprocess.acknowledge_grants(
             bucket_resources=bucket_prefix_resources(
@@ -117,6 +130,34 @@ class Ingest(Construct):
             ),
             actions=GRANT_READ_ACTIONS + GRANT_PUT_ACTIONS + GRANT_KEY_ACTIONS,
         )
+
+    def _manifest_rule(
+        self, construct_id: str, manifest_name: str, queues: QueueWithDlq, bucket_name: str
+    ) -> events.Rule:
+        rule = events.Rule(
+            self,
+            construct_id,
+            description="A site's manifest object was written: the study upload is complete",
+            event_pattern=events.EventPattern(
+                source=["aws.s3"],
+                detail_type=["Object Created"],
+                detail={
+                    "bucket": {"name": [bucket_name]},
+                    "object": {
+                        "key": events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{manifest_name}")
+                    },
+                },
+            ),
+        )
+        rule.add_target(
+            targets.SqsQueue(
+                queues.queue,
+                dead_letter_queue=queues.dlq,
+                retry_attempts=185,
+                max_event_age=Duration.hours(24),
+            )
+        )
+        return rule
 
     def tell_sites(self, site_queue_urls: str, site_queues: list[sqs.IQueue]) -> None:
         """Preprocess tells a site when its study is refused, so it sends to the results queues.

@@ -18,6 +18,7 @@ INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
 RESULTS_PREFIX: Final = "results/"
 MODELS_PREFIX: Final = "models/"
 MANIFEST_NAME: Final = "manifest.json.enc"  # contracts.MANIFEST_NAME: the commit marker
+STAT_MANIFEST_NAME: Final = "manifest.stat.json.enc"  # contracts.STAT_MANIFEST_NAME
 
 # State table (state.py: PARTITION_KEY, SORT_KEY).
 STATE_PARTITION_KEY: Final = "pk"

@@ -26,6 +26,7 @@ from imaging_ai_infra.names import (
     MODELS_PREFIX,
     PREPROCESSED_PREFIX,
     RESULTS_PREFIX,
+    STAT_MANIFEST_NAME,
     resource_prefix,
     site_results_queue_name,
 )
@@ -151,10 +152,11 @@ class Results(Construct):
         failure_fn = self.failure.function
         # A dead-lettered manifest event names the run only inside its manifest: the failure
         # function reads manifests (GetObject on the commit markers), nothing else in incoming/.
-        manifests = f"{INCOMING_PREFIX}*/{MANIFEST_NAME}"
+        manifests = [f"{INCOMING_PREFIX}*/{name}" for name in (MANIFEST_NAME, STAT_MANIFEST_NAME)]
         failure_fn.add_to_role_policy(
             iam.PolicyStatement(
-                actions=["s3:GetObject"], resources=[data_bucket.arn_for_objects(manifests)]
+                actions=["s3:GetObject"],
+                resources=[data_bucket.arn_for_objects(pattern) for pattern in manifests],
             )
         )
         data_key.grant_encrypt_decrypt(failure_fn)
@@ -168,6 +170,6 @@ class Results(Construct):
                 sources.SqsEventSource(dlq, batch_size=10, report_batch_item_failures=True)
             )
         self.failure.acknowledge_grants(
-            bucket_resources=bucket_object_resources(data_bucket, [manifests]),
+            bucket_resources=bucket_object_resources(data_bucket, manifests),
             actions=GRANT_KEY_ACTIONS,
         )

@@ -44,7 +44,7 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[ingest.queues.dlq],
+            upstream_dlqs=[ingest.queues.dlq, ingest.stat_queues.dlq],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
@@ -56,6 +56,7 @@ class ImagingAiStage(Stack):
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
                 "preprocess": ingest.queues.dlq,
+                "preprocess-stat": ingest.stat_queues.dlq,
                 "postprocess": results.queues.dlq,
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },

@@ -24,9 +24,15 @@ from edge_forwarder.intake.association import IntakeServer, start_intake_server
 from edge_forwarder.intake.commit import GroupCommit
 from edge_forwarder.intake.header import HeaderError, read_header, tags_for
 from edge_forwarder.intake.journal import Journal, JournalBatch
-from edge_forwarder.intake.routing import choose_route, rule_attributes, series_matches
+from edge_forwarder.intake.routing import (
+    choose_route,
+    rule_attributes,
+    run_priority,
+    series_matches,
+)
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
+from imaging_ai.contracts import Priority
 from imaging_ai.dicom_policy import (
     ACCEPTED_TRANSFER_SYNTAXES,
     BURNED_IN_RISK_SOP_CLASSES,
@@ -91,6 +97,7 @@ class CompletedStudy:
     run_number: int  # 1; late instances after forwarding give 2, 3 ... (a revision run)
     route: str  # the model the routing rules chose
     series: dict[str, list[Path]]  # original SeriesInstanceUID -> spooled files: PHI keys
+    priority: Priority = Priority.ROUTINE  # STAT goes first at every stage
 
 
 class _Refused(Exception):
@@ -463,6 +470,7 @@ class Intake:
             rule_index, model = route
             if not self.journal.claim(study.study_key, study.run_number, model):
                 continue
+            priority = run_priority(s.routing[rule_index], series)
             log.info(
                 "route_decision",
                 study_key=study.study_key,
@@ -470,6 +478,7 @@ class Intake:
                 name=model,
                 status=f"rule_{rule_index}",
                 series_count=len(series),
+                priority=priority,
             )
             completed.append(
                 CompletedStudy(
@@ -477,6 +486,7 @@ class Intake:
                     run_number=study.run_number,
                     route=model,
                     series=self.journal.instance_paths(study.study_key),
+                    priority=priority,
                 )
             )
         return completed

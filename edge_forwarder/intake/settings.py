@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from imaging_ai.contracts import Priority
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -41,12 +43,23 @@ class SeriesMatch(_Model):
         return value
 
 
+def _priority_in_any_case(value: Any) -> Any:
+    # The config file says "stat" or "STAT"; the contract's enum spells it one way.
+    return value.upper() if isinstance(value, str) else value
+
+
 class RoutingRule(SeriesMatch):
     """A study goes to `model` when at least one of its series matches; first rule wins."""
 
     model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    # "stat": every study this rule routes goes first at every stage (e.g. a rule for the
+    # emergency department's scanner). Routine studies still turn STAT when their own
+    # Requested Procedure Priority says so (routing.run_priority).
+    priority: Priority = Priority.ROUTINE
     # A site that has checked its secondary captures / ultrasound lets them through here.
     allow_burned_in_risk_sop_classes: list[str] = Field(default_factory=list)
+
+    _priority = field_validator("priority", mode="before")(_priority_in_any_case)
 
 
 class ExpectedSeriesRule(SeriesMatch):

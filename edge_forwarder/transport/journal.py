@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_forwarder.durable_db import open_durable_db, transaction
+from imaging_ai.contracts import Priority
 from imaging_ai.edge_stage import EdgeStage, check_edge_move
 
 
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT,
     spool_dir TEXT,
     updated_at TEXT NOT NULL,
+    priority TEXT NOT NULL DEFAULT 'ROUTINE',  -- last: journals from before it gain it by ALTER
     UNIQUE (study_key, run_number)
 );
 CREATE TABLE IF NOT EXISTS timeline (
@@ -89,12 +91,21 @@ class RunRow:
     reason: str | None
     spool_dir: str | None
     updated_at: str
+    priority: Priority = Priority.ROUTINE
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> RunRow:
-        run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at = row
+        run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at, priority = row
         return cls(
-            run_id, study_key, run_number, pseudo, EdgeStage(stage), reason, spool_dir, updated_at
+            run_id,
+            study_key,
+            run_number,
+            pseudo,
+            EdgeStage(stage),
+            reason,
+            spool_dir,
+            updated_at,
+            Priority(priority),
         )
 
 
@@ -151,6 +162,9 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self._db = open_durable_db(path, _SCHEMA)
         self._lock = threading.Lock()
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "priority" not in columns:  # a journal written before runs had a priority
+            self._db.execute("ALTER TABLE runs ADD COLUMN priority TEXT NOT NULL DEFAULT 'ROUTINE'")
 
     def close(self) -> None:
         self._db.close()
@@ -169,14 +183,15 @@ class Journal:
         pseudo_study_uid: str,
         stage: EdgeStage = EdgeStage.RECEIVED,
         detail: str | None = None,
+        priority: Priority = Priority.ROUTINE,
     ) -> RunRow:
         """Open a run in `stage` (recorded in its timeline); an open run is returned as it is."""
         now = _now()
         with transaction(self._db, self._lock) as db:
             opened = db.execute(
                 "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
-                " stage, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, study_key, run_number, pseudo_study_uid, stage.value, now),
+                " stage, updated_at, priority) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, study_key, run_number, pseudo_study_uid, stage.value, now, priority.value),
             ).rowcount
             if opened:
                 db.execute(
@@ -198,8 +213,10 @@ class Journal:
         return RunRow.from_row(rows[0]) if rows else None
 
     def runs(self, *stages: EdgeStage) -> list[RunRow]:
-        """Every run, or those in one of `stages`, least recently updated first."""
-        rows = self._execute("SELECT * FROM runs ORDER BY updated_at")
+        """Every run, or those in one of `stages`: STAT first, then least recently updated."""
+        rows = self._execute(
+            "SELECT * FROM runs ORDER BY priority = ? DESC, updated_at", (Priority.STAT.value,)
+        )
         runs = [RunRow.from_row(row) for row in rows]
         return [r for r in runs if r.stage in stages] if stages else runs
 
@@ -335,12 +352,16 @@ class Journal:
     def deliveries(
         self, run_id: str | None = None, state: DeliveryState | None = None
     ) -> list[DeliveryRow]:
-        sql, args = "SELECT * FROM deliveries WHERE 1 = 1", list[Any]()
+        """STAT runs' deliveries first, then least recently updated first."""
+        sql = "SELECT d.* FROM deliveries d LEFT JOIN runs r ON r.run_id = d.run_id WHERE 1 = 1"
+        args = list[Any]()
         if run_id is not None:
-            sql, args = sql + " AND run_id = ?", [*args, run_id]
+            sql, args = sql + " AND d.run_id = ?", [*args, run_id]
         if state is not None:
-            sql, args = sql + " AND state = ?", [*args, DeliveryState(state).value]
-        rows = self._execute(sql + " ORDER BY updated_at", tuple(args))
+            sql, args = sql + " AND d.state = ?", [*args, DeliveryState(state).value]
+        rows = self._execute(
+            sql + " ORDER BY r.priority = ? DESC, d.updated_at", (*args, Priority.STAT.value)
+        )
         return [DeliveryRow.from_row(row) for row in rows]
 
     # ---- results refused at the inbound boundary (the edge's dead letters for results) -----

@@ -26,6 +26,7 @@ from imaging_ai.contracts import (
     Manifest,
     ManifestInstance,
     ManifestSeries,
+    Priority,
     encryption_context,
     manifest_key,
     series_key,
@@ -149,6 +150,7 @@ class Uploader:
         deidentification: DeidRecord,
         revises_run_id: str | None = None,
         model_name: str | None = None,
+        priority: Priority = Priority.ROUTINE,
     ) -> Manifest:
         """Encrypt every series tar and the manifest, journal them; plaintext tars are removed."""
         s = self.settings
@@ -179,6 +181,7 @@ class Uploader:
             deidentification=deidentification,
             forwarder_version=s.forwarder_version,
             revises_run_id=revises_run_id,
+            priority=priority,
         )
         spool = series[0].tar_path.parent if series else Path(".")
         manifest_path = spool / "manifest.json.enc"
@@ -186,7 +189,7 @@ class Uploader:
             envelope.encrypt_bytes(manifest.model_dump_json().encode(), s.kms_key_arn, context)
         )
         self.journal.add_object(
-            manifest_key(s.site, pseudo_study_uid),
+            manifest_key(s.site, pseudo_study_uid, priority),
             run_id,
             "manifest",
             manifest_path,

@@ -83,12 +83,18 @@ class PreprocessService:
             run = RunKey(site, pseudo_study_uid, unreadable_manifest_run_id(ref.key, ref.etag))
             return self._refuse(run, None, f"manifest refused: {error}")
         run = RunKey(site, pseudo_study_uid, manifest.run_id)
-        logger.append_keys(site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id)
+        logger.append_keys(
+            site=site,
+            pseudo_study_uid=pseudo_study_uid,
+            run_id=run.run_id,
+            priority=manifest.priority.value,
+        )
 
         attributes = {
             "manifest_key": ref.key,
             # Postprocess measures end-to-end latency from here (EndToEndSeconds).
             "manifest_created_at": manifest.created_at.isoformat(),
+            "priority": manifest.priority.value,
         }
         if manifest.revises_run_id:
             attributes["revises_run_id"] = manifest.revises_run_id
@@ -112,7 +118,10 @@ class PreprocessService:
             location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
             run_prefix = inference_output_prefix(site, pseudo_study_uid, run.run_id)
             output_location = self._endpoint.invoke(
-                location, inference_id(run.run_id), run_prefix.removeprefix("inference-output/")
+                location,
+                inference_id(run.run_id),
+                run_prefix.removeprefix("inference-output/"),
+                manifest.priority,
             )
             self._state.advance(
                 run,

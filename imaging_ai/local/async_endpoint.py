@@ -9,6 +9,7 @@ SNS topic. Unmodified boto3 code in the preprocess Lambda cannot tell the differ
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -29,6 +30,7 @@ from imaging_ai.async_inference import (
     AsyncResponseParameters,
 )
 from imaging_ai.aws import Credentials, acting_as, client
+from imaging_ai.contracts import Priority, priority_from_custom_attributes, priority_rank
 from imaging_ai.logs import get_logger
 
 logger = get_logger(__name__)
@@ -57,6 +59,7 @@ class _Job:
     failure_location: str
     content_type: str
     received_time: str
+    priority: Priority = Priority.ROUTINE
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -70,8 +73,16 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+# After every queued job: the worker's stop sentinel.
+_STOP_RANK = 2
+
+
 class AsyncEndpoint:
-    """The sagemaker-runtime REST protocol over HTTP, plus one worker (one instance)."""
+    """The sagemaker-runtime REST protocol over HTTP, plus one worker (one instance).
+
+    Queued requests are served STAT first, then in arrival order (the priority rides in
+    CustomAttributes; see docs/priority.md for what orders requests in AWS).
+    """
 
     def __init__(
         self,
@@ -82,13 +93,13 @@ class AsyncEndpoint:
     ):
         self.config = config
         self._on_result = on_result  # (inference_id, "Completed" | "Failed"), for timelines
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        # (priority rank, arrival number, job): STAT first, FIFO within a priority.
+        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="async-endpoint-http"),
-            threading.Thread(target=self._work, name="async-endpoint-worker"),
-        ]
+        self._http = threading.Thread(target=self._server.serve_forever, name="async-endpoint-http")
+        self._worker = threading.Thread(target=self._work, name="async-endpoint-worker")
         self.completed = 0
         self.failed = 0
 
@@ -97,18 +108,25 @@ class AsyncEndpoint:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> AsyncEndpoint:
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+    def start(self, *, hold_work: bool = False) -> AsyncEndpoint:
+        """Serve requests; `hold_work` queues them until `release_work` (an instance that is
+        still starting, as a scaled-to-zero endpoint's first requests wait)."""
+        self._http.daemon = self._worker.daemon = True
+        self._http.start()
+        if not hold_work:
+            self._worker.start()
         return self
 
+    def release_work(self) -> None:
+        self._worker.start()
+
     def stop(self) -> None:
-        self._jobs.put(None)
+        self._jobs.put((_STOP_RANK, next(self._arrivals), None))
         self._server.shutdown()
         self._server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        for thread in (self._http, self._worker):
+            if thread.is_alive():
+                thread.join(timeout=30)
 
     # -- request side ------------------------------------------------------------------------
 
@@ -135,9 +153,12 @@ class AsyncEndpoint:
             failure_location=f"{fail_base}/{inference_id}-error.out",
             content_type=headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
             received_time=_now(),
+            priority=priority_from_custom_attributes(
+                headers.get("x-amzn-sagemaker-custom-attributes", "")
+            ),
         )
-        self._jobs.put(job)
-        logger.info("async_invocation_queued", inference_id=inference_id)
+        self._jobs.put((priority_rank(job.priority), next(self._arrivals), job))
+        logger.info("async_invocation_queued", inference_id=inference_id, priority=job.priority)
         reply_headers = {
             "X-Amzn-SageMaker-OutputLocation": job.output_location,
             "X-Amzn-SageMaker-FailureLocation": job.failure_location,
@@ -182,7 +203,7 @@ class AsyncEndpoint:
     def _work(self) -> None:
         # SageMaker reads inputs, writes outputs and notifies as the endpoint's execution role.
         with acting_as(self.config.execution_role):
-            while (job := self._jobs.get()) is not None:
+            while (job := self._jobs.get()[2]) is not None:
                 try:
                     self._run(job)
                 except Exception as error:  # every failure must end in a notification

@@ -129,31 +129,39 @@ class SqsDispatcher:
     role: Credentials | None = None
     # Runs the handler instead of importing it here (a `FunctionProcess`, say).
     invoker: Handler | None = None
-    _queue_arn: str | None = None
+    # A queue drained before `queue_url` (preprocess's STAT queue): while it holds messages,
+    # the routine queue waits. The local stand-in for AWS's two event source mappings with
+    # the routine one capped (docs/priority.md).
+    priority_queue_url: str | None = None
+    _queue_arns: dict[str, str] = field(default_factory=dict)
 
     def poll_once(self) -> BatchOutcome:
         with acting_as(self.role):
-            return self._poll_once()
+            if self.priority_queue_url is not None:
+                outcome = self._poll_once(self.priority_queue_url, wait_time_s=0)
+                if outcome.received:
+                    return outcome
+            return self._poll_once(self.queue_url, self.wait_time_s)
 
-    def _poll_once(self) -> BatchOutcome:
+    def _poll_once(self, queue_url: str, wait_time_s: int) -> BatchOutcome:
         sqs = client("sqs")
         messages = sqs.receive_message(
-            QueueUrl=self.queue_url,
+            QueueUrl=queue_url,
             MaxNumberOfMessages=self.batch_size,
-            WaitTimeSeconds=self.wait_time_s,
+            WaitTimeSeconds=wait_time_s,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])
         if not messages:
             return BatchOutcome()
-        event = sqs_event(messages, self.queue_arn, sqs.meta.region_name)
+        event = sqs_event(messages, self.queue_arn(queue_url), sqs.meta.region_name)
         failed_ids = self._invoke(event)
         by_id = {message["MessageId"]: message for message in messages}
         succeeded = [m for m in messages if m["MessageId"] not in failed_ids]
         for start in range(0, len(succeeded), 10):
             chunk = succeeded[start : start + 10]
             sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
+                QueueUrl=queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
                 ],
@@ -161,7 +169,7 @@ class SqsDispatcher:
         if self.retry_delay_s is not None:
             for message_id in failed_ids:
                 sqs.change_message_visibility(
-                    QueueUrl=self.queue_url,
+                    QueueUrl=queue_url,
                     ReceiptHandle=by_id[message_id]["ReceiptHandle"],
                     VisibilityTimeout=self.retry_delay_s,
                 )
@@ -169,14 +177,13 @@ class SqsDispatcher:
             received=len(messages), succeeded=len(succeeded), failed=len(failed_ids)
         )
 
-    @property
-    def queue_arn(self) -> str:
-        if self._queue_arn is None:
+    def queue_arn(self, queue_url: str) -> str:
+        if queue_url not in self._queue_arns:
             attributes = client("sqs").get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+                QueueUrl=queue_url, AttributeNames=["QueueArn"]
             )
-            self._queue_arn = str(attributes["Attributes"]["QueueArn"])
-        return self._queue_arn
+            self._queue_arns[queue_url] = str(attributes["Attributes"]["QueueArn"])
+        return self._queue_arns[queue_url]
 
     def _invoke(self, event: dict[str, Any]) -> set[str]:
         all_ids = {record["messageId"] for record in event["Records"]}
@@ -253,8 +260,11 @@ def event_sources(
     wait_time_s: int = 0,
     roles: Mapping[str, Credentials] | None = None,
     invokers: Mapping[str, Handler] | None = None,
+    preprocess_stat_queue_url: str | None = None,
+    preprocess_stat_dlq_url: str | None = None,
 ) -> LocalEventSources:
-    """Preprocess and postprocess on their queues; the failure handler on both DLQs.
+    """Preprocess on its queues (STAT first), postprocess on its queue; the failure handler
+    on every DLQ.
 
     `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
     of its execution role; `invokers` maps a function name to what runs it (its own process,
@@ -263,7 +273,7 @@ def event_sources(
     roles = roles or {}
     invokers = invokers or {}
 
-    def mapping(queue_url: str, handler: str, function_name: str) -> SqsDispatcher:
+    def mapping(queue_url: str, handler: str, function_name: str, **extra: Any) -> SqsDispatcher:
         return SqsDispatcher(
             queue_url,
             handler,
@@ -271,13 +281,24 @@ def event_sources(
             wait_time_s=wait_time_s,
             role=roles.get(function_name),
             invoker=invokers.get(function_name),
+            **extra,
         )
 
+    dlqs = [
+        url for url in (preprocess_dlq_url, preprocess_stat_dlq_url, postprocess_dlq_url) if url
+    ]
     return LocalEventSources(
         [
-            mapping(preprocess_queue_url, PREPROCESS_HANDLER, "preprocess"),
+            # One study per invocation, as the CDK mapping: a STAT study waits for at most one
+            # routine study's preprocessing, never for a batch of them.
+            mapping(
+                preprocess_queue_url,
+                PREPROCESS_HANDLER,
+                "preprocess",
+                batch_size=1,
+                priority_queue_url=preprocess_stat_queue_url,
+            ),
             mapping(postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
-            mapping(preprocess_dlq_url, FAILURE_HANDLER, "failure"),
-            mapping(postprocess_dlq_url, FAILURE_HANDLER, "failure"),
+            *(mapping(url, FAILURE_HANDLER, "failure") for url in dlqs if url),
         ]
     )

@@ -15,6 +15,7 @@ from imaging_ai.contracts import (
     INCOMING_PREFIX,
     LOCAL_NAMES,
     MANIFEST_NAME,
+    STAT_MANIFEST_NAME,
     model_card_key,
     site_results_queue_name,
 )
@@ -22,10 +23,13 @@ from imaging_ai.model_card import ModelCard
 
 KMS_ALIAS = "alias/imaging-ai-data"
 MANIFEST_RULE_NAME = "imaging-ai-manifest-created"
+STAT_MANIFEST_RULE_NAME = "imaging-ai-stat-manifest-created"
 MAX_RECEIVE_COUNT = 3
 QUEUE_VISIBILITY_TIMEOUT_S = 60
 # One rule pattern for the local stack and the CDK stack: only a study's commit marker counts.
 MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}"
+# A STAT study's commit marker goes to its own queue, which preprocess drains first.
+STAT_MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{STAT_MANIFEST_NAME}"
 _BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
 
@@ -50,6 +54,7 @@ class LocalResources:
     state_table: str
     manifest_rule_arn: str
     preprocess: QueuePair
+    preprocess_stat: QueuePair  # STAT manifests: drained before `preprocess`
     postprocess: QueuePair
     inference_success_topic_arn: str
     inference_error_topic_arn: str
@@ -82,10 +87,14 @@ def provision(
     preprocess = _queue_pair(
         LOCAL_NAMES["preprocess_queue"], LOCAL_NAMES["preprocess_dlq"], max_receive_count
     )
+    preprocess_stat = _queue_pair(
+        LOCAL_NAMES["preprocess_stat_queue"], LOCAL_NAMES["preprocess_stat_dlq"], max_receive_count
+    )
     postprocess = _queue_pair(
         LOCAL_NAMES["postprocess_queue"], LOCAL_NAMES["postprocess_dlq"], max_receive_count
     )
-    rule_arn = _manifest_rule(bucket, preprocess)
+    rule_arn = _manifest_rule(MANIFEST_RULE_NAME, MANIFEST_KEY_WILDCARD, bucket, preprocess)
+    _manifest_rule(STAT_MANIFEST_RULE_NAME, STAT_MANIFEST_KEY_WILDCARD, bucket, preprocess_stat)
     success_arn = _topic(LOCAL_NAMES["inference_success_topic"], postprocess)
     error_arn = _topic(LOCAL_NAMES["inference_error_topic"], postprocess)
     table = LOCAL_NAMES["state_table"]
@@ -107,6 +116,7 @@ def provision(
         state_table=table,
         manifest_rule_arn=rule_arn,
         preprocess=preprocess,
+        preprocess_stat=preprocess_stat,
         postprocess=postprocess,
         inference_success_topic_arn=success_arn,
         inference_error_topic_arn=error_arn,
@@ -215,24 +225,20 @@ def _allow_send(queue: QueuePair, principal: str, source_arn: str) -> None:
     )
 
 
-def _manifest_rule(bucket: str, target: QueuePair) -> str:
+def _manifest_rule(name: str, key_wildcard: str, bucket: str, target: QueuePair) -> str:
     events = client("events")
     pattern: dict[str, Any] = {
         "source": ["aws.s3"],
         "detail-type": ["Object Created"],
         "detail": {
             "bucket": {"name": [bucket]},
-            "object": {"key": [{"wildcard": MANIFEST_KEY_WILDCARD}]},
+            "object": {"key": [{"wildcard": key_wildcard}]},
         },
     }
     rule_arn = str(
-        events.put_rule(Name=MANIFEST_RULE_NAME, EventPattern=json.dumps(pattern), State="ENABLED")[
-            "RuleArn"
-        ]
+        events.put_rule(Name=name, EventPattern=json.dumps(pattern), State="ENABLED")["RuleArn"]
     )
-    events.put_targets(
-        Rule=MANIFEST_RULE_NAME, Targets=[{"Id": "preprocess-queue", "Arn": target.arn}]
-    )
+    events.put_targets(Rule=name, Targets=[{"Id": "preprocess-queue", "Arn": target.arn}])
     _allow_send(target, "events.amazonaws.com", rule_arn)
     return rule_arn
 

@@ -230,6 +230,8 @@ class LocalPipeline:
                 if (role := self._role(function_role(name))) is not None
             },
             invokers=self._functions,
+            preprocess_stat_queue_url=self.resources.preprocess_stat.url,
+            preprocess_stat_dlq_url=self.resources.preprocess_stat.dlq_url,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)

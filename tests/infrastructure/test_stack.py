@@ -121,8 +121,8 @@ def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Sy
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    # preprocess, postprocess and one results queue per site, each with its own DLQ
-    assert len(queues) == 2 * (2 + len(SITES))
+    # preprocess (routine and STAT), postprocess and one results queue per site, each with a DLQ
+    assert len(queues) == 2 * (3 + len(SITES))
     for logical_id, queue in queues.items():
         assert "KmsMasterKeyId" in queue["Properties"], logical_id
         covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
@@ -139,14 +139,51 @@ def test_topics_are_kms_encrypted_and_tls_only(dev: Synthesized) -> None:
         assert covered and _tls_only(covered[0]["PolicyDocument"]), logical_id
 
 
-def test_only_manifest_objects_start_a_run(dev: Synthesized) -> None:
-    rule = dev.one("AWS::Events::Rule")
-    pattern = rule["EventPattern"]
-    assert pattern["source"] == ["aws.s3"]
-    assert pattern["detail-type"] == ["Object Created"]
-    assert pattern["detail"]["object"]["key"] == [{"wildcard": "incoming/*/*/manifest.json.enc"}]
-    target = rule["Targets"][0]
-    assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+def test_only_manifest_objects_start_a_run_and_stat_ones_have_their_own_queue(
+    dev: Synthesized,
+) -> None:
+    rules = [r["Properties"] for r in dev.resources("AWS::Events::Rule").values()]
+    queue_of = {}
+    for rule in rules:
+        pattern = rule["EventPattern"]
+        assert pattern["source"] == ["aws.s3"]
+        assert pattern["detail-type"] == ["Object Created"]
+        (target,) = rule["Targets"]
+        assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+        (key,) = pattern["detail"]["object"]["key"]
+        queue_of[key["wildcard"]] = target["Arn"]["Fn::GetAtt"][0]
+    assert sorted(queue_of) == [
+        "incoming/*/*/manifest.json.enc",
+        "incoming/*/*/manifest.stat.json.enc",
+    ]
+    routine, stat = (
+        queue_of["incoming/*/*/manifest.json.enc"],
+        queue_of["incoming/*/*/manifest.stat.json.enc"],
+    )
+    assert routine != stat and "Stat" in stat
+
+
+def test_routine_studies_cannot_take_the_preprocess_instances_stat_studies_need(
+    dev: Synthesized,
+) -> None:
+    preprocess = next(
+        f["Properties"]
+        for logical_id, f in dev.resources("AWS::Lambda::Function").items()
+        if logical_id.startswith("IngestPreprocess")
+    )
+    mappings = [
+        m["Properties"]
+        for m in dev.resources("AWS::Lambda::EventSourceMapping").values()
+        if "IngestPreprocess" in m["Properties"]["FunctionName"]["Ref"]
+    ]
+    by_queue = {m["EventSourceArn"]["Fn::GetAtt"][0]: m for m in mappings}
+    (stat,) = [m for queue, m in by_queue.items() if "Stat" in queue]
+    (routine,) = [m for queue, m in by_queue.items() if "Stat" not in queue]
+    # The routine mapping is capped below the function's reserved concurrency; STAT is not.
+    reserved = preprocess["ReservedConcurrentExecutions"]
+    assert routine["ScalingConfig"]["MaximumConcurrency"] < reserved
+    assert "ScalingConfig" not in stat
+    assert routine["BatchSize"] == stat["BatchSize"] == 1
 
 
 def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
