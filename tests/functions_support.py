@@ -23,6 +23,7 @@ from imaging_ai.contracts import (
     Manifest,
     ManifestInstance,
     ManifestSeries,
+    Priority,
     encryption_context,
     inference_output_prefix,
     manifest_key,
@@ -174,6 +175,7 @@ def upload_study(
     shape: tuple[int, int, int] = (24, 128, 128),
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
     spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
+    priority: Priority = Priority.ROUTINE,
 ) -> UploadedStudy:
     """What the edge forwarder does: series tar, encrypt, upload, manifest LAST."""
     synthetic, study_uid, series_uid, datasets = prepared or make_series(
@@ -206,10 +208,11 @@ def upload_study(
         ],
         deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
         forwarder_version="test",
+        priority=priority,
     )
     s3.put_object(
         Bucket=bucket,
-        Key=manifest_key(SITE, study_uid),
+        Key=manifest_key(SITE, study_uid, priority),
         Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
     )
     return UploadedStudy(manifest, synthetic, series_uid, datasets)

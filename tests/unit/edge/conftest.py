@@ -17,7 +17,7 @@ from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.results import ReceivedMessage
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, SiteResultMessage
+from imaging_ai.contracts import DeidRecord, Priority, SiteResultMessage
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Prepared:
     revises_run_id: str | None
     model_name: str | None
     members: dict[str, list[str]]  # tar name -> member names, read while preparing
+    priority: Priority = Priority.ROUTINE
 
 
 @dataclass
@@ -41,7 +42,8 @@ class FakeUploader:
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
                 deidentification: DeidRecord, revises_run_id: str | None = None,
-                model_name: str | None = None) -> None:  # fmt: skip
+                model_name: str | None = None,
+                priority: Priority = Priority.ROUTINE) -> None:  # fmt: skip
         members = {}
         for item in series:
             with tarfile.open(item.tar_path) as archive:
@@ -55,6 +57,7 @@ class FakeUploader:
                 revises_run_id,
                 model_name,
                 members,
+                priority,
             )
         )
 
