@@ -368,7 +368,7 @@ def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
 def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
     alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
     dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
-    assert len(dlq_alarms) == 2 + len(SITES)
+    assert len(dlq_alarms) == 3 + len(SITES)  # preprocess (routine, STAT), postprocess, sites
     assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
     latency = [a for a in alarms if a.get("MetricName") == "Duration"]
     assert len(latency) == 3
