@@ -28,11 +28,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,cdk]'
 	touch $(STAMP)
 
-# The local EHR is a real FHIR R4 server from npm, installed once into ~/.cache/imaging-ai.
+# The local EHR is a real FHIR R4 server from npm (Medplum's FHIR router, and on x86-64 the
+# Node.js 22 it needs), installed once into ~/.cache/imaging-ai.
 ehr-server: venv
 	$(BIN)/python -c "from imaging_ai.local.fhir_server import ensure_installed as e; print('FHIR server:', e())"
 
-# DCMTK, Orthanc and dicom3tools are the real DICOM peers; node + npm run the local EHR.
+# DCMTK, Orthanc and dicom3tools are the real DICOM peers; npm installs the local EHR.
 # Installed when we are root, and only what is missing: a Node.js from another source
 # (e.g. NodeSource, which bundles npm) must not meet Debian's npm package.
 TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools dcm2niix:dcm2niix \

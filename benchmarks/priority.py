@@ -72,15 +72,7 @@ def run_backlog(
         )
         run_of[run_id] = "stat" if number == len(series) - 1 else f"routine-{number}"
         del study
-    sources = event_sources(
-        resources.preprocess.url,
-        resources.preprocess.dlq_url,
-        resources.postprocess.url,
-        resources.postprocess.dlq_url,
-        wait_time_s=1,
-        preprocess_stat_queue_url=resources.preprocess_stat.url,
-        preprocess_stat_dlq_url=resources.preprocess_stat.dlq_url,
-    )
+    sources = event_sources(resources.queues, wait_time_s=1, stat_queues=resources.stat_queues)
     stop = threading.Event()
     cloud = threading.Thread(target=sources.run_forever, args=(stop,), name="event-sources")
     released = time.perf_counter()

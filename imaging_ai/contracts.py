@@ -315,16 +315,11 @@ def model_card_key(model_name: str) -> str:
 
 
 # ---- Names shared by the local runtime and the CDK stack ----------------------------------
+# (Each Lambda stage's queues are named by its entry in lambda_stages.toml.)
 
 LOCAL_NAMES = {
     "data_bucket": "imaging-ai-data",
     "state_table": "imaging-ai-state",
-    "preprocess_queue": "imaging-ai-preprocess",
-    "preprocess_dlq": "imaging-ai-preprocess-dlq",
-    "preprocess_stat_queue": "imaging-ai-preprocess-stat",
-    "preprocess_stat_dlq": "imaging-ai-preprocess-stat-dlq",
-    "postprocess_queue": "imaging-ai-postprocess",
-    "postprocess_dlq": "imaging-ai-postprocess-dlq",
     "inference_success_topic": "imaging-ai-inference-success",
     "inference_error_topic": "imaging-ai-inference-error",
     "endpoint_name": "imaging-ai-demo",

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaging_ai.local.identities import SAGEMAKER_ROLE, RoleSpec, function_role, site_role
+from imaging_ai.lambda_stages import LAMBDA_STAGES
+from imaging_ai.local.identities import (
+    SAGEMAKER_ROLE,
+    RoleSpec,
+    function_role,
+    site_role,
+    stack_roles,
+)
 from imaging_ai.local.provision import LocalResources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +33,6 @@ CDK_DIR = REPO_ROOT / "cdk"
 ACCOUNT = "123456789012"  # moto's default account
 # Every site a test acts for: the transport and function tests' and the local runtime's.
 CONTRACT_SITES = ("site-a", "site-b", "demo-site")
-FUNCTIONS = ("preprocess", "postprocess", "failure")
 __all__ = ["SAGEMAKER_ROLE", "function_role", "role_specs", "site_role", "synthesize_prod"]
 
 
@@ -171,7 +177,7 @@ def _role_logical_ids(template: dict[str, Any]) -> dict[str, str]:
         properties = resource.get("Properties", {})
         if resource["Type"] == "AWS::Lambda::Function":
             short = str(properties.get("FunctionName", "")).removeprefix("imaging-ai-")
-            if short in FUNCTIONS:
+            if short in {stage.name for stage in LAMBDA_STAGES}:
                 found[function_role(short)] = properties["Role"]["Fn::GetAtt"][0]
         elif resource["Type"] == "AWS::SageMaker::Model":
             found[SAGEMAKER_ROLE] = properties["ExecutionRoleArn"]["Fn::GetAtt"][0]
@@ -186,12 +192,7 @@ def role_specs(template: dict[str, Any], resources: LocalResources) -> list[Role
     """Every role the local runtime acts as, with the policies the template attaches to it."""
     names = LocalNames(template, resources)
     roles = _role_logical_ids(template)
-    expected = {
-        *(function_role(name) for name in FUNCTIONS),
-        SAGEMAKER_ROLE,
-        *(site_role(site) for site in CONTRACT_SITES),
-    }
-    missing = expected - set(roles)
+    missing = stack_roles(CONTRACT_SITES) - set(roles)
     if missing:
         raise AssertionError(f"the template has no role for: {sorted(missing)}")
     specs = []

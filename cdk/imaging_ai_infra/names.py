@@ -2,13 +2,16 @@
 
 Source of truth: `imaging_ai/contracts.py` (S3 key layout, LOCAL_NAMES, site_results_queue_name)
 and `imaging_ai/state.py` (table key schema). A change there must be mirrored here; the
-infrastructure tests compare the two so a drift fails CI.
+infrastructure tests compare the two so a drift fails CI. The Lambda stages are not copied:
+both sides read the one data file `imaging_ai/lambda_stages.toml`.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+import tomllib
+from pathlib import Path
+from typing import Final, TypedDict
 
 # S3 prefixes of the one data bucket (contracts.py: series_key, preprocessed_key, ...).
 INCOMING_PREFIX: Final = "incoming/"
@@ -63,3 +66,37 @@ METRIC_STUDIES_FAILED: Final = (
 METRIC_END_TO_END_SECONDS: Final = ("postprocess", "EndToEndSeconds")
 # Postprocess also emits seconds to reach each run stage, with an extra `stage` dimension.
 METRIC_STAGE_SECONDS: Final = ("postprocess", "StageSeconds")
+
+
+STAGE_TABLE: Final = Path(__file__).resolve().parents[2] / "imaging_ai" / "lambda_stages.toml"
+
+
+class LambdaStageEntry(TypedDict, total=False):
+    """One `[[stage]]` of the table (the runtime's type of it: lambda_stages.LambdaStage)."""
+
+    name: str
+    description: str
+    trigger: str
+    timeout_s: int
+    memory_mb: int
+    reserved_concurrency: list[int]  # prod, other stages
+    batch_size: int
+    reads: list[str]
+    writes: list[str]
+    invokes_endpoint: bool
+    reads_manifests: bool
+    stat_headroom: int  # > 0: a STAT queue, and this many reserved instances kept for it
+
+
+def lambda_stages(trigger: str | None = None) -> list[LambdaStageEntry]:
+    """The table's entries in table order; only those fed by `trigger` when given."""
+    entries: list[LambdaStageEntry] = tomllib.loads(STAGE_TABLE.read_text())["stage"]
+    return [entry for entry in entries if trigger is None or entry["trigger"] == trigger]
+
+
+def lambda_stage(name: str) -> LambdaStageEntry:
+    """The table's entry for the function `name`."""
+    for entry in lambda_stages():
+        if entry["name"] == name:
+            return entry
+    raise KeyError(f"no Lambda stage {name!r} in {STAGE_TABLE}")

@@ -5,37 +5,84 @@ from __future__ import annotations
 from aws_cdk import Duration, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.nag import acknowledge, acknowledge_default_policy, checkov_skip, iam5
-from imaging_ai_infra.names import METRICS_NAMESPACE, resource_prefix
+from imaging_ai_infra.nag import (
+    GRANT_KEY_ACTIONS,
+    GRANT_PUT_ACTIONS,
+    GRANT_READ_ACTIONS,
+    acknowledge,
+    acknowledge_default_policy,
+    bucket_object_resources,
+    bucket_prefix_resources,
+    checkov_skip,
+    iam5,
+)
+from imaging_ai_infra.names import (
+    INCOMING_PREFIX,
+    MANIFEST_NAME,
+    METRICS_NAMESPACE,
+    STAT_MANIFEST_NAME,
+    LambdaStageEntry,
+    lambda_stage,
+    resource_prefix,
+)
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.queues import QueueWithDlq
+
+# The commit markers (routine and STAT): the only objects of incoming/ a `reads_manifests`
+# stage may read.
+MANIFESTS = [f"{INCOMING_PREFIX}*/{name}" for name in (MANIFEST_NAME, STAT_MANIFEST_NAME)]
+
+
+def stage_timeout(name: str) -> Duration:
+    """The function timeout of the Lambda stage `name` (imaging_ai/lambda_stages.toml)."""
+    return Duration.seconds(lambda_stage(name)["timeout_s"])
+
+
+def construct_id(name: str) -> str:
+    """The construct id of the stage `name`'s function ("Preprocess"); its queues add "Queue"."""
+    return name.title().replace("-", "")
+
+
+def stage_queues(
+    scope: Construct, platform: Platform, name: str, *, stat: bool = False
+) -> QueueWithDlq:
+    """The work queue (+DLQ) of the stage `name`, or its STAT queue, named as the local runtime
+    names them."""
+    suffix = "-stat" if stat else ""
+    return QueueWithDlq(
+        scope,
+        f"{construct_id(name)}{'Stat' if stat else ''}Queue",
+        config=platform.config,
+        key=platform.data_key,
+        queue_name=f"{resource_prefix(platform.config.stage)}-{name}{suffix}",
+        # Lambda wants a source queue's visibility timeout at six times the function's.
+        visibility_timeout=Duration.seconds(stage_timeout(name).to_seconds() * 6),
+    )
 
 
 class PipelineFunction(Construct):
-    """`functions/{name}/handler.lambda_handler` on Python 3.12, wired the same way every time.
+    """The Lambda stage `name` of imaging_ai/lambda_stages.toml on Python 3.12, wired the same
+    way every time: `functions/{name}/handler.lambda_handler` with the table's settings.
 
-    The role starts with only what running in a VPC and logging need; callers add data
-    permissions with `grant_*` on the resources the function really touches.
+    The role starts with only what running in a VPC and logging need; `grant_stage_data` adds
+    the data permissions the table names; callers add what only they can name.
     """
 
     def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        platform: Platform,
-        name: str,
-        description: str,
-        environment: dict[str, str],
-        timeout: Duration,
-        memory_size: int,
-        reserved_concurrency: int,
+        self, scope: Construct, *, platform: Platform, name: str, environment: dict[str, str]
     ) -> None:
-        super().__init__(scope, construct_id)
+        super().__init__(scope, construct_id(name))
         stack = Stack.of(self)
+        self.platform = platform
+        self.stage: LambdaStageEntry = lambda_stage(name)
         config, network = platform.config, platform.network
         data_key, audit_key = platform.data_key, platform.audit_key
+        prod_concurrency, other_concurrency = self.stage["reserved_concurrency"]
+        self.reserved_concurrency = prod_concurrency if config.is_prod else other_concurrency
         function_name = f"{resource_prefix(config.stage)}-{name}"
         self.log_group = config.log_group(
             self, "Logs", audit_key, name=f"/aws/lambda/{function_name}"
@@ -81,15 +128,15 @@ class PipelineFunction(Construct):
             self,
             "Function",
             function_name=function_name,
-            description=description,
+            description=self.stage["description"],
             runtime=lambda_.Runtime.PYTHON_3_12,
             architecture=lambda_.Architecture.X86_64,  # matches manylinux2014_x86_64 wheels
             handler=f"functions.{name}.handler.lambda_handler",
             code=lambda_.Code.from_asset(str(config.function_asset(name))),
             role=self.role,
-            timeout=timeout,
-            memory_size=memory_size,
-            reserved_concurrent_executions=reserved_concurrency,
+            timeout=stage_timeout(name),
+            memory_size=self.stage["memory_mb"],
+            reserved_concurrent_executions=self.reserved_concurrency,
             environment={
                 **environment,
                 "POWERTOOLS_SERVICE_NAME": name,
@@ -123,16 +170,70 @@ class PipelineFunction(Construct):
             "AwsSolutions-L1",
         )
 
-    def acknowledge_grants(
-        self, *, bucket_resources: list[str], actions: tuple[str, ...], extra: str = ""
-    ) -> None:
-        """Acknowledge exactly the wildcard findings this function's grant_* calls produce;
-        call once, after the grants."""
+    def grant_stage_data(self, endpoint_name: str | None = None) -> None:
+        """What the table says the stage reads and writes in the data bucket and whether it
+        invokes the endpoint (`endpoint_name`), plus what every stage needs: the data key and
+        the state table."""
+        fn, bucket = self.function, self.platform.data_bucket
+        for prefix in self.stage.get("reads", []):
+            bucket.grant_read(fn, f"{prefix}*")
+        for prefix in self.stage.get("writes", []):
+            bucket.grant_put(fn, f"{prefix}*")
+        if self.stage.get("reads_manifests"):
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["s3:GetObject"],
+                    resources=[bucket.arn_for_objects(pattern) for pattern in MANIFESTS],
+                )
+            )
+        self.platform.data_key.grant_encrypt_decrypt(fn)
+        self.platform.state_table.grant_read_write_data(fn)
+        if self.stage.get("invokes_endpoint"):
+            if endpoint_name is None:
+                raise ValueError(f"{self.stage['name']} invokes the endpoint: name it")
+            fn.add_to_role_policy(
+                iam.PolicyStatement(
+                    actions=["sagemaker:InvokeEndpointAsync"],
+                    resources=[
+                        Stack.of(self).format_arn(
+                            service="sagemaker", resource="endpoint", resource_name=endpoint_name
+                        )
+                    ],
+                )
+            )
+
+    def consume(self, *queues: sqs.IQueue, max_concurrency: int | None = None) -> None:
+        """Lambda's event source mapping from each queue, in the table's batch size;
+        `max_concurrency` caps how many instances the mapping may hold at once."""
+        for queue in queues:
+            self.function.add_event_source(
+                sources.SqsEventSource(
+                    queue,
+                    batch_size=self.stage["batch_size"],
+                    report_batch_item_failures=True,
+                    max_concurrency=max_concurrency,
+                )
+            )
+
+    def acknowledge_grants(self) -> None:
+        """Acknowledge exactly the wildcard findings `grant_stage_data` produces; call once,
+        after every grant."""
+        bucket = self.platform.data_bucket
+        reads, writes = self.stage.get("reads", []), self.stage.get("writes", [])
+        manifests = MANIFESTS if self.stage.get("reads_manifests") else []
+        actions = (
+            (GRANT_READ_ACTIONS if reads else ())
+            + (GRANT_PUT_ACTIONS if writes else ())
+            + GRANT_KEY_ACTIONS
+        )
+        bucket_resources = bucket_prefix_resources(
+            bucket, [*reads, *writes]
+        ) + bucket_object_resources(bucket, manifests)
         acknowledge_default_policy(
             self.role,
             "Wildcards are object keys under this function's own S3 prefixes, CDK grant action"
             " families on one named bucket or key, and X-Ray trace actions (no resource-level"
-            " permissions exist)" + extra + "; tests/infrastructure asserts that no data action"
+            " permissions exist); tests/infrastructure asserts that no data action"
             " has a '*' resource.",
             iam5(actions=actions, resources=[*bucket_resources, "*"]),
         )

@@ -11,10 +11,11 @@ from imaging_ai_infra.audit_monitoring import AuditMonitoring
 from imaging_ai_infra.config import StageConfig
 from imaging_ai_infra.edge_access import EdgeAccess
 from imaging_ai_infra.inference import Inference
-from imaging_ai_infra.ingest import PREPROCESS_TIMEOUT, Ingest
+from imaging_ai_infra.ingest import Ingest
 from imaging_ai_infra.network import Network
+from imaging_ai_infra.pipeline_function import stage_timeout
 from imaging_ai_infra.platform import Platform
-from imaging_ai_infra.results import FAILURE_TIMEOUT, POSTPROCESS_TIMEOUT, Results
+from imaging_ai_infra.results import Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
 
@@ -44,32 +45,28 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[ingest.queues.dlq, ingest.stat_queues.dlq],
+            upstream_dlqs=[
+                queues.dlq
+                for queues in [*ingest.stage_queues.values(), *ingest.stat_queues.values()]
+            ],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
+        stage_queues = {**ingest.stage_queues, **results.stage_queues}
+        functions = {**ingest.functions, **results.functions}
         AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
-                "preprocess": ingest.queues.dlq,
-                "preprocess-stat": ingest.stat_queues.dlq,
-                "postprocess": results.queues.dlq,
+                **{name: q.dlq for name, q in stage_queues.items()},
+                **{f"{name}-stat": q.dlq for name, q in ingest.stat_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },
-            functions={
-                "preprocess": ingest.preprocess.function,
-                "postprocess": results.postprocess.function,
-                "failure": results.failure.function,
-            },
-            timeouts={
-                "preprocess": PREPROCESS_TIMEOUT,
-                "postprocess": POSTPROCESS_TIMEOUT,
-                "failure": FAILURE_TIMEOUT,
-            },
+            functions={name: function.function for name, function in functions.items()},
+            timeouts={name: stage_timeout(name) for name in functions},
             endpoint_name=inference.endpoint_name,
             alarm_email=self.node.try_get_context("alarm_email"),
         )

@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
+from imaging_ai.results.fhir import DICOM_UID_SYSTEM, identifier_search
 
 # A pseudonym counts as present when it appears whole, or when a long enough piece of its
 # distinctive part does (a truncated UID in a 16-char SH field, the patient pseudonym's digest
@@ -221,16 +222,17 @@ def reidentify_bundle(
             if gender:
                 resource["gender"] = gender
             # A conditional create keyed on the MRN: the EHR links to its existing patient.
-            request = entry.setdefault("request", {"method": "POST", "url": "Patient"})
-            if request.get("method") == "POST":
-                request["ifNoneExist"] = (
-                    f"identifier={patient_identifier_system}|{identity.patient_id}"
-                )
+            _create_once(
+                entry, "Patient", identifier_search(patient_identifier_system, identity.patient_id)
+            )
         if kind == "ImagingStudy":
             identifiers = [
-                i for i in resource.get("identifier", []) if i.get("system") == "urn:dicom:uid"
-            ] or [{"system": "urn:dicom:uid"}]
-            identifiers[0]["value"] = f"urn:oid:{identity.study_instance_uid}"
+                i for i in resource.get("identifier", []) if i.get("system") == DICOM_UID_SYSTEM
+            ] or [{"system": DICOM_UID_SYSTEM}]
+            study_uid = f"urn:oid:{identity.study_instance_uid}"
+            identifiers[0]["value"] = study_uid
+            # One ImagingStudy per study in the EHR, whatever number of runs report on it.
+            _create_once(entry, "ImagingStudy", identifier_search(DICOM_UID_SYSTEM, study_uid))
             if identity.accession_number:
                 identifiers.append(
                     {
@@ -253,6 +255,13 @@ def reidentify_bundle(
             ]
     assert_no_pseudonyms_json(result, pseudonyms)
     return result
+
+
+def _create_once(entry: dict[str, Any], kind: str, search: str) -> None:
+    """Make a POST entry a conditional create: the EHR keeps the resource it already has."""
+    request = entry.setdefault("request", {"method": "POST", "url": kind})
+    if request.get("method") == "POST":
+        request["ifNoneExist"] = search
 
 
 def _cloud_patient_values(bundle: dict[str, Any]) -> list[str]:

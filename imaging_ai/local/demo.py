@@ -14,13 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pydicom
-import requests
 
 from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
-from imaging_ai.local.fhir_server import RESOURCE_TABLE, ensure_installed
-from imaging_ai.local.moto_server import FAKE_CREDENTIALS
+from imaging_ai.local.fhir_server import ensure_installed
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.local.timeline import STAGES
@@ -100,24 +97,26 @@ def collect_summary(
                     patient_name=str(tags.get("PatientName", "")),
                 )
             )
-    base = pipeline.ehr.base_url
-    assert pipeline.moto is not None
-    for report_id in _stored_ids(pipeline.moto.endpoint_url, "DiagnosticReport"):
-        report = requests.get(f"{base}/DiagnosticReport/{report_id}", timeout=10).json()
+    ehr = pipeline.ehr
+    # The report as a clinician's EHR finds it: by FHIR search on the patient's MRN.
+    reports = ehr.search(
+        "DiagnosticReport", **{"subject:Patient.identifier": study.patient.patient_id}
+    )
+    for report in reports:
         summary.ehr_report_ids.append(str(report.get("id")))
         subject = report.get("subject", {}).get("reference", "")
         if subject:
-            patient = requests.get(f"{base}/{subject}", timeout=10).json()
             summary.ehr_patient_identifiers.extend(
-                str(identifier.get("value")) for identifier in patient.get("identifier", [])
+                str(identifier.get("value"))
+                for identifier in ehr.read(subject).get("identifier", [])
             )
         for study_ref in report.get("imagingStudy", []):
-            imaging_study = requests.get(f"{base}/{study_ref['reference']}", timeout=10).json()
+            imaging_study = ehr.read(study_ref["reference"])
             summary.ehr_report_study_uids.extend(
                 str(identifier.get("value")) for identifier in imaging_study.get("identifier", [])
             )
         for result in report.get("result", []):
-            observation = requests.get(f"{base}/{result['reference']}", timeout=10).json()
+            observation = ehr.read(result["reference"])
             summary.ehr_observations += 1
             quantity = observation.get("valueQuantity", {})
             coding = observation.get("code", {}).get("coding", [{}])[0]
@@ -164,27 +163,6 @@ def function_steps(logs: Path) -> dict[str, dict[str, float]]:
             elif function is not None and message == "inference_done":
                 steps[function] = {"predict": float(entry.get("seconds", 0.0))}
     return steps
-
-
-def _stored_ids(ehr_store_url: str, resource_type: str) -> list[str]:
-    """Ids of one resource type in the EHR's store (the local FHIR server has no search).
-
-    The EHR keeps its table on the runtime's plain moto server, whichever backend the cloud
-    side runs on (IAM-enforcing moto or LocalStack).
-    """
-    table = boto3.client(
-        "dynamodb",
-        endpoint_url=ehr_store_url,
-        region_name=FAKE_CREDENTIALS["AWS_REGION"],
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    ids: set[str] = set()
-    for page in table.get_paginator("scan").paginate(TableName=RESOURCE_TABLE):
-        for item in page.get("Items", []):
-            if item.get("resourceType", {}).get("S") == resource_type:
-                ids.add(item["id"]["S"])
-    return sorted(ids)
 
 
 def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]:
@@ -238,6 +216,7 @@ def print_summary(
         kind = "SR  (Comprehensive 3D, TID 1500)" if is_sr else "SEG"
         out(f"  {kind:<34} patient {item.patient_id} / {item.patient_name}")
     out(f"EHR (FHIR R4 {pipeline.ehr.base_url}):")
+    out("  found by GET DiagnosticReport?subject:Patient.identifier=<the patient's MRN>")
     for report_id in summary.ehr_report_ids:
         out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
     out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")

@@ -14,15 +14,14 @@ from typing import Any
 
 from imaging_ai.aws import Credentials, acting_as, client
 from imaging_ai.errors import PipelineError
+from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
+from imaging_ai.local.provision import QueuePair
 
 logger = logging.getLogger(__name__)
 
+# Handlers are resolved by dotted path (LambdaStage.handler): the library never imports the
+# deployable units statically.
 Handler = Callable[[dict[str, Any], Any], Any]
-
-# Handlers by dotted path: the library never imports the deployable units statically.
-PREPROCESS_HANDLER = "functions.preprocess.handler.lambda_handler"
-POSTPROCESS_HANDLER = "functions.postprocess.handler.lambda_handler"
-FAILURE_HANDLER = "functions.failure.handler.lambda_handler"
 
 
 class DispatchError(PipelineError):
@@ -129,9 +128,9 @@ class SqsDispatcher:
     role: Credentials | None = None
     # Runs the handler instead of importing it here (a `FunctionProcess`, say).
     invoker: Handler | None = None
-    # A queue drained before `queue_url` (preprocess's STAT queue): while it holds messages,
-    # the routine queue waits. The local stand-in for AWS's two event source mappings with
-    # the routine one capped (docs/priority.md).
+    # A queue drained before `queue_url` (a stage's STAT queue): while it holds messages, the
+    # routine queue waits. The local stand-in for AWS's two event source mappings with the
+    # routine one capped (docs/priority.md).
     priority_queue_url: str | None = None
     _queue_arns: dict[str, str] = field(default_factory=dict)
 
@@ -253,52 +252,57 @@ def _poll_until(dispatcher: SqsDispatcher, stop: threading.Event) -> None:
 
 
 def event_sources(
-    preprocess_queue_url: str,
-    preprocess_dlq_url: str,
-    postprocess_queue_url: str,
-    postprocess_dlq_url: str,
+    queues: Mapping[str, QueuePair],
     wait_time_s: int = 0,
     roles: Mapping[str, Credentials] | None = None,
     invokers: Mapping[str, Handler] | None = None,
-    preprocess_stat_queue_url: str | None = None,
-    preprocess_stat_dlq_url: str | None = None,
+    stages: Iterable[LambdaStage] = LAMBDA_STAGES,
+    stat_queues: Mapping[str, QueuePair] | None = None,
 ) -> LocalEventSources:
-    """Preprocess on its queues (STAT first), postprocess on its queue; the failure handler
-    on every DLQ.
+    """One mapping per stage on its own queue (its STAT queue first, where `stat_queues` names
+    one); a dead-letter stage on every stage's DLQs.
 
-    `roles` maps a function name ("preprocess", "postprocess", "failure") to the credentials
-    of its execution role; `invokers` maps a function name to what runs it (its own process,
-    say); a function not named there runs in-process.
+    `queues` maps a stage name to its queues (`LocalResources.queues`); `roles` maps a stage
+    name to the credentials of its execution role; `invokers` maps a stage name to what runs
+    it (its own process, say); a stage not named there runs in-process.
     """
+    stages = tuple(stages)
     roles = roles or {}
     invokers = invokers or {}
+    stat_queues = stat_queues or {}
 
-    def mapping(queue_url: str, handler: str, function_name: str, **extra: Any) -> SqsDispatcher:
+    def mapping(queue_url: str, stage: LambdaStage, **extra: Any) -> SqsDispatcher:
         return SqsDispatcher(
             queue_url,
-            handler,
-            function_name,
+            stage.handler,
+            stage.name,
+            # The table's batch size, as the CDK mapping: preprocess takes one study a call,
+            # so a STAT study waits for at most one routine study, never for a batch of them.
+            batch_size=stage.batch_size,
             wait_time_s=wait_time_s,
-            role=roles.get(function_name),
-            invoker=invokers.get(function_name),
+            role=roles.get(stage.name),
+            invoker=invokers.get(stage.name),
             **extra,
         )
 
-    dlqs = [
-        url for url in (preprocess_dlq_url, preprocess_stat_dlq_url, postprocess_dlq_url) if url
+    own = [
+        mapping(
+            queues[stage.name].url,
+            stage,
+            priority_queue_url=stat.url if (stat := stat_queues.get(stage.name)) else None,
+        )
+        for stage in stages
+        if stage.has_queue
     ]
-    return LocalEventSources(
-        [
-            # One study per invocation, as the CDK mapping: a STAT study waits for at most one
-            # routine study's preprocessing, never for a batch of them.
-            mapping(
-                preprocess_queue_url,
-                PREPROCESS_HANDLER,
-                "preprocess",
-                batch_size=1,
-                priority_queue_url=preprocess_stat_queue_url,
-            ),
-            mapping(postprocess_queue_url, POSTPROCESS_HANDLER, "postprocess"),
-            *(mapping(url, FAILURE_HANDLER, "failure") for url in dlqs if url),
-        ]
-    )
+    dlq_urls = {name: [pair.dlq_url] for name, pair in queues.items()}
+    for name, pair in stat_queues.items():
+        dlq_urls.setdefault(name, []).append(pair.dlq_url)
+    dead_letters = [
+        mapping(dlq_url, stage)
+        for stage in stages
+        if stage.trigger is Trigger.DEAD_LETTERS
+        for source in stages
+        if source.has_queue
+        for dlq_url in dlq_urls[source.name]
+    ]
+    return LocalEventSources([*own, *dead_letters])

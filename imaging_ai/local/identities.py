@@ -17,6 +17,7 @@ import boto3
 
 from imaging_ai.aws import Credentials
 from imaging_ai.errors import PipelineError
+from imaging_ai.lambda_stages import LAMBDA_STAGES
 from imaging_ai.local.moto_server import FAKE_CREDENTIALS, MotoServer
 
 DEPLOYER_USER = "imaging-ai-deployer"
@@ -31,13 +32,22 @@ SAGEMAKER_ROLE = "imaging-ai-sagemaker-execution"
 
 
 def function_role(name: str) -> str:
-    """The execution role of the function `name` (preprocess, postprocess, failure)."""
+    """The execution role of the Lambda stage `name` (lambda_stages.toml)."""
     return f"imaging-ai-{name}-role"
 
 
 def site_role(site: str) -> str:
     """The role a site's edge forwarder runs as."""
     return f"imaging-ai-site-{site}"
+
+
+def stack_roles(sites: Iterable[str]) -> set[str]:
+    """Every role the local runtime acts as: each Lambda stage's, SageMaker's, each site's."""
+    return {
+        *(function_role(stage.name) for stage in LAMBDA_STAGES),
+        SAGEMAKER_ROLE,
+        *(site_role(site) for site in sites),
+    }
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from imaging_ai.contracts import (
     model_card_key,
     site_results_queue_name,
 )
+from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
 from imaging_ai.model_card import ModelCard
 
 KMS_ALIAS = "alias/imaging-ai-data"
@@ -28,7 +29,7 @@ MAX_RECEIVE_COUNT = 3
 QUEUE_VISIBILITY_TIMEOUT_S = 60
 # One rule pattern for the local stack and the CDK stack: only a study's commit marker counts.
 MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}"
-# A STAT study's commit marker goes to its own queue, which preprocess drains first.
+# A STAT study's commit marker goes to the stage's STAT queue, which it drains first.
 STAT_MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{STAT_MANIFEST_NAME}"
 _BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
@@ -53,13 +54,25 @@ class LocalResources:
     data_bucket: str
     state_table: str
     manifest_rule_arn: str
-    preprocess: QueuePair
-    preprocess_stat: QueuePair  # STAT manifests: drained before `preprocess`
-    postprocess: QueuePair
+    queues: dict[str, QueuePair]  # Lambda stage name -> its work queue and DLQ
     inference_success_topic_arn: str
     inference_error_topic_arn: str
     endpoint_name: str
     site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
+    # Lambda stage name -> the queue STAT studies reach it on (stages with `stat_headroom`)
+    stat_queues: dict[str, QueuePair] = field(default_factory=dict)
+
+    @property
+    def preprocess(self) -> QueuePair:
+        return self.queues["preprocess"]
+
+    @property
+    def preprocess_stat(self) -> QueuePair:
+        return self.stat_queues["preprocess"]
+
+    @property
+    def postprocess(self) -> QueuePair:
+        return self.queues["postprocess"]
 
     def function_environment(self, service_name: str = "imaging-ai") -> dict[str, str]:
         """The environment variables the Lambda functions read (what the CDK stack sets)."""
@@ -78,25 +91,38 @@ def provision(
     sites: Iterable[str],
     model_cards: Sequence[ModelCard] = (),
     max_receive_count: int = MAX_RECEIVE_COUNT,
+    stages: Sequence[LambdaStage] = LAMBDA_STAGES,
 ) -> LocalResources:
     """Make (or find) every resource; safe to call again with more sites or model cards."""
     region = client("sts").meta.region_name
     key_arn = _kms_key()
     bucket = LOCAL_NAMES["data_bucket"]
     _bucket(bucket, key_arn, region)
-    preprocess = _queue_pair(
-        LOCAL_NAMES["preprocess_queue"], LOCAL_NAMES["preprocess_dlq"], max_receive_count
-    )
-    preprocess_stat = _queue_pair(
-        LOCAL_NAMES["preprocess_stat_queue"], LOCAL_NAMES["preprocess_stat_dlq"], max_receive_count
-    )
-    postprocess = _queue_pair(
-        LOCAL_NAMES["postprocess_queue"], LOCAL_NAMES["postprocess_dlq"], max_receive_count
-    )
-    rule_arn = _manifest_rule(MANIFEST_RULE_NAME, MANIFEST_KEY_WILDCARD, bucket, preprocess)
-    _manifest_rule(STAT_MANIFEST_RULE_NAME, STAT_MANIFEST_KEY_WILDCARD, bucket, preprocess_stat)
-    success_arn = _topic(LOCAL_NAMES["inference_success_topic"], postprocess)
-    error_arn = _topic(LOCAL_NAMES["inference_error_topic"], postprocess)
+    queues = {
+        stage.name: _queue_pair(stage.queue_name, stage.dlq_name, max_receive_count)
+        for stage in stages
+        if stage.has_queue
+    }
+    stat_queues = {
+        stage.name: _queue_pair(stage.stat_queue_name, stage.stat_dlq_name, max_receive_count)
+        for stage in stages
+        if stage.has_stat_queue
+    }
+    success_arn = _topic(LOCAL_NAMES["inference_success_topic"])
+    error_arn = _topic(LOCAL_NAMES["inference_error_topic"])
+    rule_arn = ""
+    for stage in stages:
+        if stage.trigger is Trigger.MANIFEST_CREATED:
+            rule_arn = _manifest_rule(
+                MANIFEST_RULE_NAME, MANIFEST_KEY_WILDCARD, bucket, queues[stage.name]
+            )
+        if stage.has_stat_queue:
+            _manifest_rule(
+                STAT_MANIFEST_RULE_NAME, STAT_MANIFEST_KEY_WILDCARD, bucket, stat_queues[stage.name]
+            )
+        elif stage.trigger is Trigger.INFERENCE_NOTIFICATIONS:
+            for topic_arn in (success_arn, error_arn):
+                _subscribe(topic_arn, queues[stage.name])
     table = LOCAL_NAMES["state_table"]
     _state_table(table)
     site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
@@ -115,13 +141,12 @@ def provision(
         data_bucket=bucket,
         state_table=table,
         manifest_rule_arn=rule_arn,
-        preprocess=preprocess,
-        preprocess_stat=preprocess_stat,
-        postprocess=postprocess,
+        queues=queues,
         inference_success_topic_arn=success_arn,
         inference_error_topic_arn=error_arn,
         endpoint_name=LOCAL_NAMES["endpoint_name"],
         site_results_queues=site_queues,
+        stat_queues=stat_queues,
     )
 
 
@@ -243,14 +268,16 @@ def _manifest_rule(name: str, key_wildcard: str, bucket: str, target: QueuePair)
     return rule_arn
 
 
-def _topic(name: str, subscriber: QueuePair) -> str:
+def _topic(name: str) -> str:
+    return str(client("sns").create_topic(Name=name)["TopicArn"])
+
+
+def _subscribe(topic_arn: str, subscriber: QueuePair) -> None:
     sns = client("sns")
-    topic_arn = str(sns.create_topic(Name=name)["TopicArn"])
     existing = sns.list_subscriptions_by_topic(TopicArn=topic_arn).get("Subscriptions", [])
     if not any(sub.get("Endpoint") == subscriber.arn for sub in existing):
         # Raw delivery off: postprocess reads the SNS envelope, as in AWS.
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=subscriber.arn)
-    return topic_arn
 
 
 def _state_table(name: str) -> None:

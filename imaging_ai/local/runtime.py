@@ -31,14 +31,9 @@ from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREF
 from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
+from imaging_ai.lambda_stages import LAMBDA_STAGES
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import (
-    FAILURE_HANDLER,
-    POSTPROCESS_HANDLER,
-    PREPROCESS_HANDLER,
-    LocalEventSources,
-    event_sources,
-)
+from imaging_ai.local.dispatcher import LocalEventSources, event_sources
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
 from imaging_ai.local.function_process import FunctionProcess
 from imaging_ai.local.identities import (
@@ -85,7 +80,6 @@ _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
 # Which stand-in serves the cloud's AWS APIs (README: `make demo BACKEND=localstack`).
 BACKEND_ENV = "IMAGING_AI_BACKEND"
 BACKENDS = ("moto", "localstack")
-FUNCTIONS = ("preprocess", "postprocess", "failure")
 
 
 @dataclass
@@ -211,34 +205,25 @@ class LocalPipeline:
         if self.identities is None:
             self._say("starting the Lambda functions, one process each")
             self._functions = {
-                name: FunctionProcess(handler, name, logs / "lambda.log").start()
-                for name, handler in (
-                    ("preprocess", PREPROCESS_HANDLER),
-                    ("postprocess", POSTPROCESS_HANDLER),
-                    ("failure", FAILURE_HANDLER),
-                )
+                stage.name: FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                for stage in LAMBDA_STAGES
             }
         self._sources = event_sources(
-            self.resources.preprocess.url,
-            self.resources.preprocess.dlq_url,
-            self.resources.postprocess.url,
-            self.resources.postprocess.dlq_url,
+            self.resources.queues,
             wait_time_s=1,
             roles={
-                name: role
-                for name in FUNCTIONS
-                if (role := self._role(function_role(name))) is not None
+                stage.name: role
+                for stage in LAMBDA_STAGES
+                if (role := self._role(function_role(stage.name))) is not None
             },
             invokers=self._functions,
-            preprocess_stat_queue_url=self.resources.preprocess_stat.url,
-            preprocess_stat_dlq_url=self.resources.preprocess_stat.dlq_url,
+            stat_queues=self.resources.stat_queues,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
         self.pacs = start_orthanc(self.work_dir / "pacs")
-        assert self.moto
-        self.ehr = start_fhir_server(self.moto.endpoint_url, logs)
+        self.ehr = start_fhir_server(logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
 
@@ -273,8 +258,8 @@ class LocalPipeline:
     def _start_cloud(self, logs: Path) -> None:
         """The AWS stand-in, the resources on it, and (IAM mode) the roles to act as.
 
-        A plain moto server always runs: it holds the local EHR's own table (the hospital's
-        system, never the cloud account) and, under LocalStack, the DynamoDB state table.
+        A plain moto server always runs: the cloud's AWS by default and, under LocalStack, the
+        DynamoDB state table.
         """
         if self.backend not in BACKENDS:
             raise PipelineError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}")

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote, urlencode
 
 import pydicom
 from fhir.resources.R4B.bundle import Bundle
@@ -28,6 +29,8 @@ PSEUDO_PATIENT_SYSTEM: Final = "urn:imaging-ai:pseudo-patient-id"
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
 WEIGHTS_SYSTEM: Final = "urn:imaging-ai:weights-sha256"
 TRACKING_UID_SYSTEM: Final = "urn:imaging-ai:tracking-uid"
+# One measurement of one SR: a report re-sent by the edge finds its Observations again.
+SR_MEASUREMENT_SYSTEM: Final = "urn:imaging-ai:sr-measurement"
 DCM_SYSTEM: Final = codes.FHIR_SYSTEMS["DCM"]
 
 
@@ -36,6 +39,34 @@ def _urn(pseudo_study_uid: str, run_id: str, *role: str) -> str:
     return "urn:uuid:" + str(
         uuid.uuid5(uuid.NAMESPACE_OID, "/".join([pseudo_study_uid, run_id, *role]))
     )
+
+
+def identifier_search(system: str, value: str) -> str:
+    """`identifier=system|value` for a conditional create (Bundle.entry.request.ifNoneExist)."""
+    return f"identifier={quote(system, safe=':/')}|{quote(value, safe=':/')}"
+
+
+# The identifier a conditional create finds a resource by when the edge sends the same report
+# again: a run's report and measurements by its SR, the algorithm by its weights. Patient and
+# ImagingStudy go by the hospital's own identifiers, which only the edge knows: it adds theirs
+# after re-identification.
+_CONDITIONAL_CREATE_SYSTEMS: Final = {
+    "DiagnosticReport": DICOM_UID_SYSTEM,
+    "Observation": SR_MEASUREMENT_SYSTEM,
+    "Device": WEIGHTS_SYSTEM,
+}
+
+
+def _request(resource: dict[str, Any]) -> dict[str, str]:
+    kind = resource["resourceType"]
+    request = {"method": "POST", "url": kind}
+    if kind == "Organization":
+        request["ifNoneExist"] = urlencode({"name:exact": resource["name"]}, quote_via=quote)
+    elif kind in _CONDITIONAL_CREATE_SYSTEMS:
+        system = _CONDITIONAL_CREATE_SYSTEMS[kind]
+        value = next(i["value"] for i in resource["identifier"] if i["system"] == system)
+        request["ifNoneExist"] = identifier_search(system, value)
+    return request
 
 
 def _concept(code: Code) -> dict[str, Any]:
@@ -146,7 +177,11 @@ def build_bundle(
             observation = {
                 "resourceType": "Observation",
                 "identifier": [
-                    {"system": TRACKING_UID_SYSTEM, "value": f"urn:oid:{track_uid}/{key}"}
+                    {"system": TRACKING_UID_SYSTEM, "value": f"urn:oid:{track_uid}/{key}"},
+                    {
+                        "system": SR_MEASUREMENT_SYSTEM,
+                        "value": f"urn:oid:{sr.SOPInstanceUID}/{track_uid}/{key}",
+                    },
                 ],
                 "status": "final",
                 "category": [
@@ -227,7 +262,7 @@ def build_bundle(
             {
                 "fullUrl": url,
                 "resource": {k: v for k, v in resource.items() if v != []},
-                "request": {"method": "POST", "url": resource["resourceType"]},
+                "request": _request(resource),
             }
             for url, resource in entries
         ],

@@ -24,9 +24,7 @@ from pynetdicom import AE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage
 
-from imaging_ai.aws import client
 from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D, phi_to_search
-from imaging_ai.local.fhir_server import RESOURCE_TABLE
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import FORWARDER_AE_TITLE, MODALITY_AE_TITLE, LocalPipeline
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
@@ -109,13 +107,12 @@ def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
             result.returned_objects += 1
             result.returned_bytes += len(response.content)
             result.returned_leaks += [f"pacs:{n}" for n in _search(response.content, PLANTED)]
-        # Every FHIR resource the EHR stored
-        for page in client("dynamodb").get_paginator("scan").paginate(TableName=RESOURCE_TABLE):
-            for item in page.get("Items", []):
-                text = json.dumps(item).encode()
-                result.returned_objects += 1
-                result.returned_bytes += len(text)
-                result.returned_leaks += [f"ehr:{n}" for n in _search(text, PLANTED)]
+        # Every FHIR resource the EHR stored, found by FHIR search
+        for resource in pipeline.ehr.stored_resources():
+            text = json.dumps(resource).encode()
+            result.returned_objects += 1
+            result.returned_bytes += len(text)
+            result.returned_leaks += [f"ehr:{n}" for n in _search(text, PLANTED)]
         # The forwarder's own log lines (no PHI in logs)
         log = (work_dir / "logs" / "edge-forwarder.log").read_bytes()
         result.log_leaks = _search(log, {**PLANTED, **phi_to_search(study)})

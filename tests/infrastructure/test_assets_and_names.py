@@ -38,7 +38,7 @@ def test_assets_hold_functions_and_library_without_inference_local_or_synthetic(
         source_root=source, out_dir=tmp_path / "out", install_dependencies=False
     )
     # Then every function's asset has the handler tree and the library, minus excluded parts
-    assert set(built) == {"preprocess", "postprocess", "failure"}
+    assert set(built) == set(build_lambda_assets.FUNCTION_NAMES)
     for name, asset in built.items():
         assert (asset / "functions" / name / "handler.py").is_file()
         assert (asset / "imaging_ai" / "contracts.py").is_file()
@@ -64,7 +64,7 @@ def test_pip_targets_the_lambda_platform(monkeypatch: pytest.MonkeyPatch, tmp_pa
     # When assets are built with dependencies
     build_lambda_assets.build_assets(source_root=source, out_dir=tmp_path / "out")
     # Then pip installs manylinux2014 x86_64 CPython 3.12 wheels only, into each asset
-    assert len(calls) == 3
+    assert len(calls) == len(build_lambda_assets.FUNCTION_NAMES)
     for command in calls:
         joined = " ".join(command)
         assert "--platform manylinux2014_x86_64" in joined
@@ -103,3 +103,19 @@ def test_copied_names_match_the_runtime_contracts() -> None:
         state.PARTITION_KEY,
         state.SORT_KEY,
     )
+
+
+def test_the_stack_reads_the_same_stage_table_as_the_runtime() -> None:
+    # The stack's untyped view of lambda_stages.toml and the runtime's typed one agree
+    from imaging_ai.lambda_stages import LAMBDA_STAGES, STAGE_TABLE
+
+    assert names.STAGE_TABLE == STAGE_TABLE
+    # And every function the assets package is a stage of the table, and the other way round
+    assert set(build_lambda_assets.FUNCTION_NAMES) == {stage.name for stage in LAMBDA_STAGES}
+    for stage in LAMBDA_STAGES:
+        entry = names.lambda_stage(stage.name)
+        assert (entry["trigger"], entry["timeout_s"], entry["memory_mb"]) == (
+            stage.trigger,
+            stage.timeout_s,
+            stage.memory_mb,
+        )

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from imaging_ai.lambda_stages import LAMBDA_STAGES
 from tests.infrastructure.conftest import SITES, Synthesized
 
 pytestmark = pytest.mark.infrastructure
@@ -22,6 +23,10 @@ DATA_ACTION_PREFIXES = (
     "secretsmanager:",
     "ssm:get",
 )
+
+# The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
+# A stage's own queue, and its STAT queue where it has one (docs/priority.md).
+_WORK_QUEUES = sum(stage.has_queue + stage.has_stat_queue for stage in LAMBDA_STAGES)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -121,8 +126,8 @@ def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Sy
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
     }
-    # preprocess (routine and STAT), postprocess and one results queue per site, each with a DLQ
-    assert len(queues) == 2 * (3 + len(SITES))
+    # each stage's work queue and one results queue per site, each with its own DLQ
+    assert len(queues) == 2 * (_WORK_QUEUES + len(SITES))
     for logical_id, queue in queues.items():
         assert "KmsMasterKeyId" in queue["Properties"], logical_id
         covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
@@ -193,11 +198,13 @@ def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
         for m in mappings
         if "Failure" in m["Properties"]["FunctionName"]["Ref"]
     ]
+    # Every stage's DLQ; the sites' results DLQs are the forwarders' to drain
     assert sorted(failure_sources) == sorted(
         logical_id
         for logical_id in dev.resources("AWS::SQS::Queue")
-        if "Dlq" in logical_id and ("Preprocess" in logical_id or "Postprocess" in logical_id)
+        if "Dlq" in logical_id and "ResultsQueue" not in logical_id
     )
+    assert len(failure_sources) == _WORK_QUEUES
 
 
 # ---- Inference ------------------------------------------------------------------------------
@@ -268,7 +275,7 @@ def test_lambdas_and_endpoint_run_in_isolated_subnets_without_internet(dev: Synt
         for logical_id, f in dev.resources("AWS::Lambda::Function").items()
         if f["Properties"].get("Handler", "").startswith("functions.")
     }
-    assert len(pipeline_functions) == 3
+    assert len(pipeline_functions) == len(LAMBDA_STAGES)
     for logical_id, props in pipeline_functions.items():
         assert {s["Ref"] for s in props["VpcConfig"]["SubnetIds"]} <= subnets, logical_id
         assert props["Runtime"] == "python3.12"
@@ -311,7 +318,27 @@ def test_each_function_has_its_own_role(dev: Synthesized) -> None:
         for f in dev.resources("AWS::Lambda::Function").values()
         if f["Properties"].get("Handler", "").startswith("functions.")
     ]
-    assert len(roles) == len(set(roles)) == 3
+    assert len(roles) == len(set(roles)) == len(LAMBDA_STAGES)
+
+
+def test_the_functions_are_the_stage_tables_with_its_settings(dev: Synthesized) -> None:
+    # Given the one stage table the local runtime reads too (LAMBDA_STAGES)
+    # When the stack is synthesized
+    functions = {
+        f["Properties"]["Handler"]: f["Properties"]
+        for f in dev.resources("AWS::Lambda::Function").values()
+        if f["Properties"].get("Handler", "").startswith("functions.")
+    }
+    # Then each stage is one function with the table's handler, timeout, memory, concurrency
+    assert sorted(functions) == sorted(stage.handler for stage in LAMBDA_STAGES)
+    for stage in LAMBDA_STAGES:
+        settings = functions[stage.handler]
+        assert settings["Description"] == stage.description
+        assert (
+            settings["Timeout"],
+            settings["MemorySize"],
+            settings["ReservedConcurrentExecutions"],
+        ) == (stage.timeout_s, stage.memory_mb, stage.reserved_concurrency[1])
 
 
 # ---- Edge access -----------------------------------------------------------------------------
@@ -368,10 +395,10 @@ def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
 def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
     alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
     dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
-    assert len(dlq_alarms) == 3 + len(SITES)  # preprocess (routine, STAT), postprocess, sites
+    assert len(dlq_alarms) == _WORK_QUEUES + len(SITES)
     assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
     latency = [a for a in alarms if a.get("MetricName") == "Duration"]
-    assert len(latency) == 3
+    assert len(latency) == len(LAMBDA_STAGES)
     assert all(a.get("AlarmActions") for a in alarms)
 
 

@@ -10,12 +10,8 @@ import pytest
 
 from functions.common import bootstrap
 from imaging_ai.aws import client
-from imaging_ai.local.dispatcher import (
-    FAILURE_HANDLER,
-    POSTPROCESS_HANDLER,
-    PREPROCESS_HANDLER,
-    SqsDispatcher,
-)
+from imaging_ai.lambda_stages import lambda_stage
+from imaging_ai.local.dispatcher import SqsDispatcher
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import LocalResources, provision
 from tests.functions_support import (
@@ -28,23 +24,23 @@ from tests.functions_support import (
 )
 
 
+def _dispatcher(stage: str, queue_url: str) -> SqsDispatcher:
+    return SqsDispatcher(queue_url, lambda_stage(stage).handler, stage, wait_time_s=0)
+
+
 @dataclass
 class Stack:
     resources: LocalResources
     inference_calls: list[dict[str, object]] = field(default_factory=list)
 
     def preprocess(self) -> SqsDispatcher:
-        return SqsDispatcher(
-            self.resources.preprocess.url, PREPROCESS_HANDLER, "preprocess", wait_time_s=0
-        )
+        return _dispatcher("preprocess", self.resources.preprocess.url)
 
     def postprocess(self) -> SqsDispatcher:
-        return SqsDispatcher(
-            self.resources.postprocess.url, POSTPROCESS_HANDLER, "postprocess", wait_time_s=0
-        )
+        return _dispatcher("postprocess", self.resources.postprocess.url)
 
     def failure(self, dlq_url: str) -> SqsDispatcher:
-        return SqsDispatcher(dlq_url, FAILURE_HANDLER, "failure", wait_time_s=0)
+        return _dispatcher("failure", dlq_url)
 
     def inferred(self, tmp_path: Path, fail: str | None = None) -> UploadedStudy:
         """A study uploaded, preprocessed, and answered by the endpoint (an error with `fail`)."""

@@ -8,12 +8,8 @@ from typing import Any
 
 from imaging_ai.aws import client
 from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage
-from imaging_ai.local.dispatcher import (
-    POSTPROCESS_HANDLER,
-    PREPROCESS_HANDLER,
-    BatchOutcome,
-    SqsDispatcher,
-)
+from imaging_ai.lambda_stages import lambda_stage
+from imaging_ai.local.dispatcher import BatchOutcome, SqsDispatcher
 from imaging_ai.state import RunKey, RunStateStore
 from tests.functions_support import SITE, upload_study
 from tests.integration.functions.conftest import Stack
@@ -21,10 +17,9 @@ from tests.integration.functions.conftest import Stack
 WAIT_S = 60.0
 
 
-def _one_at_a_time(stack: Stack, queue_url: str, handler: str) -> SqsDispatcher:
+def _one_at_a_time(stack: Stack, queue_url: str, stage: str) -> SqsDispatcher:
     # batch_size=1 as the stack's event source mappings, so each copy is its own invocation
-    name = "preprocess" if handler == PREPROCESS_HANDLER else "postprocess"
-    return SqsDispatcher(queue_url, handler, name, batch_size=1, wait_time_s=0)
+    return SqsDispatcher(queue_url, lambda_stage(stage).handler, stage, batch_size=1, wait_time_s=0)
 
 
 def _copy_message(queue_url: str, copies: int) -> None:
@@ -73,7 +68,7 @@ def test_a_second_delivery_inside_the_invoke_window_does_not_invoke_again(
     _copy_message(resources.preprocess.url, copies=2)
     held, release = threading.Event(), threading.Event()
     _hold_first_call("InvokeEndpointAsync", held, release)
-    dispatcher = _one_at_a_time(stack, resources.preprocess.url, PREPROCESS_HANDLER)
+    dispatcher = _one_at_a_time(stack, resources.preprocess.url, "preprocess")
     outcomes: list[BatchOutcome] = []
     first = _poll_in_thread(dispatcher, outcomes)
     assert held.wait(WAIT_S)
@@ -100,7 +95,7 @@ def test_three_concurrent_deliveries_of_a_manifest_give_one_inference(
     resources = stack.resources
     upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
     _copy_message(resources.preprocess.url, copies=3)
-    dispatcher = _one_at_a_time(stack, resources.preprocess.url, PREPROCESS_HANDLER)
+    dispatcher = _one_at_a_time(stack, resources.preprocess.url, "preprocess")
 
     # When three invocations take one copy each at the same time, then retries drain
     outcomes: list[BatchOutcome] = []
@@ -129,7 +124,7 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
     # and the first delivery parked as it tells the site (REPORTED, not yet DELIVERED)
     held, release = threading.Event(), threading.Event()
     _hold_first_call("SendMessage", held, release)
-    dispatcher = _one_at_a_time(stack, resources.postprocess.url, POSTPROCESS_HANDLER)
+    dispatcher = _one_at_a_time(stack, resources.postprocess.url, "postprocess")
 
     # When the other two copies are delivered concurrently in that window, then retries drain
     outcomes: list[BatchOutcome] = []

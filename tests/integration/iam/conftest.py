@@ -22,13 +22,9 @@ from botocore.exceptions import ClientError
 from functions.common import bootstrap
 from imaging_ai import envelope
 from imaging_ai.aws import Credentials, reset_clients
+from imaging_ai.lambda_stages import lambda_stage
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
-from imaging_ai.local.dispatcher import (
-    FAILURE_HANDLER,
-    POSTPROCESS_HANDLER,
-    PREPROCESS_HANDLER,
-    SqsDispatcher,
-)
+from imaging_ai.local.dispatcher import SqsDispatcher
 from imaging_ai.local.identities import Identities, create_deployer, create_roles
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import LocalResources, provision
@@ -44,11 +40,6 @@ from tests.functions_support import UploadedStudy, model_card, true_nodule_outpu
 from tests.integration.transport.conftest import ehr, pacs  # noqa: F401  (the real peers)
 
 pytestmark = pytest.mark.integration
-_HANDLERS = {
-    "preprocess": PREPROCESS_HANDLER,
-    "postprocess": POSTPROCESS_HANDLER,
-    "failure": FAILURE_HANDLER,
-}
 
 
 @dataclass
@@ -71,7 +62,11 @@ class IamStack:
     def dispatcher(self, function: str, queue_url: str) -> SqsDispatcher:
         """Lambda's event source mapping for `function`, polling and running as its role."""
         return SqsDispatcher(
-            queue_url, _HANDLERS[function], function, wait_time_s=0, role=self.function(function)
+            queue_url,
+            lambda_stage(function).handler,
+            function,
+            wait_time_s=0,
+            role=self.function(function),
         )
 
     @contextmanager

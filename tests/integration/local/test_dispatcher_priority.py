@@ -39,13 +39,7 @@ def test_a_stat_manifest_written_after_five_routine_ones_is_preprocessed_first(
         return {"batchItemFailures": []}
 
     sources = event_sources(
-        resources.preprocess.url,
-        resources.preprocess.dlq_url,
-        resources.postprocess.url,
-        resources.postprocess.dlq_url,
-        invokers={"preprocess": preprocess},
-        preprocess_stat_queue_url=resources.preprocess_stat.url,
-        preprocess_stat_dlq_url=resources.preprocess_stat.dlq_url,
+        resources.queues, invokers={"preprocess": preprocess}, stat_queues=resources.stat_queues
     )
     mapping = next(d for d in sources.dispatchers if d.function_name == "preprocess")
     while mapping.poll_once().received:

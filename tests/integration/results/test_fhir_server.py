@@ -1,10 +1,10 @@
-"""A real FHIR R4 server accepts the Bundle: 201 per entry, references resolved on read-back."""
+"""The local EHR, a real FHIR R4 server: transactions, search, conditional create, R4 checks."""
 
 from __future__ import annotations
 
 import copy
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,97 +12,142 @@ import pytest
 import requests
 
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
-from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.results import build_results
 from tests.unit.results.sample import make_sample_run
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed"),
+    pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed"),
 ]
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.19.5"
 
 
 @pytest.fixture(scope="module")
-def fhir(
-    moto_session_server: MotoServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[FhirServer]:
-    server = start_fhir_server(moto_session_server.endpoint_url, tmp_path_factory.mktemp("fhir"))
+def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer]:
+    server = start_fhir_server(tmp_path_factory.mktemp("fhir"))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def report_of_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], dict[str, Any]]:
+    """The cloud's transaction Bundle for one run of the sample study."""
     run = make_sample_run(Path(tmp_path_factory.mktemp("study")))
-    return build_results(run.headers, run.labels, run.output, run.card, "run-1").bundle
+    return lambda run_id: (
+        build_results(run.headers, run.labels, run.output, run.card, run_id).bundle
+    )
 
 
-def _reidentify(bundle: dict[str, Any]) -> dict[str, Any]:
+def _reidentify(bundle: dict[str, Any], mrn: str) -> dict[str, Any]:
     """What the edge does before posting: swap the pseudonymous id for the site's MRN."""
     reidentified = copy.deepcopy(bundle)
     for entry in reidentified["entry"]:
         if entry["resource"]["resourceType"] == "Patient":
-            entry["resource"]["identifier"] = [
-                {"system": "urn:oid:2.16.840.1.113883.19.5", "value": "MRN-4711-0815"}
-            ]
+            entry["resource"]["identifier"] = [{"system": MRN_SYSTEM, "value": mrn}]
+            entry["request"]["ifNoneExist"] = f"identifier={MRN_SYSTEM}|{mrn}"
     return reidentified
 
 
-def _read(fhir: FhirServer, reference: str) -> dict[str, Any]:
-    response = requests.get(f"{fhir.base_url}/{reference}", headers=FHIR_JSON, timeout=10)
-    assert response.status_code == 200, response.text
-    resource: dict[str, Any] = response.json()
-    return resource
+def _post(fhir: FhirServer, bundle: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{fhir.base_url}/", json=bundle, headers=FHIR_JSON, timeout=30)
 
 
-def test_server_says_it_is_r4(fhir: FhirServer) -> None:
+def test_server_says_it_is_r4_with_search_and_conditional_create(fhir: FhirServer) -> None:
     metadata = requests.get(f"{fhir.base_url}/metadata", timeout=10).json()
     assert metadata["fhirVersion"] == "4.0.1"
+    (rest,) = metadata["rest"]
+    report = next(r for r in rest["resource"] if r["type"] == "DiagnosticReport")
+    assert report["conditionalCreate"] is True
+    assert {"identifier", "subject", "patient"} <= {p["name"] for p in report["searchParam"]}
+    assert {"code": "transaction"} in rest["interaction"]
 
 
 def test_transaction_creates_every_entry_and_resolves_references(
-    fhir: FhirServer, bundle: dict[str, Any]
+    fhir: FhirServer, report_of_run: Callable[[str], dict[str, Any]]
 ) -> None:
     # Given the transaction Bundle as the edge re-identified it,
-    bundle = _reidentify(bundle)
-    response = requests.post(f"{fhir.base_url}/", json=bundle, headers=FHIR_JSON, timeout=30)
+    bundle = _reidentify(report_of_run("run-1"), "MRN-4711-0815")
+    response = _post(fhir, bundle)
     # Then every entry is created,
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["type"] == "transaction-response"
     statuses = [entry["response"]["status"] for entry in answer["entry"]]
-    assert statuses == ["201 Created"] * len(bundle["entry"])
-    locations = {
-        request["fullUrl"]: entry["response"]["location"]
-        for request, entry in zip(bundle["entry"], answer["entry"], strict=True)
-    }
-    # And the DiagnosticReport read back points at the created resources, not urn:uuid.
-    report_url = next(
-        e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+    assert statuses == ["201"] * len(bundle["entry"])
+    # And the report is found by FHIR search on the patient's MRN, its references resolved
+    (report,) = fhir.search(
+        "DiagnosticReport", **{"subject:Patient.identifier": f"{MRN_SYSTEM}|MRN-4711-0815"}
     )
-    report = _read(fhir, locations[report_url])
     assert report["status"] == "final"
-    patient = _read(fhir, report["subject"]["reference"])
+    patient = fhir.read(report["subject"]["reference"])
     assert patient["identifier"][0]["value"] == "MRN-4711-0815"
-    study = _read(fhir, report["imagingStudy"][0]["reference"])
+    study = fhir.read(report["imagingStudy"][0]["reference"])
     assert study["identifier"][0]["value"].startswith("urn:oid:")
-    assert _read(fhir, report["performer"][0]["reference"])["resourceType"] == "Organization"
+    assert fhir.read(report["performer"][0]["reference"])["resourceType"] == "Organization"
     assert len(report["result"]) == 4
     for reference in report["result"]:
-        observation = _read(fhir, reference["reference"])
+        observation = fhir.read(reference["reference"])
         assert observation["derivedFrom"][0]["reference"] == report["imagingStudy"][0]["reference"]
         assert observation["subject"]["reference"] == report["subject"]["reference"]
-        device = _read(fhir, observation["device"]["reference"])
+        device = fhir.read(observation["device"]["reference"])
         assert device["deviceName"][0]["name"] == "lung-nodule-demo"
 
 
-def test_server_rejects_what_r4_forbids(fhir: FhirServer, bundle: dict[str, Any]) -> None:
-    # The server validates R4: a status outside the required value set is refused.
-    broken = copy.deepcopy(bundle)
-    observation = next(
+def test_an_invalid_resource_is_refused_with_an_outcome_and_nothing_is_stored(
+    fhir: FhirServer, report_of_run: Callable[[str], dict[str, Any]]
+) -> None:
+    # Given a report whose last Observation has a status outside R4's required value set
+    broken = _reidentify(report_of_run("run-invalid"), "MRN-INVALID-1")
+    observation = [
         e["resource"] for e in broken["entry"] if e["resource"]["resourceType"] == "Observation"
-    )
+    ][-1]
     observation["status"] = "bogus"
-    response = requests.post(f"{fhir.base_url}/", json=broken, headers=FHIR_JSON, timeout=30)
+    # When it is posted
+    response = _post(fhir, broken)
+    # Then the server refuses it with an OperationOutcome naming the element,
     assert response.status_code == 400, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["Observation.status"]
+    # and the transaction is all or nothing: not even its Patient or report was kept
+    assert fhir.search("Patient", identifier=f"{MRN_SYSTEM}|MRN-INVALID-1") == []
+    report_uid = next(
+        e["resource"]["identifier"][0]["value"]
+        for e in broken["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    assert fhir.search("DiagnosticReport", identifier=f"urn:dicom:uid|{report_uid}") == []
+
+
+def test_structure_is_checked_against_the_r4_structure_definitions(fhir: FhirServer) -> None:
+    # An element R4 does not define, and a missing required one, are both refused
+    unknown = {"resourceType": "Patient", "nickname": "x"}
+    missing = {"resourceType": "Observation", "status": "final"}
+    for resource in (unknown, missing):
+        response = requests.post(
+            f"{fhir.base_url}/{resource['resourceType']}",
+            json=resource,
+            headers=FHIR_JSON,
+            timeout=10,
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_communication_is_created_and_found(fhir: FhirServer) -> None:
+    # Given a critical-finding notice as plain FHIR REST (no transaction)
+    communication = {
+        "resourceType": "Communication",
+        "identifier": [{"system": "urn:imaging-ai:notice", "value": "run-critical-1"}],
+        "status": "completed",
+        "priority": "stat",
+        "payload": [{"contentString": "Critical finding: suspected hemorrhage"}],
+    }
+    response = requests.post(
+        f"{fhir.base_url}/Communication", json=communication, headers=FHIR_JSON, timeout=10
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["Location"].startswith(f"{fhir.base_url}/Communication/")
+    (found,) = fhir.search("Communication", identifier="urn:imaging-ai:notice|run-critical-1")
+    assert found["priority"] == "stat"

@@ -9,7 +9,8 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -128,13 +129,22 @@ def ehr() -> Iterator[Ehr]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/fhir"
+    with loopback_http(Handler) as url:
+        state.url = f"{url}/fhir"
+        yield state
+
+
+@contextmanager
+def loopback_http(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve `handler` from a thread on a free loopback port; yield its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -167,8 +177,15 @@ class CloudSide:
                     datasets.append(pydicom.dcmread(io.BytesIO(extracted.read())))
         return datasets
 
-    def answer(self, manifest: Manifest, study: SyntheticStudy) -> SiteResultMessage:
-        """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site."""
+    def answer(
+        self,
+        manifest: Manifest,
+        study: SyntheticStudy,
+        edit_bundle: Callable[[dict[str, Any]], None] | None = None,
+    ) -> SiteResultMessage:
+        """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site.
+
+        `edit_bundle` changes the Bundle after it was built: a cloud-side defect."""
         headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
         labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
         geometry = study.phantom.geometry()
@@ -199,6 +216,8 @@ class CloudSide:
         objects = build_results(
             headers, labels, output, card, manifest.run_id, key_slices_hu=key_slices
         )
+        if edit_bundle is not None:
+            edit_bundle(objects.bundle)
         context = encryption_context(SITE, manifest.pseudo_study_uid)
         keys = {}
         for name, data in (

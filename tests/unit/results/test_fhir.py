@@ -123,3 +123,34 @@ def test_results_carry_only_the_pseudonymous_identity(results: ResultObjects) ->
     for value in FakePatient().phi_values():
         assert all(value.encode() not in payload for payload in payloads), value
     assert PSEUDO_PATIENT_ID.encode() in payloads[1]
+
+
+def test_what_a_resent_report_would_duplicate_is_a_conditional_create(
+    results: ResultObjects,
+) -> None:
+    # Given the cloud's Bundle of one run
+    searches = {
+        e["fullUrl"]: (e["resource"], e["request"].get("ifNoneExist"))
+        for e in results.bundle["entry"]
+    }
+    # Then the report and each measurement are found again by the run's SR, the algorithm by
+    # its weights, the organisation by its name; Patient and ImagingStudy are the edge's to key
+    for resource, search in searches.values():
+        kind = resource["resourceType"]
+        if kind in ("Patient", "ImagingStudy"):
+            assert search is None
+            continue
+        assert search is not None, kind
+        name, _, value = search.partition("=")
+        if kind == "Organization":
+            assert (name, value) == ("name%3Aexact", "imaging-ai-pipeline%20project")
+            continue
+        system, _, code = value.partition("|")
+        assert name == "identifier"
+        assert {"system": system, "value": code} in resource["identifier"]
+    sr_uid = str(results.sr.SOPInstanceUID)
+    observations = [r for r, _ in searches.values() if r["resourceType"] == "Observation"]
+    assert all(
+        any(sr_uid in i["value"] for i in o["identifier"] if "sr-measurement" in i["system"])
+        for o in observations
+    )

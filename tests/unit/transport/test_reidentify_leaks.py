@@ -192,3 +192,35 @@ def test_bundle_with_a_piece_of_a_pseudonym_is_refused(note: str) -> None:
             patient_identifier_system="urn:mrn",
             accession_identifier_system="urn:acc",
         )
+
+
+def test_patient_and_imaging_study_become_conditional_creates_on_the_hospitals_identifiers() -> (
+    None
+):
+    # Given the cloud's Bundle with a pseudonymous patient and study
+    bundle = _bundle("no finding")
+    bundle["entry"].append(  # type: ignore[attr-defined]
+        {
+            "resource": {
+                "resourceType": "ImagingStudy",
+                "status": "available",
+                "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{PSEUDO_STUDY}"}],
+            },
+            "request": {"method": "POST", "url": "ImagingStudy"},
+        }
+    )
+    # When the edge re-identifies it
+    out = reidentify_bundle(
+        bundle,
+        _identity(),
+        patient_identifier_system="urn:mrn",
+        accession_identifier_system="urn:acc",
+    )
+    # Then the EHR is asked to keep the Patient it has for the MRN, and the ImagingStudy it
+    # has for the original Study Instance UID
+    requests = {e["resource"]["resourceType"]: e.get("request", {}) for e in out["entry"]}
+    assert requests["Patient"]["ifNoneExist"] == "identifier=urn:mrn|MRN0042"
+    assert requests["ImagingStudy"]["ifNoneExist"] == (
+        f"identifier=urn:dicom:uid|urn:oid:{ORIGINAL_STUDY}"
+    )
+    assert "ifNoneExist" not in requests["Observation"]
