@@ -6,7 +6,8 @@ from pathlib import Path
 
 from imaging_ai.aws import client
 from imaging_ai.contracts import Priority
-from imaging_ai.local.dispatcher import PREPROCESS_HANDLER, SqsDispatcher
+from imaging_ai.lambda_stages import lambda_stage
+from imaging_ai.local.dispatcher import SqsDispatcher
 from imaging_ai.state import RunKey, RunStateStore
 from tests.functions_support import SITE, upload_study
 from tests.integration.functions.conftest import Stack
@@ -23,7 +24,7 @@ def test_a_stat_study_is_preprocessed_from_the_stat_queue_and_invokes_as_stat(
     # When preprocess's event source mapping polls (STAT queue first, as in the local runtime)
     mapping = SqsDispatcher(
         resources.preprocess.url,
-        PREPROCESS_HANDLER,
+        lambda_stage("preprocess").handler,
         "preprocess",
         wait_time_s=0,
         priority_queue_url=resources.preprocess_stat.url,
