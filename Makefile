@@ -6,16 +6,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck architecture unit integration infrastructure e2e ehr-server \
-        system-deps venv clean cdk-synth cdk-gates benchmarks localstack-venv
+        system-deps venv clean cdk-synth cdk-gates benchmarks localstack-venv viewer
 
 # BACKEND=moto (default) or BACKEND=localstack: which stand-in serves the cloud's AWS APIs.
 BACKEND ?= moto
 
-demo: system-deps venv ehr-server $(if $(filter localstack,$(BACKEND)),localstack-venv)
-	IMAGING_AI_BACKEND=$(BACKEND) $(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)")
+# VIEW=1: afterwards, serve the OHIF viewer on the PACS and print its URL (Ctrl-C stops it).
+demo: system-deps venv ehr-server $(if $(filter localstack,$(BACKEND)),localstack-venv) $(if $(VIEW),viewer)
+	IMAGING_AI_BACKEND=$(BACKEND) $(BIN)/python -m imaging_ai.local.demo $(if $(STUDY),--study "$(STUDY)") $(if $(VIEW),--view)
 
 # The e2e test runs on both backends (IAM-enforcing moto and LocalStack).
-test: system-deps venv ehr-server localstack-venv lint typecheck architecture cdk-gates
+test: system-deps venv ehr-server viewer localstack-venv lint typecheck architecture cdk-gates
 	$(BIN)/python -m pytest -q tests
 
 venv: $(STAMP)
@@ -33,13 +34,21 @@ $(STAMP): pyproject.toml
 ehr-server: venv
 	$(BIN)/python -c "from imaging_ai.local.fhir_server import ensure_installed as e; print('FHIR server:', e())"
 
-# DCMTK, Orthanc and dicom3tools are the real DICOM peers; npm installs the local EHR.
+# The viewer: OHIF's prebuilt bundle (npm pack, pinned) and playwright-core for the browser
+# test, both once into ~/.cache/imaging-ai; chromium and Orthanc's DICOMweb come from Debian.
+viewer: venv
+	$(BIN)/python -c "from imaging_ai.local import ohif, browser; print('OHIF:', ohif.ensure_installed()); print('browser check:', browser.ensure_installed())"
+
+# DCMTK, Orthanc and dicom3tools are the real DICOM peers; npm installs the local EHR;
+# chromium and Orthanc's DICOMweb plugin (a file, not a command) serve the viewer test.
 # Installed when we are root, and only what is missing: a Node.js from another source
 # (e.g. NodeSource, which bundles npm) must not meet Debian's npm package.
 TOOL_PACKAGES := storescu:dcmtk storescp:dcmtk dsrdump:dcmtk dciodvfy:dicom3tools dcm2niix:dcm2niix \
-                 Orthanc:orthanc node:nodejs npm:npm
+                 Orthanc:orthanc node:nodejs npm:npm chromium:chromium
+DICOMWEB_PLUGIN := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 system-deps:
 	@missing=""; \
+	if [ ! -e $(DICOMWEB_PLUGIN) ]; then missing=" orthanc-dicomweb"; fi; \
 	for pair in $(TOOL_PACKAGES); do \
 	  tool=$${pair%%:*}; package=$${pair##*:}; \
 	  if ! command -v $$tool >/dev/null 2>&1 && [ ! -x /usr/sbin/$$tool ] && [ ! -x /usr/bin/$$tool ]; then \

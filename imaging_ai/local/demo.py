@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -16,8 +17,11 @@ from typing import Any
 
 import pydicom
 
-from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder
+from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder, send_instances
 from imaging_ai.local.fhir_server import ensure_installed
+from imaging_ai.local.ohif import ensure_installed as ensure_viewer_installed
+from imaging_ai.local.ohif import start_viewer
+from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.local.timeline import STAGES
@@ -260,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     size_mb = sum(path.stat().st_size for path in study.paths) / 1e6
     say(f"  {len(study.paths)} instances, {size_mb:.0f} MB, {len(study.phantom.nodules)} nodule(s)")
     with LocalPipeline(
-        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say, pacs_dicomweb=args.view
     ) as pipeline:
         port = pipeline.forwarder_port
         say(f"Sending the study by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
@@ -272,7 +276,33 @@ def run(args: argparse.Namespace) -> int:
         summary = collect_summary(pipeline, study, delivered, started)
         print_summary(summary, pipeline, study, out=say)
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        if args.view and pipeline.pacs is not None:
+            keep_viewing(
+                pipeline.pacs, say, scan_folder(work_dir / "study"), study.study_instance_uid
+            )
     return 0 if summary.ok else 1
+
+
+def keep_viewing(
+    pacs: Orthanc, say: Any, original: StudyFolder, study_instance_uid: str | None = None
+) -> None:
+    """`make demo VIEW=1`: serve OHIF on the PACS until Ctrl-C.
+
+    A hospital's PACS holds the original images before any result arrives; the demo's PACS
+    only got the results, so the original study is stored now for the SEG and SR to sit on.
+    """
+    stored = send_instances(original, "127.0.0.1", pacs.dicom_port, pacs.ae_title, SENDER_AE_TITLE)
+    say(f"Stored the original study in the PACS for viewing ({stored.sent} instance(s))")
+    viewer = start_viewer(pacs)
+    page = viewer.study_url(study_instance_uid) if study_instance_uid else viewer.url
+    say(f"OHIF viewer (the PACS's studies, with our SR and SEG): {page}")
+    say("  in OHIF: double-click the SEG, then the SR thumbnail. Ctrl-C stops the viewer.")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        say("viewer stopped")
+    finally:
+        viewer.stop()
 
 
 @dataclass
@@ -419,7 +449,7 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         say("Nothing to send: no DICOM instance in the folder")
         return 1
     with LocalPipeline(
-        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say
+        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say, pacs_dicomweb=args.view
     ) as pipeline:
         port = pipeline.forwarder_port
         say(f"Sending every series by C-STORE to the forwarder on 127.0.0.1:{port}")
@@ -432,6 +462,8 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         print_user_summary(summary, out=say)
         say(f"Logs and spool: {pipeline.work_dir}")
         (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        if args.view and pipeline.pacs is not None:
+            keep_viewing(pipeline.pacs, say, found)
     return 0 if summary.ok else 1
 
 
@@ -469,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--no-isolation", action="store_true", help="skip the network namespace")
     parser.add_argument(
+        "--view",
+        action="store_true",
+        help="afterwards, serve the OHIF viewer on the PACS until Ctrl-C (no network namespace)",
+    )
+    parser.add_argument(
         "--study",
         type=Path,
         default=None,
@@ -484,7 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         argv += ["--study", str(args.study)]
     # npm needs the registry: install the EHR's server before leaving the network behind.
     ensure_installed()
-    if not args.no_isolation:
+    if args.view:
+        ensure_viewer_installed()
+        # A browser outside a private namespace could not reach the viewer inside it.
+        print("note: --view runs without a network namespace; the viewer binds 127.0.0.1")
+    elif not args.no_isolation:
         _isolate(argv)
     return run(args)
 

@@ -23,6 +23,9 @@ ORTHANC_AE_TITLE = "ORTHANC"
 # The only calling AE title Orthanc accepts C-STORE from (and only from 127.0.0.1).
 SENDER_AE_TITLE = "IMAGINGAI"
 _BINARIES = ("Orthanc", "/usr/sbin/Orthanc")
+# Debian's orthanc-dicomweb links its plugin here (QIDO-RS, WADO-RS, STOW-RS for viewers).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_ROOT = "/dicom-web/"
 
 
 class OrthancError(PipelineError):
@@ -82,13 +85,19 @@ class Orthanc:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
+def dicomweb_plugin() -> Path | None:
+    """The DICOMweb plugin's path, or None when Debian's orthanc-dicomweb is not installed."""
+    return DICOMWEB_PLUGIN if DICOMWEB_PLUGIN.is_file() else None
+
+
 def _config(
     work_dir: Path,
     http_port: int,
     dicom_port: int,
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    dicomweb: bool = False,
 ) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "Name": "imaging-ai-test-pacs",
         "StorageDirectory": str(work_dir / "storage"),
         "IndexDirectory": str(work_dir / "storage"),
@@ -110,12 +119,18 @@ def _config(
         "StableAge": 1,
         "HttpTimeout": 10,
     }
+    if dicomweb:
+        config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+        # Host/Ssl only shape absolute BulkDataURIs; viewers behind a proxy use relative ones.
+        config["DicomWeb"] = {"Enable": True, "Root": DICOMWEB_ROOT, "EnableWado": False}
+    return config
 
 
 def start_orthanc(
     work_dir: Path | None = None,
     timeout_s: float = 20.0,
     modalities: Mapping[str, tuple[str, str, int]] | None = None,
+    dicomweb: bool = False,
 ) -> Orthanc:
     """Start Orthanc on free ports with a temporary storage directory and wait for REST.
 
@@ -128,6 +143,8 @@ def start_orthanc(
     modalities: Mapping[str, tuple[str, str, int]] | None, optional
         More DICOM peers by name, as (AE title, host, port): Orthanc can C-STORE to them
         (REST ``POST /modalities/{name}/store``) and accepts C-STORE from them.
+    dicomweb: bool, optional
+        Load the DICOMweb plugin: QIDO-RS / WADO-RS under ``rest_url + DICOMWEB_ROOT``.
 
     Returns
     -------
@@ -137,13 +154,15 @@ def start_orthanc(
     binary = orthanc_binary()
     if binary is None:
         raise OrthancError("Orthanc is not installed (Debian package 'orthanc')")
+    if dicomweb and dicomweb_plugin() is None:
+        raise OrthancError("the DICOMweb plugin is not installed (Debian 'orthanc-dicomweb')")
     owns_dir = work_dir is None
     work_dir = Path(tempfile.mkdtemp(prefix="orthanc-")) if work_dir is None else work_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     http_port, dicom_port = free_port(), free_port()
     config_path = work_dir / "orthanc.json"
     config_path.write_text(
-        json.dumps(_config(work_dir, http_port, dicom_port, modalities), indent=2)
+        json.dumps(_config(work_dir, http_port, dicom_port, modalities, dicomweb), indent=2)
     )
     log = (work_dir / "orthanc.log").open("ab")
     process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT)

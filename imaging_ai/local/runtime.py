@@ -107,6 +107,8 @@ class LocalPipeline:
     # Given (moto backend only): the moto server enforces IAM, and every part runs as its
     # role, with the policies this returns for the provisioned resources (the CDK template's).
     iam_policies: Callable[[LocalResources], list[RoleSpec]] | None = None
+    # Load Orthanc's DICOMweb plugin, for a viewer (`make demo VIEW=1`).
+    pacs_dicomweb: bool = False
     timeline: Timeline = field(init=False)
     moto: MotoServer | None = field(default=None, init=False)
     cloud_moto: MotoServer | None = field(default=None, init=False)
@@ -222,7 +224,7 @@ class LocalPipeline:
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
         self._say("starting Orthanc as the PACS and a FHIR R4 server as the EHR")
-        self.pacs = start_orthanc(self.work_dir / "pacs")
+        self.pacs = start_orthanc(self.work_dir / "pacs", dicomweb=self.pacs_dicomweb)
         self.ehr = start_fhir_server(logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)

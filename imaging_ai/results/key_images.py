@@ -21,9 +21,10 @@ from scipy import ndimage
 
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
-from imaging_ai.model_io import Finding, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import Finding, ModelOutputMeta
 from imaging_ai.results import codes
 from imaging_ai.results.patient_study import RESULT_PATIENT_STUDY_ATTRIBUTES
+from imaging_ai.results.positions import in_plane_index, slice_index
 from imaging_ai.results.sr import contributing_equipment, measurement_value, tracking_identifier
 from imaging_ai.results.uids import explicit_le_file_meta, result_uid
 
@@ -44,13 +45,6 @@ _TYPE_2_PATIENT_STUDY = (
     "AccessionNumber",
     "ReferringPhysicianName",
 )
-
-
-def slice_index(geometry: VolumeGeometry, point_mm: tuple[float, float, float]) -> int:
-    """The source slice nearest to a patient-space point (along the slice normal)."""
-    offset = np.asarray(point_mm) - np.asarray(geometry.origin_mm)
-    k = float(np.dot(offset, np.asarray(geometry.slice_direction))) / geometry.spacing_mm[0]
-    return min(max(round(k), 0), geometry.shape[0] - 1)
 
 
 def _ordered(output: ModelOutputMeta) -> list[Finding]:
@@ -92,16 +86,6 @@ def stored_to_hu(dataset: Dataset) -> npt.NDArray[np.float32]:
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     # Pillow's bundled default font: no system font files are needed in Lambda.
     return ImageFont.load_default(size=size)
-
-
-def in_plane_index(
-    geometry: VolumeGeometry, point_mm: tuple[float, float, float]
-) -> tuple[float, float]:
-    """(row, column) of a patient-space point projected onto a slice."""
-    offset = np.asarray(point_mm) - np.asarray(geometry.origin_mm)
-    row = float(np.dot(offset, np.asarray(geometry.column_direction))) / geometry.spacing_mm[1]
-    column = float(np.dot(offset, np.asarray(geometry.row_direction))) / geometry.spacing_mm[2]
-    return row, column
 
 
 def _frame(

@@ -1,4 +1,4 @@
-"""Comprehensive 3D SR with a TID 1500 Measurement Report: one measurement group per finding."""
+"""Comprehensive 3D SR with a TID 1500 Measurement Report: measurement groups per finding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
@@ -13,8 +14,9 @@ from pydicom.sr.coding import Code
 
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
-from imaging_ai.model_io import Finding, ModelOutputMeta
+from imaging_ai.model_io import Finding, ModelOutputMeta, VolumeGeometry
 from imaging_ai.results import codes
+from imaging_ai.results.positions import in_plane_index, slice_index
 from imaging_ai.results.seg import segment_number
 from imaging_ai.results.uids import result_uid
 
@@ -111,6 +113,43 @@ def _measurement_group(
     )
 
 
+def _location_group(
+    finding: Finding,
+    card: ModelCard,
+    source_headers: Sequence[pydicom.Dataset],
+    geometry: VolumeGeometry,
+    pseudo_study_uid: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group marking the finding's centroid on its source slice, for viewers.
+
+    Viewers such as OHIF place and list a measurement only where its group carries image
+    coordinates; a group that references a SEG segment is invisible there. This group shares
+    the finding's tracking UID, so such viewers merge it with the volumetric group's
+    measurements; it carries no finding type or measurement of its own, so readers that list
+    findings (`report_content`) count each finding once.
+    """
+    index = slice_index(geometry, finding.centroid_mm)
+    row, column = in_plane_index(geometry, finding.centroid_mm)
+    source = source_headers[index]
+    # SCOORD (0, 0) is the top left corner of the top left pixel: pixel centres are at +0.5.
+    point = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[column + 0.5, row + 0.5]]),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(pseudo_study_uid, finding),
+            identifier=tracking_identifier(card, finding),
+        ),
+        referenced_region=point,
+        algorithm_id=algorithm_identification(card),
+    )
+
+
 def build_measurement_report(
     source_headers: Sequence[pydicom.Dataset],
     seg: pydicom.Dataset,
@@ -135,11 +174,16 @@ def build_measurement_report(
     )
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
         | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = [
-        _measurement_group(finding, card, seg, source_series_uid, pseudo_study_uid)
-        for finding in sorted(output.findings, key=lambda f: (f.label_value, f.component))
-    ]
+    ] = []
+    for finding in sorted(output.findings, key=lambda f: (f.label_value, f.component)):
+        groups.append(_measurement_group(finding, card, seg, source_series_uid, pseudo_study_uid))
+        groups.append(
+            _location_group(
+                finding, card, source_headers, output.input.source_geometry, pseudo_study_uid
+            )
+        )
     if not groups:
         # TID 1500 needs one measurement container; a no-finding run still says who looked.
         groups.append(

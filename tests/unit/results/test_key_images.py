@@ -16,10 +16,10 @@ from imaging_ai.results import ResultObjects, build_results
 from imaging_ai.results.key_images import (
     MIN_DISPLAY_SIZE,
     MULTIFRAME_GRAYSCALE_BYTE_SC,
-    in_plane_index,
     key_slice_indices,
     stored_to_hu,
 )
+from imaging_ai.results.positions import in_plane_index
 from tests.unit.results.sample import SampleRun
 
 

@@ -11,6 +11,8 @@ import pydicom
 from pydicom.sr.codedict import codes as dcm_codes
 
 from imaging_ai.results import ResultObjects, build_results, codes
+from imaging_ai.results.positions import in_plane_index, slice_index
+from imaging_ai.results.report_content import read_report
 from tests.unit.results.sample import SampleRun
 
 
@@ -151,3 +153,31 @@ def test_no_finding_run_still_reports(sample_run: SampleRun, tmp_path: Path) -> 
         dataset.save_as(tmp_path / name, enforce_file_format=True)
         report = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True, text=True)
         assert [line for line in report.stderr.splitlines() if line.startswith("Error")] == []
+
+
+def test_each_finding_is_also_a_point_at_its_centroid_for_viewers(
+    results: ResultObjects, sample_run: SampleRun
+) -> None:
+    # Given two findings, When the SR is read back,
+    content = _reread(results.sr).content
+    volumetric = content.get_volumetric_roi_measurement_groups()
+    planar = content.get_planar_roi_measurement_groups()
+
+    # Then each has a TID 1410 group with its tracking UID and a POINT on its centroid slice,
+    assert [g.tracking_uid for g in planar] == [g.tracking_uid for g in volumetric]
+    geometry = sample_run.output.input.source_geometry
+    for group, finding in zip(planar, sample_run.output.findings, strict=True):
+        region = group.roi
+        assert region is not None
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POINT
+        k = slice_index(geometry, finding.centroid_mm)
+        source = sample_run.headers[k]
+        assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            source.SOPInstanceUID
+        )
+        row, column = in_plane_index(geometry, finding.centroid_mm)
+        assert region.value.tolist() == [[column + 0.5, row + 0.5]]
+        # which adds no finding of its own: the PDF and the ORU still list each finding once.
+        assert group.finding_type is None
+        assert group.get_measurements() == []
+    assert len(read_report(results.sr).findings) == len(sample_run.output.findings)
