@@ -32,9 +32,10 @@ from imaging_ai.inference.evaluation import DEMO_SHAPE, DEMO_SPACING_MM, model_i
 from imaging_ai.inference.network import build_network
 from imaging_ai.inference.predictor import Predictor, PredictorSettings
 from imaging_ai.model_io import Finding
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import make_chest_phantom
 
-MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
+MODEL_DIR = DEMO_MODEL_DIR
 # A small study that still holds nodules: a CPU smoke run of every code path in seconds.
 SMALL_SHAPE = (64, 192, 192)
 SMALL_SPACING_MM = (1.5, 1.5, 1.5)  # the model's own grid: no resampling

@@ -49,12 +49,13 @@ from imaging_ai.model_io import (
     pack_model_output,
     unpack_model_input,
 )
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.results.seg import build_segmentation
 from tests.functions_support import SITE, make_series, upload_study
 
 # Peer comparisons: best of this many, alternating (the function stages run once, warm).
 REPEATS = 3
-MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
+MODEL_DIR = DEMO_MODEL_DIR
 
 
 try:

@@ -129,6 +129,8 @@ def cmd_status(
         out = [
             {
                 "run_id": r.run_id,
+                "model": r.model_name,
+                "shadow": r.shadow,
                 "pseudo_study_uid": r.pseudo_study_uid,
                 "run_number": r.run_number,
                 "stage": r.stage,
@@ -157,7 +159,11 @@ def cmd_status(
     if not runs:
         print("no studies yet")
     for r in runs:
-        print(f"{r.run_id}  {r.stage:<16} study {r.pseudo_study_uid}  (updated {r.updated_at})")
+        model = f"{r.model_name} (shadow)" if r.shadow else r.model_name
+        print(
+            f"{r.run_id}  {r.stage:<16} study {r.pseudo_study_uid}  model {model or '-'}"
+            f"  (updated {r.updated_at})"
+        )
         if r.reason:
             print(f"    reason: {r.reason}")
         for d in journal.deliveries(run_id=r.run_id):

@@ -103,6 +103,7 @@ def build_forwarder(
         telemetry=telemetry,
         outbox=config.spool_dir,
         stop=stop,
+        shadow_models=config.shadow_models,
     )
     delivery = Delivery(
         journal=journal,
@@ -162,8 +163,8 @@ def build_forwarder(
 
 
 def _pseudo_study_uid(journal: Journal, study_key: str, run_number: int) -> str | None:
-    run = journal.run_for(study_key, run_number)
-    return run.pseudo_study_uid if run is not None else None
+    runs = journal.runs_for(study_key, run_number)
+    return runs[0].pseudo_study_uid if runs else None
 
 
 def pacs_peer(section: PacsSection) -> PacsPeer:
@@ -188,7 +189,6 @@ def _uploader(config: ForwarderConfig, journal: Journal, metrics: Metrics) -> Up
             bucket=config.aws.bucket,
             kms_key_arn=config.aws.kms_key_arn,
             site=config.site,
-            model_name=config.aws.model_name,
             forwarder_version=FORWARDER_VERSION,
             part_size=config.upload.part_size_mib * 1024 * 1024,
             parallel_parts=config.upload.parallel_parts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -87,10 +88,18 @@ class CrosswalkSection(_Section):
 class AwsSection(_Section):
     bucket: str = Field(min_length=3, max_length=63)
     kms_key_arn: str = Field(pattern=r"^arn:aws[a-z-]*:kms:")
-    model_name: str = "lung-nodule-demo"  # containers/inference/model/model.json
     # Default: the contract's per-site queue name, resolved to a URL at start.
     results_queue_name: str | None = None
     region: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model_name" in data:
+            raise ValueError(
+                "aws.model_name is gone: every [[intake.routing]] rule names its model(s)"
+            )
+        return data
 
 
 class UploadSection(_Section):
@@ -220,6 +229,19 @@ class RetentionSection(_Section):
     check_interval_s: float = Field(default=10.0, gt=0.0)
 
 
+class ModelMode(StrEnum):
+    LIVE = "live"  # results go to the PACS and the EHR
+    # Runs and keeps its results in the cloud and on the edge, never sends them to the PACS
+    # or the EHR: a model is tried at a site before go-live, then promoted by setting "live".
+    SHADOW = "shadow"
+
+
+class ModelSection(_Section):
+    """How this site runs one model (the routing rules decide which studies reach it)."""
+
+    mode: ModelMode = ModelMode.LIVE
+
+
 class ForwarderConfig(_Section):
     """The whole config file; `load_config` turns errors into messages that name the field."""
 
@@ -238,6 +260,21 @@ class ForwarderConfig(_Section):
     hl7: Hl7Section | None = None  # off unless configured
     observability: ObservabilitySection = ObservabilitySection()
     retention: RetentionSection = RetentionSection()
+    # Per model, by the name routing rules use: [models.NAME] mode = "shadow".
+    models: dict[str, ModelSection] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _models_are_routed(self) -> ForwarderConfig:
+        # A misspelt name would leave the intended shadow model live: refuse it instead.
+        routed = {model for rule in self.intake.routing for model in rule.models}
+        unknown = sorted(set(self.models) - routed)
+        if unknown:
+            raise ValueError(f"[models] names models no routing rule sends to: {unknown}")
+        return self
+
+    @property
+    def shadow_models(self) -> frozenset[str]:
+        return frozenset(n for n, m in self.models.items() if m.mode is ModelMode.SHADOW)
 
     @model_validator(mode="after")
     def _retention_before_refusal(self) -> ForwarderConfig:

@@ -14,7 +14,7 @@ from edge_forwarder.observability import Telemetry, log_event
 from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.result_objects import ORU_NAME
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
-from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
+from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal, RunRow
 from edge_forwarder.transport.notice import not_analyzed_notice
 from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
 from edge_forwarder.transport.result_gate import check_result_objects, inside, translate
@@ -147,7 +147,9 @@ class Inbound:
         if message.kind == SiteMessageKind.NOT_ANALYZED:
             self._not_analyzed(run_id, message)
             return
-        if self.journal.deliveries(run_id=run_id):
+        run = self.journal.run(run_id)
+        assert run is not None
+        if run.stage is EdgeStage.SHADOW_STORED or self.journal.deliveries(run_id=run_id):
             return  # at-least-once queue: this result was already taken
         objects = self.results.fetch(message)
         check_result_objects(objects, message.pseudo_study_uid)
@@ -167,6 +169,9 @@ class Inbound:
         self.telemetry.audit.record(
             "reidentify", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id
         )
+        if run.shadow:
+            self._keep_shadow(run, folder)
+            return
         if any(name in objects for name in DICOM_RESULT_NAMES):
             self.journal.set_delivery(
                 run_id, DeliveryTarget.PACS, DeliveryState.PENDING, payload_dir=folder
@@ -179,6 +184,23 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder
             )
+
+    def _keep_shadow(self, run: RunRow, folder: Path) -> None:
+        """A shadow-mode model's results stay in the delivery folder: no PACS, EHR or HL7."""
+        self.journal.advance(run.run_id, EdgeStage.SHADOW_STORED, detail=run.model_name)
+        log_event(
+            EdgeStage.SHADOW_STORED,
+            stage=EdgeStage.SHADOW_STORED,
+            run_id=run.run_id,
+            pseudo_study_uid=run.pseudo_study_uid,
+            name=run.model_name,
+            count=sum(1 for _ in folder.iterdir()),
+        )
+        self.telemetry.metrics.shadow_results.labels(run.model_name).inc()
+        self.telemetry.audit.record(
+            "shadow_stored", pseudo_study_uid=run.pseudo_study_uid, run_id=run.run_id,
+            detail=f"model {run.model_name} in shadow mode: not delivered",
+        )  # fmt: skip
 
     def reidentify(self, objects: dict[str, bytes], identity: StudyIdentity, run_id: str) -> Path:
         """Re-identify each result into the on-prem delivery folder (mode 0700); return it."""
@@ -262,7 +284,7 @@ class Inbound:
         self.telemetry.audit.record(
             "not_analyzed", pseudo_study_uid=message.pseudo_study_uid, run_id=run_id, detail=reason
         )
-        if self.not_analyzed_notice:
+        if self.not_analyzed_notice and not (run is not None and run.shadow):
             self._send_notice(run_id, message)
 
     def _send_notice(self, run_id: str, message: SiteResultMessage) -> None:

@@ -103,6 +103,12 @@ class Metrics:
         self.deliveries = Counter(
             "deliveries", "Deliveries by target and outcome", ["target", "outcome"], **named
         )
+        self.shadow_results = Counter(
+            "shadow_results",
+            "Results of shadow-mode models kept on the edge, not delivered",
+            ["model"],
+            **named,
+        )
         self.dead_letters = Gauge("dead_letters", "Deliveries parked in dead-letter state", **named)
         self.backlog = Gauge("upload_backlog", "Studies prepared but not yet committed", **named)
         self.stage_seconds = Histogram(
@@ -185,6 +191,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
     # The cloud's verdict on a study: outside the model's intended use, nothing delivered.
     "not_analyzed": ("110111", "Procedure Record", "not_analyzed", "R"),
+    # A shadow-mode model's results kept on the edge and deliberately not delivered.
+    "shadow_stored": ("110111", "Procedure Record", "shadow_stored", "R"),
 }
 
 

@@ -21,7 +21,7 @@ from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, Priority, priority_rank
+from imaging_ai.contracts import DeidRecord, ModelRun, Priority, priority_rank
 from imaging_ai.edge_stage import (
     AWAITING_UPLOAD,
     OUTBOUND_ORDER,
@@ -49,16 +49,16 @@ class Upload(Protocol):
     """Encrypt into the outbox, then send to S3 (`transport.uploader.Uploader`)."""
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
-                deidentification: DeidRecord, revises_run_id: str | None = None,
-                model_name: str | None = None,
+                deidentification: DeidRecord, runs: list[ModelRun],
                 priority: Priority = Priority.ROUTINE) -> object: ...  # fmt: skip
 
     def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
 
 
-def make_run_id(pseudo_study_uid: str, run_number: int) -> str:
-    digest = hashlib.sha256(f"{pseudo_study_uid}:{run_number}".encode()).hexdigest()[:10]
-    return f"r{run_number}-{digest}"
+def make_run_id(pseudo_study_uid: str, run_number: int, model_name: str) -> str:
+    """One model's run of one upload of a study (stable: a study taken again reopens it)."""
+    digest = hashlib.sha256(f"{pseudo_study_uid}:{run_number}:{model_name}".encode())
+    return f"r{run_number}-{digest.hexdigest()[:10]}"
 
 
 def pseudo_ids(result: DeidResult) -> tuple[str, str, str]:
@@ -76,7 +76,11 @@ class _Packed:
 
 @dataclass(kw_only=True)
 class Outbound:
-    """Takes each completed study once; a study interrupted before PREPARED is taken again."""
+    """Takes each completed study once; a study interrupted before PREPARED is taken again.
+
+    A study routed to several models is de-identified, packed and uploaded once, under one
+    manifest naming one run per model; each run then has its own stages from there on.
+    """
 
     site: str
     journal: Journal
@@ -87,6 +91,8 @@ class Outbound:
     telemetry: Telemetry
     outbox: Path
     stop: threading.Event
+    # Models this site runs in shadow mode: their runs are marked so at routing time.
+    shadow_models: frozenset[str] = frozenset()
 
     def tick(self) -> None:
         # STAT first at both steps; a stable sort keeps the intake's order within a priority.
@@ -97,7 +103,8 @@ class Outbound:
             self.take(study)
         pending = self.journal.runs(*AWAITING_UPLOAD)
         self.telemetry.metrics.backlog.set(len(pending))
-        for run in pending:
+        uploads = {(run.study_key, run.run_number): run for run in pending}
+        for run in uploads.values():
             if self.stop.is_set():
                 return
             self.upload(run.run_id)
@@ -105,73 +112,84 @@ class Outbound:
     # ---- take: complete -> de-identified -> prepared ---------------------------------------
 
     def take(self, study: CompletedStudy) -> None:
-        known = self.journal.run_for(study.study_key, study.run_number)
-        if known is not None and known.stage not in OUTBOUND_UNFINISHED:
+        known = self.journal.runs_for(study.study_key, study.run_number)
+        if known and all(run.stage not in OUTBOUND_UNFINISHED for run in known):
             return  # already prepared; the upload pass picks it up
         started = time.monotonic()
-        run: RunRow | None = known
+        runs: list[RunRow] = known
         try:
-            run = run or self._open_run(study)
-            self._reach(run.run_id, EdgeStage.COMPLETE)
-            log_event(
-                EdgeStage.COMPLETE,
-                stage=EdgeStage.COMPLETE,
-                run_id=run.run_id,
-                pseudo_study_uid=run.pseudo_study_uid,
-                run_number=study.run_number,
-                series_count=len(study.series),
-                instance_count=_instance_count(study),
-            )
+            runs = self._open_runs(study)  # opening is idempotent: known runs come back as are
+            self._reach(runs, EdgeStage.COMPLETE)
+            for run in runs:
+                log_event(
+                    EdgeStage.COMPLETE,
+                    stage=EdgeStage.COMPLETE,
+                    run_id=run.run_id,
+                    pseudo_study_uid=run.pseudo_study_uid,
+                    run_number=study.run_number,
+                    name=run.model_name,
+                    series_count=len(study.series),
+                    instance_count=_instance_count(study),
+                )
             packed = self._deidentify(study)
             self._reach(
-                run.run_id,
+                runs,
                 EdgeStage.DEIDENTIFIED,
                 detail=f"instances={_instance_count(study)} quarantined={packed.quarantined}",
             )
-            self.telemetry.audit.record(
-                "deidentify", pseudo_study_uid=run.pseudo_study_uid, run_id=run.run_id
-            )
-            log_event(
-                EdgeStage.DEIDENTIFIED,
-                stage=EdgeStage.DEIDENTIFIED,
-                run_id=run.run_id,
-                pseudo_study_uid=run.pseudo_study_uid,
-                instance_count=_instance_count(study),
-                seconds=round(time.monotonic() - started, 2),
-            )
+            pseudo_study_uid = runs[0].pseudo_study_uid
+            for run in runs:
+                self.telemetry.audit.record(
+                    "deidentify", pseudo_study_uid=pseudo_study_uid, run_id=run.run_id
+                )
+                log_event(
+                    EdgeStage.DEIDENTIFIED,
+                    stage=EdgeStage.DEIDENTIFIED,
+                    run_id=run.run_id,
+                    pseudo_study_uid=pseudo_study_uid,
+                    instance_count=_instance_count(study),
+                    seconds=round(time.monotonic() - started, 2),
+                )
             self.telemetry.metrics.studies.labels("deidentified").inc()
-            self._prepare(run, study, packed)
+            self._prepare(runs, study, packed)
             self.telemetry.metrics.stage_seconds.labels("prepare").observe(
                 time.monotonic() - started
             )
         except Exception as error:
             reason = type(error).__name__
-            run_id = run.run_id if run is not None else None
-            log_event("failed", logging.ERROR, stage=EdgeStage.FAILED,
-                      step=EdgeStage.DEIDENTIFIED, run_id=run_id, reason=reason)  # fmt: skip
-            if run_id is not None:
-                self.journal.advance(run_id, EdgeStage.FAILED, reason=reason)
+            log_event("failed", logging.ERROR, stage=EdgeStage.FAILED, step=EdgeStage.DEIDENTIFIED,
+                      run_id=runs[0].run_id if runs else None, reason=reason)  # fmt: skip
+            for run in runs:
+                self.journal.advance(run.run_id, EdgeStage.FAILED, reason=reason)
             self.intake.mark_failed(study.study_key, study.run_number, reason)
             self.telemetry.metrics.studies.labels("failed").inc()
 
-    def _open_run(self, study: CompletedStudy) -> RunRow:
-        """Open the study's run, named after its pseudonymous study UID (known before de-id)."""
+    def _open_runs(self, study: CompletedStudy) -> list[RunRow]:
+        """Open one run per routed model, named after the pseudonymous study UID (known
+        before de-identification) and the model."""
         pseudo_study_uid = self.deidentifier.pseudo_uid(_study_instance_uid(study))
-        return self.journal.open_run(
-            make_run_id(pseudo_study_uid, study.run_number),
-            study.study_key,
-            study.run_number,
-            pseudo_study_uid,
-            detail=f"instances={_instance_count(study)} priority={study.priority}",
-            priority=study.priority,
-        )
+        return [
+            self.journal.open_run(
+                make_run_id(pseudo_study_uid, study.run_number, model),
+                study.study_key,
+                study.run_number,
+                pseudo_study_uid,
+                detail=f"instances={_instance_count(study)} priority={study.priority}",
+                model_name=model,
+                shadow=model in self.shadow_models,
+                priority=study.priority,
+            )
+            for model in study.models
+        ]
 
-    def _reach(self, run_id: str, stage: EdgeStage, detail: str | None = None) -> None:
-        """Advance to `stage`, unless a taken-again run had reached it before it stopped."""
-        run = self.journal.run(run_id)
-        assert run is not None
-        if OUTBOUND_ORDER.index(run.stage) < OUTBOUND_ORDER.index(stage):
-            self.journal.advance(run_id, stage, detail=detail)
+    def _reach(self, runs: list[RunRow], stage: EdgeStage, detail: str | None = None) -> None:
+        """Advance each run to `stage`, unless a taken-again run had reached it before it
+        stopped."""
+        for known in runs:
+            run = self.journal.run(known.run_id)
+            assert run is not None
+            if OUTBOUND_ORDER.index(run.stage) < OUTBOUND_ORDER.index(stage):
+                self.journal.advance(run.run_id, stage, detail=detail)
 
     def _deidentify(self, study: CompletedStudy) -> _Packed:
         """De-identify every series into its own tar in a fresh folder of the outbox."""
@@ -204,10 +222,12 @@ class Outbound:
             raise PermanentError("every instance of the study was quarantined")
         return packed
 
-    def _prepare(self, run: RunRow, study: CompletedStudy, packed: _Packed) -> None:
-        """Move the tars into the run's outbox folder and let the uploader encrypt them."""
+    def _prepare(self, runs: list[RunRow], study: CompletedStudy, packed: _Packed) -> None:
+        """Move the tars into the upload's outbox folder (named after its first run) and let
+        the uploader encrypt them under one manifest naming every run."""
         assert packed.series and packed.last_result is not None
-        run_dir = self.outbox / run.run_id
+        lead = runs[0]
+        run_dir = self.outbox / lead.run_id
         if run_dir.exists():
             shutil.rmtree(run_dir)
         packed.series[0].tar_path.parent.rename(run_dir)
@@ -215,17 +235,25 @@ class Outbound:
             SeriesTar(s.pseudo_series_uid, s.modality, run_dir / s.tar_path.name, s.instances)
             for s in packed.series
         ]
-        self.journal.set_spool_dir(run.run_id, run_dir)
+        self.journal.set_spool_dir(lead.run_id, run_dir)
+        model_runs = [
+            ModelRun(
+                run_id=run.run_id,
+                model_name=run.model_name,
+                shadow=run.shadow,
+                revises_run_id=self._previous_run_id(run),
+            )
+            for run in runs
+        ]
         self.uploader.prepare(
-            run.run_id,
-            run.pseudo_study_uid,
+            lead.run_id,
+            lead.pseudo_study_uid,
             series,
             self._deid_record(packed.last_result),
-            self._previous_run_id(run.pseudo_study_uid, study.run_number),
-            model_name=study.route or None,
-            priority=run.priority,
+            model_runs,
+            priority=lead.priority,
         )
-        self.journal.advance(run.run_id, EdgeStage.PREPARED)
+        self._reach(runs, EdgeStage.PREPARED)
 
     def _deid_record(self, result: DeidResult) -> DeidRecord:
         options = self.deidentifier.options
@@ -235,39 +263,50 @@ class Outbound:
             method_codes=list(result.method_codes) or [c for c, _ in options.method_codes()],
         )
 
-    def _previous_run_id(self, pseudo_study_uid: str, run_number: int) -> str | None:
+    def _previous_run_id(self, run: RunRow) -> str | None:
+        """The same model's latest earlier run of the study: the run this one revises."""
         earlier = [
-            r for r in self.journal.runs_of_study(pseudo_study_uid) if r.run_number < run_number
+            r
+            for r in self.journal.runs_of_study(run.pseudo_study_uid)
+            # A journal from before fan-out names no model: its runs were the one model's.
+            if r.run_number < run.run_number and r.model_name in (run.model_name, "")
         ]
         return earlier[-1].run_id if earlier else None
 
     # ---- upload: prepared -> uploading -> uploaded -----------------------------------------
 
     def upload(self, run_id: str) -> None:
+        """Upload the run's study (once for all its model runs) and advance every one of them."""
         run = self.journal.run(run_id)
         assert run is not None
+        runs = self.journal.runs_for(run.study_key, run.run_number)
         started = time.monotonic()
-        self._reach(run_id, EdgeStage.UPLOADING)
-        sent = self.uploader.upload(run_id, stop=self.stop)
+        self._reach(runs, EdgeStage.UPLOADING)
+        # The upload's objects are journaled under its first run; the others have none.
+        sent = sum(self.uploader.upload(r.run_id, stop=self.stop) for r in runs)
         elapsed = time.monotonic() - started
-        self.journal.advance(run_id, EdgeStage.UPLOADED, detail=f"bytes={sent}")
-        self.telemetry.audit.record(
-            "upload", pseudo_study_uid=run.pseudo_study_uid, run_id=run_id, destination="s3"
-        )
-        log_event(
-            EdgeStage.UPLOADED,
-            stage=EdgeStage.UPLOADED,
-            run_id=run_id,
-            pseudo_study_uid=run.pseudo_study_uid,
-            bytes=sent,
-            seconds=round(elapsed, 2),
-            mib_per_s=round(sent / 1048576 / elapsed, 1) if elapsed > 0 else None,
-        )
+        self._reach(runs, EdgeStage.UPLOADED, detail=f"bytes={sent}")
+        for each in runs:
+            self.telemetry.audit.record(
+                "upload", pseudo_study_uid=each.pseudo_study_uid, run_id=each.run_id,
+                destination="s3",
+            )  # fmt: skip
+            log_event(
+                EdgeStage.UPLOADED,
+                stage=EdgeStage.UPLOADED,
+                run_id=each.run_id,
+                pseudo_study_uid=each.pseudo_study_uid,
+                name=each.model_name,
+                bytes=sent,
+                seconds=round(elapsed, 2),
+                mib_per_s=round(sent / 1048576 / elapsed, 1) if elapsed > 0 else None,
+            )
         self.telemetry.metrics.studies.labels("uploaded").inc()
         self.telemetry.metrics.stage_seconds.labels("upload").observe(elapsed)
         self.intake.mark_forwarded(run.study_key, run.run_number)
-        if run.spool_dir:
-            shutil.rmtree(run.spool_dir, ignore_errors=True)
+        for each in runs:
+            if each.spool_dir:
+                shutil.rmtree(each.spool_dir, ignore_errors=True)
 
 
 def _instance_count(study: CompletedStudy) -> int:

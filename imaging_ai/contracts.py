@@ -18,7 +18,7 @@ from pydantic import (
 
 from imaging_ai.errors import ContractError
 
-MANIFEST_SCHEMA_VERSION: Final = "1.0"
+MANIFEST_SCHEMA_VERSION: Final = "1.1"
 MANIFEST_NAME = "manifest.json.enc"
 # A STAT study's commit marker: the S3 event carries only the key (not the encrypted content,
 # nor metadata or tags), so the key is what routes a STAT study to the high-priority queue.
@@ -37,6 +37,8 @@ _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 # Site codes appear in S3 keys, queue names and IAM policies: keep them boring.
 _SITE = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A model's name as its model card spells it: it names S3 keys, endpoints and log fields.
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 class Priority(StrEnum):
@@ -194,27 +196,67 @@ class DeidRecord(BaseModel):
     method_codes: list[str]  # CID 7050 code values, e.g. "113100"
 
 
+class ModelRun(BaseModel):
+    """One model's run of an upload: a study matching several models has one run each."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    run_id: str
+    model_name: str = Field(pattern=MODEL_NAME_PATTERN)
+    # Shadow mode (the site's choice per model): the run is analyzed and its results are
+    # stored in the cloud and on the edge, but never delivered to the PACS or the EHR.
+    shadow: bool = False
+    # A re-run after late instances names the same model's run it revises, so its SR can
+    # point back.
+    revises_run_id: str | None = None
+
+    _check_run = field_validator("run_id")(check_run_id)
+
+
 class Manifest(BaseModel):
-    """The commit marker of an upload: written last; the only object that starts processing."""
+    """The commit marker of an upload: written last; the only object that starts processing.
+
+    One upload (the de-identified series, sent once) serves every model the study was routed
+    to: `runs` names one run per model. Schema 1.0 named a single `run_id` and `model_name`;
+    it is still read (as one run), so a forwarder not yet upgraded keeps working.
+    """
 
     model_config = ConfigDict(frozen=True)
-    schema_version: Literal["1.0"] = "1.0"
+    schema_version: Literal["1.0", "1.1"] = MANIFEST_SCHEMA_VERSION
     site: str
     pseudo_study_uid: str
-    run_id: str
-    model_name: str
+    runs: list[ModelRun] = Field(min_length=1)
     series: list[ManifestSeries]
     deidentification: DeidRecord
     forwarder_version: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    # A re-run after late instances names the run it revises, so its SR can point back.
-    revises_run_id: str | None = None
-    # STAT runs go first at every stage; the manifest's key says the same (manifest_key).
+    # STAT studies go first at every stage, each run of the upload; the manifest's key says
+    # the same (manifest_key).
     priority: Priority = Priority.ROUTINE
 
     _check_site = field_validator("site")(check_site)
     _check_uid = field_validator("pseudo_study_uid")(check_uid)
-    _check_run = field_validator("run_id")(check_run_id)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_run_of_schema_1_0(cls, data: object) -> object:
+        if isinstance(data, dict) and "runs" not in data and "run_id" in data:
+            data = dict(data)
+            run = {name: data.pop(name) for name in _SINGLE_RUN_FIELDS if name in data}
+            data["runs"] = [run]
+        return data
+
+    @field_validator("runs")
+    @classmethod
+    def _one_run_per_model(cls, runs: list[ModelRun]) -> list[ModelRun]:
+        if len({run.model_name for run in runs}) != len(runs):
+            raise ValueError("a manifest names each model once")
+        if len({run.run_id for run in runs}) != len(runs):
+            raise ValueError("a manifest names each run once")
+        return runs
+
+
+# The fields a schema 1.0 manifest used for its single run.
+_SINGLE_RUN_FIELDS: Final = ("run_id", "model_name", "revises_run_id")
 
 
 # ---- Run state -----------------------------------------------------------------------------
@@ -253,8 +295,7 @@ class SiteMessageKind(StrEnum):
     NOT_ANALYZED = "NOT_ANALYZED"  # outside the model's intended use; `reason` says why
 
 
-# Names and versions a message may carry: the model card's spelling, nothing that reads as a path.
-_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# Versions a message may carry: the model card's spelling, nothing that reads as a path.
 _MODEL_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 # A reason is one line of text for an operator: no control characters, bounded.
 _REASON = r"^[^\x00-\x1f\x7f]*$"
@@ -277,7 +318,7 @@ class SiteResultMessage(BaseModel):
     run_id: str
     result_keys: dict[str, str] = Field(default_factory=dict, max_length=len(RESULT_NAMES))
     reason: str | None = Field(default=None, max_length=1000, pattern=_REASON)
-    model_name: str | None = Field(default=None, pattern=_MODEL_NAME)
+    model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
     model_version: str | None = Field(default=None, pattern=_MODEL_VERSION)
 
     @field_validator("site", "pseudo_study_uid", "run_id")
@@ -309,7 +350,7 @@ MODELS_PREFIX: Final = "models/"
 
 def model_card_key(model_name: str) -> str:
     """Where the Lambdas read a deployed model's `model.json` in the data bucket."""
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", model_name):
+    if not re.match(MODEL_NAME_PATTERN, model_name):
         raise ContractError("model name must be 1-63 chars of A-Z, a-z, 0-9, '.', '_' and '-'")
     return f"{MODELS_PREFIX}{model_name}/model.json"
 
@@ -322,7 +363,8 @@ LOCAL_NAMES = {
     "state_table": "imaging-ai-state",
     "inference_success_topic": "imaging-ai-inference-success",
     "inference_error_topic": "imaging-ai-inference-error",
-    "endpoint_name": "imaging-ai-demo",
+    "endpoint_name": "imaging-ai-demo",  # `containers/inference/deploy.py`'s default
+    "endpoint_prefix": "imaging-ai-",  # + model name: one local async endpoint per model
 }
 
 

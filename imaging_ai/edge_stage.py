@@ -30,6 +30,9 @@ class EdgeStage(StrEnum):
     DEAD_LETTER_EHR = "dead_letter_ehr"
     DELIVERED_HL7 = "delivered_hl7"  # the ORU^R01 was acknowledged AA
     DEAD_LETTER_HL7 = "dead_letter_hl7"
+    # A shadow-mode model's results, re-identified and kept on the edge: never delivered to
+    # the PACS or the EHR (the site is trying the model before go-live).
+    SHADOW_STORED = "shadow_stored"
     # terminal
     DELIVERED = "delivered"
     FAILED = "FAILED"  # upper case, as journals written before this enum hold it
@@ -61,9 +64,10 @@ EDGE_MOVES: Final[dict[EdgeStage, frozenset[EdgeStage]]] = {
     EdgeStage.UPLOADING: frozenset({EdgeStage.UPLOADED}),
     EdgeStage.UPLOADED: frozenset({EdgeStage.RESULTS_RECEIVED, EdgeStage.NOT_ANALYZED}),
     EdgeStage.RESULTS_RECEIVED: frozenset({EdgeStage.REIDENTIFIED}),
-    EdgeStage.REIDENTIFIED: _DELIVERING,
+    EdgeStage.REIDENTIFIED: _DELIVERING | {EdgeStage.SHADOW_STORED},
     **{stage: _DELIVERING | {EdgeStage.DELIVERED} for stage in _DELIVERING},
     EdgeStage.DELIVERED: frozenset(),
+    EdgeStage.SHADOW_STORED: frozenset(),
     EdgeStage.NOT_ANALYZED: frozenset(),
     # The cloud may still deliver results for a run it reported FAILED (a dead-letter
     # redrive re-runs it under the same run id).
@@ -71,7 +75,7 @@ EDGE_MOVES: Final[dict[EdgeStage, frozenset[EdgeStage]]] = {
 }
 # Where a run ends; FAILED cannot be entered again from these.
 TERMINAL_EDGE_STAGES: Final = frozenset(
-    {EdgeStage.DELIVERED, EdgeStage.FAILED, EdgeStage.NOT_ANALYZED}
+    {EdgeStage.DELIVERED, EdgeStage.SHADOW_STORED, EdgeStage.FAILED, EdgeStage.NOT_ANALYZED}
 )
 # The outbound stages in order, and where a run can be after its study was taken and
 # before it was prepared (taken again after a restart).

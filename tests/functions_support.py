@@ -23,6 +23,7 @@ from imaging_ai.contracts import (
     Manifest,
     ManifestInstance,
     ManifestSeries,
+    ModelRun,
     Priority,
     encryption_context,
     inference_output_prefix,
@@ -37,10 +38,11 @@ from imaging_ai.model_io import (
     pack_model_output,
     unpack_model_input,
 )
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
 SITE = "site-a"
-SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "containers" / "inference" / "model"
+SHIPPED_MODEL_DIR = DEMO_MODEL_DIR  # the shipped demo model
 NODULE = Code(scheme="SCT", value="27925004", meaning="Nodule")
 
 
@@ -128,7 +130,12 @@ class UploadedStudy:
 
     @property
     def run_id(self) -> str:
-        return self.manifest.run_id
+        """The first (in most tests the only) model run of the upload."""
+        return self.manifest.runs[0].run_id
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.runs[0].model_name
 
 
 def make_series(
@@ -175,9 +182,13 @@ def upload_study(
     shape: tuple[int, int, int] = (24, 128, 128),
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
     spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
+    runs: list[ModelRun] | None = None,
     priority: Priority = Priority.ROUTINE,
 ) -> UploadedStudy:
-    """What the edge forwarder does: series tar, encrypt, upload, manifest LAST."""
+    """What the edge forwarder does: series tar, encrypt, upload, manifest LAST.
+
+    The manifest names `runs` (one per model), or one run `run_id` of `model_name`.
+    """
     synthetic, study_uid, series_uid, datasets = prepared or make_series(
         tmp_path, shape, markers, spacing_mm=spacing_mm
     )
@@ -189,8 +200,7 @@ def upload_study(
     manifest = Manifest(
         site=SITE,
         pseudo_study_uid=study_uid,
-        run_id=run_id,
-        model_name=model_name,
+        runs=runs or [ModelRun(run_id=run_id, model_name=model_name)],
         series=[
             ManifestSeries(
                 pseudo_series_uid=series_uid,
@@ -255,8 +265,7 @@ def upload_series(
     manifest = Manifest(
         site=SITE,
         pseudo_study_uid=study_uid,
-        run_id=run_id,
-        model_name=model_name,
+        runs=[ModelRun(run_id=run_id, model_name=model_name)],
         series=entries,
         deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
         forwarder_version="test",

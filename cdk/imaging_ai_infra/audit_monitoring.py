@@ -43,7 +43,7 @@ class AuditMonitoring(Construct):
         dlqs: dict[str, sqs.IQueue],
         functions: dict[str, lambda_.IFunction],
         timeouts: dict[str, Duration],
-        endpoint_name: str,
+        endpoint_names: dict[str, str],
         alarm_email: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -204,31 +204,38 @@ class AuditMonitoring(Construct):
             evaluation_periods=2,
             comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
         )
-        alarm(
-            "InferenceBacklogAge",
-            "Requests wait in the endpoint's queue for more than 15 minutes",
-            metric=cloudwatch.Metric(
-                namespace="AWS/SageMaker",
-                metric_name="TimeInBacklog",
-                dimensions_map={"EndpointName": endpoint_name},
-                period=Duration.minutes(5),
-                statistic="Maximum",
-            ),
-            threshold=15 * 60 * 1000,  # milliseconds
-            evaluation_periods=3,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
-        )
+        # One endpoint per model (model name -> endpoint name): each alarms on its own.
+        for model_name, endpoint_name in endpoint_names.items():
+            alarm(
+                f"InferenceBacklogAge-{endpoint_name}",
+                f"Requests wait in model {model_name}'s endpoint queue for more than 15 minutes",
+                metric=cloudwatch.Metric(
+                    namespace="AWS/SageMaker",
+                    metric_name="TimeInBacklog",
+                    dimensions_map={"EndpointName": endpoint_name},
+                    period=Duration.minutes(5),
+                    statistic="Maximum",
+                ),
+                threshold=15 * 60 * 1000,  # milliseconds
+                evaluation_periods=3,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+            )
 
         # ---- Dashboard: throughput and latency per stage.
-        def sagemaker(metric_name: str, statistic: str, period: Duration) -> cloudwatch.Metric:
-            return cloudwatch.Metric(
-                namespace="AWS/SageMaker",
-                metric_name=metric_name,
-                dimensions_map={"EndpointName": endpoint_name},
-                statistic=statistic,
-                period=period,
-                label=f"endpoint {metric_name} ({statistic})",
-            )
+        def sagemaker(
+            metric_name: str, statistic: str, period: Duration
+        ) -> list[cloudwatch.Metric]:
+            return [
+                cloudwatch.Metric(
+                    namespace="AWS/SageMaker",
+                    metric_name=metric_name,
+                    dimensions_map={"EndpointName": endpoint_name},
+                    statistic=statistic,
+                    period=period,
+                    label=f"{model_name} {metric_name} ({statistic})",
+                )
+                for model_name, endpoint_name in endpoint_names.items()
+            ]
 
         hour = Duration.hours(1)
         quarter = Duration.minutes(15)
@@ -255,8 +262,8 @@ class AuditMonitoring(Construct):
                         fn.metric_duration(period=quarter, statistic="p90", label=f"{name} (p90)")
                         for name, fn in functions.items()
                     ),
-                    sagemaker("TimeInBacklog", "p90", quarter),
-                    sagemaker("TotalProcessingTime", "p90", quarter),
+                    *sagemaker("TimeInBacklog", "p90", quarter),
+                    *sagemaker("TotalProcessingTime", "p90", quarter),
                 ],
                 right=[self.pipeline_metric(*METRIC_END_TO_END_SECONDS, "p90", quarter)],
                 right_y_axis=cloudwatch.YAxisProps(label="end-to-end seconds"),
@@ -267,9 +274,9 @@ class AuditMonitoring(Construct):
             cloudwatch.GraphWidget(
                 title="Endpoint backlog and capacity",
                 left=[
-                    sagemaker("ApproximateBacklogSize", "Average", Duration.minutes(5)),
-                    sagemaker("ApproximateBacklogSizePerInstance", "Average", Duration.minutes(5)),
-                    sagemaker("HasBacklogWithoutCapacity", "Maximum", Duration.minutes(5)),
+                    *sagemaker("ApproximateBacklogSize", "Average", Duration.minutes(5)),
+                    *sagemaker("ApproximateBacklogSizePerInstance", "Average", Duration.minutes(5)),
+                    *sagemaker("HasBacklogWithoutCapacity", "Maximum", Duration.minutes(5)),
                 ],
                 width=12,
             ),

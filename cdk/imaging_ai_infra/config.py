@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +23,55 @@ DEFAULT_ASSET_ROOT = CDK_DIR / ".build"
 _INSTANCE_STORE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e")
 
 
+# A model card's name (contracts.MODEL_NAME_PATTERN) and version (SiteResultMessage's).
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+_MODEL_KEYS = frozenset(
+    {"name", "version", "artifact", "instance_type", "min_capacity", "max_capacity",
+     "scale_to_zero"}
+)  # fmt: skip
+# The model deployed when context names none: the repository's demo model.
+DEFAULT_MODEL = {"name": "lung-nodule-demo", "version": "1.0.0"}
+
+
+@dataclass(frozen=True)
+class ModelDeployment:
+    """One model version served by its own asynchronous endpoint (context `models`)."""
+
+    name: str  # the model card's name: routing rules, manifests and MODEL_ENDPOINTS use it
+    version: str
+    # model.tar.gz (containers/inference/deploy.py packs a registry folder into one);
+    # None: `models/{name}/{version}/model.tar.gz` in the data bucket.
+    artifact: str | None
+    instance_type: str
+    min_capacity: int
+    max_capacity: int
+    # An idle endpoint goes to zero instances (no GPU cost) and comes back when work waits.
+    scale_to_zero: bool
+
+    @property
+    def slug(self) -> str:
+        """The name as SageMaker and construct ids accept it (letters, digits, hyphens)."""
+        return re.sub(r"[^A-Za-z0-9]+", "-", self.name).strip("-")
+
+    def artifact_key(self) -> str:
+        return f"{MODELS_PREFIX}{self.name}/{self.version}/model.tar.gz"
+
+    @property
+    def volume_kms_supported(self) -> bool:
+        family = self.instance_type.split(".")[1] if "." in self.instance_type else ""
+        return family not in _INSTANCE_STORE_FAMILIES
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """Everything that differs between stages; defaults are the dev stage."""
 
     stage: str
     sites: tuple[str, ...]
-    gpu_instance_type: str
-    max_endpoint_instances: int
+    # Every model this stage serves, each on its own async endpoint (context `models`).
+    models: tuple[ModelDeployment, ...]
     inference_image_uri: str
-    model_name: str
-    model_data_url: str | None  # None: `models/{model_name}/model.tar.gz` in the data bucket
     create_endpoint: bool
     # Site -> PEM of the CA that issues that site's forwarder certificates; a site missing
     # here gets a CloudFormation parameter to fill at deploy.
@@ -71,14 +111,6 @@ class StageConfig:
     @property
     def dlq_retention(self) -> Duration:
         return Duration.days(14)
-
-    @property
-    def volume_kms_supported(self) -> bool:
-        family = self.gpu_instance_type.split(".")[1] if "." in self.gpu_instance_type else ""
-        return family not in _INSTANCE_STORE_FAMILIES
-
-    def model_key(self) -> str:
-        return f"{MODELS_PREFIX}{self.model_name}/model.tar.gz"
 
     def function_asset(self, function_name: str) -> Path:
         asset = self.asset_root / function_name
@@ -152,26 +184,76 @@ def _edge_ca_pems(node: Node, sites: tuple[str, ...]) -> dict[str, str]:
     return pems
 
 
+def _models(node: Node, prod: bool) -> tuple[ModelDeployment, ...]:
+    """Context `models`: a list (cdk.json) or its JSON text (`-c models='[...]'`) of objects
+    with name, version and optionally artifact, instance_type, min_capacity, max_capacity,
+    scale_to_zero. Omitted fields take `gpu_instance_type` / `max_endpoint_instances`."""
+    value: Any = node.try_get_context("models")
+    items = [DEFAULT_MODEL] if value is None else value
+    if isinstance(items, str):
+        items = json.loads(items)
+    if not isinstance(items, list) or not items:
+        raise ValueError("context 'models' must be a non-empty list of models")
+    instance_type = _text(node, "gpu_instance_type", "ml.g5.xlarge")
+    max_capacity = int(_text(node, "max_endpoint_instances", "4" if prod else "1"))
+    models = tuple(_model(item, instance_type, max_capacity) for item in items)
+    for attribute in ("name", "slug"):
+        names = [getattr(model, attribute) for model in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"context 'models': each model needs its own {attribute}")
+    return models
+
+
+def _model(item: Any, instance_type: str, max_capacity: int) -> ModelDeployment:
+    if not isinstance(item, dict) or not {"name", "version"} <= set(item):
+        raise ValueError("each of context 'models' is an object with a name and a version")
+    unknown = sorted(set(item) - _MODEL_KEYS)
+    if unknown:
+        raise ValueError(f"context 'models' has unknown fields {unknown}")
+    name, version = str(item["name"]), str(item["version"])
+    if not _MODEL_NAME.match(name) or not _MODEL_VERSION.match(version):
+        raise ValueError(f"context 'models': {name!r}@{version!r} is not a model name@version")
+    scale_to_zero = bool(item.get("scale_to_zero", True))
+    model = ModelDeployment(
+        name=name,
+        version=version,
+        artifact=str(item["artifact"]) if item.get("artifact") else None,
+        instance_type=str(item.get("instance_type", instance_type)),
+        min_capacity=int(item.get("min_capacity", 0 if scale_to_zero else 1)),
+        max_capacity=int(item.get("max_capacity", max_capacity)),
+        scale_to_zero=scale_to_zero,
+    )
+    if not 0 <= model.min_capacity <= model.max_capacity or model.max_capacity < 1:
+        raise ValueError(
+            f"context 'models': {name} needs 0 <= min_capacity <= max_capacity, max >= 1"
+        )
+    if scale_to_zero != (model.min_capacity == 0):
+        raise ValueError(f"context 'models': {name} scales to zero exactly when min_capacity is 0")
+    return model
+
+
 def load_stage_config(node: Node) -> StageConfig:
     stage = _text(node, "stage", "dev")
     if stage not in ("dev", "prod"):
         raise ValueError("context 'stage' must be 'dev' or 'prod'")
     prod = stage == "prod"
     sites = _sites(node)
-    model_data_url = node.try_get_context("model_data_url")
+    for retired in ("model_name", "model_data_url"):
+        if node.try_get_context(retired) is not None:
+            raise ValueError(
+                f"context '{retired}' is gone: list each model in context 'models'"
+                " (name, version, artifact, instance_type, min/max_capacity, scale_to_zero)"
+            )
     return StageConfig(
         stage=stage,
         sites=sites,
-        gpu_instance_type=_text(node, "gpu_instance_type", "ml.g5.xlarge"),
-        max_endpoint_instances=int(_text(node, "max_endpoint_instances", "4" if prod else "1")),
+        models=_models(node, prod),
         inference_image_uri=_text(
             node,
             "inference_image_uri",
             # A placeholder account: synth works anywhere; deploy needs the real ECR image.
             "111111111111.dkr.ecr.us-east-1.amazonaws.com/imaging-ai-inference:latest",
         ),
-        model_name=_text(node, "model_name", "imaging-ai-demo"),
-        model_data_url=str(model_data_url) if model_data_url else None,
         create_endpoint=_flag(node, "create_endpoint", True),
         edge_ca_certificate_pems=_edge_ca_pems(node, sites),
         asset_root=Path(_text(node, "lambda_asset_root", str(DEFAULT_ASSET_ROOT))),

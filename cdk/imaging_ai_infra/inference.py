@@ -1,17 +1,14 @@
-"""Inference: the GPU SageMaker asynchronous endpoint, its notifications and its scaling."""
+"""Inference: one GPU SageMaker asynchronous endpoint per model, their notifications."""
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Duration, Stack
-from aws_cdk import aws_applicationautoscaling as appscaling
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
+from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
-from imaging_ai_infra.config import StageConfig
+from imaging_ai_infra.config import ModelDeployment, StageConfig
+from imaging_ai_infra.model_endpoint import ModelEndpoint
 from imaging_ai_infra.nag import (
     GRANT_KEY_ACTIONS,
     GRANT_PUT_ACTIONS,
@@ -30,19 +27,18 @@ from imaging_ai_infra.names import (
 )
 from imaging_ai_infra.platform import Platform
 
-VARIANT_NAME = "AllTraffic"
-# Queued requests per instance the target-tracking policy aims for: one study takes about a
-# minute on one GPU, so five queued keeps the wait under ~5 minutes before adding capacity.
-BACKLOG_PER_INSTANCE_TARGET = 5.0
-_ONE_MINUTE = Duration.minutes(1)
 
-
-def endpoint_name_for(config: StageConfig) -> str:
-    return f"{resource_prefix(config.stage)}-segmentation"
+def endpoint_name_for(config: StageConfig, model: ModelDeployment) -> str:
+    """The model's endpoint: one per model, named after it (SageMaker allows 63 characters)."""
+    name = f"{resource_prefix(config.stage)}-{model.slug}"
+    if len(name) > 63:
+        raise ValueError(f"endpoint name {name!r} is over 63 characters: shorten the model name")
+    return name
 
 
 class Inference(Construct):
-    """Model → EndpointConfig (AsyncInferenceConfig) → Endpoint, scaling between 0 and N."""
+    """One asynchronous endpoint per model (`ModelEndpoint`), sharing the notification
+    topics, the execution role and the security group."""
 
     def __init__(
         self,
@@ -55,7 +51,11 @@ class Inference(Construct):
         config, network = platform.config, platform.network
         data_bucket, data_key = platform.data_bucket, platform.data_key
         stack = Stack.of(self)
-        self.endpoint_name = endpoint_name_for(config)
+        # Model name -> its endpoint's name: what preprocessing invokes (MODEL_ENDPOINTS).
+        self.model_endpoints = {m.name: endpoint_name_for(config, m) for m in config.models}
+        log_streams = [
+            f"/aws/sagemaker/Endpoints/{name}:*" for name in self.model_endpoints.values()
+        ]
         prefix = resource_prefix(config.stage)
 
         self.success_topic, self.error_topic = (
@@ -74,9 +74,6 @@ class Inference(Construct):
             "ExecutionRole",
             assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description="SageMaker async endpoint: reads inputs and model, writes outputs",
-        )
-        model_data_url = config.model_data_url or (
-            f"s3://{data_bucket.bucket_name}/{config.model_key()}"
         )
         data_bucket.grant_read(self.role, f"{MODELS_PREFIX}*")
         data_bucket.grant_read(self.role, f"{PREPROCESSED_PREFIX}*")
@@ -103,9 +100,10 @@ class Inference(Construct):
                     stack.format_arn(
                         service="logs",
                         resource="log-group",
-                        resource_name="/aws/sagemaker/Endpoints/" + self.endpoint_name + ":*",
+                        resource_name=log_stream,
                         arn_format=ArnFormat.COLON_RESOURCE_NAME,
                     )
+                    for log_stream in log_streams
                 ],
             )
         )
@@ -153,7 +151,7 @@ class Inference(Construct):
             self.role,
             "Wildcards are object keys under the models/, preprocessed/, inference-output/ and"
             " inference-failure/ prefixes of the one data bucket, CDK grant action families on"
-            " one named bucket or key, and log streams of this endpoint's own log group.",
+            " one named bucket or key, and log streams of the endpoints' own log groups.",
             iam5(
                 actions=GRANT_READ_ACTIONS + GRANT_PUT_ACTIONS + GRANT_KEY_ACTIONS,
                 resources=[
@@ -166,7 +164,7 @@ class Inference(Construct):
                             INFERENCE_FAILURE_PREFIX,
                         ],
                     ),
-                    f"{log_group_arn}/aws/sagemaker/Endpoints/{self.endpoint_name}:*",
+                    *(f"{log_group_arn}{log_stream}" for log_stream in log_streams),
                 ],
             ),
         )
@@ -174,129 +172,21 @@ class Inference(Construct):
         self.security_group = network.workload_security_group(
             self, "SecurityGroup", "SageMaker endpoint: no inbound, HTTPS outbound"
         )
-        self.endpoint: sagemaker.CfnEndpoint | None = None
-        self.scalable_target: appscaling.ScalableTarget | None = None
+        self.endpoints: dict[str, ModelEndpoint] = {}
         if not config.create_endpoint:
             return
-
-        model = sagemaker.CfnModel(
-            self,
-            "Model",
-            execution_role_arn=self.role.role_arn,
-            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
-                image=config.inference_image_uri,
-                model_data_url=model_data_url,
-                environment={"MODEL_NAME": config.model_name},
-            ),
-            vpc_config=sagemaker.CfnModel.VpcConfigProperty(
-                security_group_ids=[self.security_group.security_group_id],
-                subnets=network.vpc.select_subnets(
-                    subnet_type=network.isolated_subnets.subnet_type
-                ).subnet_ids,
-            ),
-            # The container needs no network: SageMaker itself moves inputs and outputs.
-            enable_network_isolation=True,
-        )
-        # SageMaker checks the role's permissions when it creates the model.
-        model.node.add_dependency(self.role.node.find_child("DefaultPolicy"), platform_policy)
-
-        endpoint_config = sagemaker.CfnEndpointConfig(
-            self,
-            "EndpointConfig",
-            # GPU families with NVMe instance storage reject a volume key (hardware-encrypted).
-            kms_key_id=data_key.key_arn if config.volume_kms_supported else None,
-            production_variants=[
-                sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-                    variant_name=VARIANT_NAME,
-                    model_name=model.attr_model_name,
-                    instance_type=config.gpu_instance_type,
-                    initial_instance_count=1,
-                    initial_variant_weight=1.0,
-                )
-            ],
-            async_inference_config=sagemaker.CfnEndpointConfig.AsyncInferenceConfigProperty(
-                client_config=sagemaker.CfnEndpointConfig.AsyncInferenceClientConfigProperty(
-                    max_concurrent_invocations_per_instance=1
-                ),
-                output_config=sagemaker.CfnEndpointConfig.AsyncInferenceOutputConfigProperty(
-                    s3_output_path=f"s3://{data_bucket.bucket_name}/{INFERENCE_OUTPUT_PREFIX}",
-                    s3_failure_path=f"s3://{data_bucket.bucket_name}/{INFERENCE_FAILURE_PREFIX}",
-                    kms_key_id=data_key.key_arn,
-                    notification_config=sagemaker.CfnEndpointConfig.AsyncInferenceNotificationConfigProperty(
-                        success_topic=self.success_topic.topic_arn,
-                        error_topic=self.error_topic.topic_arn,
-                    ),
-                ),
-            ),
-        )
-        if not config.volume_kms_supported:
-            acknowledge(
-                endpoint_config,
-                f"{config.gpu_instance_type} has NVMe instance storage, for which SageMaker"
-                " rejects a volume KMS key; instance store is encrypted by the hardware. Async"
-                " outputs are still written with the data CMK (OutputConfig.KmsKeyId).",
-                "AwsSolutions-SM2",
-                "HIPAA.Security-SageMakerEndpointConfigurationKMSKeyConfigured",
+        for model in config.models:
+            self.endpoints[model.name] = ModelEndpoint(
+                self,
+                f"Endpoint-{model.slug}",
+                platform=platform,
+                model=model,
+                endpoint_name=self.model_endpoints[model.name],
+                role=self.role,
+                role_ready=[self.role.node.find_child("DefaultPolicy"), platform_policy],
+                security_group=self.security_group,
+                topics=(self.success_topic, self.error_topic),
             )
-
-        self.endpoint = sagemaker.CfnEndpoint(
-            self,
-            "Endpoint",
-            endpoint_name=self.endpoint_name,
-            endpoint_config_name=endpoint_config.attr_endpoint_config_name,
-        )
-
-        self.scalable_target = appscaling.ScalableTarget(
-            self,
-            "ScalableTarget",
-            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
-            resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT_NAME}",
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-            min_capacity=0,  # scale to zero: an idle GPU costs nothing
-            max_capacity=config.max_endpoint_instances,
-        )
-        self.scalable_target.node.add_dependency(self.endpoint)
-        self.scalable_target.scale_to_track_metric(
-            "BacklogPerInstance",
-            target_value=BACKLOG_PER_INSTANCE_TARGET,
-            custom_metric=self.endpoint_metric("ApproximateBacklogSizePerInstance"),
-            scale_in_cooldown=Duration.minutes(10),
-            scale_out_cooldown=Duration.minutes(2),
-        )
-        # Target tracking cannot leave zero (backlog per instance is undefined without an
-        # instance): a step policy adds the first instance when work waits with no capacity.
-        scale_out_from_zero = appscaling.StepScalingAction(
-            self,
-            "ScaleOutFromZero",
-            scaling_target=self.scalable_target,
-            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-            cooldown=Duration.minutes(5),
-        )
-        scale_out_from_zero.add_adjustment(adjustment=1, lower_bound=0)
-        self.backlog_without_capacity_alarm = cloudwatch.Alarm(
-            self,
-            "HasBacklogWithoutCapacity",
-            alarm_description="Requests wait while the endpoint has zero instances",
-            metric=self.endpoint_metric("HasBacklogWithoutCapacity", period=Duration.minutes(1)),
-            threshold=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            evaluation_periods=1,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.backlog_without_capacity_alarm.add_alarm_action(
-            cloudwatch_actions.ApplicationScalingAction(scale_out_from_zero)
-        )
-
-    def endpoint_metric(
-        self, name: str, *, period: Duration = _ONE_MINUTE, statistic: str = "Average"
-    ) -> cloudwatch.Metric:
-        return cloudwatch.Metric(
-            namespace="AWS/SageMaker",
-            metric_name=name,
-            dimensions_map={"EndpointName": self.endpoint_name},
-            period=period,
-            statistic=statistic,
-        )
 
     @staticmethod
     def _image_repository_arn(image_uri: str) -> tuple[str, str, str]:

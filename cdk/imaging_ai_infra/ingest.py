@@ -9,6 +9,8 @@ backlog can never take the instances a STAT study needs (docs/priority.md).
 
 from __future__ import annotations
 
+import json
+
 from aws_cdk import Duration
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
@@ -35,8 +37,9 @@ class Ingest(Construct):
         construct_id: str,
         *,
         platform: Platform,
-        endpoint_name: str,
+        model_endpoints: dict[str, str],
     ) -> None:
+        """`model_endpoints`: model name -> the name of the async endpoint serving it."""
         super().__init__(scope, construct_id)
         data_bucket = platform.data_bucket
         entries = lambda_stages("manifest-created")
@@ -64,9 +67,11 @@ class Ingest(Construct):
                 self,
                 name=name,
                 platform=platform,
-                environment=platform.function_environment(ENDPOINT_NAME=endpoint_name),
+                environment=platform.function_environment(
+                    MODEL_ENDPOINTS=json.dumps(model_endpoints, sort_keys=True)
+                ),
             )
-            function.grant_stage_data(endpoint_name=endpoint_name)
+            function.grant_stage_data(endpoint_names=sorted(set(model_endpoints.values())))
             if name in self.stat_queues:
                 function.consume(
                     self.stage_queues[name].queue,

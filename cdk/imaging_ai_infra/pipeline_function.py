@@ -170,10 +170,10 @@ class PipelineFunction(Construct):
             "AwsSolutions-L1",
         )
 
-    def grant_stage_data(self, endpoint_name: str | None = None) -> None:
+    def grant_stage_data(self, endpoint_names: list[str] | None = None) -> None:
         """What the table says the stage reads and writes in the data bucket and whether it
-        invokes the endpoint (`endpoint_name`), plus what every stage needs: the data key and
-        the state table."""
+        invokes the endpoints (`endpoint_names`: one per model), plus what every stage needs:
+        the data key and the state table."""
         fn, bucket = self.function, self.platform.data_bucket
         for prefix in self.stage.get("reads", []):
             bucket.grant_read(fn, f"{prefix}*")
@@ -189,8 +189,8 @@ class PipelineFunction(Construct):
         self.platform.data_key.grant_encrypt_decrypt(fn)
         self.platform.state_table.grant_read_write_data(fn)
         if self.stage.get("invokes_endpoint"):
-            if endpoint_name is None:
-                raise ValueError(f"{self.stage['name']} invokes the endpoint: name it")
+            if not endpoint_names:
+                raise ValueError(f"{self.stage['name']} invokes the endpoints: name them")
             fn.add_to_role_policy(
                 iam.PolicyStatement(
                     actions=["sagemaker:InvokeEndpointAsync"],
@@ -198,6 +198,7 @@ class PipelineFunction(Construct):
                         Stack.of(self).format_arn(
                             service="sagemaker", resource="endpoint", resource_name=endpoint_name
                         )
+                        for endpoint_name in endpoint_names
                     ],
                 )
             )

@@ -38,7 +38,9 @@ class ImagingAiStage(Stack):
             config, network, storage.data_bucket, storage.data_key, storage.audit_key, state.table
         )
         inference = Inference(self, "Inference", platform=platform)
-        ingest = Ingest(self, "Ingest", platform=platform, endpoint_name=inference.endpoint_name)
+        ingest = Ingest(
+            self, "Ingest", platform=platform, model_endpoints=inference.model_endpoints
+        )
         results = Results(
             self,
             "Results",
@@ -67,13 +69,19 @@ class ImagingAiStage(Stack):
             },
             functions={name: function.function for name, function in functions.items()},
             timeouts={name: stage_timeout(name) for name in functions},
-            endpoint_name=inference.endpoint_name,
+            endpoint_names=inference.model_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)
         CfnOutput(self, "DataKeyArn", value=storage.data_key.key_arn)
-        CfnOutput(self, "EndpointName", value=inference.endpoint_name)
+        for model in config.models:
+            CfnOutput(
+                self,
+                f"EndpointName-{model.slug}",
+                value=inference.model_endpoints[model.name],
+                description=f"The async endpoint serving {model.name}@{model.version}",
+            )
         CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
         for site, role in edge.site_roles.items():
             CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)

@@ -25,10 +25,11 @@ from imaging_ai.contracts import (
 )
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 
 logger = get_logger(__name__)
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "model"
+DEFAULT_MODEL_DIR = DEMO_MODEL_DIR
 
 
 @dataclass(frozen=True)

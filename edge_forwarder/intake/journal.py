@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS study (
     run_number INTEGER NOT NULL DEFAULT 1,
     first_at REAL NOT NULL,
     last_at REAL NOT NULL,
-    route TEXT,
+    route TEXT,  -- the models routed to, comma-separated
     pending_revision INTEGER NOT NULL DEFAULT 0,
     reason TEXT
 );
@@ -206,13 +206,13 @@ class Journal:
         with self._transaction() as db:
             db.execute("UPDATE study SET state = 'UNROUTED' WHERE study_key = ?", (study_key,))
 
-    def claim(self, study_key: str, run_number: int, route: str) -> bool:
+    def claim(self, study_key: str, run_number: int, models: Sequence[str]) -> bool:
         """Move a study from OPEN to CLAIMED once; False if someone else got there first."""
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE study SET state = 'CLAIMED', route = ? "
                 "WHERE study_key = ? AND state = 'OPEN' AND run_number = ?",
-                (route, study_key, run_number),
+                (",".join(models), study_key, run_number),
             )
             return cursor.rowcount == 1
 

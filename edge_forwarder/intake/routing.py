@@ -56,17 +56,21 @@ def series_matches(rule: SeriesMatch, series: SeriesSummary) -> bool:
     )
 
 
-def choose_route(rules: list[RoutingRule], series: list[SeriesSummary]) -> tuple[int, str] | None:
-    """The first rule that at least one series matches, as (rule index, model name)."""
+def choose_models(rules: list[RoutingRule], series: list[SeriesSummary]) -> list[tuple[int, str]]:
+    """Every model named by a rule that at least one series matches, as (rule index, model
+    name), in rule order; a model named by several matching rules is taken once."""
+    chosen: dict[str, int] = {}
     for index, rule in enumerate(rules):
         if any(series_matches(rule, s) for s in series):
-            return index, rule.model
-    return None
+            for model in rule.models:
+                chosen.setdefault(model, index)
+    return [(index, model) for model, index in chosen.items()]
 
 
-def run_priority(rule: RoutingRule, series: list[SeriesSummary]) -> Priority:
-    """STAT when the routing rule says so or any series' order says STAT; else ROUTINE."""
-    if rule.priority is Priority.STAT:
+def study_priority(matched: list[RoutingRule], series: list[SeriesSummary]) -> Priority:
+    """STAT when a rule the study matched says so or any series' order says STAT; else
+    ROUTINE. One priority for the study: every run of its upload shares it."""
+    if any(rule.priority is Priority.STAT for rule in matched):
         return Priority.STAT
     ordered_stat = any(
         s.attrs.get(PRIORITY_ATTRIBUTE, "").strip().upper() == STAT_VALUE for s in series

@@ -25,10 +25,10 @@ from edge_forwarder.intake.commit import GroupCommit
 from edge_forwarder.intake.header import HeaderError, read_header, tags_for
 from edge_forwarder.intake.journal import Journal, JournalBatch
 from edge_forwarder.intake.routing import (
-    choose_route,
+    choose_models,
     rule_attributes,
-    run_priority,
     series_matches,
+    study_priority,
 )
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
@@ -91,11 +91,11 @@ _CHECKED = (
 
 @dataclass(frozen=True)
 class CompletedStudy:
-    """A study whose quiet timer expired, routed to a model and claimed exactly once."""
+    """A study whose quiet timer expired, routed to its models and claimed exactly once."""
 
     study_key: str  # opaque spool id, safe to log (no PHI)
     run_number: int  # 1; late instances after forwarding give 2, 3 ... (a revision run)
-    route: str  # the model the routing rules chose
+    models: tuple[str, ...]  # every model the routing rules chose (one run each), rule order
     series: dict[str, list[Path]]  # original SeriesInstanceUID -> spooled files: PHI keys
     priority: Priority = Priority.ROUTINE  # STAT goes first at every stage
 
@@ -462,29 +462,30 @@ class Intake:
                 log.warning(
                     "expected_series_missing", study_key=study.study_key, name=",".join(missing)
                 )
-            route = choose_route(s.routing, series)
-            if route is None:
+            chosen = choose_models(s.routing, series)
+            if not chosen:
                 self.journal.set_unrouted(study.study_key)
                 log.info("route_decision", study_key=study.study_key, status="no_rule_matched")
                 continue
-            rule_index, model = route
-            if not self.journal.claim(study.study_key, study.run_number, model):
+            models = tuple(model for _, model in chosen)
+            if not self.journal.claim(study.study_key, study.run_number, models):
                 continue
-            priority = run_priority(s.routing[rule_index], series)
-            log.info(
-                "route_decision",
-                study_key=study.study_key,
-                run_number=study.run_number,
-                name=model,
-                status=f"rule_{rule_index}",
-                series_count=len(series),
-                priority=priority,
-            )
+            priority = study_priority([s.routing[index] for index, _ in chosen], series)
+            for rule_index, model in chosen:
+                log.info(
+                    "route_decision",
+                    study_key=study.study_key,
+                    run_number=study.run_number,
+                    name=model,
+                    status=f"rule_{rule_index}",
+                    series_count=len(series),
+                    priority=priority,
+                )
             completed.append(
                 CompletedStudy(
                     study_key=study.study_key,
                     run_number=study.run_number,
-                    route=model,
+                    models=models,
                     series=self.journal.instance_paths(study.study_key),
                     priority=priority,
                 )

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imaging_ai.contracts import Priority
+from imaging_ai.contracts import MODEL_NAME_PATTERN, Priority
 
 
 class _Model(BaseModel):
@@ -49,17 +49,38 @@ def _priority_in_any_case(value: Any) -> Any:
 
 
 class RoutingRule(SeriesMatch):
-    """A study goes to `model` when at least one of its series matches; first rule wins."""
+    """A study goes to every model of every rule one of its series matches (fan-out).
 
-    model: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    A rule names one model (`model = "x"`) or several (`models = ["x", "y"]`); each model
+    gets its own run of the study.
+    """
+
+    models: list[Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]] = Field(min_length=1)
     # "stat": every study this rule routes goes first at every stage (e.g. a rule for the
     # emergency department's scanner). Routine studies still turn STAT when their own
-    # Requested Procedure Priority says so (routing.run_priority).
+    # Requested Procedure Priority says so (routing.study_priority).
     priority: Priority = Priority.ROUTINE
     # A site that has checked its secondary captures / ultrasound lets them through here.
     allow_burned_in_risk_sop_classes: list[str] = Field(default_factory=list)
 
     _priority = field_validator("priority", mode="before")(_priority_in_any_case)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data:
+            if "models" in data:
+                raise ValueError("a routing rule gives `model` or `models`, not both")
+            data = {**data, "models": [data["model"]]}
+            del data["model"]
+        return data
+
+    @field_validator("models")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a routing rule names each model once")
+        return value
 
 
 class ExpectedSeriesRule(SeriesMatch):
@@ -129,7 +150,7 @@ class IntakeSettings(_Model):
     # After the quiet timer, how long to keep waiting for expected series before going on.
     expected_series_max_wait_seconds: float = Field(default=600.0, ge=0)
     routing: list[RoutingRule] = Field(
-        default_factory=lambda: [RoutingRule(model="lung-nodule-demo", modality=["CT"])]
+        default_factory=lambda: [RoutingRule(models=["lung-nodule-demo"], modality=["CT"])]
     )
     # Enforced while receiving, and on the inflated size of a deflated data set.
     max_instance_bytes: int = Field(default=2 * 1024**3, gt=0)

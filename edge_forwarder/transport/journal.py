@@ -37,8 +37,10 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT,
     spool_dir TEXT,
     updated_at TEXT NOT NULL,
-    priority TEXT NOT NULL DEFAULT 'ROUTINE',  -- last: journals from before it gain it by ALTER
-    UNIQUE (study_key, run_number)
+    model_name TEXT NOT NULL DEFAULT '',  -- one run per model of a study's upload
+    shadow INTEGER NOT NULL DEFAULT 0,    -- results kept on the edge, never delivered
+    priority TEXT NOT NULL DEFAULT 'ROUTINE',  -- STAT runs go first (journals before it: ALTER)
+    UNIQUE (study_key, run_number, model_name)
 );
 CREATE TABLE IF NOT EXISTS timeline (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,6 +79,26 @@ CREATE TABLE IF NOT EXISTS deliveries (
 """
 
 
+# Journals written before fan-out hold one run per (study, run number) and no model: the
+# table is rebuilt once with the model columns and the wider uniqueness.
+_RUNS_TABLE = _SCHEMA.split(";")[0]
+_REBUILD_RUNS_FOR_FAN_OUT = (
+    "ALTER TABLE runs RENAME TO runs_before_fan_out",
+    _RUNS_TABLE,
+    "INSERT INTO runs (run_id, study_key, run_number, pseudo_study_uid, stage, reason,"
+    " spool_dir, updated_at) SELECT run_id, study_key, run_number, pseudo_study_uid, stage,"
+    " reason, spool_dir, updated_at FROM runs_before_fan_out",
+    "DROP TABLE runs_before_fan_out",
+)
+
+
+# RunRow's fields, in its order: queries name them rather than rely on the table's layout.
+_RUN_COLUMNS = (
+    "run_id, study_key, run_number, pseudo_study_uid, stage, reason, spool_dir, updated_at,"
+    " model_name, shadow, priority"
+)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -91,11 +113,14 @@ class RunRow:
     reason: str | None
     spool_dir: str | None
     updated_at: str
+    model_name: str
+    shadow: bool
     priority: Priority = Priority.ROUTINE
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> RunRow:
-        run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at, priority = row
+        run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at = row[:8]
+        model_name, shadow, priority = row[8:]
         return cls(
             run_id,
             study_key,
@@ -105,6 +130,8 @@ class RunRow:
             reason,
             spool_dir,
             updated_at,
+            model_name,
+            bool(shadow),
             Priority(priority),
         )
 
@@ -163,6 +190,11 @@ class Journal:
         self._db = open_durable_db(path, _SCHEMA)
         self._lock = threading.Lock()
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "model_name" not in columns:
+            with transaction(self._db, self._lock) as db:
+                for statement in _REBUILD_RUNS_FOR_FAN_OUT:
+                    db.execute(statement)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         if "priority" not in columns:  # a journal written before runs had a priority
             self._db.execute("ALTER TABLE runs ADD COLUMN priority TEXT NOT NULL DEFAULT 'ROUTINE'")
 
@@ -183,6 +215,8 @@ class Journal:
         pseudo_study_uid: str,
         stage: EdgeStage = EdgeStage.RECEIVED,
         detail: str | None = None,
+        model_name: str = "",
+        shadow: bool = False,
         priority: Priority = Priority.ROUTINE,
     ) -> RunRow:
         """Open a run in `stage` (recorded in its timeline); an open run is returned as it is."""
@@ -190,8 +224,19 @@ class Journal:
         with transaction(self._db, self._lock) as db:
             opened = db.execute(
                 "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
-                " stage, updated_at, priority) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, study_key, run_number, pseudo_study_uid, stage.value, now, priority.value),
+                " stage, updated_at, model_name, shadow, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    study_key,
+                    run_number,
+                    pseudo_study_uid,
+                    stage.value,
+                    now,
+                    model_name,
+                    int(shadow),
+                    priority.value,
+                ),
             ).rowcount
             if opened:
                 db.execute(
@@ -203,26 +248,32 @@ class Journal:
         return run
 
     def run(self, run_id: str) -> RunRow | None:
-        rows = self._execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        rows = self._execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,))  # noqa: S608
         return RunRow.from_row(rows[0]) if rows else None
 
-    def run_for(self, study_key: str, run_number: int) -> RunRow | None:
+    def runs_for(self, study_key: str, run_number: int) -> list[RunRow]:
+        """The runs of one upload of a study: one per model it was routed to."""
         rows = self._execute(
-            "SELECT * FROM runs WHERE study_key = ? AND run_number = ?", (study_key, run_number)
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE study_key = ? AND run_number = ?"  # noqa: S608
+            " ORDER BY rowid",
+            (study_key, run_number),
         )
-        return RunRow.from_row(rows[0]) if rows else None
+        return [RunRow.from_row(row) for row in rows]
 
     def runs(self, *stages: EdgeStage) -> list[RunRow]:
         """Every run, or those in one of `stages`: STAT first, then least recently updated."""
         rows = self._execute(
-            "SELECT * FROM runs ORDER BY priority = ? DESC, updated_at", (Priority.STAT.value,)
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY priority = ? DESC, updated_at",  # noqa: S608
+            (Priority.STAT.value,),
         )
         runs = [RunRow.from_row(row) for row in rows]
         return [r for r in runs if r.stage in stages] if stages else runs
 
     def runs_of_study(self, pseudo_study_uid: str) -> list[RunRow]:
         rows = self._execute(
-            "SELECT * FROM runs WHERE pseudo_study_uid = ? ORDER BY run_number", (pseudo_study_uid,)
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE pseudo_study_uid = ?"  # noqa: S608
+            " ORDER BY run_number, rowid",
+            (pseudo_study_uid,),
         )
         return [RunRow.from_row(row) for row in rows]
 

@@ -26,6 +26,7 @@ from imaging_ai.contracts import (
     Manifest,
     ManifestInstance,
     ManifestSeries,
+    ModelRun,
     Priority,
     encryption_context,
     manifest_key,
@@ -85,7 +86,6 @@ class UploadSettings:
     bucket: str
     kms_key_arn: str
     site: str
-    model_name: str
     forwarder_version: str
     part_size: int = 8 * 1024 * 1024
     parallel_parts: int = 4
@@ -148,11 +148,11 @@ class Uploader:
         pseudo_study_uid: str,
         series: list[SeriesTar],
         deidentification: DeidRecord,
-        revises_run_id: str | None = None,
-        model_name: str | None = None,
+        runs: list[ModelRun],
         priority: Priority = Priority.ROUTINE,
     ) -> Manifest:
-        """Encrypt every series tar and the manifest, journal them; plaintext tars are removed."""
+        """Encrypt every series tar and the manifest, journal them under `run_id`; plaintext
+        tars are removed. The manifest names `runs`: one per model the study goes to."""
         s = self.settings
         context = encryption_context(s.site, pseudo_study_uid)
         entries: list[ManifestSeries] = []
@@ -175,12 +175,10 @@ class Uploader:
         manifest = Manifest(
             site=s.site,
             pseudo_study_uid=pseudo_study_uid,
-            run_id=run_id,
-            model_name=model_name or s.model_name,
+            runs=runs,
             series=entries,
             deidentification=deidentification,
             forwarder_version=s.forwarder_version,
-            revises_run_id=revises_run_id,
             priority=priority,
         )
         spool = series[0].tar_path.parent if series else Path(".")

@@ -19,4 +19,6 @@ class CommonSettings(BaseSettings):
 
 
 class PreprocessSettings(CommonSettings):
-    endpoint_name: str = Field(min_length=1)
+    # JSON {model name: async endpoint name}: each model has its own endpoint; a run whose
+    # model is absent here is refused (FAILED), the others go on.
+    model_endpoints: dict[str, str] = Field(default_factory=dict)

@@ -39,22 +39,24 @@ class FailureService:
             logger.error("dead-lettered message names no run", receive_count=receive_count)
             metrics.add_metric(name="UnattributableFailures", unit=MetricUnit.Count, value=1)
             return FailureOutcome.UNATTRIBUTABLE
-        run, stage = attributed
+        runs, stage = attributed
         reason = f"{stage} failed after all retries (message dead-lettered)"
-        logger.warning(
-            "dead-lettered run",
-            site=run.site,
-            pseudo_study_uid=run.pseudo_study_uid,
-            run_id=run.run_id,
-            stage=stage,
-        )
-        metrics.add_metric(name="RunsDeadLettered", unit=MetricUnit.Count, value=1)
-        if not self._notifier.fail_run(self._state, run, reason):
-            return FailureOutcome.ALREADY_ENDED
-        return FailureOutcome.RECORDED
+        recorded = False
+        # A manifest names one run per model: each of them that has not ended fails.
+        for run in runs:
+            logger.warning(
+                "dead-lettered run",
+                site=run.site,
+                pseudo_study_uid=run.pseudo_study_uid,
+                run_id=run.run_id,
+                stage=stage,
+            )
+            metrics.add_metric(name="RunsDeadLettered", unit=MetricUnit.Count, value=1)
+            recorded = self._notifier.fail_run(self._state, run, reason) or recorded
+        return FailureOutcome.RECORDED if recorded else FailureOutcome.ALREADY_ENDED
 
-    def _attribute(self, body: str) -> tuple[RunKey, str] | None:
-        """The run a trigger was about, and which stage it was triggering."""
+    def _attribute(self, body: str) -> tuple[list[RunKey], str] | None:
+        """The runs a trigger was about, and which stage it was triggering."""
         try:
             document = json.loads(body)
         except json.JSONDecodeError:
@@ -63,21 +65,22 @@ class FailureService:
             return None
         try:
             if document.get("detail-type") == "Object Created":
-                return self._manifest_run(ObjectCreatedEvent.model_validate(document)), "preprocess"
+                event = ObjectCreatedEvent.model_validate(document)
+                return self._manifest_runs(event), "preprocess"
             if document.get("Type") == "Notification":
                 envelope = SnsEnvelope.model_validate(document)
                 location = envelope.Message.request_parameters.input_location
-                return RunKey(*parse_input_location(location)), "postprocess"
+                return [RunKey(*parse_input_location(location))], "postprocess"
         except (ValidationError, PipelineError):
             return None
         return None
 
-    def _manifest_run(self, event: ObjectCreatedEvent) -> RunKey:
+    def _manifest_runs(self, event: ObjectCreatedEvent) -> list[RunKey]:
         key = event.object_key
         site, study = parse_manifest_key(key)
         try:
             manifest = Manifest.model_validate_json(self._store.read_encrypted(key, site, study))
-            return RunKey(site, study, manifest.run_id)
+            return [RunKey(site, study, run.run_id) for run in manifest.runs]
         except (PipelineError, ValidationError):
             # Same id preprocess uses for a manifest it cannot read.
-            return RunKey(site, study, unreadable_manifest_run_id(key, event.detail.object.etag))
+            return [RunKey(site, study, unreadable_manifest_run_id(key, event.detail.object.etag))]

@@ -118,6 +118,10 @@ class PostprocessService:
         finally:
             self._state.release(run, holder)
         metrics.add_metric(name="ResultsDelivered", unit=MetricUnit.Count, value=1)
+        if claimed.attributes.get("shadow") == "true":
+            # A shadow-mode model's results: stored and told to the site, which keeps them
+            # on the edge instead of delivering them (counted apart to compare before go-live).
+            metrics.add_metric(name="ShadowResults", unit=MetricUnit.Count, value=1)
         self._record_latency(run)
         return PostprocessOutcome.DELIVERED
 

@@ -9,7 +9,7 @@ from functions.common.bootstrap import adapters, lease_seconds, once
 from functions.common.events import ManifestCreatedRecord
 from functions.common.observability import tracer
 from functions.common.settings import PreprocessSettings
-from functions.preprocess.adapters import AsyncEndpoint
+from functions.preprocess.adapters import ModelEndpoints
 from functions.preprocess.service import ManifestRef, PreprocessService
 from imaging_ai.aws import client
 
@@ -17,7 +17,7 @@ from imaging_ai.aws import client
 @once
 def service() -> PreprocessService:
     settings = PreprocessSettings()
-    endpoint = AsyncEndpoint(client("sagemaker-runtime"), settings.endpoint_name)
+    endpoint = ModelEndpoints(client("sagemaker-runtime"), settings.model_endpoints)
     return PreprocessService(endpoint=endpoint, **adapters(settings))
 
 
@@ -25,7 +25,8 @@ def service() -> PreprocessService:
 def record_handler(record: ManifestCreatedRecord, lambda_context: LambdaContext) -> str:
     event = record.body
     ref = ManifestRef(event.detail.bucket.name, event.object_key, event.detail.object.etag)
-    return service().handle(ref, lease_s=lease_seconds(lambda_context)).value
+    outcomes = service().handle(ref, lease_s=lease_seconds(lambda_context))
+    return ",".join(f"{run_id}={outcome.value}" for run_id, outcome in outcomes.items())
 
 
 lambda_handler = sqs_batch_handler(ManifestCreatedRecord, record_handler)

@@ -12,7 +12,7 @@ from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
 from functions.common.observability import StepSeconds, logger, metrics, tracer
 from functions.common.source_headers import pack_source_headers, volume_header_bytes
-from functions.preprocess.adapters import AsyncEndpoint
+from functions.preprocess.adapters import ModelEndpoints
 from functions.preprocess.series import (
     NotAnalyzed,
     candidate_series,
@@ -21,8 +21,10 @@ from functions.preprocess.series import (
     read_series_tar,
 )
 from imaging_ai.contracts import (
+    INFERENCE_OUTPUT_PREFIX,
     Manifest,
     ManifestSeries,
+    ModelRun,
     Stage,
     inference_output_prefix,
     model_card_key,
@@ -63,7 +65,7 @@ class PreprocessService:
         self,
         store: StudyObjectStore,
         state: RunStateStore,
-        endpoint: AsyncEndpoint,
+        endpoint: ModelEndpoints,
         notifier: SiteNotifier,
     ) -> None:
         self._store = store
@@ -72,8 +74,16 @@ class PreprocessService:
         self._notifier = notifier
 
     @tracer.capture_method
-    def handle(self, ref: ManifestRef, lease_s: float = DEFAULT_LEASE_S) -> PreprocessOutcome:
-        """Process one manifest event; `lease_s` must cover the rest of this invocation."""
+    def handle(
+        self, ref: ManifestRef, lease_s: float = DEFAULT_LEASE_S
+    ) -> dict[str, PreprocessOutcome]:
+        """Process one manifest event: each run it names (one per model) on its own.
+
+        Returns each run's outcome by run id. `lease_s` must cover the rest of this
+        invocation. One run's failure never stops another's: a refused run is FAILED alone,
+        and an unexpected error is raised only after every other run had its turn (the event
+        comes back, and the runs already done see a duplicate).
+        """
         if ref.bucket != self._store.bucket:
             raise ContractError("manifest event names another bucket")
         site, pseudo_study_uid = parse_manifest_key(ref.key)
@@ -81,24 +91,43 @@ class PreprocessService:
             manifest = self._read_manifest(ref.key, site, pseudo_study_uid)
         except PipelineError as error:
             run = RunKey(site, pseudo_study_uid, unreadable_manifest_run_id(ref.key, ref.etag))
-            return self._refuse(run, None, f"manifest refused: {error}")
-        run = RunKey(site, pseudo_study_uid, manifest.run_id)
-        logger.append_keys(
-            site=site,
-            pseudo_study_uid=pseudo_study_uid,
-            run_id=run.run_id,
-            priority=manifest.priority.value,
-        )
+            return {run.run_id: self._refuse(run, None, f"manifest refused: {error}")}
+        outcomes: dict[str, PreprocessOutcome] = {}
+        unexpected: Exception | None = None
+        for model_run in manifest.runs:
+            run = RunKey(site, pseudo_study_uid, model_run.run_id)
+            logger.append_keys(
+                site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id,
+                model_name=model_run.model_name, priority=manifest.priority.value,
+            )  # fmt: skip
+            try:
+                outcomes[run.run_id] = self._handle_run(ref, manifest, model_run, run, lease_s)
+            except Exception as error:  # raised below, after the other runs had their turn
+                logger.exception("run interrupted", run_id=run.run_id)
+                unexpected = unexpected or error
+        if unexpected is not None:
+            raise unexpected
+        return outcomes
 
+    def _handle_run(
+        self,
+        ref: ManifestRef,
+        manifest: Manifest,
+        model_run: ModelRun,
+        run: RunKey,
+        lease_s: float,
+    ) -> PreprocessOutcome:
         attributes = {
             "manifest_key": ref.key,
             # Postprocess measures end-to-end latency from here (EndToEndSeconds).
             "manifest_created_at": manifest.created_at.isoformat(),
             "priority": manifest.priority.value,
         }
-        if manifest.revises_run_id:
-            attributes["revises_run_id"] = manifest.revises_run_id
-        self._state.start(run, manifest.model_name, attributes)
+        if model_run.revises_run_id:
+            attributes["revises_run_id"] = model_run.revises_run_id
+        if model_run.shadow:
+            attributes["shadow"] = "true"
+        self._state.start(run, model_run.model_name, attributes)
         # Only the holder of the run's lease may build or call the endpoint: two concurrent
         # deliveries can no longer both see PREPROCESSED and both invoke.
         work = self._state.claim_work(run, _WORKABLE, lease_s)
@@ -111,16 +140,17 @@ class PreprocessService:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
             else:
-                outside = self._preprocess(manifest, run)
+                outside = self._preprocess(manifest, model_run.model_name, run)
                 if outside is not None:
-                    return self._not_analyzed(run, manifest.model_name, str(outside))
+                    return self._not_analyzed(run, model_run.model_name, str(outside))
                 self._state.advance(run, Stage.PREPROCESSED)
-            location = self._store.uri(preprocessed_key(site, pseudo_study_uid, run.run_id))
-            run_prefix = inference_output_prefix(site, pseudo_study_uid, run.run_id)
+            location = self._store.uri(preprocessed_key(run.site, run.pseudo_study_uid, run.run_id))
+            run_prefix = inference_output_prefix(run.site, run.pseudo_study_uid, run.run_id)
             output_location = self._endpoint.invoke(
+                model_run.model_name,
                 location,
                 inference_id(run.run_id),
-                run_prefix.removeprefix("inference-output/"),
+                run_prefix.removeprefix(INFERENCE_OUTPUT_PREFIX),
                 manifest.priority,
             )
             self._state.advance(
@@ -133,7 +163,7 @@ class PreprocessService:
             logger.warning("another delivery advanced this run", stage=str(conflict.actual))
             return PreprocessOutcome.DUPLICATE
         except PipelineError as error:
-            return self._refuse(run, manifest.model_name, f"study refused: {error}")
+            return self._refuse(run, model_run.model_name, f"study refused: {error}")
         finally:
             self._state.release(run, holder)
         metrics.add_metric(name="InferenceRequests", unit=MetricUnit.Count, value=1)
@@ -151,10 +181,10 @@ class PreprocessService:
         return manifest
 
     @tracer.capture_method
-    def _preprocess(self, manifest: Manifest, run: RunKey) -> NotAnalyzed | None:
+    def _preprocess(self, manifest: Manifest, model_name: str, run: RunKey) -> NotAnalyzed | None:
         """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
         not an error) when no series is within the model's intended use."""
-        card = self._model_card(manifest.model_name)
+        card = self._model_card(model_name)
         steps = StepSeconds()
         header_bytes_by_uid: dict[str, bytes] = {}
         selected = self._select(manifest, run, card, steps, header_bytes_by_uid)

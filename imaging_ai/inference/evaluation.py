@@ -1,7 +1,7 @@
 """Evaluate a model directory on held-out synthetic studies: sensitivity, FP/study, volume error.
 
-Run: python -m imaging_ai.inference.evaluation --model-dir containers/inference/model \
-     --seeds 1000-1019
+Run: python -m imaging_ai.inference.evaluation \
+     --model-dir containers/inference/models/lung-nodule-demo/1.0.0 --seeds 1000-1019
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Train the demo nodule model on synthetic chest phantoms and write a model directory.
 
-Run: python -m imaging_ai.inference.training --out containers/inference/model
+Run: python -m imaging_ai.inference.training \
+     --out containers/inference/models/lung-nodule-demo/1.0.0
 """
 
 from __future__ import annotations

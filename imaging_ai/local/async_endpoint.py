@@ -5,6 +5,10 @@ moto answers InvokeEndpointAsync with canned data, so the embedded default point
 the S3 InputLocation, POSTs it to the inference container's `/invocations`, writes the response
 to the endpoint's S3 output path and publishes the async notification to the success or error
 SNS topic. Unmodified boto3 code in the preprocess Lambda cannot tell the difference.
+
+One server answers for every endpoint (one per model), as the regional sagemaker-runtime API
+does; each endpoint has its own container server and its own worker (one instance each), so
+one model's queue never waits behind another's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -53,6 +57,7 @@ class AsyncEndpointConfig:
 
 @dataclass(frozen=True)
 class _Job:
+    endpoint: AsyncEndpointConfig
     inference_id: str
     input_location: str
     output_location: str
@@ -78,30 +83,36 @@ _STOP_RANK = 2
 
 
 class AsyncEndpoint:
-    """The sagemaker-runtime REST protocol over HTTP, plus one worker (one instance).
+    """The sagemaker-runtime REST protocol over HTTP, plus one worker per endpoint.
 
-    Queued requests are served STAT first, then in arrival order (the priority rides in
+    Each endpoint serves its queue STAT first, then in arrival order (the priority rides in
     CustomAttributes; see docs/priority.md for what orders requests in AWS).
     """
 
     def __init__(
         self,
-        config: AsyncEndpointConfig,
+        endpoints: Sequence[AsyncEndpointConfig],
         host: str = "127.0.0.1",
         port: int = 0,
         on_result: Callable[[str, str], None] | None = None,
     ):
-        self.config = config
+        self.endpoints = {config.endpoint_name: config for config in endpoints}
         self._on_result = on_result  # (inference_id, "Completed" | "Failed"), for timelines
-        # (priority rank, arrival number, job): STAT first, FIFO within a priority.
-        self._jobs: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        # Per endpoint, (priority rank, arrival number, job): STAT first, FIFO within a priority.
+        self._jobs: dict[str, queue.PriorityQueue[tuple[int, int, _Job | None]]] = {
+            name: queue.PriorityQueue() for name in self.endpoints
+        }
         self._arrivals = itertools.count()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._http = threading.Thread(target=self._server.serve_forever, name="async-endpoint-http")
-        self._worker = threading.Thread(target=self._work, name="async-endpoint-worker")
+        self._workers = [
+            threading.Thread(target=self._work, args=(jobs,), name=f"async-endpoint-{name}")
+            for name, jobs in self._jobs.items()
+        ]
         self.completed = 0
         self.failed = 0
+        self._count_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -111,20 +122,23 @@ class AsyncEndpoint:
     def start(self, *, hold_work: bool = False) -> AsyncEndpoint:
         """Serve requests; `hold_work` queues them until `release_work` (an instance that is
         still starting, as a scaled-to-zero endpoint's first requests wait)."""
-        self._http.daemon = self._worker.daemon = True
+        self._http.daemon = True
         self._http.start()
         if not hold_work:
-            self._worker.start()
+            self.release_work()
         return self
 
     def release_work(self) -> None:
-        self._worker.start()
+        for worker in self._workers:
+            worker.daemon = True
+            worker.start()
 
     def stop(self) -> None:
-        self._jobs.put((_STOP_RANK, next(self._arrivals), None))
+        for jobs in self._jobs.values():
+            jobs.put((_STOP_RANK, next(self._arrivals), None))
         self._server.shutdown()
         self._server.server_close()
-        for thread in (self._http, self._worker):
+        for thread in (self._http, *self._workers):
             if thread.is_alive():
                 thread.join(timeout=30)
 
@@ -133,7 +147,8 @@ class AsyncEndpoint:
     def _accept(
         self, endpoint_name: str, headers: dict[str, str]
     ) -> tuple[int, dict[str, str], Any]:
-        if endpoint_name != self.config.endpoint_name:
+        config = self.endpoints.get(endpoint_name)
+        if config is None:
             return 400, {}, {"message": f"Endpoint {endpoint_name} not found."}
         input_location = headers.get("x-amzn-sagemaker-inputlocation", "")
         try:
@@ -142,11 +157,12 @@ class AsyncEndpoint:
             return 400, {}, {"message": "InputLocation must be an s3:// URI"}
         inference_id = headers.get("x-amzn-sagemaker-inference-id") or str(uuid.uuid4())
         extension = headers.get("x-amzn-sagemaker-s3outputpathextension", "").strip("/")
-        out_base = self.config.s3_output_path.rstrip("/")
-        fail_base = self.config.s3_failure_path.rstrip("/")
+        out_base = config.s3_output_path.rstrip("/")
+        fail_base = config.s3_failure_path.rstrip("/")
         if extension:
             out_base, fail_base = f"{out_base}/{extension}", f"{fail_base}/{extension}"
         job = _Job(
+            endpoint=config,
             inference_id=inference_id,
             input_location=input_location,
             output_location=f"{out_base}/{inference_id}.out",
@@ -157,8 +173,13 @@ class AsyncEndpoint:
                 headers.get("x-amzn-sagemaker-custom-attributes", "")
             ),
         )
-        self._jobs.put((priority_rank(job.priority), next(self._arrivals), job))
-        logger.info("async_invocation_queued", inference_id=inference_id, priority=job.priority)
+        self._jobs[endpoint_name].put((priority_rank(job.priority), next(self._arrivals), job))
+        logger.info(
+            "async_invocation_queued",
+            inference_id=inference_id,
+            endpoint=endpoint_name,
+            priority=job.priority,
+        )
         reply_headers = {
             "X-Amzn-SageMaker-OutputLocation": job.output_location,
             "X-Amzn-SageMaker-FailureLocation": job.failure_location,
@@ -200,10 +221,10 @@ class AsyncEndpoint:
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _work(self) -> None:
-        # SageMaker reads inputs, writes outputs and notifies as the endpoint's execution role.
-        with acting_as(self.config.execution_role):
-            while (job := self._jobs.get()[2]) is not None:
+    def _work(self, jobs: queue.PriorityQueue[tuple[int, int, _Job | None]]) -> None:
+        while (job := jobs.get()[2]) is not None:
+            # SageMaker reads inputs, writes outputs and notifies as the execution role.
+            with acting_as(job.endpoint.execution_role):
                 try:
                     self._run(job)
                 except Exception as error:  # every failure must end in a notification
@@ -214,10 +235,10 @@ class AsyncEndpoint:
         bucket, key = _split_s3(job.input_location)
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         response = requests.post(
-            f"{self.config.inference_url}/invocations",
+            f"{job.endpoint.inference_url}/invocations",
             data=body,
             headers={"Content-Type": job.content_type},
-            timeout=self.config.invocation_timeout_s,
+            timeout=job.endpoint.invocation_timeout_s,
         )
         if response.status_code != HTTPStatus.OK:
             # SageMaker reports the container's own status and message as a ClientError.
@@ -236,11 +257,13 @@ class AsyncEndpoint:
             Body=response.content,
             ContentType=response.headers.get("Content-Type", "application/octet-stream"),
         )
-        self.completed += 1
+        with self._count_lock:
+            self.completed += 1
         self._notify(job, "Completed")
 
     def _fail(self, job: _Job, reason: str, body: bytes = b"") -> None:
-        self.failed += 1
+        with self._count_lock:
+            self.failed += 1
         bucket, key = _split_s3(job.failure_location)
         try:
             client("s3").put_object(Bucket=bucket, Key=key, Body=body or reason.encode())
@@ -256,7 +279,7 @@ class AsyncEndpoint:
             failure_reason=reason,
             request_parameters=AsyncRequestParameters(
                 content_type=job.content_type,
-                endpoint_name=self.config.endpoint_name,
+                endpoint_name=job.endpoint.endpoint_name,
                 input_location=job.input_location,
             ),
             response_parameters=AsyncResponseParameters(
@@ -267,7 +290,9 @@ class AsyncEndpoint:
             inference_id=job.inference_id,
         )
         topic = (
-            self.config.success_topic_arn if status == "Completed" else self.config.error_topic_arn
+            job.endpoint.success_topic_arn
+            if status == "Completed"
+            else job.endpoint.error_topic_arn
         )
         client("sns").publish(
             TopicArn=topic,

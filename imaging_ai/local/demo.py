@@ -23,7 +23,7 @@ from imaging_ai.local.ohif import ensure_installed as ensure_viewer_installed
 from imaging_ai.local.ohif import start_viewer
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
-from imaging_ai.local.runtime import LocalPipeline
+from imaging_ai.local.runtime import INFERENCE_LOG_PREFIX, LocalPipeline
 from imaging_ai.local.timeline import STAGES
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 
@@ -38,6 +38,14 @@ class DeliveredObject:
     study_instance_uid: str
     patient_id: str
     patient_name: str
+
+
+@dataclass(frozen=True)
+class EdgeRun:
+    run_id: str
+    model_name: str
+    shadow: bool
+    stage: str
 
 
 @dataclass
@@ -58,6 +66,9 @@ class DemoSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    # One run per model the study went to, as `edge-forwarder status` reports it.
+    edge_runs: list[EdgeRun] = field(default_factory=list)
+    edge_deliveries: str = ""  # the forwarder's delivery folder: one sub-folder per run
 
     @property
     def ok(self) -> bool:
@@ -88,6 +99,11 @@ def collect_summary(
         failures=pipeline.failures,
         peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
         step_seconds=function_steps(pipeline.work_dir / "logs"),
+        edge_runs=[
+            EdgeRun(str(r["run_id"]), str(r["model"]), bool(r["shadow"]), str(r["stage"]))
+            for r in pipeline.edge_status()
+        ],
+        edge_deliveries=str(pipeline.edge_state_dir / "deliveries"),
     )
     for instance in pipeline.pacs.study_instances(study.study_instance_uid):
         tags = instance["Tags"]
@@ -147,11 +163,15 @@ _STEP_LINES = {"model input built": "preprocess", "results written": "postproces
 def function_steps(logs: Path) -> dict[str, dict[str, float]]:
     """Step timings the functions and the inference server logged (the last run of each)."""
     steps: dict[str, dict[str, float]] = {}
-    for name, key, function in (
-        ("lambda.log", "message", None),
-        ("inference.log", "event", "inference server"),
+    servers = sorted(logs.glob(f"{INFERENCE_LOG_PREFIX}*.log"))
+    for path, key, function in (
+        (logs / "lambda.log", "message", None),
+        # One inference server per model: each is named after its model where there are several.
+        *(
+            (server, "event", "inference server" + _model_suffix(server, len(servers)))
+            for server in servers
+        ),
     ):
-        path = logs / name
         if not path.exists():
             continue
         for line in path.read_text(errors="replace").splitlines():
@@ -167,6 +187,10 @@ def function_steps(logs: Path) -> dict[str, dict[str, float]]:
             elif function is not None and message == "inference_done":
                 steps[function] = {"predict": float(entry.get("seconds", 0.0))}
     return steps
+
+
+def _model_suffix(log: Path, servers: int) -> str:
+    return f" {log.stem.removeprefix(INFERENCE_LOG_PREFIX)}" if servers > 1 else ""
 
 
 def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]:
@@ -225,6 +249,10 @@ def print_summary(
         out(f"  DiagnosticReport/{report_id} with {summary.ehr_observations} Observation(s)")
     out(f"  patient identifiers: {', '.join(summary.ehr_patient_identifiers) or 'none'}")
     out(f"  imaging study: {', '.join(summary.ehr_report_study_uids) or 'none'}")
+    for run in summary.edge_runs:
+        if run.shadow:
+            out(f"Shadow mode: {run.model_name} ran ({run.stage}); its results stay on the edge")
+            out(f"  in {summary.edge_deliveries}/{run.run_id}, never sent to PACS or EHR")
     out(f"Ground truth nodules (diameter mm): {summary.truth_nodules_mm}")
     diameters = [value for name, value, _ in summary.ehr_measurements if name == "Long Axis"]
     out(f"Reported longest diameters (mm):    {sorted(round(d, 1) for d in diameters)}")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +59,8 @@ class LocalResources:
     queues: dict[str, QueuePair]  # Lambda stage name -> its work queue and DLQ
     inference_success_topic_arn: str
     inference_error_topic_arn: str
-    endpoint_name: str
+    # One async endpoint per model: model name -> endpoint name.
+    model_endpoints: dict[str, str] = field(default_factory=dict)
     site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
     # Lambda stage name -> the queue STAT studies reach it on (stages with `stat_headroom`)
     stat_queues: dict[str, QueuePair] = field(default_factory=dict)
@@ -80,7 +83,7 @@ class LocalResources:
             "DATA_BUCKET": self.data_bucket,
             "STATE_TABLE": self.state_table,
             "KMS_KEY_ARN": self.kms_key_arn,
-            "ENDPOINT_NAME": self.endpoint_name,
+            "MODEL_ENDPOINTS": json.dumps(self.model_endpoints, sort_keys=True),
             "SITE_RESULTS_QUEUES": json.dumps(self.site_results_queues, sort_keys=True),
             "POWERTOOLS_SERVICE_NAME": service_name,
             "POWERTOOLS_METRICS_NAMESPACE": "ImagingAI",
@@ -144,10 +147,21 @@ def provision(
         queues=queues,
         inference_success_topic_arn=success_arn,
         inference_error_topic_arn=error_arn,
-        endpoint_name=LOCAL_NAMES["endpoint_name"],
+        model_endpoints={card.name: model_endpoint_name(card.name) for card in model_cards},
         site_results_queues=site_queues,
         stat_queues=stat_queues,
     )
+
+
+def model_endpoint_name(model_name: str) -> str:
+    """The local async endpoint of a model. SageMaker endpoint names are letters, digits and
+    hyphens (at most 63): other characters become hyphens, and a hash keeps such names apart."""
+    prefix = LOCAL_NAMES["endpoint_prefix"]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", model_name).strip("-")
+    if slug == model_name and len(prefix) + len(slug) <= 63:
+        return prefix + slug
+    digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
+    return f"{prefix}{slug[: 63 - len(prefix) - 9]}-{digest}"
 
 
 def _kms_key() -> str:

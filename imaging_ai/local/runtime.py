@@ -61,16 +61,17 @@ from imaging_ai.local.timeline import (
     FAILED,
     NOT_ANALYZED,
     NOT_ROUTED,
+    SHADOW_STAGES,
     Timeline,
 )
 from imaging_ai.logs import get_logger
 from imaging_ai.model_card import ModelCard, load_model_card
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.state import RunStateStore
 
 logger = get_logger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_DIR = REPO_ROOT / "containers" / "inference" / "model"
 FORWARDER_AE_TITLE = "EDGE_FWD"
 MODALITY_AE_TITLE = "CT_MODALITY"
 
@@ -80,6 +81,17 @@ _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
 # Which stand-in serves the cloud's AWS APIs (README: `make demo BACKEND=localstack`).
 BACKEND_ENV = "IMAGING_AI_BACKEND"
 BACKENDS = ("moto", "localstack")
+# Each model's inference server logs to `logs/inference-{model name}.log`.
+INFERENCE_LOG_PREFIX = "inference-"
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model the local deployment runs: its own inference server and async endpoint."""
+
+    model_dir: Path  # a model directory (e.g. a version folder of the model registry)
+    # The local hospital runs it in shadow mode: results kept, never delivered.
+    shadow: bool = False
 
 
 @dataclass
@@ -92,15 +104,17 @@ class LocalPipeline:
         Where logs, the forwarder's spool and state, Orthanc's storage and secrets go.
     site
         The site code of the local hospital.
-    model_dir
-        A model directory meeting the model contract (model.json + weights).
+    models
+        The models deployed, each a model directory meeting the model contract (model.json +
+        weights) with its own inference server and endpoint; the forwarder routes a study to
+        each whose intended use it matches.
     quiet_seconds
         The forwarder's study quiet timer; short locally, a minute or more at a hospital.
     """
 
     work_dir: Path
     site: str = "demo-site"
-    model_dir: Path = DEFAULT_MODEL_DIR
+    models: tuple[LocalModel, ...] = (LocalModel(DEMO_MODEL_DIR),)
     quiet_seconds: float = 3.0
     printer: Any = print
     backend: str = field(default_factory=lambda: os.environ.get(BACKEND_ENV) or "moto")
@@ -115,12 +129,12 @@ class LocalPipeline:
     localstack: LocalStackServer | None = field(default=None, init=False)
     identities: Identities | None = field(default=None, init=False)
     resources: LocalResources | None = field(default=None, init=False)
-    card: ModelCard | None = field(default=None, init=False)
+    cards: list[ModelCard] = field(default_factory=list, init=False)
     pacs: Orthanc | None = field(default=None, init=False)
     ehr: FhirServer | None = field(default=None, init=False)
     forwarder_port: int = field(default=0, init=False)
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
-    _endpoint: AsyncEndpoint | None = field(default=None, init=False)
+    _endpoint: AsyncEndpoint | None = field(default=None, init=False)  # every model's
     _sources: LocalEventSources | None = field(default=None, init=False)
     _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
@@ -157,42 +171,27 @@ class LocalPipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         logs = self.work_dir / "logs"
         logs.mkdir(exist_ok=True)
-        self.card = load_model_card(self.model_dir)
+        self.cards = [load_model_card(model.model_dir) for model in self.models]
+        if len({card.name for card in self.cards}) != len(self.cards):
+            raise PipelineError("each local model needs its own name")
         self._start_cloud(logs)
         assert self.resources
-        inference_port = free_port()
-        self._say("starting the inference container's server on the CPU", model=self.card.name)
-        self._processes.append(
-            ManagedProcess(
-                name="inference server",
-                argv=[
-                    sys.executable,
-                    "-m",
-                    "containers.inference.serve",
-                    "--model-dir",
-                    str(self.model_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(inference_port),
-                ],
-                log_path=logs / "inference.log",
-                cwd=REPO_ROOT,
-            ).start(http_ready(f"http://127.0.0.1:{inference_port}/ping"), timeout_s=120)
-        )
         bucket = self.resources.data_bucket
-        self._endpoint = AsyncEndpoint(
-            AsyncEndpointConfig(
-                endpoint_name=self.resources.endpoint_name,
-                inference_url=f"http://127.0.0.1:{inference_port}",
-                s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
-                s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
-                success_topic_arn=self.resources.inference_success_topic_arn,
-                error_topic_arn=self.resources.inference_error_topic_arn,
-                execution_role=self._role(SAGEMAKER_ROLE),
-            ),
-            on_result=self._on_inference_result,
-        ).start()
+        endpoints = []
+        for model, card in zip(self.models, self.cards, strict=True):
+            inference_url = self._start_inference_server(model, card, logs)
+            endpoints.append(
+                AsyncEndpointConfig(
+                    endpoint_name=self.resources.model_endpoints[card.name],
+                    inference_url=inference_url,
+                    s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
+                    s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
+                    success_topic_arn=self.resources.inference_success_topic_arn,
+                    error_topic_arn=self.resources.inference_error_topic_arn,
+                    execution_role=self._role(SAGEMAKER_ROLE),
+                )
+            )
+        self._endpoint = AsyncEndpoint(endpoints, on_result=self._on_inference_result).start()
         self._set_environ(
             {
                 **self.resources.function_environment(),
@@ -228,6 +227,30 @@ class LocalPipeline:
         self.ehr = start_fhir_server(logs)
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
+
+    def _start_inference_server(self, model: LocalModel, card: ModelCard, logs: Path) -> str:
+        """The inference container's server for one model, on the CPU; returns its URL."""
+        port = free_port()
+        self._say("starting the inference container's server on the CPU", model=card.name)
+        self._processes.append(
+            ManagedProcess(
+                name=f"inference server {card.name}",
+                argv=[
+                    sys.executable,
+                    "-m",
+                    "containers.inference.serve",
+                    "--model-dir",
+                    str(model.model_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                log_path=logs / f"{INFERENCE_LOG_PREFIX}{card.name}.log",
+                cwd=REPO_ROOT,
+            ).start(http_ready(f"http://127.0.0.1:{port}/ping"), timeout_s=120)
+        )
+        return f"http://127.0.0.1:{port}"
 
     def stop(self) -> None:
         self._stop.set()
@@ -295,7 +318,7 @@ class LocalPipeline:
                 "starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1"
             )
         self._set_environ(environment)
-        self.resources = provision([self.site], [self.card] if self.card else [])
+        self.resources = provision([self.site], self.cards)
         if self.iam_policies is not None and self.cloud_moto is not None:
             self.identities = create_roles(
                 self.cloud_moto, deployer, self.iam_policies(self.resources)
@@ -311,7 +334,7 @@ class LocalPipeline:
     # -- the hospital's side -----------------------------------------------------------------
 
     def _start_forwarder(self, logs: Path) -> None:
-        assert self.resources and self.pacs and self.ehr and self.card
+        assert self.resources and self.pacs and self.ehr and self.cards
         edge = self.work_dir / "edge"
         edge.mkdir(exist_ok=True)
         for name in ("site-secret.hex", "crosswalk-key.hex"):
@@ -326,20 +349,18 @@ class LocalPipeline:
                 site=self.site,
                 port=self.forwarder_port,
                 quiet_seconds=self.quiet_seconds,
-                card=self.card,
+                models=list(zip(self.cards, (m.shadow for m in self.models), strict=True)),
                 bucket=self.resources.data_bucket,
                 kms_key_arn=self.resources.kms_key_arn,
                 pacs=self.pacs,
                 ehr_url=self.ehr.base_url,
             )
         )
-        executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
-        argv = [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
         self._say("starting the edge forwarder (C-STORE SCP)", port=self.forwarder_port)
         site_credentials = self._role(site_role(self.site))
         process = ManagedProcess(
             name="edge forwarder",
-            argv=[*argv, "run", "--config", str(config)],
+            argv=[*_forwarder_command(), "run", "--config", str(config)],
             log_path=logs / "edge-forwarder.log",
             cwd=REPO_ROOT,
             # The forwarder holds its site role's credentials only, as at a hospital.
@@ -380,6 +401,23 @@ class LocalPipeline:
             found, "127.0.0.1", self.forwarder_port, FORWARDER_AE_TITLE, MODALITY_AE_TITLE
         )
 
+    @property
+    def edge_state_dir(self) -> Path:
+        """The forwarder's state folder: journal, outbox, and the delivery folder of each run."""
+        return self.work_dir / "edge" / "state"
+
+    def edge_status(self) -> list[dict[str, Any]]:
+        """What `edge-forwarder status --json` says of every run, as a site operator sees it."""
+        result = subprocess.run(
+            [*_forwarder_command(), "status", "--json", "--config",
+             str(self.work_dir / "edge" / "forwarder.toml")],
+            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise PipelineError(f"edge-forwarder status failed: {result.stderr[-500:]}")
+        runs: list[dict[str, Any]] = json.loads(result.stdout)
+        return runs
+
     def peak_rss(self) -> dict[str, int]:
         """Peak resident bytes of each process of the pipeline, by what it runs."""
         peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
@@ -389,9 +427,12 @@ class LocalPipeline:
         return peaks
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
-        return self.timeline.wait_for(
-            (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR), timeout_s
-        )
+        """Until the live results reached PACS and EHR and, where a model runs in shadow mode,
+        its results were kept on the edge (the first of each a study's runs reach)."""
+        stages: tuple[str, ...] = (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR)
+        if any(model.shadow for model in self.models):
+            stages += (EdgeStage.SHADOW_STORED,)
+        return self.timeline.wait_for(stages, timeout_s)
 
     # -- watchers ----------------------------------------------------------------------------
 
@@ -414,7 +455,7 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
-        if event in EDGE_TIMELINE_STAGES:
+        if event in EDGE_TIMELINE_STAGES or event in SHADOW_STAGES:
             self.timeline.record(str(event), _detail(entry))
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)
@@ -490,6 +531,11 @@ class LocalPipeline:
             self.printer(f"- {text}")
 
 
+def _forwarder_command() -> list[str]:
+    executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
+    return [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
+
+
 def _detail(entry: dict[str, Any]) -> str:
     parts = []
     for name in ("instances", "series", "count", "bytes", "run_id"):
@@ -518,11 +564,20 @@ def _routes(card: ModelCard) -> str:
     return "\n".join(rules or [base])
 
 
+def _model_modes(models: list[tuple[ModelCard, bool]]) -> str:
+    """The `[models]` table: which models the local hospital runs in shadow mode."""
+    return "".join(
+        f'[models.{_toml_string(card.name)}]\nmode = "shadow"\n\n'
+        for card, shadow in models
+        if shadow
+    )
+
+
 def _forwarder_config(
     site: str,
     port: int,
     quiet_seconds: float,
-    card: ModelCard,
+    models: list[tuple[ModelCard, bool]],
     bucket: str,
     kms_key_arn: str,
     pacs: Orthanc,
@@ -533,7 +588,7 @@ def _forwarder_config(
     The loops poll every 0.2 s: each tick is a few local reads, and a study waits for the next
     tick after its quiet timer and again after its results arrive.
     """
-    model_name = card.name
+    routes = "\n".join(_routes(card) for card, _ in models)
     return f"""# Written by the local runtime (edge_forwarder/example-config.toml: every option).
 site = {_toml_string(site)}
 state_dir = "state"
@@ -548,7 +603,7 @@ quiet_seconds_study = {quiet_seconds}
 quiet_seconds_series = {quiet_seconds}
 min_free_disk_bytes = 104857600
 
-{_routes(card)}
+{routes}
 
 # Only the local modality (DCMTK storescu in `send_study`) may store, and only from loopback.
 [[intake.senders]]
@@ -566,7 +621,6 @@ key = {{ file = "crosswalk-key.hex" }}
 [aws]
 bucket = {_toml_string(bucket)}
 kms_key_arn = {_toml_string(kms_key_arn)}
-model_name = {_toml_string(model_name)}
 
 [results]
 wait_time_s = 1
@@ -586,4 +640,5 @@ retry_base_s = 0.5
 
 [observability]
 metrics_port = 0
-"""
+
+{_model_modes(models)}"""

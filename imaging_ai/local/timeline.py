@@ -19,6 +19,8 @@ EDGE_TIMELINE_STAGES = (
     EdgeStage.DELIVERED_PACS,
     EdgeStage.DELIVERED_EHR,
 )
+# Recorded when seen, but only where a model runs in shadow mode (not part of every study's road).
+SHADOW_STAGES = (EdgeStage.SHADOW_STORED,)
 # Where the cloud's part goes; "inferred" comes from the async endpoint, not the state table.
 CLOUD_TIMELINE_STEPS = ("preprocessed", "inferred", "reported")
 FAILED = "failed"
@@ -43,6 +45,7 @@ DESCRIPTIONS = {
     EdgeStage.RESULTS_RECEIVED: "edge fetched and decrypted the results",
     EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
     EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
+    EdgeStage.SHADOW_STORED: "shadow-mode model's results kept on the edge, not delivered",
     FAILED: "FAILED",
     NOT_ANALYZED: "NOT ANALYZED: outside the model's intended use, no findings delivered",
     NOT_ROUTED: "no routing rule matched: the study stays on site",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
+from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D, DemoSummary, collect_summary
-from imaging_ai.local.runtime import LocalPipeline
+from imaging_ai.local.runtime import LocalModel, LocalPipeline
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.model_support import SHADOW_MODEL, renamed_demo_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,8 +49,11 @@ def delivered(
     from tests.cloud_contract import role_specs
 
     iam = request.param == "moto-iam"
+    # ... and two models deployed for chest CT: the demo model live, a second in shadow mode
+    shadow = renamed_demo_model(work_dir / "registry")
     pipeline = LocalPipeline(
         work_dir=work_dir,
+        models=(LocalModel(DEMO_MODEL_DIR), LocalModel(shadow.model_dir, shadow=True)),
         quiet_seconds=2.0,
         printer=None,
         backend="moto" if iam else "localstack",
@@ -70,6 +78,24 @@ def test_results_reach_pacs_and_ehr(delivered: tuple[DemoSummary, SyntheticStudy
     stages = [stage for stage, _ in summary.stage_seconds]
     for stage in ("received", "uploaded", "preprocessed", "inferred", "reported"):
         assert stage in stages
+
+
+def test_the_shadow_models_results_stay_on_the_edge_and_reach_neither_pacs_nor_ehr(
+    delivered: tuple[DemoSummary, SyntheticStudy],
+) -> None:
+    summary, study = delivered
+    # Then the study ran once per model: the live run delivered, the shadow run kept
+    runs = {run.model_name: run for run in summary.edge_runs}
+    # (the live run may still be between its last delivery and DELIVERED)
+    delivered = {EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR, EdgeStage.DELIVERED}
+    assert runs["lung-nodule-demo"].stage in delivered and not runs["lung-nodule-demo"].shadow
+    assert runs[SHADOW_MODEL].stage == EdgeStage.SHADOW_STORED and runs[SHADOW_MODEL].shadow
+    # ... the shadow model's SEG is on the edge, re-identified, made by the shadow model
+    seg = pydicom.dcmread(Path(summary.edge_deliveries) / runs[SHADOW_MODEL].run_id / "seg.dcm")
+    assert seg.ManufacturerModelName == SHADOW_MODEL
+    assert seg.StudyInstanceUID == study.study_instance_uid
+    # ... while the PACS holds one SR and one SEG and the EHR one report: the live model's
+    assert len(summary.pacs_objects) == 2 and len(summary.ehr_report_ids) == 1
 
 
 def test_sr_and_seg_arrive_under_original_study_and_patient(

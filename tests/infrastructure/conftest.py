@@ -16,6 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CDK_DIR = REPO_ROOT / "cdk"
 CHECKOV = REPO_ROOT / ".tools" / "checkov-venv" / "bin" / "checkov"
 SITES = ("site-a", "site-b")
+# The models the prod stage is synthesized with (the Makefile's prod gate uses the same file).
+PROD_MODELS = CDK_DIR / "models.example.json"
 
 # `cdk/` is an app, not an installed package: tests import it the way `cdk/app.py` does.
 if str(CDK_DIR) not in sys.path:
@@ -77,6 +79,8 @@ def _synth(stage: str, assets: Path, outdir: Path) -> Synthesized:
     from imaging_ai_infra.app_builder import build_app
 
     context = {"stage": stage, "sites": ",".join(SITES), "lambda_asset_root": str(assets)}
+    if stage == "prod":  # as the prod gate: several models, one endpoint each
+        context["models"] = PROD_MODELS.read_text()
     build_app(context, outdir=str(outdir)).synth()  # raises ValidationFailed on nag findings
     template_path = outdir / f"ImagingAi-{stage}.template.json"
     return Synthesized(stage, json.loads(template_path.read_text()), template_path, outdir)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from imaging_ai.lambda_stages import LAMBDA_STAGES
-from tests.infrastructure.conftest import SITES, Synthesized
+from tests.infrastructure.conftest import PROD_MODELS, SITES, Synthesized
 
 pytestmark = pytest.mark.infrastructure
 
@@ -456,3 +456,59 @@ def test_preprocess_can_tell_every_site_that_its_study_was_refused(dev: Synthesi
         ]
     )
     assert all(f'"{queue_id}"' in sendable for queue_id in queue_ids)
+
+
+def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those(
+    prod: Synthesized,
+) -> None:
+    # Given the prod stage synthesized with the example models list (two models)
+    models = {m["name"]: m for m in json.loads(PROD_MODELS.read_text())}
+    # Then there is one endpoint per model, each with the model's instance type and scaling
+    endpoints = {
+        e["Properties"]["EndpointName"]: e
+        for e in prod.resources("AWS::SageMaker::Endpoint").values()
+    }
+    assert set(endpoints) == {f"imaging-ai-{name}" for name in models}
+    configs = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in prod.resources("AWS::SageMaker::EndpointConfig").items()
+    }
+    for name, model in models.items():
+        endpoint = endpoints[f"imaging-ai-{name}"]["Properties"]
+        config_id = endpoint["EndpointConfigName"]["Fn::GetAtt"][0]
+        variant = configs[config_id]["ProductionVariants"][0]
+        assert variant["InstanceType"] == model["instance_type"]
+        (target,) = [
+            t["Properties"]
+            for t in prod.resources("AWS::ApplicationAutoScaling::ScalableTarget").values()
+            if t["Properties"]["ResourceId"] == f"endpoint/imaging-ai-{name}/variant/AllTraffic"
+        ]
+        assert (target["MinCapacity"], target["MaxCapacity"]) == (
+            model["min_capacity"],
+            model["max_capacity"],
+        )
+    # ... each container names its model and version (the artifact: the registry's, or given)
+    containers = [
+        m["Properties"]["PrimaryContainer"]
+        for m in prod.resources("AWS::SageMaker::Model").values()
+    ]
+    served = sorted(
+        (c["Environment"]["MODEL_NAME"], c["Environment"]["MODEL_VERSION"]) for c in containers
+    )
+    assert served == sorted((name, m["version"]) for name, m in models.items())
+    assert any(c["ModelDataUrl"] == models["lung-nodule-shadow"]["artifact"] for c in containers)
+    # ... and preprocess knows which endpoint serves which model, and may invoke only those
+    _, preprocess = _function(prod, "preprocess")
+    routes = json.loads(preprocess["Environment"]["Variables"]["MODEL_ENDPOINTS"])
+    assert routes == {name: f"imaging-ai-{name}" for name in models}
+    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
+    invocable = json.dumps(
+        [
+            statement["Resource"]
+            for logical_id, statement in _statements(prod)
+            if "sagemaker:InvokeEndpointAsync" in _as_list(statement["Action"])
+            and role in json.dumps(prod.template["Resources"][logical_id]["Properties"])
+        ]
+    )
+    assert all(f":endpoint/imaging-ai-{name}" in invocable for name in models)
+    assert "endpoint/*" not in invocable

@@ -54,6 +54,16 @@ class Stack:
         emulate_inference(resources.data_bucket, location, topic, study, fail=fail)
         return study
 
+    def watch_endpoints(self) -> None:
+        """Record each InvokeEndpointAsync call (moto answers it with canned data)."""
+
+        def count(params: dict[str, object], **_: object) -> None:
+            self.inference_calls.append(params)
+
+        client("sagemaker-runtime").meta.events.register(
+            "provide-client-params.sagemaker-runtime.InvokeEndpointAsync", count
+        )
+
     def site_messages(self) -> list[str]:
         sqs = client("sqs")
         bodies: list[str] = []
@@ -81,12 +91,6 @@ def stack(aws: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
     bootstrap.reset()
     result = Stack(resources)
-
-    def count(params: dict[str, object], **_: object) -> None:
-        result.inference_calls.append(params)
-
-    client("sagemaker-runtime").meta.events.register(
-        "provide-client-params.sagemaker-runtime.InvokeEndpointAsync", count
-    )
+    result.watch_endpoints()
     yield result
     bootstrap.reset()

@@ -79,7 +79,7 @@ def test_a_head_ct_labelled_chest_is_not_analyzed_and_the_site_is_told_why(
 
     # Then the run ended NOT_ANALYZED, no inference was requested, and the site got one
     # NOT_ANALYZED message naming every series' reason (the lung check caught the head)
-    assert _state(stack, manifest.pseudo_study_uid, manifest.run_id) == Stage.NOT_ANALYZED
+    assert _state(stack, manifest.pseudo_study_uid, manifest.runs[0].run_id) == Stage.NOT_ANALYZED
     assert stack.inference_calls == []
     messages = [SiteResultMessage.model_validate_json(b) for b in stack.site_messages()]
     assert [m.kind for m in messages] == ["NOT_ANALYZED"]
@@ -103,7 +103,7 @@ def test_the_chest_series_is_chosen_among_localizer_head_and_dose_objects(
     stack.preprocess().poll_once()
 
     # Then inference was requested on the chest series' volume, nothing else
-    assert _state(stack, manifest.pseudo_study_uid, manifest.run_id) == Stage.INFERRING
+    assert _state(stack, manifest.pseudo_study_uid, manifest.runs[0].run_id) == Stage.INFERRING
     (call,) = stack.inference_calls
     bucket, key = str(call["InputLocation"]).removeprefix("s3://").split("/", 1)
     image, meta = unpack_model_input(client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())

@@ -34,7 +34,7 @@ def test_a_committed_study_comes_back_as_encrypted_results(stack: Stack, tmp_pat
     assert (outcome.received, outcome.failed) == (1, 0)
     assert len(stack.inference_calls) == 1
     call = stack.inference_calls[0]
-    assert call["EndpointName"] == resources.endpoint_name
+    assert call["EndpointName"] == resources.model_endpoints[study.model_name]
     assert call["ContentType"] == "application/x-npz"
     assert str(call["InputLocation"]).endswith(f"/{study.run_id}/input.npz")
     assert _state(stack, study.pseudo_study_uid, study.run_id) is Stage.INFERRING

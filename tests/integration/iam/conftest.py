@@ -178,15 +178,18 @@ def async_endpoint(
     threading.Thread(target=container.serve_forever, daemon=True).start()
     bucket = stack.resources.data_bucket
     endpoint = AsyncEndpoint(
-        AsyncEndpointConfig(
-            endpoint_name=stack.resources.endpoint_name,
-            inference_url=f"http://127.0.0.1:{container.server_address[1]}",
-            s3_output_path=f"s3://{bucket}/inference-output",
-            s3_failure_path=f"s3://{bucket}/inference-failure",
-            success_topic_arn=stack.resources.inference_success_topic_arn,
-            error_topic_arn=stack.resources.inference_error_topic_arn,
-            execution_role=stack.sagemaker,
-        )
+        [
+            AsyncEndpointConfig(
+                endpoint_name=endpoint_name,
+                inference_url=f"http://127.0.0.1:{container.server_address[1]}",
+                s3_output_path=f"s3://{bucket}/inference-output",
+                s3_failure_path=f"s3://{bucket}/inference-failure",
+                success_topic_arn=stack.resources.inference_success_topic_arn,
+                error_topic_arn=stack.resources.inference_error_topic_arn,
+                execution_role=stack.sagemaker,
+            )
+            for endpoint_name in stack.resources.model_endpoints.values()
+        ]
     ).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", endpoint.url)
     reset_clients()

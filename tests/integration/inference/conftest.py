@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from imaging_ai.model_registry import DEMO_MODEL_DIR
+
 REPO = Path(__file__).resolve().parents[3]
-DEMO_MODEL_DIR = REPO / "containers" / "inference" / "model"
 
 
 @dataclass

@@ -45,7 +45,7 @@ def test_storescu_multi_series_study_completes_once(
     completed = intake.poll_completed(now=time.time() + LATER)
     assert len(completed) == 1
     done = completed[0]
-    assert (done.run_number, done.route) == (1, "lung-nodule-demo")
+    assert (done.run_number, done.models) == (1, ("lung-nodule-demo",))
     assert {uid: len(files) for uid, files in done.series.items()} == {
         uid: len(files) for uid, files in study.series.items()
     }
@@ -119,7 +119,7 @@ def test_routing_rules_choose_the_model_and_unmatched_studies_stay(
         path.unlink()  # leave only the soft-tissue series, which no rule matches
     assert storescu(intake.port, [p for p in unmatched.paths if p.exists()]).returncode == 0
     completed = intake.poll_completed(now=time.time() + LATER)
-    assert [c.route for c in completed] == ["lung-thin"]
+    assert [c.models for c in completed] == [("lung-thin",)]
     assert intake.poll_completed(now=time.time() + 2 * LATER) == []
 
 

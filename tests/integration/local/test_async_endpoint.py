@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,10 +37,23 @@ class _Container(BaseHTTPRequestHandler):
         return
 
 
+class _SecondModel(_Container):
+    """Another model's container: it answers in upper case."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-npz")
+        self.end_headers()
+        self.wfile.write(body.upper())
+
+
 @pytest.fixture
 def endpoint(aws: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AsyncEndpoint, str]]:
     container = ThreadingHTTPServer(("127.0.0.1", 0), _Container)
-    threading.Thread(target=container.serve_forever, daemon=True).start()
+    second = ThreadingHTTPServer(("127.0.0.1", 0), _SecondModel)
+    for server in (container, second):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
     s3, sns, sqs = client("s3"), client("sns"), client("sqs")
     s3.create_bucket(Bucket=BUCKET)
     queue_url = sqs.create_queue(QueueName="notifications")["QueueUrl"]
@@ -57,12 +71,19 @@ def endpoint(aws: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Asy
         success_topic_arn=topics[0],
         error_topic_arn=topics[1],
     )
-    emulator = AsyncEndpoint(config).start()
+    other = replace(
+        config,
+        endpoint_name="second",
+        inference_url=f"http://127.0.0.1:{second.server_address[1]}",
+    )
+    emulator = AsyncEndpoint([config, other]).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", emulator.url)
     reset_clients()
     yield emulator, queue_url
     emulator.stop()
-    container.shutdown()
+    for server in (container, second):
+        server.shutdown()
+        server.server_close()
 
 
 def _notification(queue_url: str) -> dict[str, Any]:
@@ -114,13 +135,33 @@ def test_unknown_endpoint_is_refused(endpoint: tuple[AsyncEndpoint, str]) -> Non
         )
 
 
+def test_each_endpoint_sends_its_requests_to_its_own_models_server(
+    endpoint: tuple[AsyncEndpoint, str],
+) -> None:
+    _, queue_url = endpoint
+    # Given two endpoints, one per model, each in front of its own container
+    client("s3").put_object(Bucket=BUCKET, Key="preprocessed/in.npz", Body=b"abc")
+    # When the second model's endpoint is invoked
+    client("sagemaker-runtime").invoke_endpoint_async(
+        EndpointName="second",
+        InputLocation=f"s3://{BUCKET}/preprocessed/in.npz",
+        InferenceId="run-2",
+    )
+    # Then its own container answered, and the notification names that endpoint
+    notification = _notification(queue_url)
+    assert notification["requestParameters"]["endpointName"] == "second"
+    key = notification["responseParameters"]["outputLocation"].split(f"{BUCKET}/", 1)[1]
+    assert client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"ABC"
+
+
 def test_a_stat_request_queued_behind_five_routine_ones_is_served_first(
     endpoint: tuple[AsyncEndpoint, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an endpoint whose instance is still starting (it queues, serves nothing yet)
     served: list[str] = []
     held = AsyncEndpoint(
-        endpoint[0].config, on_result=lambda inference_id, _: served.append(inference_id)
+        list(endpoint[0].endpoints.values()),
+        on_result=lambda inference_id, _: served.append(inference_id),
     ).start(hold_work=True)
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", held.url)
     reset_clients()

@@ -196,7 +196,7 @@ class CloudSide:
                 site=SITE,
                 pseudo_study_uid=manifest.pseudo_study_uid,
                 pseudo_series_uid=str(headers[0].SeriesInstanceUID),
-                run_id=manifest.run_id,
+                run_id=manifest.runs[0].run_id,
                 model_name=card.name,
                 source_geometry=geometry,
                 model_geometry=geometry,
@@ -214,7 +214,7 @@ class CloudSide:
         for d in headers:
             del d.PixelData
         objects = build_results(
-            headers, labels, output, card, manifest.run_id, key_slices_hu=key_slices
+            headers, labels, output, card, manifest.runs[0].run_id, key_slices_hu=key_slices
         )
         if edit_bundle is not None:
             edit_bundle(objects.bundle)
@@ -226,7 +226,7 @@ class CloudSide:
             ("report.bundle.json", json.dumps(objects.bundle).encode()),
             ("keyimages.dcm", _part10(objects.key_images)),  # type: ignore[arg-type]
         ):
-            key = result_key(SITE, manifest.pseudo_study_uid, manifest.run_id, name)
+            key = result_key(SITE, manifest.pseudo_study_uid, manifest.runs[0].run_id, name)
             client("s3").put_object(
                 Bucket=BUCKET, Key=key, Body=envelope.encrypt_bytes(data, self.key_arn, context)
             )
@@ -235,7 +235,7 @@ class CloudSide:
             kind="RESULT_READY",
             site=SITE,
             pseudo_study_uid=manifest.pseudo_study_uid,
-            run_id=manifest.run_id,
+            run_id=manifest.runs[0].run_id,
             result_keys=keys,
         )
         client("sqs").send_message(QueueUrl=self.queue_url, MessageBody=message.model_dump_json())

@@ -39,7 +39,7 @@ def completed_study(
         tmp / "ct", seed=seed, shape=(24, 128, 128), spacing_mm=(2.5, 2.5, 2.5), nodule_count=1
     )
     intake = ListIntake(
-        [CompletedStudy(f"study-{seed}", 1, "default", {study.series_instance_uid: study.paths})]
+        [CompletedStudy(f"study-{seed}", 1, ("default",), {study.series_instance_uid: study.paths})]
     )
     path = write_config(tmp, cloud, pacs_port, ehr_url, **config)
     forwarder, loaded = forwarder_from_config(path, intake)

@@ -87,7 +87,7 @@ retry_base_s = 0.05
 """
     )
     intake = ListIntake(
-        [CompletedStudy("s-1", 1, "default", {study.series_instance_uid: study.paths})]
+        [CompletedStudy("s-1", 1, ("default",), {study.series_instance_uid: study.paths})]
     )
     forwarder, _ = forwarder_from_config(config_path, intake)
     try:

@@ -44,7 +44,7 @@ def test_a_stat_study_sent_last_behind_five_routine_ones_is_delivered_first(
             CompletedStudy(
                 f"study-{number}",
                 1,
-                "default",
+                ("default",),
                 {study.series_instance_uid: study.paths},
                 Priority.STAT if number == stat_number else Priority.ROUTINE,
             )

@@ -39,7 +39,7 @@ def test_study_round_trip_restores_identity_and_leaks_nothing(
     (run,) = forwarder.journal.runs()
     assert run.stage == "uploaded" and intake.forwarded == [("study-11", 1)]
     manifest = cloud.read_manifest(run.pseudo_study_uid)
-    assert manifest.run_id == run.run_id and len(manifest.series) == 1
+    assert manifest.runs[0].run_id == run.run_id and len(manifest.series) == 1
     stored = (
         client("s3").get_object(Bucket=BUCKET, Key=manifest.series[0].object_key)["Body"].read()
     )

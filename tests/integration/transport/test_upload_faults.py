@@ -20,7 +20,7 @@ from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.uploader import SeriesTar, Uploader, UploadSettings, s3_client
 from imaging_ai import envelope
 from imaging_ai.aws import reset_clients
-from imaging_ai.contracts import DeidRecord, ManifestInstance, manifest_key
+from imaging_ai.contracts import DeidRecord, ManifestInstance, ModelRun, manifest_key
 from imaging_ai.local.moto_server import MotoServer, free_port, start_moto_server
 
 pytestmark = pytest.mark.integration
@@ -48,7 +48,6 @@ def _settings(key_arn: str, limit_bytes_s: float = 0.0) -> UploadSettings:
         bucket=BUCKET,
         kms_key_arn=key_arn,
         site=SITE,
-        model_name="lung-nodule-ct",
         forwarder_version="test",
         part_size=5 * MIB,
         parallel_parts=2,
@@ -81,6 +80,7 @@ def _prepared_run(tmp: Path, key_arn: str, size: int = 22 * MIB) -> tuple[Journa
             )
         ],
         DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
+        [ModelRun(run_id="r1-test", model_name="lung-nodule-ct")],
     )
     return journal, "r1-test"
 
@@ -163,7 +163,7 @@ from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.uploader import Uploader, UploadSettings
 a = json.loads(sys.argv[1])
 settings = UploadSettings(bucket=a["bucket"], kms_key_arn=a["key"], site="site-a",
-    model_name="m", forwarder_version="t", part_size=5 * 2**20, parallel_parts=1,
+    forwarder_version="t", part_size=5 * 2**20, parallel_parts=1,
     bandwidth_limit_bytes_s=a["rate"], backoff=Backoff(0.05, 0.5))
 Uploader(settings, Journal(Path(a["journal"]))).upload("r1-test")
 """

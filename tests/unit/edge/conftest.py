@@ -17,7 +17,7 @@ from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.results import ReceivedMessage
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, Priority, SiteResultMessage
+from imaging_ai.contracts import DeidRecord, ModelRun, Priority, SiteResultMessage
 
 
 @dataclass
@@ -26,10 +26,17 @@ class Prepared:
     pseudo_study_uid: str
     series: list[SeriesTar]
     deidentification: DeidRecord
-    revises_run_id: str | None
-    model_name: str | None
+    runs: list[ModelRun]
     members: dict[str, list[str]]  # tar name -> member names, read while preparing
     priority: Priority = Priority.ROUTINE
+
+    @property
+    def revises_run_id(self) -> str | None:
+        return self.runs[0].revises_run_id
+
+    @property
+    def model_name(self) -> str:
+        return self.runs[0].model_name
 
 
 @dataclass
@@ -41,8 +48,7 @@ class FakeUploader:
     fail_uploads: int = 0
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
-                deidentification: DeidRecord, revises_run_id: str | None = None,
-                model_name: str | None = None,
+                deidentification: DeidRecord, runs: list[ModelRun],
                 priority: Priority = Priority.ROUTINE) -> None:  # fmt: skip
         members = {}
         for item in series:
@@ -54,8 +60,7 @@ class FakeUploader:
                 pseudo_study_uid,
                 series,
                 deidentification,
-                revises_run_id,
-                model_name,
+                runs,
                 members,
                 priority,
             )

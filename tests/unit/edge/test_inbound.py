@@ -291,3 +291,50 @@ def test_the_optional_pacs_notice_tells_the_original_study_why(
         "Not analyzed by lung-nodule-demo: no series within the model's intended use: localizer"
     )
     assert PSEUDO_PATIENT.encode() not in stored and ehr.posted == []
+    # ... but a shadow-mode model's verdict never reaches the PACS, even as a notice
+    journal.open_run("r1-5ad0e00001", "key-1", 1, PSEUDO_STUDY, stage=EdgeStage.UPLOADED,
+                     model_name="lung-next", shadow=True)  # fmt: skip
+    results.send(_not_analyzed().model_copy(update={"run_id": "r1-5ad0e00001"}))
+    inbound.tick()
+    assert len(pacs.stored) == 1
+    assert journal.run("r1-5ad0e00001").stage is EdgeStage.NOT_ANALYZED  # type: ignore[union-attr]
+
+
+def test_a_shadow_models_results_stay_on_the_edge_while_the_live_models_are_delivered(
+    parts: Any, journal: Journal, telemetry: Telemetry, tmp_path: Path
+) -> None:
+    # Given one upload with two model runs: a live one and one in shadow mode
+    inbound, results, pacs, ehr = parts
+    shadow_run = "r1-5ad0e00001"
+    journal.open_run(RUN_ID, "key-1", 1, PSEUDO_STUDY, stage=EdgeStage.UPLOADED,
+                     model_name="lung-nodule-demo")  # fmt: skip
+    journal.open_run(shadow_run, "key-1", 1, PSEUDO_STUDY, stage=EdgeStage.UPLOADED,
+                     model_name="lung-next", shadow=True)  # fmt: skip
+    # When both models' results arrive (the shadow one twice: the queue is at-least-once)
+    results.send(_ready(), {SR_NAME: _sr(), BUNDLE_NAME: _bundle()})
+    results.send(_ready(shadow_run), {SR_NAME: _sr(), BUNDLE_NAME: _bundle()})
+    results.send(_ready(shadow_run))
+    inbound.tick()
+    # Then PACS and EHR got the live model's results only
+    assert len(pacs.stored) == 1 and len(ehr.posted) == 1
+    assert pacs.stored[0] != (tmp_path / "deliveries" / shadow_run / SR_NAME).read_bytes()
+    # ... while the shadow model's results are kept on the edge, re-identified
+    kept = pydicom.dcmread(tmp_path / "deliveries" / shadow_run / SR_NAME)
+    assert (kept.StudyInstanceUID, kept.PatientID) == ("1.2.3.4.1", "MRN-0042")
+    assert "MRN-0042" in (tmp_path / "deliveries" / shadow_run / BUNDLE_NAME).read_text()
+    assert journal.deliveries(run_id=shadow_run) == []
+    assert _stages(journal, shadow_run) == [
+        EdgeStage.UPLOADED,
+        EdgeStage.RESULTS_RECEIVED,
+        EdgeStage.REIDENTIFIED,
+        EdgeStage.SHADOW_STORED,
+    ]
+    assert journal.run(RUN_ID).stage is EdgeStage.DELIVERED  # type: ignore[union-attr]
+    assert results.acked == ["receipt-0", "receipt-1", "receipt-2"]
+    # ... and the metrics and the audit trail count it as a shadow result
+    shadow_results = telemetry.metrics.registry.get_sample_value(
+        "edge_forwarder_shadow_results_total", {"model": "lung-next"}
+    )
+    assert shadow_results == 1.0
+    audit = [json.loads(line) for line in telemetry.audit.path.read_text().splitlines()]
+    assert [e["subtype"][0]["code"] for e in audit].count("shadow_stored") == 1

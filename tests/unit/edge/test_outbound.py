@@ -37,11 +37,16 @@ def study(tmp_path: Path) -> SyntheticStudy:
 
 
 def _completed(study: SyntheticStudy, run_number: int = 1) -> CompletedStudy:
-    return CompletedStudy("key-1", run_number, "lung-nodule-ct", {"s": list(study.paths)})
+    return CompletedStudy("key-1", run_number, ("lung-nodule-ct",), {"s": list(study.paths)})
 
 
 def _outbound(
-    tmp_path: Path, journal: Journal, telemetry: Telemetry, intake: ListIntake, **kw: object
+    tmp_path: Path,
+    journal: Journal,
+    telemetry: Telemetry,
+    intake: ListIntake,
+    shadow_models: frozenset[str] = frozenset(),
+    **kw: object,
 ) -> tuple[Outbound, FakeUploader, RecordingVault]:
     uploader, vault = FakeUploader(**kw), RecordingVault()  # type: ignore[arg-type]
     outbound = Outbound(
@@ -54,6 +59,7 @@ def _outbound(
         telemetry=telemetry,
         outbox=tmp_path / "outbox",
         stop=threading.Event(),
+        shadow_models=shadow_models,
     )
     return outbound, uploader, vault
 
@@ -74,7 +80,7 @@ def test_a_completed_study_goes_through_each_stage_once_and_leaves_pseudonymous(
     (run,) = journal.runs()
     pseudo_study_uid = Deidentifier(SECRET).pseudo_uid(study.study_instance_uid)
     assert run.pseudo_study_uid == pseudo_study_uid
-    assert run.run_id == make_run_id(pseudo_study_uid, 1)
+    assert run.run_id == make_run_id(pseudo_study_uid, 1, "lung-nodule-ct")
     assert _stages(journal, run.run_id) == list(OUTBOUND_ORDER)
     # ... the uploader got one pseudonymous series tar holding every instance
     (prepared,) = uploader.prepared
@@ -137,8 +143,8 @@ def test_a_study_interrupted_after_de_identification_is_taken_again_under_the_sa
 ) -> None:
     # Given a run that was de-identified when the forwarder stopped (a kill -9)
     pseudo_study_uid = Deidentifier(SECRET).pseudo_uid(study.study_instance_uid)
-    run_id = make_run_id(pseudo_study_uid, 1)
-    journal.open_run(run_id, "key-1", 1, pseudo_study_uid)
+    run_id = make_run_id(pseudo_study_uid, 1, "lung-nodule-ct")
+    journal.open_run(run_id, "key-1", 1, pseudo_study_uid, model_name="lung-nodule-ct")
     journal.advance(run_id, EdgeStage.COMPLETE)
     journal.advance(run_id, EdgeStage.DEIDENTIFIED)
     intake = ListIntake([_completed(study)])
@@ -166,6 +172,53 @@ def test_a_revision_run_names_the_run_it_revises(
     assert second.revises_run_id == first.run_id != second.run_id
 
 
+def test_a_study_routed_to_two_models_is_uploaded_once_with_one_run_per_model(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry, study: SyntheticStudy
+) -> None:
+    # Given a study routed to two models, the second in shadow mode at this site
+    routed = CompletedStudy("key-1", 1, ("lung-nodule-ct", "lung-next"), {"s": list(study.paths)})
+    intake = ListIntake([routed])
+    outbound, uploader, vault = _outbound(
+        tmp_path, journal, telemetry, intake, shadow_models=frozenset({"lung-next"})
+    )
+    # When the outbound loop runs once
+    outbound.tick()
+    # Then each model has its own run, both uploaded, the shadow one marked so
+    runs = {run.model_name: run for run in journal.runs()}
+    assert set(runs) == {"lung-nodule-ct", "lung-next"}
+    live, shadow = runs["lung-nodule-ct"], runs["lung-next"]
+    assert live.run_id != shadow.run_id and not live.shadow and shadow.shadow
+    for run in (live, shadow):
+        assert run.stage is EdgeStage.UPLOADED
+        assert _stages(journal, run.run_id) == list(OUTBOUND_ORDER)
+    # ... from one de-identification and one upload whose manifest names both runs
+    assert len(vault.recorded) == len(study.paths)
+    (prepared,) = uploader.prepared
+    assert [(r.run_id, r.model_name, r.shadow) for r in prepared.runs] == [
+        (live.run_id, "lung-nodule-ct", False),
+        (shadow.run_id, "lung-next", True),
+    ]
+    assert uploader.uploaded[0] == prepared.run_id
+    assert intake.forwarded == [("key-1", 1)]
+
+
+def test_a_revision_revises_the_same_models_earlier_run(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry, study: SyntheticStudy
+) -> None:
+    # Given a study forwarded to two models, then completed again by late instances
+    models = ("lung-nodule-ct", "lung-next")
+    intake = ListIntake([CompletedStudy("key-1", 1, models, {"s": list(study.paths)})])
+    outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake)
+    outbound.tick()
+    intake.ready = [CompletedStudy("key-1", 2, models, {"s": list(study.paths)})]
+    # When run 2 is taken
+    outbound.tick()
+    # Then each model's run 2 points back at that model's run 1
+    first, second = uploader.prepared
+    earlier = {run.model_name: run.run_id for run in first.runs}
+    assert {run.model_name: run.revises_run_id for run in second.runs} == earlier
+
+
 def test_a_stat_study_listed_last_is_prepared_and_uploaded_first(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
@@ -177,7 +230,7 @@ def test_a_stat_study_listed_last_is_prepared_and_uploaded_first(
     priorities = [Priority.ROUTINE, Priority.ROUTINE, Priority.STAT]
     intake = ListIntake(
         [
-            CompletedStudy(f"key-{n}", 1, "m", {"s": list(s.paths)}, priority)
+            CompletedStudy(f"key-{n}", 1, ("m",), {"s": list(s.paths)}, priority)
             for n, (s, priority) in enumerate(zip(studies, priorities, strict=True))
         ]
     )

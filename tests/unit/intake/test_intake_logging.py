@@ -70,8 +70,8 @@ def test_missing_expected_series_still_routes_the_study_and_logs_both_decisions(
     finally:
         intake.journal.close()
     # Then the study is handed out (not lost to a logging error after its claim)
-    assert [(c.study_key, c.run_number, c.route) for c in completed] == [
-        (study_key, 1, "lung-nodule-demo")
+    assert [(c.study_key, c.run_number, c.models) for c in completed] == [
+        (study_key, 1, ("lung-nodule-demo",))
     ]
     # and both decisions are JSON lines with their keyword fields
     by_event = {str(line["event"]): line for line in json_log()}

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge_forwarder.intake.journal import SeriesSummary
-from edge_forwarder.intake.routing import run_priority
+from edge_forwarder.intake.routing import study_priority
 from edge_forwarder.intake.settings import RoutingRule
 from imaging_ai.contracts import (
     Priority,
@@ -37,13 +37,13 @@ def test_the_order_priority_in_the_header_decides_under_a_routine_rule(
 ) -> None:
     rule = RoutingRule(model="m", modality=["CT"])
     attrs = {"RequestedProcedurePriority": ordered} if ordered is not None else {}
-    assert run_priority(rule, [_series(), _series(**attrs)]) is expected
+    assert study_priority([rule], [_series(), _series(**attrs)]) is expected
 
 
 def test_a_stat_rule_makes_the_run_stat_whatever_the_header_says() -> None:
     rule = RoutingRule.model_validate({"model": "m", "priority": "stat"})
     assert rule.priority is Priority.STAT
-    assert run_priority(rule, [_series(RequestedProcedurePriority="LOW")]) is Priority.STAT
+    assert study_priority([rule], [_series(RequestedProcedurePriority="LOW")]) is Priority.STAT
 
 
 def test_an_unknown_rule_priority_is_refused_at_load() -> None:

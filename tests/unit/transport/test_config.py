@@ -111,3 +111,39 @@ def test_extra_pacs_names_are_unique(tmp_path: Path) -> None:
     path.write_text(block[:end] + block[start:end] + block[end:])
     with pytest.raises(ConfigError, match="extra_pacs: Value error, each extra PACS needs"):
         load_config(path)
+
+
+def test_a_model_is_live_unless_the_site_puts_it_in_shadow_mode(tmp_path: Path) -> None:
+    # Given the example config, and the same with its shadow-mode block switched on
+    assert load_config(EXAMPLE).shadow_models == frozenset()
+    path = tmp_path / "c.toml"
+    path.write_text(_uncommented("[models.lung-nodule-demo]"))
+    # Then the switched-on model is in shadow mode; promoting it back is `mode = "live"`
+    assert load_config(path).shadow_models == {"lung-nodule-demo"}
+    path.write_text(_uncommented("[models.lung-nodule-demo]").replace('"shadow"', '"live"'))
+    assert load_config(path).shadow_models == frozenset()
+
+
+def test_a_misspelt_shadow_model_is_refused_rather_than_left_live(tmp_path: Path) -> None:
+    # Given a [models] entry for a model no routing rule sends to (a typo)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        _uncommented("[models.lung-nodule-demo]").replace(
+            "[models.lung-nodule-demo]", "[models.lung-nodule-dmeo]"
+        )
+    )
+    # When it is loaded, Then it is an error naming the model, not a silently live model
+    with pytest.raises(ConfigError, match=r"\[models\] names models no routing rule.*dmeo"):
+        load_config(path)
+
+
+def test_the_retired_default_model_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        EXAMPLE.read_text().replace(
+            'bucket = "imaging-ai-data"',
+            'bucket = "imaging-ai-data"\nmodel_name = "lung-nodule-demo"',
+        )
+    )
+    with pytest.raises(ConfigError, match=r"aws: Value error, aws.model_name is gone"):
+        load_config(path)
