@@ -126,14 +126,16 @@ def main() -> None:
         ).start(http_ready(f"http://127.0.0.1:{port}/ping"), timeout_s=120)  # fmt: skip
         bucket = resources.data_bucket
         endpoint = AsyncEndpoint(
-            AsyncEndpointConfig(
-                endpoint_name=resources.endpoint_name,
-                inference_url=f"http://127.0.0.1:{port}",
-                s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
-                s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
-                success_topic_arn=resources.inference_success_topic_arn,
-                error_topic_arn=resources.inference_error_topic_arn,
-            )
+            [
+                AsyncEndpointConfig(
+                    endpoint_name=resources.model_endpoints[card.name],
+                    inference_url=f"http://127.0.0.1:{port}",
+                    s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
+                    s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
+                    success_topic_arn=resources.inference_success_topic_arn,
+                    error_topic_arn=resources.inference_error_topic_arn,
+                )
+            ]
         ).start()
         os.environ.update(
             {
