@@ -1,4 +1,4 @@
-"""`edge-forwarder` command line: run, status, send, retry, purge."""
+"""`edge-forwarder` command line: run, status, send, retry, rerun, purge."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from edge_forwarder.transport.errors import ConfigError, ForwarderError
 from edge_forwarder.transport.journal import DeliveryState, DeliveryTarget, Journal
 from edge_forwarder.transport.result_gate import PathOutside, inside
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
+from imaging_ai.errors import ContractError
+from imaging_ai.model_registry import split_model_reference
 
 # Finished runs `purge` may forget: ended, or parked with a dead-lettered delivery.
 _PURGEABLE = (
@@ -228,6 +230,48 @@ def cmd_retry(
     return 0
 
 
+def cmd_rerun(config: ForwarderConfig, study: str, model_reference: str) -> int:
+    """Re-run a forwarded study whose originals are still spooled, with a pinned model version.
+
+    STUDY is its pseudonymous study UID or one of its run ids (as `status` prints them). The
+    running forwarder de-identifies and uploads it again as the next run; the cloud runs the
+    pinned version and the SR it delivers revises the model's earlier SR of the study.
+    """
+    from edge_forwarder.intake.journal import Journal as IntakeJournal
+    from edge_forwarder.intake.journal import RerunRefused
+
+    try:
+        name, version = split_model_reference(model_reference)
+    except ContractError as error:
+        print(f"rerun refused: {error}", file=sys.stderr)
+        return 2
+    routed = {model for rule in config.intake.routing for model in rule.models}
+    if name not in routed:
+        print(f"rerun refused: no routing rule of this site sends to {name!r}", file=sys.stderr)
+        return 2
+    journal = Journal(config.database_path)
+    known = journal.run(study)
+    runs = [known] if known is not None else journal.runs_of_study(study)
+    if not runs:
+        print("rerun refused: no run of this forwarder names that study or run", file=sys.stderr)
+        return 2
+    intake_journal = IntakeJournal(config.intake.spool_dir / "journal.sqlite3")
+    try:
+        run_number = intake_journal.request_rerun(runs[0].study_key, model_reference)
+    except RerunRefused as error:
+        print(f"rerun refused: {error}", file=sys.stderr)
+        return 1
+    finally:
+        intake_journal.close()
+    log_event("rerun_requested", study_key=runs[0].study_key, run_number=run_number,
+              name=name, version=version)  # fmt: skip
+    print(
+        f"rerun queued: study {runs[0].pseudo_study_uid} run {run_number} with "
+        f"{name}@{version or 'current'}; `status` follows it"
+    )
+    return 0
+
+
 def cmd_purge(config: ForwarderConfig, older_than_days: float, dry_run: bool) -> int:
     """Forget finished runs (delivered, failed, dead-lettered) older than the given age."""
     from tqdm import tqdm
@@ -277,11 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("run_id", nargs="?")
     again.add_argument("--target", choices=list(DeliveryTarget), type=DeliveryTarget)
     again.add_argument("--now", action="store_true", help="deliver now, in this process")
+    rerun = sub.add_parser("rerun", help="re-run a retained study with a pinned model version")
+    rerun.add_argument("study", help="pseudonymous study UID or run id (from `status`)")
+    rerun.add_argument("--model", required=True, help="NAME or NAME@VERSION")
     purge = sub.add_parser("purge", help="forget finished runs")
     purge.add_argument("--older-than-days", type=float, default=30.0)
     purge.add_argument("--dry-run", action="store_true")
     # Also accept `--config` after the sub-command, as operators tend to type it.
-    for p in (status, send, again, purge, sub.choices["run"]):
+    for p in (status, send, again, rerun, purge, sub.choices["run"]):
         p.add_argument("--config", type=Path, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -300,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(config, args.run_id, args.json, args.spool)
         if args.command == "retry":
             return cmd_retry(config, args.run_id, args.target, args.now)
+        if args.command == "rerun":
+            return cmd_rerun(config, args.study, args.model)
         if args.command == "purge":
             return cmd_purge(config, args.older_than_days, args.dry_run)
     except ConfigError as error:

@@ -206,9 +206,15 @@ class Inbound:
         """Re-identify each result into the on-prem delivery folder (mode 0700); return it."""
         folder = inside(self.deliveries_dir, run_id)
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run = self.journal.run(run_id)
+        revised = self.journal.revised_run(run) if run is not None else None
         for name in DICOM_RESULT_NAMES:
             if name in objects:
-                (folder / name).write_bytes(reidentify_dicom(objects[name], identity, run_id))
+                (folder / name).write_bytes(
+                    reidentify_dicom(
+                        objects[name], identity, run_id, revised.run_id if revised else None
+                    )
+                )
         if BUNDLE_NAME in objects:
             bundle: dict[str, Any] = reidentify_bundle(
                 json.loads(objects[BUNDLE_NAME]),

@@ -241,7 +241,8 @@ class Outbound:
                 run_id=run.run_id,
                 model_name=run.model_name,
                 shadow=run.shadow,
-                revises_run_id=self._previous_run_id(run),
+                revises_run_id=_run_id(self.journal.revised_run(run)),
+                model_version=study.pinned_versions.get(run.model_name),
             )
             for run in runs
         ]
@@ -262,16 +263,6 @@ class Outbound:
             options=options.option_names(),
             method_codes=list(result.method_codes) or [c for c, _ in options.method_codes()],
         )
-
-    def _previous_run_id(self, run: RunRow) -> str | None:
-        """The same model's latest earlier run of the study: the run this one revises."""
-        earlier = [
-            r
-            for r in self.journal.runs_of_study(run.pseudo_study_uid)
-            # A journal from before fan-out names no model: its runs were the one model's.
-            if r.run_number < run.run_number and r.model_name in (run.model_name, "")
-        ]
-        return earlier[-1].run_id if earlier else None
 
     # ---- upload: prepared -> uploading -> uploaded -----------------------------------------
 
@@ -307,6 +298,10 @@ class Outbound:
         for each in runs:
             if each.spool_dir:
                 shutil.rmtree(each.spool_dir, ignore_errors=True)
+
+
+def _run_id(run: RunRow | None) -> str | None:
+    return run.run_id if run is not None else None
 
 
 def _instance_count(study: CompletedStudy) -> int:

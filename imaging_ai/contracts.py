@@ -39,6 +39,8 @@ _SITE = re.compile(r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A model's name as its model card spells it: it names S3 keys, endpoints and log fields.
 MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# A model version as its card spells it: it names S3 keys and registry folders too.
+MODEL_VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 
 
 class Priority(StrEnum):
@@ -205,6 +207,9 @@ class ModelRun(BaseModel):
     # Shadow mode (the site's choice per model): the run is analyzed and its results are
     # stored in the cloud and on the edge, but never delivered to the PACS or the EHR.
     shadow: bool = False
+    # Pinned by an operator's re-run (`edge-forwarder rerun STUDY --model NAME@VERSION`): the
+    # run is made by this kept version. None: the model's current version.
+    model_version: str | None = Field(default=None, pattern=MODEL_VERSION_PATTERN)
     # A re-run after late instances names the same model's run it revises, so its SR can
     # point back.
     revises_run_id: str | None = None
@@ -295,8 +300,6 @@ class SiteMessageKind(StrEnum):
     NOT_ANALYZED = "NOT_ANALYZED"  # outside the model's intended use; `reason` says why
 
 
-# Versions a message may carry: the model card's spelling, nothing that reads as a path.
-_MODEL_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 # A reason is one line of text for an operator: no control characters, bounded.
 _REASON = r"^[^\x00-\x1f\x7f]*$"
 
@@ -319,7 +322,7 @@ class SiteResultMessage(BaseModel):
     result_keys: dict[str, str] = Field(default_factory=dict, max_length=len(RESULT_NAMES))
     reason: str | None = Field(default=None, max_length=1000, pattern=_REASON)
     model_name: str | None = Field(default=None, pattern=MODEL_NAME_PATTERN)
-    model_version: str | None = Field(default=None, pattern=_MODEL_VERSION)
+    model_version: str | None = Field(default=None, pattern=MODEL_VERSION_PATTERN)
 
     @field_validator("site", "pseudo_study_uid", "run_id")
     @classmethod
@@ -348,11 +351,16 @@ class SiteResultMessage(BaseModel):
 MODELS_PREFIX: Final = "models/"
 
 
-def model_card_key(model_name: str) -> str:
-    """Where the Lambdas read a deployed model's `model.json` in the data bucket."""
+def model_card_key(model_name: str, version: str | None = None) -> str:
+    """Where the Lambdas read a model's `model.json` in the data bucket: the current version
+    at `models/NAME/model.json`, every kept version at `models/NAME/VERSION/model.json`."""
     if not re.match(MODEL_NAME_PATTERN, model_name):
         raise ContractError("model name must be 1-63 chars of A-Z, a-z, 0-9, '.', '_' and '-'")
-    return f"{MODELS_PREFIX}{model_name}/model.json"
+    if version is None:
+        return f"{MODELS_PREFIX}{model_name}/model.json"
+    if not re.match(MODEL_VERSION_PATTERN, version):
+        raise ContractError("model version must be 1-64 chars of A-Z, a-z, 0-9, '.', '_', '+', '-'")
+    return f"{MODELS_PREFIX}{model_name}/{version}/model.json"
 
 
 # ---- Names shared by the local runtime and the CDK stack ----------------------------------

@@ -44,6 +44,9 @@ class ModelInputMeta(BaseModel):
     pseudo_series_uid: str
     run_id: str
     model_name: str
+    # The version the run is pinned to (a re-run names the one its first result came from);
+    # None: the version the endpoint serves by default.
+    model_version: str | None = None
     # The regular grid built from the source slices: the slices themselves, or (gantry tilt,
     # uneven spacing) their resampling; results are mapped back onto the slices (reslice).
     source_geometry: VolumeGeometry

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from imaging_ai.contracts import MODEL_NAME_PATTERN
+from imaging_ai.contracts import MODEL_NAME_PATTERN, MODEL_VERSION_PATTERN
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard, load_model_card
 
@@ -68,6 +68,10 @@ class ModelRegistry:
         found = [p.name for p in folder.iterdir() if (p / "model.json").is_file()]
         return sorted(found, key=_version_order)
 
+    def kept(self, name: str) -> list[RegisteredModel]:
+        """Every kept version of the model, oldest first (the newest is its current one)."""
+        return [self.get(name, version) for version in self.versions(name)]
+
     def get(self, name: str, version: str | None = None) -> RegisteredModel:
         """The model at `version`, or its newest version; the card and weights are checked."""
         versions = self.versions(name)
@@ -87,8 +91,19 @@ class ModelRegistry:
 
     def resolve(self, reference: str) -> RegisteredModel:
         """`NAME` (its newest version) or `NAME@VERSION`."""
-        name, _, version = reference.partition("@")
-        return self.get(name, version or None)
+        return self.get(*split_model_reference(reference))
+
+
+def split_model_reference(reference: str) -> tuple[str, str | None]:
+    """`NAME` -> (NAME, None): the current version; `NAME@VERSION` -> (NAME, VERSION)."""
+    name, at, version = reference.partition("@")
+    if not re.match(MODEL_NAME_PATTERN, name) or (
+        at and not re.match(MODEL_VERSION_PATTERN, version)
+    ):
+        raise ContractError(
+            "a model reference is NAME or NAME@VERSION, as the model card spells them"
+        )
+    return name, version if at else None
 
 
 def _checked_name(name: str) -> str:

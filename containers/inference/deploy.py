@@ -22,9 +22,12 @@ from imaging_ai.contracts import (
     INFERENCE_OUTPUT_PREFIX,
     LOCAL_NAMES,
     MODELS_PREFIX,
+    model_card_key,
 )
+from imaging_ai.errors import ContractError
+from imaging_ai.inference.bundle import is_bundle, is_model_dir, model_versions, read_model_card
 from imaging_ai.logs import configure_json_logging, get_logger
-from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
+from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard
 from imaging_ai.model_registry import DEMO_MODEL_DIR
 
 logger = get_logger(__name__)
@@ -49,15 +52,53 @@ class EndpointPlan:
     max_concurrent_invocations: int = 1
 
 
-def package_model(model_dir: Path, out_path: Path) -> ModelCard:
-    """model.tar.gz with model.json and weights at its root, as SageMaker unpacks it into
-    /opt/ml/model; refuses a directory whose weights do not match model.json."""
-    card = load_model_card(model_dir, verify_weights=True)
+def package_model(model_dir: Path, out_path: Path) -> list[ModelCard]:
+    """model.tar.gz as SageMaker unpacks it into /opt/ml/model; the cards in it, oldest first.
+
+    A model directory (model.json and weights, or a whole MONAI bundle) goes at the root; a
+    model's registry folder goes version folder by version folder, so the endpoint keeps
+    every version (a re-run pins one). Refuses a directory that does not meet the model
+    contract (weights that do not match model.json, a bundle that cannot be mapped).
+    """
+    versions = model_versions(model_dir)
+    if not versions:
+        raise ContractError("neither a model directory nor a model's registry folder")
+    single = is_model_dir(model_dir)
+    cards = []
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out_path, "w:gz") as archive:
-        for name in (MODEL_CARD_NAME, card.weights_file):
-            archive.add(model_dir / name, arcname=name)
-    return card
+        for version, version_dir in versions.items():
+            card = read_model_card(version_dir)
+            if card.version != version:
+                raise ContractError(f"folder {version!r} holds version {card.version!r}")
+            prefix = Path() if single else Path(version)
+            names = (
+                [path.relative_to(version_dir) for path in sorted(version_dir.rglob("*"))]
+                if is_bundle(version_dir)
+                else [Path(MODEL_CARD_NAME), Path(card.weights_file)]
+            )
+            for name in names:
+                if (version_dir / name).is_file():
+                    archive.add(version_dir / name, arcname=str(prefix / name))
+            cards.append(card)
+    return cards
+
+
+def upload_cards(cards: list[ModelCard], bucket: str) -> None:
+    """Every version's card stays at models/NAME/VERSION/model.json (the Lambdas read the one
+    a run pins); the newest is also the current models/NAME/model.json."""
+    import boto3
+
+    s3 = boto3.client("s3")
+    for card in cards:
+        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=card.model_dump_json(indent=2).encode(),
+                ContentType="application/json",
+                ServerSideEncryption="aws:kms",
+            )
 
 
 def resource_name(card: ModelCard) -> str:
@@ -157,13 +198,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kms-key-arn")
     args = parser.parse_args(argv)
     configure_json_logging()
-    card = package_model(args.model_dir, args.out)
+    cards = package_model(args.model_dir, args.out)
+    card = cards[-1]  # the newest: the endpoint's default version
     summary = {
         "archive": str(args.out),
         "bytes": args.out.stat().st_size,
         "model": card.name,
         "version": card.version,
         "weights_sha256": card.weights_sha256,
+        "versions": [kept.version for kept in cards],
     }
     if args.dry_run:
         print(json.dumps({**summary, "dry_run": True}))
@@ -186,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         error_topic_arn=args.error_topic_arn,
         kms_key_arn=args.kms_key_arn,
     )
+    upload_cards(cards, args.bucket)
     config = deploy(plan, card)
     print(json.dumps({**summary, "endpoint": plan.endpoint_name, "endpoint_config": config}))
 

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from imaging_ai.errors import ContractError
+from imaging_ai.inference.bundle import model_versions
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.logs import configure_json_logging, get_logger
 from imaging_ai.model_io import pack_model_output, unpack_model_input
@@ -32,25 +33,62 @@ DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 
 
 class InferenceService:
-    """The loaded model (or why it failed to load), with one inference at a time."""
+    """One model with every kept version; one inference at a time.
+
+    The newest version is loaded at start (it answers `/ping` and requests that pin no
+    version); a request pinned to another version (a re-run of an old result) loads that one
+    on first use. Besides the newest, one pinned version stays loaded: re-runs come in
+    batches of one version, and each loaded network holds GPU memory.
+    """
 
     def __init__(self, model_dir: Path, settings: PredictorSettings) -> None:
+        self.settings = settings
         self.predictor: Predictor | None = None
         self.load_error: str | None = None
         self._lock = threading.Lock()
+        self._pinned: Predictor | None = None
+        self.versions = model_versions(model_dir)
+        if not self.versions:
+            self.load_error = "no model directory (model.json or a MONAI bundle) found"
+            logger.error("model_load_failed", reason=self.load_error)
+            return
         try:
-            self.predictor = Predictor(model_dir, settings)
-            logger.info(
-                "model_loaded",
-                model=self.predictor.card.name,
-                version=self.predictor.card.version,
-                device=str(self.predictor.device),
-                amp=self.predictor.uses_amp,
-                sw_batch_size=self.predictor.sw_batch_size,
-            )
+            self.predictor = self._load(list(self.versions)[-1])
         except ModelLoadError as error:
             self.load_error = str(error)
             logger.error("model_load_failed", reason=self.load_error)
+
+    def _load(self, version: str) -> Predictor:
+        predictor = Predictor(self.versions[version], self.settings)
+        if predictor.card.version != version:
+            raise ModelLoadError(
+                f"folder {version!r} holds version {predictor.card.version!r} of the model"
+            )
+        logger.info(
+            "model_loaded",
+            model=predictor.card.name,
+            version=predictor.card.version,
+            device=str(predictor.device),
+            amp=predictor.uses_amp,
+            sw_batch_size=predictor.sw_batch_size,
+        )
+        return predictor
+
+    def predictor_for(self, version: str | None) -> Predictor:
+        """The predictor of a pinned version (loaded on first use), or the default one."""
+        if self.predictor is None:
+            raise ModelLoadError(self.load_error or "model not loaded")
+        if version is None or version == self.predictor.card.version:
+            return self.predictor
+        if version not in self.versions:
+            raise ContractError(
+                f"version {version!r} of {self.predictor.card.name!r} is not kept here "
+                f"(kept: {list(self.versions)})"
+            )
+        if self._pinned is None or self._pinned.card.version != version:
+            self._pinned = None  # released before the next one loads
+            self._pinned = self._load(version)
+        return self._pinned
 
     def health(self) -> tuple[HTTPStatus, dict[str, Any]]:
         if self.predictor is None:
@@ -64,6 +102,7 @@ class InferenceService:
             "model": card.name,
             "version": card.version,
             "weights_sha256": card.weights_sha256,
+            "versions": list(self.versions),
             "device": str(self.predictor.device),
             "not_for_clinical_use": card.not_for_clinical_use,
         }
@@ -73,12 +112,14 @@ class InferenceService:
         if self.predictor is None:
             raise ModelLoadError(self.load_error or "model not loaded")
         image, meta = unpack_model_input(payload)
-        self.predictor.check_input(image, meta)
         with self._lock:
-            labels, output = self.predictor.predict(image, meta)
+            predictor = self.predictor_for(meta.model_version)
+            predictor.check_input(image, meta)
+            labels, output = predictor.predict(image, meta)
         logger.info(
             "inference_done",
             run_id=meta.run_id,
+            version=output.model_version,
             findings=len(output.findings),
             seconds=output.inference_seconds,
             device=output.device,

@@ -121,7 +121,14 @@ _MIGRATIONS = (
     "ALTER TABLE study ADD COLUMN forwarded_at REAL",
     "ALTER TABLE instance ADD COLUMN sender TEXT",  # journals written before senders had names
     "UPDATE study SET forwarded_at = last_at WHERE state = 'FORWARDED' AND forwarded_at IS NULL",
+    # A re-run asked for by an operator (`edge-forwarder rerun`): the model references
+    # (NAME or NAME@VERSION, comma-separated) the next run goes to instead of routing.
+    "ALTER TABLE study ADD COLUMN pinned_models TEXT",
 )
+
+
+class RerunRefused(Exception):
+    """A re-run cannot be opened; the message says why (no PHI: states and counts only)."""
 
 
 class Journal:
@@ -227,12 +234,53 @@ class Journal:
             )
             if cursor.rowcount != 1:
                 return False
+            # A pinned re-run is one run: the next one (late instances) is routed again.
+            db.execute("UPDATE study SET pinned_models = NULL WHERE study_key = ?", (study_key,))
             db.execute(
                 "UPDATE study SET state = 'OPEN', run_number = run_number + 1, "
                 "pending_revision = 0 WHERE study_key = ? AND pending_revision = 1",
                 (study_key,),
             )
             return True
+
+    def request_rerun(self, study_key: str, model_references: str) -> int:
+        """Open the next run of a forwarded (or failed) study whose originals are still
+        spooled, pinned to `model_references`; return its run number.
+
+        The intake hands it out like any completed study (its quiet timer has long expired),
+        to the pinned models only. Refused while the study is open or being forwarded, and
+        once retention has purged its originals.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT state, run_number FROM study WHERE study_key = ?", (study_key,)
+            ).fetchone()
+            if row is None:
+                raise RerunRefused("the spool journal has no such study")
+            state, run_number = str(row[0]), int(row[1])
+            if state not in ("FORWARDED", "FAILED"):
+                raise RerunRefused(f"the study is {state}: wait until its run has ended")
+            (spooled,) = db.execute(
+                "SELECT COUNT(*) FROM instance WHERE study_key = ?", (study_key,)
+            ).fetchone()
+            if not spooled:
+                raise RerunRefused(
+                    "retention has purged the study's originals: send it again from the PACS"
+                )
+            db.execute(
+                "UPDATE study SET state = 'OPEN', run_number = ?, reason = NULL, "
+                "pinned_models = ? WHERE study_key = ?",
+                (run_number + 1, model_references, study_key),
+            )
+            return run_number + 1
+
+    def pinned_models(self, study_key: str) -> list[str]:
+        """The model references a re-run is pinned to; empty for a routed run."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT pinned_models FROM study WHERE study_key = ?", (study_key,)
+            ).fetchone()
+        return [ref for ref in (row[0] or "").split(",") if ref] if row else []
 
     def reopen_claimed(self) -> int:
         """After a restart, runs that were handed out but never finished go out again."""

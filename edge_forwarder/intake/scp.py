@@ -9,7 +9,8 @@ import ssl
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from imaging_ai.dicom_policy import (
     burned_in_risk,
 )
 from imaging_ai.logs import get_logger
+from imaging_ai.model_registry import split_model_reference
 
 # Keyword fields, as the forwarder logs: its JSON formatter prints the allow-listed ones.
 log = get_logger("edge_forwarder.intake")
@@ -98,6 +100,8 @@ class CompletedStudy:
     models: tuple[str, ...]  # every model the routing rules chose (one run each), rule order
     series: dict[str, list[Path]]  # original SeriesInstanceUID -> spooled files: PHI keys
     priority: Priority = Priority.ROUTINE  # STAT goes first at every stage
+    # An operator's re-run (`edge-forwarder rerun`) pins versions: model name -> version.
+    pinned_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Refused(Exception):
@@ -451,6 +455,12 @@ class Intake:
                 continue
             if any(now - item.last_at < s.quiet_seconds_series for item in series):
                 continue
+            references = self.journal.pinned_models(study.study_key)
+            pinned = [split_model_reference(reference) for reference in references]
+            if pinned:
+                # A re-run of a study that was complete before: its models are the operator's.
+                completed.extend(self._claim_rerun(study.study_key, study.run_number, pinned))
+                continue
             missing = [
                 rule.name
                 for rule in s.expected_series
@@ -491,6 +501,25 @@ class Intake:
                 )
             )
         return completed
+
+    def _claim_rerun(
+        self, study_key: str, run_number: int, pinned: list[tuple[str, str | None]]
+    ) -> list[CompletedStudy]:
+        models = tuple(name for name, _ in pinned)
+        if not self.journal.claim(study_key, run_number, models):
+            return []
+        for name, version in pinned:
+            log.info("route_decision", study_key=study_key, run_number=run_number, name=name,
+                     version=version, status="rerun")  # fmt: skip
+        return [
+            CompletedStudy(
+                study_key=study_key,
+                run_number=run_number,
+                models=models,
+                series=self.journal.instance_paths(study_key),
+                pinned_versions={name: version for name, version in pinned if version},
+            )
+        ]
 
     def mark_forwarded(self, study_key: str, run_number: int) -> None:
         self.journal.finish(study_key, run_number, "FORWARDED", None)

@@ -277,6 +277,16 @@ class Journal:
         )
         return [RunRow.from_row(row) for row in rows]
 
+    def revised_run(self, run: RunRow) -> RunRow | None:
+        """The same model's latest earlier run of the study: the run `run` revises."""
+        earlier = [
+            r
+            for r in self.runs_of_study(run.pseudo_study_uid)
+            # A journal from before fan-out names no model: its runs were the one model's.
+            if r.run_number < run.run_number and r.model_name in (run.model_name, "")
+        ]
+        return earlier[-1] if earlier else None
+
     def set_spool_dir(self, run_id: str, spool_dir: Path) -> None:
         self._execute("UPDATE runs SET spool_dir = ? WHERE run_id = ?", (str(spool_dir), run_id))
 

@@ -91,11 +91,15 @@ def _walk(dataset: Dataset) -> Iterator[Dataset]:
                 yield from _walk(item)
 
 
-def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> bytes:
+def reidentify_dicom(
+    part10: bytes, identity: StudyIdentity, run_id: str, revises_run_id: str | None = None
+) -> bytes:
     """Restore original study/series/FoR/instance UIDs and the patient module in an SR or SEG.
 
     The result object gets a new SOP Instance UID (and a new series UID when the cloud made
-    a new series) so PACS files it into the original study as a new, derived object.
+    a new series) so PACS files it into the original study as a new, derived object. A
+    revision SR's PredecessorDocumentsSequence names the earlier SR by its cloud UIDs: they
+    become the UIDs this edge gave that SR when it delivered run `revises_run_id`.
     """
     dataset = pydicom.dcmread(io.BytesIO(part10))
     pseudonyms = pseudonyms_of(identity, (dataset.get(k) for k in _PATIENT_KEYWORDS))
@@ -105,6 +109,10 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     # The result's own UIDs are cloud-made: replace them with local ones, stable per run.
     mapping.setdefault(own_sop, _local_uid(run_id, own_sop))
     mapping.setdefault(own_series, _local_uid(run_id, own_series))
+    if revises_run_id is not None:
+        for series in _predecessor_series(dataset):
+            for uid in _predecessor_uids(series):
+                mapping.setdefault(uid, _local_uid(revises_run_id, uid))
     for item in _walk(dataset):
         for element in item:
             if element.VR != "UI" or element.value in (None, ""):
@@ -132,6 +140,18 @@ def reidentify_dicom(part10: bytes, identity: StudyIdentity, run_id: str) -> byt
     data = out.getvalue()
     assert_no_pseudonyms_dicom(data, pseudonyms)
     return data
+
+
+def _predecessor_series(dataset: Dataset) -> Iterator[Dataset]:
+    for study in dataset.get("PredecessorDocumentsSequence", []):
+        yield from study.get("ReferencedSeriesSequence", [])
+
+
+def _predecessor_uids(series: Dataset) -> Iterator[str]:
+    """The earlier SR's own series and instance UIDs (cloud-made, like this SR's)."""
+    yield str(series.SeriesInstanceUID)
+    for sop in series.get("ReferencedSOPSequence", []):
+        yield str(sop.ReferencedSOPInstanceUID)
 
 
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})

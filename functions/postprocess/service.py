@@ -10,11 +10,11 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
 from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectStore
 from functions.common.keys import parse_input_location, source_headers_key
+from functions.common.model_cards import read_stored_card
 from functions.common.observability import (
     StepSeconds,
     add_metric_with_dimension,
@@ -36,11 +36,9 @@ from imaging_ai.contracts import (
     TERMINAL_STAGES,
     SiteResultMessage,
     Stage,
-    model_card_key,
     result_key,
 )
 from imaging_ai.errors import ContractError, PipelineError
-from imaging_ai.model_card import ModelCard
 from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
 from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
 
@@ -165,7 +163,7 @@ class PostprocessService:
             run.run_id,
         ):
             raise ContractError("inference output belongs to another run")
-        card = self._model_card(output.model_name)
+        card = read_stored_card(self._store, output.model_name, output.model_version)
         with steps.step("read_headers"):
             headers = self._source_headers(run)
         if [str(ds.SOPInstanceUID) for ds in headers] != meta.sop_instance_uids:
@@ -186,6 +184,7 @@ class PostprocessService:
             Stage.REPORTED,
             {
                 "model_version": output.model_version,
+                "weights_sha256": output.weights_sha256,
                 "findings": str(len(output.findings)),
                 "findings_reported": str(len(reported.findings)),
             },
@@ -231,12 +230,6 @@ class PostprocessService:
         indices = key_slice_indices(labels, output)
         wanted = {key_slice_ids(headers[k]): k for k in indices}
         return read_key_slices(self._store, manifest_key, output.input.pseudo_series_uid, wanted)
-
-    def _model_card(self, model_name: str) -> ModelCard:
-        try:
-            return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
-        except ValidationError:
-            raise ContractError("the model's model.json does not match its schema") from None
 
     def _source_headers(self, run: RunKey) -> list[Dataset]:
         payload = self._store.read_encrypted(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from functions.common.adapters import SiteNotifier, StudyObjectStore
 from functions.common.keys import inference_id, source_headers_key, unreadable_manifest_run_id
+from functions.common.model_cards import read_stored_card
 from functions.common.observability import StepSeconds, logger, metrics, tracer
 from functions.common.source_headers import pack_source_headers, volume_header_bytes
 from functions.preprocess.adapters import ModelEndpoints
@@ -27,7 +28,6 @@ from imaging_ai.contracts import (
     ModelRun,
     Stage,
     inference_output_prefix,
-    model_card_key,
     parse_manifest_key,
     preprocessed_key,
 )
@@ -127,6 +127,8 @@ class PreprocessService:
             attributes["revises_run_id"] = model_run.revises_run_id
         if model_run.shadow:
             attributes["shadow"] = "true"
+        if model_run.model_version:
+            attributes["model_version"] = model_run.model_version  # pinned by a re-run
         self._state.start(run, model_run.model_name, attributes)
         # Only the holder of the run's lease may build or call the endpoint: two concurrent
         # deliveries can no longer both see PREPROCESSED and both invoke.
@@ -140,7 +142,7 @@ class PreprocessService:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
             else:
-                outside = self._preprocess(manifest, model_run.model_name, run)
+                outside = self._preprocess(manifest, model_run, run)
                 if outside is not None:
                     return self._not_analyzed(run, model_run.model_name, str(outside))
                 self._state.advance(run, Stage.PREPROCESSED)
@@ -181,10 +183,15 @@ class PreprocessService:
         return manifest
 
     @tracer.capture_method
-    def _preprocess(self, manifest: Manifest, model_name: str, run: RunKey) -> NotAnalyzed | None:
+    def _preprocess(
+        self, manifest: Manifest, model_run: ModelRun, run: RunKey
+    ) -> NotAnalyzed | None:
         """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
-        not an error) when no series is within the model's intended use."""
-        card = self._model_card(model_name)
+        not an error) when no series is within the model's intended use.
+
+        The input names the card's version: the endpoint runs exactly that version, the one
+        a re-run pins or the current one."""
+        card = read_stored_card(self._store, model_run.model_name, model_run.model_version)
         steps = StepSeconds()
         header_bytes_by_uid: dict[str, bytes] = {}
         selected = self._select(manifest, run, card, steps, header_bytes_by_uid)
@@ -199,6 +206,7 @@ class PreprocessService:
             pseudo_series_uid=series.pseudo_series_uid,
             run_id=run.run_id,
             model_name=card.name,
+            model_version=card.version,
             source_geometry=volume.geometry,
             model_geometry=grid,
             sop_instance_uids=volume.sop_instance_uids,
@@ -285,12 +293,6 @@ class PreprocessService:
             return NotAnalyzed(skips)
         logger.info("series selected", pseudo_series_uid=chosen[0].pseudo_series_uid)
         return chosen
-
-    def _model_card(self, model_name: str) -> ModelCard:
-        try:
-            return ModelCard.model_validate_json(self._store.read(model_card_key(model_name)))
-        except ValidationError:
-            raise ContractError("the model's model.json does not match its schema") from None
 
     def _refuse(self, run: RunKey, model_name: str | None, reason: str) -> PreprocessOutcome:
         logger.warning("study refused", reason=reason, run_id=run.run_id)

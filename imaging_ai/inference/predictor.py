@@ -14,6 +14,7 @@ from monai.inferers.utils import sliding_window_inference
 from scipy import ndimage
 
 from imaging_ai.errors import ContractError, PipelineError
+from imaging_ai.inference.bundle import Bundle, Reorientation, is_bundle, read_bundle
 from imaging_ai.inference.findings import extract_findings
 from imaging_ai.inference.grid import resample_linear, source_box_for
 from imaging_ai.model_card import ModelCard, load_model_card
@@ -63,18 +64,27 @@ class Predictor:
 
     def __init__(self, model_dir: Path, settings: PredictorSettings | None = None) -> None:
         self.settings = settings or PredictorSettings()
+        # A MONAI bundle brings its own axis order and ROI; our model.json models take ours.
+        self.bundle: Bundle | None = None
         try:
-            self.card: ModelCard = load_model_card(model_dir)
+            if is_bundle(model_dir):
+                self.bundle = read_bundle(model_dir)
+                self.card: ModelCard = self.bundle.card
+            else:
+                self.card = load_model_card(model_dir)
         except (ContractError, ValueError, OSError) as error:
             raise ModelLoadError(f"model card: {error}") from error
-        if self.card.weights_format != "torchscript":
+        if self.bundle is None and self.card.weights_format != "torchscript":
             raise ModelLoadError(f"unsupported weights format {self.card.weights_format!r}")
         self.device = self._choose_device()
         try:
-            module = torch.jit.load(  # type: ignore[no-untyped-call]
-                str(model_dir / self.card.weights_file), map_location=self.device
-            )
-        except (RuntimeError, ValueError, OSError) as error:
+            if self.bundle is not None:
+                module = self.bundle.load_network(self.device)
+            else:
+                module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    str(model_dir / self.card.weights_file), map_location=self.device
+                )
+        except (ContractError, RuntimeError, ValueError, OSError, KeyError) as error:
             raise ModelLoadError(f"weights could not be loaded: {type(error).__name__}") from error
         self.network: torch.nn.Module = module.eval()
 
@@ -111,6 +121,12 @@ class Predictor:
                 f"image spacing {meta.model_geometry.spacing_mm} mm is not the model's "
                 f"{self.card.input_spacing_mm} mm"
             )
+        if meta.model_version not in (None, self.card.version):
+            raise ContractError(
+                f"request is pinned to version {meta.model_version!r}, not {self.card.version!r}"
+            )
+        if self.bundle is not None:  # an oblique grid or a mismatched axis is a 400, not a 500
+            Reorientation.for_geometry(meta.model_geometry, self.bundle.axes)
         if min(image.shape) < 1 or not np.isfinite(image).all():
             raise ContractError("image is empty or holds non-finite values")
         low, high = float(image.min()), float(image.max())
@@ -121,8 +137,22 @@ class Predictor:
                 f"normalized to [0, 1] with model.json's window {self.card.intensity_window_hu}"
             )
 
-    def probabilities(self, image: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        """Softmax class probabilities on the model grid, shape (classes, *image.shape)."""
+    def probabilities(
+        self, image: npt.NDArray[np.float32], geometry: VolumeGeometry | None = None
+    ) -> npt.NDArray[np.float32]:
+        """Softmax class probabilities on the model grid, shape (classes, *image.shape).
+
+        A bundle's network runs in the bundle's axis order (its Orientationd), which needs the
+        image's `geometry`; the probabilities come back in ours.
+        """
+        roi_size = self.card.roi_size
+        reorientation: Reorientation | None = None
+        if self.bundle is not None:
+            if geometry is None:
+                raise ContractError("a MONAI bundle model needs the image geometry to orient it")
+            reorientation = Reorientation.for_geometry(geometry, self.bundle.axes)
+            image = reorientation.to_bundle(image)
+            roi_size = self.bundle.axes.roi_size
         # Preprocessing already applied the intensity window (model.json): never twice.
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         tensor = tensor[None, None].to(self.device)
@@ -132,7 +162,7 @@ class Predictor:
         ):
             logits = sliding_window_inference(
                 tensor,
-                roi_size=self.card.roi_size,
+                roi_size=roi_size,
                 sw_batch_size=self.sw_batch_size,
                 predictor=self.network,
                 overlap=self.card.overlap,
@@ -140,7 +170,8 @@ class Predictor:
             )
             assert isinstance(logits, torch.Tensor)
             probabilities = torch.softmax(logits.float(), dim=1)[0]
-        return np.asarray(probabilities.cpu().numpy(), dtype=np.float32)
+        channels = np.asarray(probabilities.cpu().numpy(), dtype=np.float32)
+        return reorientation.from_bundle(channels) if reorientation else channels
 
     def to_source_labels(
         self,
@@ -172,7 +203,7 @@ class Predictor:
     ) -> tuple[npt.NDArray[np.uint8], ModelOutputMeta]:
         self.check_input(image, meta)
         started = time.perf_counter()
-        probabilities = self.probabilities(image)
+        probabilities = self.probabilities(image, meta.model_geometry)
         if probabilities.shape[0] != len(self.card.labels) + 1:
             raise ModelLoadError("network output channels do not match the model card's labels")
         labels = self.to_source_labels(probabilities, meta.model_geometry, meta.source_geometry)

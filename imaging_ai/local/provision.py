@@ -130,13 +130,16 @@ def provision(
     _state_table(table)
     site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
     s3 = client("s3")
+    # Every version stays readable (a re-run pins one); a model's last card is its current one,
+    # so callers list a model's versions oldest first.
     for card in model_cards:
-        s3.put_object(
-            Bucket=bucket,
-            Key=model_card_key(card.name),
-            Body=card.model_dump_json(indent=2).encode(),
-            ContentType="application/json",
-        )
+        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=card.model_dump_json(indent=2).encode(),
+                ContentType="application/json",
+            )
     return LocalResources(
         region=region,
         kms_key_arn=key_arn,

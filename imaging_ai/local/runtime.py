@@ -65,8 +65,8 @@ from imaging_ai.local.timeline import (
     Timeline,
 )
 from imaging_ai.logs import get_logger
-from imaging_ai.model_card import ModelCard, load_model_card
-from imaging_ai.model_registry import DEMO_MODEL_DIR
+from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, load_model_card
+from imaging_ai.model_registry import DEMO_MODEL_DIR, ModelRegistry
 from imaging_ai.state import RunStateStore
 
 logger = get_logger(__name__)
@@ -89,9 +89,18 @@ INFERENCE_LOG_PREFIX = "inference-"
 class LocalModel:
     """A model the local deployment runs: its own inference server and async endpoint."""
 
-    model_dir: Path  # a model directory (e.g. a version folder of the model registry)
+    # A model directory (e.g. a version folder of the model registry), or a model's registry
+    # folder: then every version in it is kept (a re-run may pin one) and the newest is current.
+    model_dir: Path
     # The local hospital runs it in shadow mode: results kept, never delivered.
     shadow: bool = False
+
+    def versions(self) -> list[ModelCard]:
+        """The cards of every version this model keeps, oldest first."""
+        if (self.model_dir / MODEL_CARD_NAME).is_file():
+            return [load_model_card(self.model_dir)]
+        registry = ModelRegistry(self.model_dir.parent)
+        return [entry.card for entry in registry.kept(self.model_dir.name)]
 
 
 @dataclass
@@ -129,7 +138,8 @@ class LocalPipeline:
     localstack: LocalStackServer | None = field(default=None, init=False)
     identities: Identities | None = field(default=None, init=False)
     resources: LocalResources | None = field(default=None, init=False)
-    cards: list[ModelCard] = field(default_factory=list, init=False)
+    cards: list[ModelCard] = field(default_factory=list, init=False)  # current versions
+    _kept_cards: list[ModelCard] = field(default_factory=list, init=False)  # every version
     pacs: Orthanc | None = field(default=None, init=False)
     ehr: FhirServer | None = field(default=None, init=False)
     forwarder_port: int = field(default=0, init=False)
@@ -171,7 +181,11 @@ class LocalPipeline:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         logs = self.work_dir / "logs"
         logs.mkdir(exist_ok=True)
-        self.cards = [load_model_card(model.model_dir) for model in self.models]
+        kept = [model.versions() for model in self.models]
+        if not all(kept):
+            raise PipelineError("a local model folder holds no model version")
+        self.cards = [versions[-1] for versions in kept]
+        self._kept_cards = [card for versions in kept for card in versions]
         if len({card.name for card in self.cards}) != len(self.cards):
             raise PipelineError("each local model needs its own name")
         self._start_cloud(logs)
@@ -318,7 +332,7 @@ class LocalPipeline:
                 "starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1"
             )
         self._set_environ(environment)
-        self.resources = provision([self.site], self.cards)
+        self.resources = provision([self.site], self._kept_cards)
         if self.iam_policies is not None and self.cloud_moto is not None:
             self.identities = create_roles(
                 self.cloud_moto, deployer, self.iam_policies(self.resources)
