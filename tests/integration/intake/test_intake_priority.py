@@ -55,7 +55,7 @@ def test_a_stat_routing_rule_makes_every_study_it_routes_stat(
     assert set(send(intake.port, _ordered(study.paths, None))) == {0}
     (completed,) = intake.poll_completed(now=time.time() + LATER)
     # Then its run is STAT
-    assert (completed.route, completed.priority) == ("ich-triage", Priority.STAT)
+    assert (completed.models, completed.priority) == (("ich-triage",), Priority.STAT)
 
 
 def _study_uid(series: dict[str, list[Path]]) -> str:

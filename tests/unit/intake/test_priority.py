@@ -46,6 +46,13 @@ def test_a_stat_rule_makes_the_run_stat_whatever_the_header_says() -> None:
     assert study_priority([rule], [_series(RequestedProcedurePriority="LOW")]) is Priority.STAT
 
 
+def test_a_study_fanned_out_to_several_models_is_stat_when_any_matched_rule_is() -> None:
+    routine = RoutingRule(models=["lung-nodule-demo"], modality=["CT"])
+    stat = RoutingRule.model_validate({"models": ["ich-triage"], "priority": "STAT"})
+    assert study_priority([routine, stat], [_series()]) is Priority.STAT
+    assert study_priority([routine], [_series()]) is Priority.ROUTINE
+
+
 def test_an_unknown_rule_priority_is_refused_at_load() -> None:
     with pytest.raises(ValidationError):
         RoutingRule.model_validate({"model": "m", "priority": "urgent"})
