@@ -40,10 +40,11 @@ from imaging_ai.local.moto_server import free_port, start_moto_server
 from imaging_ai.local.processes import ManagedProcess, http_ready
 from imaging_ai.local.provision import LocalResources, provision
 from imaging_ai.model_card import load_model_card
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from tests.functions_support import SITE, make_series, upload_study
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_DIR = REPO / "containers" / "inference" / "model"
+MODEL_DIR = DEMO_MODEL_DIR
 TIMEOUT_S = 900.0
 
 
