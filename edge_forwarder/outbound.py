@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 
 from edge_forwarder.deid import Deidentifier, DeidResult
 from edge_forwarder.intake import CompletedStudy
-from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.observability import Telemetry, log_event, log_stage
 from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
@@ -121,9 +121,8 @@ class Outbound:
             runs = self._open_runs(study)  # opening is idempotent: known runs come back as are
             self._reach(runs, EdgeStage.COMPLETE)
             for run in runs:
-                log_event(
+                log_stage(
                     EdgeStage.COMPLETE,
-                    stage=EdgeStage.COMPLETE,
                     run_id=run.run_id,
                     pseudo_study_uid=run.pseudo_study_uid,
                     run_number=study.run_number,
@@ -142,9 +141,8 @@ class Outbound:
                 self.telemetry.audit.record(
                     "deidentify", pseudo_study_uid=pseudo_study_uid, run_id=run.run_id
                 )
-                log_event(
+                log_stage(
                     EdgeStage.DEIDENTIFIED,
-                    stage=EdgeStage.DEIDENTIFIED,
                     run_id=run.run_id,
                     pseudo_study_uid=pseudo_study_uid,
                     instance_count=_instance_count(study),
@@ -282,9 +280,8 @@ class Outbound:
                 "upload", pseudo_study_uid=each.pseudo_study_uid, run_id=each.run_id,
                 destination="s3",
             )  # fmt: skip
-            log_event(
+            log_stage(
                 EdgeStage.UPLOADED,
-                stage=EdgeStage.UPLOADED,
                 run_id=each.run_id,
                 pseudo_study_uid=each.pseudo_study_uid,
                 name=each.model_name,

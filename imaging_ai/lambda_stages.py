@@ -25,6 +25,7 @@ class Trigger(StrEnum):
     MANIFEST_CREATED = "manifest-created"
     INFERENCE_NOTIFICATIONS = "inference-notifications"
     DEAD_LETTERS = "dead-letters"
+    SCHEDULE = "schedule"  # an EventBridge schedule every `schedule_minutes`; no queue
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LambdaStage:
     invokes_endpoint: bool = False
     reads_manifests: bool = False
     stat_headroom: int = 0  # > 0: a STAT queue of its own, and this many instances kept for it
+    schedule_minutes: int = 0
 
     @property
     def handler(self) -> str:
@@ -52,7 +54,7 @@ class LambdaStage:
     @property
     def has_queue(self) -> bool:
         """Whether the stage polls a work queue of its own (with a dead-letter queue)."""
-        return self.trigger is not Trigger.DEAD_LETTERS
+        return self.trigger not in (Trigger.DEAD_LETTERS, Trigger.SCHEDULE)
 
     @property
     def queue_name(self) -> str:

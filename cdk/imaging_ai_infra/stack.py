@@ -15,6 +15,7 @@ from imaging_ai_infra.ingest import Ingest
 from imaging_ai_infra.network import Network
 from imaging_ai_infra.pipeline_function import stage_timeout
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.quality_monitoring import QualityMonitoring
 from imaging_ai_infra.results import Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
@@ -56,8 +57,9 @@ class ImagingAiStage(Stack):
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
         stage_queues = {**ingest.stage_queues, **results.stage_queues}
-        functions = {**ingest.functions, **results.functions}
-        AuditMonitoring(
+        quality = QualityMonitoring(self, "QualityMonitoring", platform=platform)
+        functions = {**ingest.functions, **results.functions, **quality.functions}
+        audit = AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
@@ -71,6 +73,11 @@ class ImagingAiStage(Stack):
             timeouts={name: stage_timeout(name) for name in functions},
             endpoint_names=inference.model_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
+        )
+        quality.report_to(
+            audit.alarm_topic,
+            audit.dashboard,
+            [function.log_group for function in functions.values()],
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)

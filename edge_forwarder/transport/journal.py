@@ -19,6 +19,8 @@ class DeliveryTarget(StrEnum):
     PACS = "pacs"
     EHR = "ehr"
     HL7 = "hl7"  # the ORU^R01 to the interface engine (optional)
+    # The notice of a critical finding (FHIR Communication or webhook); sent before the rest.
+    CRITICAL = "critical"
 
 
 class DeliveryState(StrEnum):

@@ -18,11 +18,10 @@ from imaging_ai.contracts import (
     LOCAL_NAMES,
     MANIFEST_NAME,
     STAT_MANIFEST_NAME,
-    model_card_key,
     site_results_queue_name,
 )
 from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
-from imaging_ai.model_card import ModelCard
+from imaging_ai.model_card import ModelCard, store_model_cards
 
 KMS_ALIAS = "alias/imaging-ai-data"
 MANIFEST_RULE_NAME = "imaging-ai-manifest-created"
@@ -129,17 +128,7 @@ def provision(
     table = LOCAL_NAMES["state_table"]
     _state_table(table)
     site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
-    s3 = client("s3")
-    # Every version stays readable (a re-run pins one); a model's last card is its current one,
-    # so callers list a model's versions oldest first.
-    for card in model_cards:
-        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=card.model_dump_json(indent=2).encode(),
-                ContentType="application/json",
-            )
+    store_model_cards(client("s3"), bucket, model_cards)
     return LocalResources(
         region=region,
         kms_key_arn=key_arn,

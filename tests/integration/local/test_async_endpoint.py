@@ -6,19 +6,20 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import Priority, priority_custom_attributes
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 
 BUCKET = "endpoint-test"
 
 
-class _Container(BaseHTTPRequestHandler):
+class _Container(QuietHandler):
     """A stand-in container for the emulator's own contract: it reverses bytes, or fails."""
 
     def do_POST(self) -> None:
@@ -32,9 +33,6 @@ class _Container(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-npz")
         self.end_headers()
         self.wfile.write(body[::-1])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 class _SecondModel(_Container):
