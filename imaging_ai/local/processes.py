@@ -7,21 +7,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
 from imaging_ai.errors import PipelineError
-
-# Where npm packages and the OHIF bundle are cached, shared by every local node tool.
-NODE_CACHE_ENV = "IMAGING_AI_NODE_CACHE"
-
-
-def node_cache_root() -> Path:
-    """The node cache folder: `IMAGING_AI_NODE_CACHE`, else ~/.cache/imaging-ai/node."""
-    return Path(os.environ.get(NODE_CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
 
 
 def end_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
@@ -113,6 +105,11 @@ class ManagedProcess:
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.process is not None:
             end_process(self.process, timeout_s)
+
+
+def first_on_path(names: Iterable[str]) -> str | None:
+    """The path of the first of `names` found on PATH (packages name a tool differently)."""
+    return next((found for name in names if (found := shutil.which(name))), None)
 
 
 def dcmtk_tool(name: str) -> str | None:
