@@ -23,8 +23,10 @@ from edge_forwarder.transport.results import ReceivedMessage
 from imaging_ai.contracts import (
     BUNDLE_NAME,
     DICOM_RESULT_NAMES,
+    Priority,
     SiteMessageKind,
     SiteResultMessage,
+    priority_rank,
 )
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
@@ -76,9 +78,15 @@ class Inbound:
         except Exception as error:
             log_event("results_poll_failed", logging.WARNING, reason=translate(error).reason)
             received = []
-        for item in received:
+        # STAT results are re-identified first, and delivered first (`journal.deliveries`).
+        for item in sorted(received, key=self._rank):
             self.take_received(item)
         self.delivery.deliver_pending()
+
+    def _rank(self, item: ReceivedMessage) -> int:
+        """The priority the edge itself recorded for the run (the cloud's word is not needed)."""
+        run = self.journal.run(item.message.run_id) if item.message is not None else None
+        return priority_rank(run.priority if run is not None else Priority.ROUTINE)
 
     def take_received(self, item: ReceivedMessage) -> None:
         """The inbound trust boundary: every exception of one message ends here, translated.

@@ -54,6 +54,7 @@ _ALLOWED_FIELDS = frozenset(
         "resumed",
         "http_status",
         "where",
+        "priority",  # ROUTINE or STAT: not PHI
     }
 )
 

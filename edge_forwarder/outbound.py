@@ -21,7 +21,7 @@ from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, ModelRun
+from imaging_ai.contracts import DeidRecord, ModelRun, Priority, priority_rank
 from imaging_ai.edge_stage import (
     AWAITING_UPLOAD,
     OUTBOUND_ORDER,
@@ -49,7 +49,8 @@ class Upload(Protocol):
     """Encrypt into the outbox, then send to S3 (`transport.uploader.Uploader`)."""
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
-                deidentification: DeidRecord, runs: list[ModelRun]) -> object: ...  # fmt: skip
+                deidentification: DeidRecord, runs: list[ModelRun],
+                priority: Priority = Priority.ROUTINE) -> object: ...  # fmt: skip
 
     def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
 
@@ -94,7 +95,9 @@ class Outbound:
     shadow_models: frozenset[str] = frozenset()
 
     def tick(self) -> None:
-        for study in self.intake.poll_completed():
+        # STAT first at both steps; a stable sort keeps the intake's order within a priority.
+        completed = sorted(self.intake.poll_completed(), key=lambda s: priority_rank(s.priority))
+        for study in completed:
             if self.stop.is_set():
                 return
             self.take(study)
@@ -169,9 +172,10 @@ class Outbound:
                 study.study_key,
                 study.run_number,
                 pseudo_study_uid,
-                detail=f"instances={_instance_count(study)}",
+                detail=f"instances={_instance_count(study)} priority={study.priority}",
                 model_name=model,
                 shadow=model in self.shadow_models,
+                priority=study.priority,
             )
             for model in study.models
         ]
@@ -246,6 +250,7 @@ class Outbound:
             series,
             self._deid_record(packed.last_result),
             model_runs,
+            priority=lead.priority,
         )
         self._reach(runs, EdgeStage.PREPARED)
 

@@ -24,6 +24,7 @@ from imaging_ai.contracts import (
     ManifestInstance,
     ManifestSeries,
     ModelRun,
+    Priority,
     Stage,
     encryption_context,
     inference_output_prefix,
@@ -212,6 +213,7 @@ def upload_study(
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
     spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
     runs: list[ModelRun] | None = None,
+    priority: Priority = Priority.ROUTINE,
 ) -> UploadedStudy:
     """What the edge forwarder does: series tar, encrypt, upload, manifest LAST.
 
@@ -222,7 +224,7 @@ def upload_study(
     )
     entry = _put_series(bucket, key_arn, study_uid, series_uid, datasets, tamper=tamper)
     runs = runs or [ModelRun(run_id=run_id, model_name=model_name)]
-    manifest = _put_manifest(bucket, key_arn, study_uid, [entry], runs)
+    manifest = _put_manifest(bucket, key_arn, study_uid, [entry], runs, priority)
     return UploadedStudy(manifest, synthetic, series_uid, datasets)
 
 
@@ -282,6 +284,7 @@ def _put_manifest(
     study_uid: str,
     series: list[ManifestSeries],
     runs: list[ModelRun],
+    priority: Priority = Priority.ROUTINE,
 ) -> Manifest:
     """Write the study's manifest, encrypted: the commit marker, so always LAST."""
     manifest = Manifest(
@@ -291,10 +294,11 @@ def _put_manifest(
         series=series,
         deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
         forwarder_version="test",
+        priority=priority,
     )
     client("s3").put_object(
         Bucket=bucket,
-        Key=manifest_key(SITE, study_uid),
+        Key=manifest_key(SITE, study_uid, priority),
         Body=envelope.encrypt_bytes(
             manifest.model_dump_json().encode(), key_arn, encryption_context(SITE, study_uid)
         ),

@@ -21,6 +21,7 @@ INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
 RESULTS_PREFIX: Final = "results/"
 MODELS_PREFIX: Final = "models/"
 MANIFEST_NAME: Final = "manifest.json.enc"  # contracts.MANIFEST_NAME: the commit marker
+STAT_MANIFEST_NAME: Final = "manifest.stat.json.enc"  # contracts.STAT_MANIFEST_NAME
 
 # State table (state.py: PARTITION_KEY, SORT_KEY).
 STATE_PARTITION_KEY: Final = "pk"
@@ -93,6 +94,7 @@ class LambdaStageEntry(TypedDict, total=False):
     writes: list[str]
     invokes_endpoint: bool
     reads_manifests: bool
+    stat_headroom: int  # > 0: a STAT queue, and this many reserved instances kept for it
     schedule_minutes: int
 
 

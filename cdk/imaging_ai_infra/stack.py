@@ -48,7 +48,10 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[queues.dlq for queues in ingest.stage_queues.values()],
+            upstream_dlqs=[
+                queues.dlq
+                for queues in [*ingest.stage_queues.values(), *ingest.stat_queues.values()]
+            ],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
@@ -63,6 +66,7 @@ class ImagingAiStage(Stack):
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
                 **{name: q.dlq for name, q in stage_queues.items()},
+                **{f"{name}-stat": q.dlq for name, q in ingest.stat_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },
             functions={name: function.function for name, function in functions.items()},

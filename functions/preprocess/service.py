@@ -99,7 +99,7 @@ class PreprocessService:
             run = RunKey(site, pseudo_study_uid, model_run.run_id)
             logger.append_keys(
                 site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id,
-                model_name=model_run.model_name,
+                model_name=model_run.model_name, priority=manifest.priority.value,
             )  # fmt: skip
             try:
                 outcomes[run.run_id] = self._handle_run(ref, manifest, model_run, run, lease_s)
@@ -122,6 +122,7 @@ class PreprocessService:
             "manifest_key": ref.key,
             # Postprocess measures end-to-end latency from here (EndToEndSeconds).
             "manifest_created_at": manifest.created_at.isoformat(),
+            "priority": manifest.priority.value,
         }
         if model_run.revises_run_id:
             attributes["revises_run_id"] = model_run.revises_run_id
@@ -156,6 +157,7 @@ class PreprocessService:
                 location,
                 inference_id(run.run_id),
                 run_prefix.removeprefix(INFERENCE_OUTPUT_PREFIX),
+                manifest.priority,
             )
             self._state.advance(
                 run,

@@ -25,7 +25,8 @@ DATA_ACTION_PREFIXES = (
 )
 
 # The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
-_WORK_QUEUES = sum(stage.has_queue for stage in LAMBDA_STAGES)
+# A stage's own queue, and its STAT queue where it has one (docs/priority.md).
+_WORK_QUEUES = sum(stage.has_queue + stage.has_stat_queue for stage in LAMBDA_STAGES)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -156,18 +157,55 @@ def test_topics_are_kms_encrypted_and_tls_only(dev: Synthesized) -> None:
         assert covered and _tls_only(covered[0]["PolicyDocument"]), logical_id
 
 
-def test_only_manifest_objects_start_a_run(dev: Synthesized) -> None:
-    (rule,) = [
+def test_only_manifest_objects_start_a_run_and_stat_ones_have_their_own_queue(
+    dev: Synthesized,
+) -> None:
+    rules = [
         r["Properties"]
         for r in dev.resources("AWS::Events::Rule").values()
-        if "EventPattern" in r["Properties"]  # the other rule is the drift check's schedule
+        if "EventPattern" in r["Properties"]  # not the drift check's schedule
     ]
-    pattern = rule["EventPattern"]
-    assert pattern["source"] == ["aws.s3"]
-    assert pattern["detail-type"] == ["Object Created"]
-    assert pattern["detail"]["object"]["key"] == [{"wildcard": "incoming/*/*/manifest.json.enc"}]
-    target = rule["Targets"][0]
-    assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+    queue_of = {}
+    for rule in rules:
+        pattern = rule["EventPattern"]
+        assert pattern["source"] == ["aws.s3"]
+        assert pattern["detail-type"] == ["Object Created"]
+        (target,) = rule["Targets"]
+        assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+        (key,) = pattern["detail"]["object"]["key"]
+        queue_of[key["wildcard"]] = target["Arn"]["Fn::GetAtt"][0]
+    assert sorted(queue_of) == [
+        "incoming/*/*/manifest.json.enc",
+        "incoming/*/*/manifest.stat.json.enc",
+    ]
+    routine, stat = (
+        queue_of["incoming/*/*/manifest.json.enc"],
+        queue_of["incoming/*/*/manifest.stat.json.enc"],
+    )
+    assert routine != stat and "Stat" in stat
+
+
+def test_routine_studies_cannot_take_the_preprocess_instances_stat_studies_need(
+    dev: Synthesized,
+) -> None:
+    preprocess = next(
+        f["Properties"]
+        for logical_id, f in dev.resources("AWS::Lambda::Function").items()
+        if logical_id.startswith("IngestPreprocess")
+    )
+    mappings = [
+        m["Properties"]
+        for m in dev.resources("AWS::Lambda::EventSourceMapping").values()
+        if "IngestPreprocess" in m["Properties"]["FunctionName"]["Ref"]
+    ]
+    by_queue = {m["EventSourceArn"]["Fn::GetAtt"][0]: m for m in mappings}
+    (stat,) = [m for queue, m in by_queue.items() if "Stat" in queue]
+    (routine,) = [m for queue, m in by_queue.items() if "Stat" not in queue]
+    # The routine mapping is capped below the function's reserved concurrency; STAT is not.
+    reserved = preprocess["ReservedConcurrentExecutions"]
+    assert routine["ScalingConfig"]["MaximumConcurrency"] < reserved
+    assert "ScalingConfig" not in stat
+    assert routine["BatchSize"] == stat["BatchSize"] == 1
 
 
 def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:

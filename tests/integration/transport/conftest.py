@@ -24,6 +24,7 @@ from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import (
     Manifest,
+    Priority,
     SiteResultMessage,
     encryption_context,
     manifest_key,
@@ -148,8 +149,11 @@ class CloudSide:
     key_arn: str
     queue_url: str
 
-    def read_manifest(self, pseudo_study_uid: str) -> Manifest:
-        body = client("s3").get_object(Bucket=BUCKET, Key=manifest_key(SITE, pseudo_study_uid))
+    def read_manifest(
+        self, pseudo_study_uid: str, priority: Priority = Priority.ROUTINE
+    ) -> Manifest:
+        key = manifest_key(SITE, pseudo_study_uid, priority)
+        body = client("s3").get_object(Bucket=BUCKET, Key=key)
         plain = envelope.decrypt_bytes(
             body["Body"].read(), self.key_arn, encryption_context(SITE, pseudo_study_uid)
         )
