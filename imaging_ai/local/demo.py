@@ -326,8 +326,7 @@ def run(args: argparse.Namespace) -> int:
         port = pipeline.forwarder_port
         say(f"Sending both studies by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
         say("Timeline (each stage when the first study reaches it):")
-        started = time.monotonic()
-        pipeline.timeline.started = started
+        started = pipeline.timeline.start_clock()
         pipeline.send_study(work_dir / "study")
         pipeline.send_study(work_dir / "head-study")
         delivered = pipeline.wait_until_delivered(args.timeout)
@@ -527,8 +526,7 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         port = pipeline.forwarder_port
         say(f"Sending every series by C-STORE to the forwarder on 127.0.0.1:{port}")
         say("Timeline:")
-        started = time.monotonic()
-        pipeline.timeline.started = started
+        started = pipeline.timeline.start_clock()
         report = pipeline.send_folder(found)
         delivered = pipeline.wait_until_delivered(args.timeout)
         _say_run_ends(pipeline, say)

@@ -78,6 +78,11 @@ class Timeline:
     def __post_init__(self) -> None:
         self._changed = threading.Condition(self._lock)
 
+    def start_clock(self) -> float:
+        """Time every stage from now (the first send) on; return that instant."""
+        self.started = time.monotonic()
+        return self.started
+
     def record(self, stage: str, detail: str = "", run_id: str | None = None) -> None:
         """Record `stage` for the study (printed the first time) and, given `run_id`, for that
         run; a TERMINAL stage without a run ends the whole study."""
