@@ -100,6 +100,16 @@ def _inbound_with_report(
     return inbound, ehr
 
 
+def _critical_result_taken(
+    journal: Journal, telemetry: Telemetry, folder: Path, webhook_failure: Exception
+) -> tuple[RecordingWebhook, FakeEhr]:
+    """The inbound loop takes a critical (AA) report once; the webhook fails first this way."""
+    webhook = RecordingWebhook(webhook_failure)
+    inbound, ehr = _inbound_with_report(journal, telemetry, folder, "AA", webhook)
+    inbound.tick()
+    return webhook, ehr
+
+
 def _audit(telemetry: Telemetry) -> list[dict[str, Any]]:
     lines = telemetry.audit.path.read_text().splitlines()
     return [json.loads(line) for line in lines]
@@ -158,11 +168,10 @@ def test_a_result_without_a_critical_finding_sends_no_notice(
 def test_a_webhook_gets_the_notice_after_a_transient_failure(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
-    # Given a configured webhook that is down once
-    webhook = RecordingWebhook(TransientError("webhook answered HTTP 503"))
-    inbound, ehr = _inbound_with_report(journal, telemetry, tmp_path / "d", "AA", webhook)
-    # When the result is taken
-    inbound.tick()
+    # Given a configured webhook that is down once, When the result is taken
+    webhook, ehr = _critical_result_taken(
+        journal, telemetry, tmp_path / "d", TransientError("webhook answered HTTP 503")
+    )
     # Then the webhook got the notice on the retry, the EHR only the report, and it is audited
     (notice,) = webhook.received
     assert notice["resourceType"] == "Communication"
@@ -177,11 +186,10 @@ def test_a_webhook_gets_the_notice_after_a_transient_failure(
 def test_a_refused_notice_is_dead_lettered_and_audited_as_failed(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
-    # Given a webhook that refuses the notice
-    webhook = RecordingWebhook(PermanentError("webhook answered HTTP 400"))
-    inbound, _ = _inbound_with_report(journal, telemetry, tmp_path / "d", "AA", webhook)
-    # When the result is taken
-    inbound.tick()
+    # Given a webhook that refuses the notice, When the result is taken
+    _critical_result_taken(
+        journal, telemetry, tmp_path / "d", PermanentError("webhook answered HTTP 400")
+    )
     # Then the notice is a visible dead letter, audited with a failure outcome
     rows = {d.target: d for d in journal.deliveries(run_id=RUN_ID)}
     assert rows[DeliveryTarget.CRITICAL].state is DeliveryState.DEAD_LETTER
