@@ -14,7 +14,7 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from imaging_ai.model_io import Finding, VolumeGeometry
 
@@ -165,6 +165,17 @@ class SyntheticStudy:
     sop_instance_uids: list[str] = field(default_factory=list)
 
 
+def make_new_instance(ds: Dataset, sop_class_uid: str) -> None:
+    """Make `ds` a new instance of `sop_class_uid`: a fresh SOP Instance UID and file meta."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+
+
 def make_chest_phantom(
     seed: int,
     shape: tuple[int, int, int] = (200, 512, 512),
@@ -296,14 +307,7 @@ def iter_ct_slices(
     scanner = scanner or ScannerProfile()
     for k in range(depth):
         ds = copy.deepcopy(_header_template())
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        sop_uid = generate_uid()
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
+        make_new_instance(ds, CTImageStorage)
         ds.StudyInstanceUID = study_instance_uid
         ds.SeriesInstanceUID = series_instance_uid
         ds.FrameOfReferenceUID = frame_of_reference_uid

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from imaging_ai.results.patient_study import IDENTITY_ATTRIBUTES
@@ -23,6 +23,7 @@ from imaging_ai.synthetic import (
     FakePatient,
     Phantom,
     iter_ct_slices,
+    make_new_instance,
 )
 
 LOCALIZER_TYPE = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
@@ -114,24 +115,13 @@ def localizer(phantom: Phantom, patient: FakePatient, study_uid: str, for_uid: s
     return ds
 
 
-def _make_new_instance(ds: Dataset, sop_class_uid: str) -> None:
-    """Make `ds` a new instance of `sop_class_uid`: a fresh SOP Instance UID and file meta."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-
-
 def _non_image(template: Dataset, sop_class_uid: str, modality: str, series_number: int) -> Dataset:
     """A new instance of another SOP class, with the study's patient and study module."""
     ds = Dataset()
     for keyword in (*IDENTITY_ATTRIBUTES, "InstitutionName"):
         if keyword in template:
             setattr(ds, keyword, copy.deepcopy(template.data_element(keyword).value))  # type: ignore[union-attr]
-    _make_new_instance(ds, sop_class_uid)
+    make_new_instance(ds, sop_class_uid)
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = modality
     ds.SeriesNumber = series_number
@@ -243,7 +233,7 @@ def enhanced_ct(slices: Sequence[Dataset]) -> Dataset:
     for element in first:
         if element.keyword and element.keyword not in skip and element.tag.group != 0x0029:
             ds.add(copy.deepcopy(element))
-    _make_new_instance(ds, ENHANCED_CT)
+    make_new_instance(ds, ENHANCED_CT)
     ds.InstanceNumber = 1
     ds.NumberOfFrames = len(slices)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
