@@ -12,9 +12,9 @@ from scipy import ndimage
 
 from imaging_ai.contracts import ManifestInstance, ManifestSeries
 from imaging_ai.intended_use import (
-    _fill_holes,
     Skip,
     SkipReason,
+    _fill_holes,
     not_analyzed_reason,
     screen_headers,
     screen_manifest_series,
