@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from imaging_ai.local.moto_server import free_port
@@ -121,6 +121,10 @@ def _storescp(folder: Path) -> Iterator[int]:
         process.wait(timeout=30)
 
 
+# Starts a DICOM receiver storing into a folder; yields its port.
+Receiver = Callable[[Path], AbstractContextManager[int]]
+
+
 def _best(run: Callable[[], float], repeat: int) -> float:
     return min(run() for _ in range(repeat))
 
@@ -138,24 +142,19 @@ def main() -> None:
         paths = study.paths
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
         seconds: dict[tuple[str, int], float] = {}
+        receivers = {"ours": _ours, "storescp": _storescp}
         for associations in (1, 4):
-            # Each repeat stores into a fresh spool: a resend would be a duplicate, not a store.
-            def ours_once(n: int = associations) -> float:
-                folder = tmp / f"ours-{n}-{time.monotonic_ns()}"
-                with _ours(folder) as port:
-                    taken = _send(port, paths, n)
-                shutil.rmtree(folder)
-                return taken
+            for name, receiver in receivers.items():
 
-            def storescp_once(n: int = associations) -> float:
-                folder = tmp / f"storescp-{n}-{time.monotonic_ns()}"
-                with _storescp(folder) as port:
-                    taken = _send(port, paths, n)
-                shutil.rmtree(folder)
-                return taken
+                def store_once(n: int = associations, start: Receiver = receiver) -> float:
+                    # A fresh spool each repeat: a resend would be a duplicate, not a store.
+                    folder = tmp / f"{start.__name__}-{n}-{time.monotonic_ns()}"
+                    with start(folder) as port:
+                        taken = _send(port, paths, n)
+                    shutil.rmtree(folder)
+                    return taken
 
-            seconds[("ours", associations)] = _best(ours_once, args.repeat)
-            seconds[("storescp", associations)] = _best(storescp_once, args.repeat)
+                seconds[(name, associations)] = _best(store_once, args.repeat)
 
     load = os.getloadavg()
     print(f"study: {len(paths)} CT slices of {args.size}², {megabytes:.1f} MB; "

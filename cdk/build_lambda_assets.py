@@ -28,7 +28,14 @@ LAMBDA_PLATFORM = ("manylinux2014_x86_64", "3.12", "cp")
 # `synthetic*.py` make fake-PHI studies for tests and the demo; `dicom_folder.py` sends a
 # user's folder (edge CLI, demo). The import-linter contract
 # "The Lambda functions reach nothing their assets leave out" keeps this list honest.
-LIBRARY_EXCLUDES = ("inference", "local", "synthetic.py", "synthetic_series.py", "dicom_folder.py")
+LIBRARY_EXCLUDES = (
+    "inference",
+    "local",
+    "synthetic.py",
+    "synthetic_series.py",
+    "synthetic_head.py",
+    "dicom_folder.py",
+)
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "node_modules", ".mypy_cache")
 
 

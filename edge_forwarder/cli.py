@@ -1,4 +1,4 @@
-"""`edge-forwarder` command line: run, status, send, retry, rerun, purge."""
+"""`edge-forwarder` command line: run, status, send, retry, rerun, purge, validate."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ _PURGEABLE = (
     EdgeStage.DEAD_LETTER_PACS,
     EdgeStage.DEAD_LETTER_EHR,
     EdgeStage.DEAD_LETTER_HL7,
+    EdgeStage.DEAD_LETTER_CRITICAL,
 )
 
 
@@ -205,6 +206,17 @@ def cmd_send(folder: Path, host: str, port: int, ae_title: str, calling: str) ->
     return 1 if report.failed else 0
 
 
+def cmd_validate(folder: Path, model_dir: Path, out_dir: Path) -> int:
+    """Run the model on the site's annotated studies through the embedded pipeline, delivering
+    nowhere real, and write the validation report (it names studies: it stays on-prem)."""
+    from edge_forwarder.validation.command import validate
+
+    report = validate(folder, model_dir, out_dir)
+    print(json.dumps(report.summary(), indent=2))
+    print(f"report: {out_dir}")
+    return 0
+
+
 def cmd_retry(
     config: ForwarderConfig, run_id: str | None, target: DeliveryTarget | None, now: bool
 ) -> int:
@@ -317,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("--port", type=int, default=11112)
     send.add_argument("--ae-title", default="EDGE_FWD")  # the intake's default called AE
     send.add_argument("--calling-ae-title", default="SENDER")
+    check = sub.add_parser("validate", help="validate a model on annotated studies (on-prem)")
+    check.add_argument("folder", type=Path, help="CT studies with truth as DICOM SEG or CSV")
+    check.add_argument("--model-dir", type=Path, required=True)
+    check.add_argument("--out", type=Path, default=Path("validation"))
     again = sub.add_parser("retry", help="re-queue dead-lettered deliveries")
     again.add_argument("run_id", nargs="?")
     again.add_argument("--target", choices=list(DeliveryTarget), type=DeliveryTarget)
@@ -334,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "send":
         return cmd_send(args.folder, args.host, args.port, args.ae_title, args.calling_ae_title)
+    if args.command == "validate":
+        # Its own embedded pipeline: no forwarder config, and nothing reaches the site's peers.
+        return cmd_validate(args.folder, args.model_dir, args.out)
     try:
         config = load_config(args.config)
     except ConfigError as error:

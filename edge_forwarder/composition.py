@@ -9,7 +9,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from edge_forwarder.config import EhrSection, ForwarderConfig, Hl7Section, PacsSection
+from edge_forwarder.config import (
+    CriticalSection,
+    EhrSection,
+    ForwarderConfig,
+    Hl7Section,
+    PacsSection,
+)
 from edge_forwarder.crosswalk import CrosswalkVault
 from edge_forwarder.deid import Deidentifier, DeidOptions
 from edge_forwarder.delivery import Delivery, PacsDestination
@@ -30,6 +36,7 @@ from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.pacs import PacsPeer, client_tls_context
 from edge_forwarder.transport.results import ResultsPoller
 from edge_forwarder.transport.uploader import Uploader, UploadSettings
+from edge_forwarder.transport.webhook import WebhookClient
 
 FORWARDER_VERSION = "0.1.0"
 
@@ -128,6 +135,8 @@ def build_forwarder(
         if config.hl7
         else None,
         hl7_retry=_retry_policy(config.hl7 or config.pacs, max_backoff_s),
+        critical=_critical_notifier(config),
+        critical_retry=_retry_policy(config.critical, max_backoff_s),
     )
     inbound = Inbound(
         journal=journal,
@@ -233,9 +242,17 @@ def _results(config: ForwarderConfig) -> ResultsPoller:
 
 
 def _retry_policy(
-    target: PacsSection | EhrSection | Hl7Section, max_backoff_s: float
+    target: PacsSection | EhrSection | Hl7Section | CriticalSection, max_backoff_s: float
 ) -> RetryPolicy:
     return RetryPolicy(target.max_attempts, Backoff(target.retry_base_s, max_backoff_s))
+
+
+def _critical_notifier(config: ForwarderConfig) -> WebhookClient | None:
+    """The webhook where configured; None lets Delivery send a Communication to the EHR."""
+    section = config.critical
+    if section.channel == "webhook" and section.webhook_url:
+        return WebhookClient(section.webhook_url, timeout_s=section.timeout_s)
+    return None
 
 
 def _ehr(config: ForwarderConfig) -> EhrClient:

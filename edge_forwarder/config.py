@@ -7,7 +7,7 @@ import os
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -210,6 +210,28 @@ class EhrSection(_Section):
     _https = field_validator("base_url")(check_https)
 
 
+class CriticalSection(_Section):
+    """Where a critical finding (the model card says which) is announced at once: the EHR
+    as a FHIR Communication (default), or a webhook that receives the same JSON."""
+
+    channel: Literal["ehr", "webhook"] = "ehr"
+    webhook_url: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0.0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_s: float = Field(default=0.5, ge=0.0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https_webhook(cls, url: str | None) -> str | None:
+        return None if url is None else check_https(url)
+
+    @model_validator(mode="after")
+    def _webhook_named(self) -> CriticalSection:
+        if self.channel == "webhook" and not self.webhook_url:
+            raise ValueError("channel 'webhook' needs a webhook_url")
+        return self
+
+
 class ObservabilitySection(_Section):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0 = no HTTP endpoint
@@ -258,6 +280,7 @@ class ForwarderConfig(_Section):
     extra_pacs: list[ExtraPacsSection] = Field(default_factory=list)
     ehr: EhrSection
     hl7: Hl7Section | None = None  # off unless configured
+    critical: CriticalSection = CriticalSection()
     observability: ObservabilitySection = ObservabilitySection()
     retention: RetentionSection = RetentionSection()
     # Per model, by the name routing rules use: [models.NAME] mode = "shadow".

@@ -8,10 +8,13 @@ import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_forwarder.critical import CriticalNotifier, EhrCommunication, communication
+from edge_forwarder.critical import critical_findings as find_critical
 from edge_forwarder.observability import Telemetry, log_event
 from edge_forwarder.result_objects import (
     DEFAULT_PACS_OBJECTS,
@@ -33,12 +36,16 @@ _DELIVERED_STAGE = {
     DeliveryTarget.PACS: EdgeStage.DELIVERED_PACS,
     DeliveryTarget.EHR: EdgeStage.DELIVERED_EHR,
     DeliveryTarget.HL7: EdgeStage.DELIVERED_HL7,
+    DeliveryTarget.CRITICAL: EdgeStage.NOTIFIED_CRITICAL,
 }
 _DEAD_LETTER_STAGE = {
     DeliveryTarget.PACS: EdgeStage.DEAD_LETTER_PACS,
     DeliveryTarget.EHR: EdgeStage.DEAD_LETTER_EHR,
     DeliveryTarget.HL7: EdgeStage.DEAD_LETTER_HL7,
+    DeliveryTarget.CRITICAL: EdgeStage.DEAD_LETTER_CRITICAL,
 }
+# The audit action of each target's delivery (a critical notice is audited as such).
+_AUDIT_ACTION = {DeliveryTarget.CRITICAL: "critical_notice"}
 OPERATION_OUTCOME_NAME = "ehr-operation-outcome.json"
 HL7_NAK_NAME = "hl7-nak.txt"
 MAIN_PACS = "pacs"
@@ -92,9 +99,15 @@ class Delivery:
     extra_pacs: Sequence[PacsDestination] = ()
     hl7: Hl7 | None = None
     hl7_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, Backoff()))
+    # Where critical-finding notices go; None: a FHIR Communication to `ehr`.
+    critical: CriticalNotifier | None = None
+    critical_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(5, Backoff(0.5)))
 
     def deliver_pending(self) -> None:
-        for row in self.journal.deliveries(state=DeliveryState.PENDING):
+        rows = self.journal.deliveries(state=DeliveryState.PENDING)
+        # A critical notice goes before any C-STORE or report: it is what a site waits on.
+        rows.sort(key=lambda row: row.target is not DeliveryTarget.CRITICAL)
+        for row in rows:
             if self.stop.is_set():
                 return
             try:
@@ -106,6 +119,8 @@ class Delivery:
                     self._deliver_pacs(row.run_id, folder)
                 elif row.target is DeliveryTarget.HL7:
                     self._deliver_hl7(row.run_id, folder)
+                elif row.target is DeliveryTarget.CRITICAL:
+                    self._deliver_critical(row.run_id, folder)
                 else:
                     self._deliver_ehr(row.run_id, folder)
                 self._finish_if_done(row.run_id)
@@ -209,6 +224,38 @@ class Delivery:
             return
         self._delivered(run_id, DeliveryTarget.EHR, destination="ehr", count=None)
 
+    def _deliver_critical(self, run_id: str, folder: Path) -> None:
+        """Each critical finding of the re-identified report, as one notice."""
+        try:
+            bundle = json.loads((folder / BUNDLE_NAME).read_text())
+        except ValueError:
+            raise PermanentError("the re-identified Bundle on disk is not JSON") from None
+        notifier = self.critical or EhrCommunication(self.ehr)
+        sent = datetime.now(UTC)
+        notices = [communication(f, run_id, sent) for f in find_critical(bundle)]
+        try:
+            for notice in notices:
+                self._with_retries(
+                    run_id,
+                    DeliveryTarget.CRITICAL,
+                    partial(notifier.notify, notice),
+                    retryable=(TransientError,),
+                    policy=self.critical_retry,
+                )
+        except EhrRejected as error:
+            (folder / OPERATION_OUTCOME_NAME).write_text(json.dumps(error.outcome))
+            self._dead_letter(run_id, DeliveryTarget.CRITICAL, f"{error} (OperationOutcome kept)")
+            return
+        except ForwarderError as error:
+            self._dead_letter(run_id, DeliveryTarget.CRITICAL, str(error))
+            return
+        self._delivered(
+            run_id,
+            DeliveryTarget.CRITICAL,
+            destination=f"critical:{notifier.destination}",
+            count=len(notices),
+        )
+
     def _with_retries(
         self,
         run_id: str,
@@ -251,7 +298,10 @@ class Delivery:
         self.journal.set_delivery(run_id, target, DeliveryState.DELIVERED, attempts_delta=1)
         self.journal.advance(run_id, stage, detail=None if count is None else f"objects={count}")
         self.telemetry.audit.record(
-            "export", pseudo_study_uid=self._pseudo(run_id), run_id=run_id, destination=destination
+            _AUDIT_ACTION.get(target, "export"),
+            pseudo_study_uid=self._pseudo(run_id),
+            run_id=run_id,
+            destination=destination,
         )
         self.telemetry.metrics.deliveries.labels(target, "delivered").inc()
         counted = {} if count is None else {"count": count}
@@ -275,7 +325,7 @@ class Delivery:
         )
         self.journal.advance(run_id, stage, reason=reason)
         self.telemetry.audit.record(
-            "export",
+            _AUDIT_ACTION.get(target, "export"),
             pseudo_study_uid=self._pseudo(run_id),
             run_id=run_id,
             outcome="8",

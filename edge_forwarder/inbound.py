@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_forwarder.critical import critical_findings
 from edge_forwarder.delivery import Delivery
 from edge_forwarder.identity import StudyIdentity
-from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.observability import Telemetry, log_event, log_stage
 from edge_forwarder.on_prem_reports import OnPremReports
 from edge_forwarder.result_objects import ORU_NAME
 from edge_forwarder.transport.errors import ForwarderError, PermanentError, ReidentificationError
@@ -22,8 +23,10 @@ from edge_forwarder.transport.results import ReceivedMessage
 from imaging_ai.contracts import (
     BUNDLE_NAME,
     DICOM_RESULT_NAMES,
+    Priority,
     SiteMessageKind,
     SiteResultMessage,
+    priority_rank,
 )
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 
@@ -75,9 +78,15 @@ class Inbound:
         except Exception as error:
             log_event("results_poll_failed", logging.WARNING, reason=translate(error).reason)
             received = []
-        for item in received:
+        # STAT results are re-identified first, and delivered first (`journal.deliveries`).
+        for item in sorted(received, key=self._rank):
             self.take_received(item)
         self.delivery.deliver_pending()
+
+    def _rank(self, item: ReceivedMessage) -> int:
+        """The priority the edge itself recorded for the run (the cloud's word is not needed)."""
+        run = self.journal.run(item.message.run_id) if item.message is not None else None
+        return priority_rank(run.priority if run is not None else Priority.ROUTINE)
 
     def take_received(self, item: ReceivedMessage) -> None:
         """The inbound trust boundary: every exception of one message ends here, translated.
@@ -146,9 +155,8 @@ class Inbound:
         objects = self.results.fetch(message)
         check_result_objects(objects, message.pseudo_study_uid)
         self._advance_once(run_id, EdgeStage.RESULTS_RECEIVED, detail=",".join(sorted(objects)))
-        log_event(
+        log_stage(
             EdgeStage.RESULTS_RECEIVED,
-            stage=EdgeStage.RESULTS_RECEIVED,
             run_id=run_id,
             pseudo_study_uid=message.pseudo_study_uid,
             count=len(objects),
@@ -172,6 +180,12 @@ class Inbound:
             self.journal.set_delivery(
                 run_id, DeliveryTarget.EHR, DeliveryState.PENDING, payload_dir=folder
             )
+            if critical_findings(json.loads((folder / BUNDLE_NAME).read_text())):
+                self.journal.set_delivery(
+                    run_id, DeliveryTarget.CRITICAL, DeliveryState.PENDING, payload_dir=folder
+                )
+                log_event("critical_finding", logging.WARNING, run_id=run_id,
+                          pseudo_study_uid=message.pseudo_study_uid)  # fmt: skip
         if (folder / ORU_NAME).exists():
             self.journal.set_delivery(
                 run_id, DeliveryTarget.HL7, DeliveryState.PENDING, payload_dir=folder
@@ -271,9 +285,8 @@ class Inbound:
             self.journal.note(run_id, "not_analyzed_after_end", detail=reason)
             return
         self.journal.advance(run_id, EdgeStage.NOT_ANALYZED, reason=reason)
-        log_event(
+        log_stage(
             EdgeStage.NOT_ANALYZED,
-            stage=EdgeStage.NOT_ANALYZED,
             run_id=run_id,
             pseudo_study_uid=message.pseudo_study_uid,
             reason=reason,

@@ -11,13 +11,15 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from imaging_ai.edge_stage import EdgeStage
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.logs import JsonFormatter
 
 LOGGER_NAME = "edge_forwarder"
@@ -52,6 +54,7 @@ _ALLOWED_FIELDS = frozenset(
         "resumed",
         "http_status",
         "where",
+        "priority",  # ROUTINE or STAT: not PHI
     }
 )
 
@@ -87,6 +90,11 @@ def silence_dicom_library_warnings() -> None:
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log a named event with keyword fields (fields outside the allow-list are dropped)."""
     logging.getLogger(LOGGER_NAME).log(level, event, extra={"fields": fields})
+
+
+def log_stage(stage: EdgeStage, **fields: Any) -> None:
+    """Log that a run reached `stage`: the event is named after it and carries it."""
+    log_event(stage, stage=stage, **fields)
 
 
 class Metrics:
@@ -146,7 +154,8 @@ class MetricsServer:
     def __init__(self, host: str, port: int, metrics: Metrics, health: HealthState) -> None:
         registry, health_state = metrics.registry, health
 
-        class Handler(BaseHTTPRequestHandler):
+        # Quiet: access logs would duplicate scrapes every 15 s.
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
                     body, status, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
@@ -156,14 +165,7 @@ class MetricsServer:
                     kind = "application/json"
                 else:
                     body, status, kind = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return  # access logs would duplicate scrapes every 15 s
+                self.reply(status, body, kind)
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.port = int(self.server.server_address[1])
@@ -190,6 +192,8 @@ _AUDIT_TYPES: dict[str, tuple[str, str, str, str]] = {
     "purge": ("110105", "DICOM Study Deleted", "purge", "D"),
     # The cloud's verdict on a study: outside the model's intended use, nothing delivered.
     "not_analyzed": ("110111", "Procedure Record", "not_analyzed", "R"),
+    # A critical finding told to the site (EHR Communication or webhook), or the attempt.
+    "critical_notice": ("110106", "Export", "critical_notice", "C"),
     # A shadow-mode model's results kept on the edge and deliberately not delivered.
     "shadow_stored": ("110111", "Procedure Record", "shadow_stored", "R"),
 }

@@ -16,12 +16,12 @@ from pydicom.errors import InvalidDicomError
 
 from edge_forwarder.deid import Deidentifier, DeidResult
 from edge_forwarder.intake import CompletedStudy
-from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.observability import Telemetry, log_event, log_stage
 from edge_forwarder.transport.errors import PermanentError
 from edge_forwarder.transport.journal import Journal, RunRow
 from edge_forwarder.transport.packaging import pack_series
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, ModelRun
+from imaging_ai.contracts import DeidRecord, ModelRun, Priority, priority_rank
 from imaging_ai.edge_stage import (
     AWAITING_UPLOAD,
     OUTBOUND_ORDER,
@@ -49,7 +49,8 @@ class Upload(Protocol):
     """Encrypt into the outbox, then send to S3 (`transport.uploader.Uploader`)."""
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
-                deidentification: DeidRecord, runs: list[ModelRun]) -> object: ...  # fmt: skip
+                deidentification: DeidRecord, runs: list[ModelRun],
+                priority: Priority = Priority.ROUTINE) -> object: ...  # fmt: skip
 
     def upload(self, run_id: str, stop: threading.Event | None = None) -> int: ...
 
@@ -94,7 +95,9 @@ class Outbound:
     shadow_models: frozenset[str] = frozenset()
 
     def tick(self) -> None:
-        for study in self.intake.poll_completed():
+        # STAT first at both steps; a stable sort keeps the intake's order within a priority.
+        completed = sorted(self.intake.poll_completed(), key=lambda s: priority_rank(s.priority))
+        for study in completed:
             if self.stop.is_set():
                 return
             self.take(study)
@@ -118,9 +121,8 @@ class Outbound:
             runs = self._open_runs(study)  # opening is idempotent: known runs come back as are
             self._reach(runs, EdgeStage.COMPLETE)
             for run in runs:
-                log_event(
+                log_stage(
                     EdgeStage.COMPLETE,
-                    stage=EdgeStage.COMPLETE,
                     run_id=run.run_id,
                     pseudo_study_uid=run.pseudo_study_uid,
                     run_number=study.run_number,
@@ -139,9 +141,8 @@ class Outbound:
                 self.telemetry.audit.record(
                     "deidentify", pseudo_study_uid=pseudo_study_uid, run_id=run.run_id
                 )
-                log_event(
+                log_stage(
                     EdgeStage.DEIDENTIFIED,
-                    stage=EdgeStage.DEIDENTIFIED,
                     run_id=run.run_id,
                     pseudo_study_uid=pseudo_study_uid,
                     instance_count=_instance_count(study),
@@ -171,9 +172,10 @@ class Outbound:
                 study.study_key,
                 study.run_number,
                 pseudo_study_uid,
-                detail=f"instances={_instance_count(study)}",
+                detail=f"instances={_instance_count(study)} priority={study.priority}",
                 model_name=model,
                 shadow=model in self.shadow_models,
+                priority=study.priority,
             )
             for model in study.models
         ]
@@ -248,6 +250,7 @@ class Outbound:
             series,
             self._deid_record(packed.last_result),
             model_runs,
+            priority=lead.priority,
         )
         self._reach(runs, EdgeStage.PREPARED)
 
@@ -277,9 +280,8 @@ class Outbound:
                 "upload", pseudo_study_uid=each.pseudo_study_uid, run_id=each.run_id,
                 destination="s3",
             )  # fmt: skip
-            log_event(
+            log_stage(
                 EdgeStage.UPLOADED,
-                stage=EdgeStage.UPLOADED,
                 run_id=each.run_id,
                 pseudo_study_uid=each.pseudo_study_uid,
                 name=each.model_name,

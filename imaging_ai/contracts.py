@@ -20,6 +20,9 @@ from imaging_ai.errors import ContractError
 
 MANIFEST_SCHEMA_VERSION: Final = "1.1"
 MANIFEST_NAME = "manifest.json.enc"
+# A STAT study's commit marker: the S3 event carries only the key (not the encrypted content,
+# nor metadata or tags), so the key is what routes a STAT study to the high-priority queue.
+STAT_MANIFEST_NAME: Final = "manifest.stat.json.enc"
 # The result objects of a run, by name (S3 keys, the edge's delivery folder).
 SR_NAME: Final = "sr.dcm"
 SEG_NAME: Final = "seg.dcm"
@@ -38,6 +41,36 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # A model version as its card spells it: it names S3 keys and registry folders too.
 MODEL_VERSION_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
+
+
+class Priority(StrEnum):
+    """How urgently a run is read. Not PHI: it travels in manifests, keys, logs and metrics."""
+
+    ROUTINE = "ROUTINE"
+    STAT = "STAT"
+
+
+def priority_rank(priority: Priority) -> int:
+    """Sort key: STAT before ROUTINE (a stable sort keeps arrival order within each)."""
+    return 0 if priority is Priority.STAT else 1
+
+
+# The run's priority on an InvokeEndpointAsync request (its CustomAttributes, which SageMaker
+# hands to the container unchanged): "priority=STAT" or "priority=ROUTINE".
+_PRIORITY_ATTRIBUTE = "priority="
+
+
+def priority_custom_attributes(priority: Priority) -> str:
+    return f"{_PRIORITY_ATTRIBUTE}{priority.value}"
+
+
+def priority_from_custom_attributes(custom_attributes: str) -> Priority:
+    """The priority a request names; ROUTINE when it names none (or one we do not know)."""
+    for item in custom_attributes.split(","):
+        name, _, value = item.strip().partition("=")
+        if f"{name}=" == _PRIORITY_ATTRIBUTE and value.strip().upper() in Priority.__members__:
+            return Priority(value.strip().upper())
+    return Priority.ROUTINE
 
 
 def check_uid(value: str) -> str:
@@ -72,8 +105,15 @@ def series_key(site: str, pseudo_study_uid: str, pseudo_series_uid: str) -> str:
     )
 
 
-def manifest_key(site: str, pseudo_study_uid: str) -> str:
-    return f"{INCOMING_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/{MANIFEST_NAME}"
+def manifest_name(priority: Priority) -> str:
+    return STAT_MANIFEST_NAME if priority is Priority.STAT else MANIFEST_NAME
+
+
+def manifest_key(site: str, pseudo_study_uid: str, priority: Priority = Priority.ROUTINE) -> str:
+    return (
+        f"{INCOMING_PREFIX}{check_site(site)}/{check_uid(pseudo_study_uid)}/"
+        f"{manifest_name(priority)}"
+    )
 
 
 PREPROCESSED_PREFIX: Final = "preprocessed/"
@@ -109,10 +149,13 @@ def result_key(site: str, pseudo_study_uid: str, run_id: str, name: str) -> str:
     )
 
 
+MANIFEST_NAMES: Final = (MANIFEST_NAME, STAT_MANIFEST_NAME)
+
+
 def parse_manifest_key(key: str) -> tuple[str, str]:
     """Return (site, pseudo_study_uid) of a manifest key, or raise ContractError."""
     parts = key.split("/")
-    if len(parts) != 4 or f"{parts[0]}/" != INCOMING_PREFIX or parts[3] != MANIFEST_NAME:
+    if len(parts) != 4 or f"{parts[0]}/" != INCOMING_PREFIX or parts[3] not in MANIFEST_NAMES:
         raise ContractError("not a manifest key")
     return check_site(parts[1]), check_uid(parts[2])
 
@@ -191,6 +234,9 @@ class Manifest(BaseModel):
     deidentification: DeidRecord
     forwarder_version: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    # STAT studies go first at every stage, each run of the upload; the manifest's key says
+    # the same (manifest_key).
+    priority: Priority = Priority.ROUTINE
 
     _check_site = field_validator("site")(check_site)
     _check_uid = field_validator("pseudo_study_uid")(check_uid)

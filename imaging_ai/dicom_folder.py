@@ -163,7 +163,11 @@ def send_instances(
     if transport is not None:
         transport.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        for path in found.instances:
+        for index, path in enumerate(found.instances):
+            if not assoc.is_established:
+                # The peer aborted (its idle timer, a restart): say so, do not raise mid-folder.
+                report.failed["association aborted"] += len(found.instances) - index
+                break
             try:
                 status = assoc.send_c_store(pydicom.dcmread(path))
             except ValueError:  # no accepted context (more than 128 kinds, or refused)

@@ -30,6 +30,8 @@ class EdgeStage(StrEnum):
     DEAD_LETTER_EHR = "dead_letter_ehr"
     DELIVERED_HL7 = "delivered_hl7"  # the ORU^R01 was acknowledged AA
     DEAD_LETTER_HL7 = "dead_letter_hl7"
+    NOTIFIED_CRITICAL = "notified_critical"  # the critical-finding notice was accepted
+    DEAD_LETTER_CRITICAL = "dead_letter_critical"
     # A shadow-mode model's results, re-identified and kept on the edge: never delivered to
     # the PACS or the EHR (the site is trying the model before go-live).
     SHADOW_STORED = "shadow_stored"
@@ -52,6 +54,8 @@ _DELIVERING: Final = frozenset(
         EdgeStage.DEAD_LETTER_EHR,
         EdgeStage.DELIVERED_HL7,
         EdgeStage.DEAD_LETTER_HL7,
+        EdgeStage.NOTIFIED_CRITICAL,
+        EdgeStage.DEAD_LETTER_CRITICAL,
     }
 )
 

@@ -25,6 +25,7 @@ class Trigger(StrEnum):
     MANIFEST_CREATED = "manifest-created"
     INFERENCE_NOTIFICATIONS = "inference-notifications"
     DEAD_LETTERS = "dead-letters"
+    SCHEDULE = "schedule"  # an EventBridge schedule every `schedule_minutes`; no queue
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class LambdaStage:
     writes: tuple[str, ...] = ()
     invokes_endpoint: bool = False
     reads_manifests: bool = False
+    stat_headroom: int = 0  # > 0: a STAT queue of its own, and this many instances kept for it
+    schedule_minutes: int = 0
 
     @property
     def handler(self) -> str:
@@ -51,7 +54,7 @@ class LambdaStage:
     @property
     def has_queue(self) -> bool:
         """Whether the stage polls a work queue of its own (with a dead-letter queue)."""
-        return self.trigger is not Trigger.DEAD_LETTERS
+        return self.trigger not in (Trigger.DEAD_LETTERS, Trigger.SCHEDULE)
 
     @property
     def queue_name(self) -> str:
@@ -61,10 +64,23 @@ class LambdaStage:
     def dlq_name(self) -> str:
         return f"{self.queue_name}-dlq"
 
+    @property
+    def has_stat_queue(self) -> bool:
+        """Whether STAT studies reach the stage on a queue of their own, polled first."""
+        return self.stat_headroom > 0
+
+    @property
+    def stat_queue_name(self) -> str:
+        return f"{self.queue_name}-stat"
+
+    @property
+    def stat_dlq_name(self) -> str:
+        return f"{self.stat_queue_name}-dlq"
+
 
 def _stage(entry: dict[str, Any]) -> LambdaStage:
     try:
-        return LambdaStage(
+        stage = LambdaStage(
             **{
                 **entry,
                 "trigger": Trigger(entry["trigger"]),
@@ -75,6 +91,15 @@ def _stage(entry: dict[str, Any]) -> LambdaStage:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise StageTableError(f"{STAGE_TABLE.name}: stage {entry.get('name')!r}: {error}") from None
+    if stage.has_stat_queue and (
+        stage.trigger is not Trigger.MANIFEST_CREATED
+        or min(stage.reserved_concurrency) - stage.stat_headroom < 2
+    ):
+        raise StageTableError(
+            f"{STAGE_TABLE.name}: stage {stage.name!r}: stat_headroom needs a manifest-created"
+            " trigger and at least 2 reserved instances left for routine work"
+        )
+    return stage
 
 
 def load_stages(path: Path = STAGE_TABLE) -> tuple[LambdaStage, ...]:

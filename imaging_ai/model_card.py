@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from imaging_ai.contracts import model_card_key
 from imaging_ai.errors import ContractError
 
 MODEL_CARD_NAME = "model.json"
@@ -101,6 +103,22 @@ class IntendedUse(BaseModel):
     image_check: LungDensityCheck | None = None
 
 
+class TriageFlag(BaseModel):
+    """A per-study yes / no the model answers with a probability (e.g. hemorrhage suspected).
+
+    The probability is the mean foreground probability of the label's most likely voxels
+    that together make `min_volume_mm3`: one confident voxel does not flag a study, a
+    bleed of that size does.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # what a site reads, e.g. "Intracranial hemorrhage suspected"
+    finding: Code  # e.g. SCT 1386000 Intracranial hemorrhage
+    label_value: int = Field(ge=1, le=255)  # the label whose probability map decides
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    min_volume_mm3: float = Field(gt=0.0)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(frozen=True)
     name: str
@@ -121,6 +139,22 @@ class ModelCard(BaseModel):
     max_findings: int = Field(default=20, ge=1)
     not_for_clinical_use: bool = True
     manufacturer: str = "imaging-ai-pipeline project"
+    triage: TriageFlag | None = None
+    # Findings a site must hear about at once (a notification within seconds of the result):
+    # a suspected triage flag or a finding whose label type carries one of these codes.
+    critical_findings: list[Code] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _triage_names_a_label(self) -> ModelCard:
+        if self.triage is not None and self.triage.label_value not in {
+            label.value for label in self.labels
+        }:
+            raise ValueError("triage flag names a label value the model does not have")
+        return self
+
+    def is_critical(self, code: Code) -> bool:
+        """Does the card declare this finding critical (scheme and value compared)?"""
+        return any((c.scheme, c.value) == (code.scheme, code.value) for c in self.critical_findings)
 
     def label(self, value: int) -> Label:
         for label in self.labels:
@@ -143,3 +177,17 @@ def load_model_card(model_dir: Path, verify_weights: bool = True) -> ModelCard:
         if digest != card.weights_sha256:
             raise ContractError("weights SHA-256 does not match model.json")
     return card
+
+
+def store_model_cards(s3: Any, bucket: str, cards: Iterable[ModelCard], **put_options: str) -> None:
+    """Every version's card at models/NAME/VERSION/model.json (a re-run pins one) and each
+    model's last card, so list versions oldest first, as its current models/NAME/model.json."""
+    for card in cards:
+        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=card.model_dump_json(indent=2).encode(),
+                ContentType="application/json",
+                **put_options,
+            )

@@ -64,6 +64,16 @@ class Finding(BaseModel):
     centroid_mm: Vector3  # patient coordinates (LPS)
 
 
+class TriageResult(BaseModel):
+    """The model card's per-study flag as this run answered it."""
+
+    model_config = ConfigDict(frozen=True)
+    name: str  # the card's triage flag name
+    probability: float = Field(ge=0.0, le=1.0)
+    suspected: bool  # probability at or above the card's threshold
+    critical: bool  # suspected, and the card declares the finding critical
+
+
 class ModelOutputMeta(BaseModel):
     model_config = ConfigDict(frozen=True)
     input: ModelInputMeta
@@ -73,6 +83,12 @@ class ModelOutputMeta(BaseModel):
     device: str
     inference_seconds: float
     findings: list[Finding]
+    triage: TriageResult | None = None  # only for models whose card declares a triage flag
+
+    @property
+    def critical(self) -> bool:
+        """Does this result hold a finding the site must be told about at once?"""
+        return self.triage is not None and self.triage.critical
 
 
 def _pack(arrays: dict[str, npt.NDArray[np.generic]], meta_json: str, compress: bool) -> bytes:

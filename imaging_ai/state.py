@@ -160,9 +160,11 @@ class RunStateStore:
             names[f"#a{index}"] = f"attr_{name}"
             values[f":a{index}"] = {"S": value}
             updates.append(f"#a{index} = :a{index}")
-        self._conditional_update(
-            run, "SET " + ", ".join(updates), "#stage = :expected", names, values, expected
-        )
+        if not self._updated_if(
+            run, "SET " + ", ".join(updates), "#stage = :expected", names, values
+        ):
+            current = self.get(run)
+            raise StageConflict(run, expected, current.stage if current else None)
 
     def claim(
         self, run: RunKey, stages: tuple[Stage, ...], holder: str, lease_s: float
@@ -272,21 +274,14 @@ class RunStateStore:
             names["#model"] = "model_name"
             values[":model"] = {"S": model_name}
             update += ", #model = if_not_exists(#model, :model)"
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=run.item_key,
-                UpdateExpression=update,
-                ConditionExpression="attribute_not_exists(#stage) OR "
-                "(#stage <> :failed AND #stage <> :delivered AND #stage <> :not_analyzed)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
-        return True
+        return self._updated_if(
+            run,
+            update,
+            "attribute_not_exists(#stage) OR "
+            "(#stage <> :failed AND #stage <> :delivered AND #stage <> :not_analyzed)",
+            names,
+            values,
+        )
 
     def not_analyze(self, run: RunKey, reason: str) -> bool:
         """Record NOT_ANALYZED with its reason, from a stage before inference only.
@@ -302,18 +297,36 @@ class RunStateStore:
         for index, stage in enumerate(NOT_ANALYZED_FROM):
             values[f":s{index}"] = {"S": stage.value}
         allowed = ", ".join(f":s{index}" for index in range(len(NOT_ANALYZED_FROM)))
+        names = {
+            "#stage": "stage",
+            "#from": "failed_from",
+            "#at": _time_attribute(Stage.NOT_ANALYZED),
+            "#reason": "reason",
+        }
+        return self._updated_if(
+            run,
+            "SET #from = #stage, #stage = :to, #at = :now, #reason = :reason",
+            f"#stage IN ({allowed})",
+            names,
+            values,
+        )
+
+    def _updated_if(
+        self,
+        run: RunKey,
+        update: str,
+        condition: str,
+        names: dict[str, str],
+        values: dict[str, Any],
+    ) -> bool:
+        """Apply `update` if `condition` holds; False (nothing changed) when it does not."""
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key=run.item_key,
-                UpdateExpression="SET #from = #stage, #stage = :to, #at = :now, #reason = :reason",
-                ConditionExpression=f"#stage IN ({allowed})",
-                ExpressionAttributeNames={
-                    "#stage": "stage",
-                    "#from": "failed_from",
-                    "#at": _time_attribute(Stage.NOT_ANALYZED),
-                    "#reason": "reason",
-                },
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
             )
         except ClientError as error:
@@ -346,29 +359,45 @@ class RunStateStore:
             states, key=lambda state: min(state.stage_times.values(), default=datetime.min)
         )
 
-    def _conditional_update(
-        self,
-        run: RunKey,
-        update: str,
-        condition: str,
-        names: dict[str, str],
-        values: dict[str, Any],
-        expected: Stage,
-    ) -> None:
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=run.item_key,
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                current = self.get(run)
-                raise StageConflict(run, expected, current.stage if current else None) from None
-            raise
+    def runs(self) -> list[RunState]:
+        """Every run in the table (a Scan: for reports over all sites, not the request path)."""
+        states: list[RunState] = []
+        paginator = self._db.get_paginator("scan")
+        for page in paginator.paginate(
+            TableName=self._table,
+            FilterExpression="begins_with(#sk, :run)",
+            ExpressionAttributeNames={"#sk": SORT_KEY},
+            ExpressionAttributeValues={":run": {"S": "RUN#"}},
+        ):
+            states.extend(_to_state(item) for item in page.get("Items", []))
+        return states
+
+    def put_baseline(self, site: str, model_name: str, baseline_json: str) -> None:
+        """Store the drift baseline of (site, model): the validation's profiles, no PHI."""
+        self._db.put_item(
+            TableName=self._table,
+            Item={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+                "baseline": {"S": baseline_json},
+            },
+        )
+
+    def baseline(self, site: str, model_name: str) -> str | None:
+        response = self._db.get_item(
+            TableName=self._table,
+            Key={
+                PARTITION_KEY: {"S": _baseline_partition(site, model_name)},
+                SORT_KEY: {"S": "BASELINE"},
+            },
+            ConsistentRead=True,
+        )
+        item = response.get("Item")
+        return str(item["baseline"]["S"]) if item else None
+
+
+def _baseline_partition(site: str, model_name: str) -> str:
+    return f"BASELINE#{check_site(site)}#{model_name}"
 
 
 def _is_condition_failure(error: ClientError) -> bool:

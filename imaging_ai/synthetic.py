@@ -136,6 +136,22 @@ class Phantom:
         return findings
 
 
+@dataclass(frozen=True)
+class ScannerProfile:
+    """The "scanner" a phantom is acquired on: what its headers say and what its images show.
+
+    A sharper reconstruction kernel is modelled as more noise and a smoother one as less,
+    which is what moves the HU statistics of a uniform region (air, fat) in real CT.
+    """
+
+    manufacturer: str = "GE MEDICAL SYSTEMS"
+    model_name: str = "RHAPSODE"
+    software_version: str = "05.3"
+    convolution_kernel: str = "STANDARD"
+    kvp: float = 120.0
+    noise_hu: float = 15.0
+
+
 @dataclass
 class SyntheticStudy:
     """What the generator wrote, with the truth a test or an evaluation compares against."""
@@ -272,10 +288,12 @@ def iter_ct_slices(
     frame_of_reference_uid: str,
     series_number: int = 2,
     series_description: str = "CHEST W/O CONTRAST 1.5MM",
+    scanner: ScannerProfile | None = None,
 ) -> Iterator[Dataset]:
     """Yield one CT Image Storage dataset per slice, header from the template, PHI filled in."""
     depth, rows, cols = phantom.hu.shape
     other_ids, request = _phi_sequences(patient, study_instance_uid)
+    scanner = scanner or ScannerProfile()
     for k in range(depth):
         ds = copy.deepcopy(_header_template())
         meta = FileMetaDataset()
@@ -315,6 +333,11 @@ def iter_ct_slices(
         ds.OtherPatientIDsSequence = other_ids
         ds.RequestAttributesSequence = request
         ds.BurnedInAnnotation = "NO"
+        ds.Manufacturer = scanner.manufacturer
+        ds.ManufacturerModelName = scanner.model_name
+        ds.SoftwareVersions = scanner.software_version
+        ds.ConvolutionKernel = scanner.convolution_kernel
+        ds.KVP = scanner.kvp
         block = ds.private_block(0x0029, PRIVATE_CREATOR, create=True)
         block.add_new(0x10, "LO", patient.private_note[:64])
         # Geometry: axial slices, feet-first slice order irrelevant; z grows with k.
@@ -356,12 +379,18 @@ def write_ct_study(
     spacing_mm: tuple[float, float, float] = (1.5, 0.7, 0.7),
     patient: FakePatient | None = None,
     nodule_count: int | None = None,
+    scanner: ScannerProfile | None = None,
 ) -> SyntheticStudy:
     """Write a whole synthetic CT study as DICOM Part 10 files and return it with its truth."""
     out_dir.mkdir(parents=True, exist_ok=True)
     patient = patient or FakePatient()
+    scanner = scanner or ScannerProfile()
     phantom = make_chest_phantom(
-        seed, shape=shape, spacing_mm=spacing_mm, nodule_count=nodule_count
+        seed,
+        shape=shape,
+        spacing_mm=spacing_mm,
+        nodule_count=nodule_count,
+        noise_hu=scanner.noise_hu,
     )
     study = SyntheticStudy(
         study_instance_uid=generate_uid(),
@@ -377,9 +406,46 @@ def write_ct_study(
         study.study_instance_uid,
         study.series_instance_uid,
         study.frame_of_reference_uid,
+        scanner=scanner,
     ):
         path = out_dir / f"CT{int(ds.InstanceNumber):04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         study.paths.append(path)
         study.sop_instance_uids.append(str(ds.SOPInstanceUID))
     return study
+
+
+def write_truth_segmentation(
+    study: SyntheticStudy, path: Path, mask: npt.NDArray[np.bool_] | None = None
+) -> Path:
+    """The study's nodules (or `mask`) as a BINARY DICOM SEG, as an annotator exports one from
+    3D Slicer or MONAI Label: one manual segment on the CT's own frames."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.paths]
+    labels = study.phantom.nodule_mask > 0 if mask is None else mask
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Nodule",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Nodule,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=labels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=300,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="Annotator",
+        manufacturer_model_name="3D Slicer",
+        software_versions="5.8",
+        device_serial_number="1",
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(path)
+    return path

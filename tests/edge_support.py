@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.intake import CompletedStudy
+
+# Fake PHI: a study as the crosswalk holds it; tests `dataclasses.replace` what they need.
+JANE_DOE = StudyIdentity(
+    pseudo_study_uid="2.25.101",
+    study_instance_uid="1.2.3.4.1",
+    pseudo_patient_id="ANON-TESTPATIENT",
+    patient_id="MRN-0042",
+    patient_name="DOE^JANE",
+    patient_birth_date="19700101",
+    patient_sex="F",
+    accession_number="ACC-77",
+    study_date="20240102",
+    study_time="101500",
+    date_shift_days=-10,
+)
 
 
 @dataclass

@@ -24,6 +24,8 @@ from imaging_ai.contracts import (
     ManifestInstance,
     ManifestSeries,
     ModelRun,
+    Priority,
+    Stage,
     encryption_context,
     inference_output_prefix,
     manifest_key,
@@ -31,18 +33,37 @@ from imaging_ai.contracts import (
 )
 from imaging_ai.model_card import Code, Label, ModelCard, load_model_card
 from imaging_ai.model_io import (
-    Finding,
     ModelInputMeta,
     ModelOutputMeta,
     pack_model_output,
     unpack_model_input,
 )
 from imaging_ai.model_registry import DEMO_MODEL_DIR
+from imaging_ai.state import RunKey, RunState, RunStateStore
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.model_io_support import finding, output_meta
 
 SITE = "site-a"
 SHIPPED_MODEL_DIR = DEMO_MODEL_DIR  # the shipped demo model
 NODULE = Code(scheme="SCT", value="27925004", meaning="Nodule")
+
+
+# SCT 49755003 and SCT 39607008 as the demo card spells them: category, finding site.
+LUNG_MEANINGS = ("Morphologically Abnormal Structure", "Lung")
+
+
+def lung_label(
+    value: int, name: str, finding: Code, meanings: tuple[str, str] = LUNG_MEANINGS
+) -> Label:
+    """A label for a lesion of the lung (SCT 49755003 category, SCT 39607008 site)."""
+    category_meaning, site_meaning = meanings
+    return Label(
+        value=value,
+        name=name,
+        category=Code(scheme="SCT", value="49755003", meaning=category_meaning),
+        type=finding,
+        finding_site=Code(scheme="SCT", value="39607008", meaning=site_meaning),
+    )
 
 
 def model_card(name: str = "lung-nodule-demo") -> ModelCard:
@@ -53,15 +74,7 @@ def model_card(name: str = "lung-nodule-demo") -> ModelCard:
         weights_file="model.ts",
         weights_sha256="0" * 64,
         labels=[
-            Label(
-                value=1,
-                name="nodule",
-                category=Code(
-                    scheme="SCT", value="49755003", meaning="Morphologically Altered Structure"
-                ),
-                type=NODULE,
-                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung structure"),
-            )
+            lung_label(1, "nodule", NODULE, ("Morphologically Altered Structure", "Lung structure"))
         ],
         input_spacing_mm=(2.0, 1.0, 1.0),
         intensity_window_hu=(-1000.0, 400.0),
@@ -75,25 +88,29 @@ def chest_model_card(name: str = "lung-nodule-chest-only") -> ModelCard:
     return model_card(name).model_copy(update={"intended_use": shipped.intended_use})
 
 
-def deidentify_trivially(
-    ds: Dataset, study_uid: str, series_uid: str, markers: bool = True
+# Where the synthetic generator puts fake PHI (the patient's, the staff's, the site's).
+_PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StationName",
+    "OtherPatientIDsSequence",
+    "RequestAttributesSequence",
+)
+
+
+def strip_phi(
+    ds: Dataset, patient_name: str = "PSEUDO^0001", patient_id: str = "PSEUDO-0001"
 ) -> None:
-    """Just enough de-identification for a cloud-side test: pseudonyms, no PHI, the markers."""
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "AccessionNumber",
-        "StudyID",
-        "ReferringPhysicianName",
-        "PerformingPhysicianName",
-        "OperatorsName",
-        "InstitutionName",
-        "InstitutionAddress",
-        "StationName",
-        "OtherPatientIDsSequence",
-        "RequestAttributesSequence",
-    ):
+    """The fake PHI out and pseudonyms in: a stand-in for the edge's de-identification."""
+    for keyword in _PHI_KEYWORDS:
         if keyword in ds:
             delattr(ds, keyword)
     # Type 2 attributes stay, empty (Annex E action Z), as the real de-identifier leaves them.
@@ -101,23 +118,37 @@ def deidentify_trivially(
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
     ds.StudyID = ""
-    ds.PatientName = "PSEUDO^0001"
-    ds.PatientID = "PSEUDO-0001"
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
     ds.remove_private_tags()
+
+
+def mark_deidentified(ds: Dataset) -> None:
+    """The markers the cloud checks before it uses an instance (Basic Profile, DCM 113100)."""
+    ds.PatientIdentityRemoved = "YES"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    ds.DeidentificationMethodCodeSequence = Sequence([code])
+
+
+def deidentify_trivially(
+    ds: Dataset, study_uid: str, series_uid: str, markers: bool = True
+) -> None:
+    """Just enough de-identification for a cloud-side test: pseudonyms, no PHI, the markers."""
+    strip_phi(ds)
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if markers:
-        ds.PatientIdentityRemoved = "YES"
-        code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
-        code.CodeMeaning = "Basic Application Confidentiality Profile"
-        ds.DeidentificationMethodCodeSequence = Sequence([code])
+        mark_deidentified(ds)
 
 
 @dataclass
 class UploadedStudy:
+    """A study as the forwarder left it in the bucket; its runs are the manifest's."""
+
     manifest: Manifest
     synthetic: SyntheticStudy
     series_uid: str
@@ -182,6 +213,7 @@ def upload_study(
     prepared: tuple[SyntheticStudy, str, str, list[Dataset]] | None = None,
     spacing_mm: tuple[float, float, float] = (2.5, 1.2, 1.2),
     runs: list[ModelRun] | None = None,
+    priority: Priority = Priority.ROUTINE,
 ) -> UploadedStudy:
     """What the edge forwarder does: series tar, encrypt, upload, manifest LAST.
 
@@ -190,38 +222,9 @@ def upload_study(
     synthetic, study_uid, series_uid, datasets = prepared or make_series(
         tmp_path, shape, markers, spacing_mm=spacing_mm
     )
-    context = encryption_context(SITE, study_uid)
-    ciphertext = envelope.encrypt_bytes(series_tar(datasets), key_arn, context)
-    key = series_key(SITE, study_uid, series_uid)
-    s3 = client("s3")
-    s3.put_object(Bucket=bucket, Key=key, Body=ciphertext)
-    manifest = Manifest(
-        site=SITE,
-        pseudo_study_uid=study_uid,
-        runs=runs or [ModelRun(run_id=run_id, model_name=model_name)],
-        series=[
-            ManifestSeries(
-                pseudo_series_uid=series_uid,
-                modality="CT",
-                object_key=key,
-                sha256=hashlib.sha256(ciphertext + (b"x" if tamper else b"")).hexdigest(),
-                size_bytes=len(ciphertext),
-                instances=[
-                    ManifestInstance(
-                        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID)
-                    )
-                    for ds in datasets
-                ],
-            )
-        ],
-        deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
-        forwarder_version="test",
-    )
-    s3.put_object(
-        Bucket=bucket,
-        Key=manifest_key(SITE, study_uid),
-        Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
-    )
+    entry = _put_series(bucket, key_arn, study_uid, series_uid, datasets, tamper=tamper)
+    runs = runs or [ModelRun(run_id=run_id, model_name=model_name)]
+    manifest = _put_manifest(bucket, key_arn, study_uid, [entry], runs, priority)
     return UploadedStudy(manifest, synthetic, series_uid, datasets)
 
 
@@ -234,45 +237,86 @@ def upload_series(
 ) -> Manifest:
     """Several series of one study, de-identified trivially, uploaded with the manifest LAST."""
     study_uid = generate_uid()
-    context = encryption_context(SITE, study_uid)
-    s3 = client("s3")
     entries = []
     for datasets in series:
         series_uid = generate_uid()
         for ds in datasets:
             deidentify_trivially(ds, study_uid, series_uid)
-        ciphertext = envelope.encrypt_bytes(series_tar(datasets), key_arn, context)
-        key = series_key(SITE, study_uid, series_uid)
-        s3.put_object(Bucket=bucket, Key=key, Body=ciphertext)
-        entries.append(
-            ManifestSeries(
-                pseudo_series_uid=series_uid,
-                modality=str(datasets[0].Modality),
-                object_key=key,
-                sha256=hashlib.sha256(ciphertext).hexdigest(),
-                size_bytes=len(ciphertext),
-                instances=[
-                    ManifestInstance(
-                        sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID)
-                    )
-                    for ds in datasets
-                ],
+        entries.append(_put_series(bucket, key_arn, study_uid, series_uid, datasets))
+    runs = [ModelRun(run_id=run_id, model_name=model_name)]
+    return _put_manifest(bucket, key_arn, study_uid, entries, runs)
+
+
+def _put_series(
+    bucket: str,
+    key_arn: str,
+    study_uid: str,
+    series_uid: str,
+    datasets: list[Dataset],
+    tamper: bool = False,
+) -> ManifestSeries:
+    """Upload one series as the forwarder does (a tar, encrypted); its manifest entry.
+
+    `tamper`: the entry's SHA-256 does not match the object (a corrupted upload)."""
+    ciphertext = envelope.encrypt_bytes(
+        series_tar(datasets), key_arn, encryption_context(SITE, study_uid)
+    )
+    key = series_key(SITE, study_uid, series_uid)
+    client("s3").put_object(Bucket=bucket, Key=key, Body=ciphertext)
+    return ManifestSeries(
+        pseudo_series_uid=series_uid,
+        modality=str(datasets[0].Modality),
+        object_key=key,
+        sha256=hashlib.sha256(ciphertext + (b"x" if tamper else b"")).hexdigest(),
+        size_bytes=len(ciphertext),
+        instances=[
+            ManifestInstance(
+                sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID)
             )
-        )
+            for ds in datasets
+        ],
+    )
+
+
+def _put_manifest(
+    bucket: str,
+    key_arn: str,
+    study_uid: str,
+    series: list[ManifestSeries],
+    runs: list[ModelRun],
+    priority: Priority = Priority.ROUTINE,
+) -> Manifest:
+    """Write the study's manifest, encrypted: the commit marker, so always LAST."""
     manifest = Manifest(
         site=SITE,
         pseudo_study_uid=study_uid,
-        runs=[ModelRun(run_id=run_id, model_name=model_name)],
-        series=entries,
+        runs=runs,
+        series=series,
         deidentification=DeidRecord(table_edition="2026d", options=[], method_codes=["113100"]),
         forwarder_version="test",
+        priority=priority,
     )
-    s3.put_object(
+    client("s3").put_object(
         Bucket=bucket,
-        Key=manifest_key(SITE, study_uid),
-        Body=envelope.encrypt_bytes(manifest.model_dump_json().encode(), key_arn, context),
+        Key=manifest_key(SITE, study_uid, priority),
+        Body=envelope.encrypt_bytes(
+            manifest.model_dump_json().encode(), key_arn, encryption_context(SITE, study_uid)
+        ),
     )
     return manifest
+
+
+def run_state(state_table: str, upload: UploadedStudy | Manifest) -> RunState | None:
+    """The upload's (first) run as the state table holds it now (None: never recorded)."""
+    run_id = upload.run_id if isinstance(upload, UploadedStudy) else upload.runs[0].run_id
+    key = RunKey(SITE, upload.pseudo_study_uid, run_id)
+    return RunStateStore(client("dynamodb"), state_table).get(key)
+
+
+def run_stage(state_table: str, upload: UploadedStudy | Manifest) -> Stage | None:
+    """The stage the upload's run is in now (None: never recorded)."""
+    run = run_state(state_table, upload)
+    return run.stage if run else None
 
 
 def true_nodule_output(
@@ -281,27 +325,16 @@ def true_nodule_output(
     """What a perfect model answers for the study: its phantom's first nodule, as labels."""
     labels = study.synthetic.phantom.nodule_mask.astype(np.uint8)
     nodule = study.synthetic.phantom.nodules[0]
-    output = ModelOutputMeta(
-        input=meta,
-        model_name=meta.model_name,
-        model_version="0.1.0",
-        weights_sha256="0" * 64,
-        device="cpu",
-        inference_seconds=0.1,
-        findings=[
-            Finding(
-                label_value=1,
-                component=1,
-                voxel_count=int(labels.sum()),
-                volume_mm3=nodule.volume_mm3,
-                longest_diameter_mm=nodule.diameter_mm,
-                centroid_mm=meta.source_geometry.voxel_to_patient(
-                    tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
-                ),
-            )
-        ],
+    centroid = meta.source_geometry.voxel_to_patient(
+        tuple(float(v) for v in nodule.center_voxel)  # type: ignore[arg-type]
     )
-    return labels, output
+    true_finding = finding(
+        centroid,
+        voxel_count=int(labels.sum()),
+        volume_mm3=nodule.volume_mm3,
+        longest_diameter_mm=nodule.diameter_mm,
+    )
+    return labels, output_meta(meta, [true_finding])
 
 
 def emulate_inference(

@@ -1,5 +1,11 @@
 """Ingest: manifest objects → EventBridge rule → SQS (+DLQ) → each stage the manifest feeds
-(lambda_stages.toml: preprocess)."""
+(lambda_stages.toml: preprocess).
+
+Priority: a STAT study's manifest key ends in STAT_MANIFEST_NAME (the S3 event carries only
+the key), so a second rule sends it to the stage's STAT queue. The function drains both, and
+the routine mapping is capped `stat_headroom` below the reserved concurrency: a routine
+backlog can never take the instances a STAT study needs (docs/priority.md).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,15 @@ from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
-from imaging_ai_infra.names import INCOMING_PREFIX, MANIFEST_NAME, lambda_stages
+from imaging_ai_infra.names import (
+    INCOMING_PREFIX,
+    MANIFEST_NAME,
+    STAT_MANIFEST_NAME,
+    lambda_stages,
+)
 from imaging_ai_infra.pipeline_function import PipelineFunction, stage_queues
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.queues import QueueWithDlq
 
 
 class Ingest(Construct):
@@ -30,31 +42,24 @@ class Ingest(Construct):
         """`model_endpoints`: model name -> the name of the async endpoint serving it."""
         super().__init__(scope, construct_id)
         data_bucket = platform.data_bucket
-        names = [entry["name"] for entry in lambda_stages("manifest-created")]
+        entries = lambda_stages("manifest-created")
+        names = [entry["name"] for entry in entries]
+        headroom = {entry["name"]: entry.get("stat_headroom", 0) for entry in entries}
         self.stage_queues = {name: stage_queues(self, platform, name) for name in names}
-        self.manifest_rule = events.Rule(
-            self,
-            "ManifestCreated",
-            description="A site's manifest object was written: the study upload is complete",
-            event_pattern=events.EventPattern(
-                source=["aws.s3"],
-                detail_type=["Object Created"],
-                detail={
-                    "bucket": {"name": [data_bucket.bucket_name]},
-                    "object": {
-                        "key": events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}")
-                    },
-                },
-            ),
+        # Stage name -> its STAT queue (+DLQ), for the stages with `stat_headroom`.
+        self.stat_queues = {
+            name: stage_queues(self, platform, name, stat=True) for name in names if headroom[name]
+        }
+        self.manifest_rule = _manifest_rule(
+            self, "ManifestCreated", MANIFEST_NAME, data_bucket.bucket_name, self.stage_queues
         )
-        for queues in self.stage_queues.values():
-            self.manifest_rule.add_target(
-                targets.SqsQueue(
-                    queues.queue,
-                    dead_letter_queue=queues.dlq,
-                    retry_attempts=185,
-                    max_event_age=Duration.hours(24),
-                )
+        if self.stat_queues:
+            self.stat_manifest_rule = _manifest_rule(
+                self,
+                "StatManifestCreated",
+                STAT_MANIFEST_NAME,
+                data_bucket.bucket_name,
+                self.stat_queues,
             )
         self.functions: dict[str, PipelineFunction] = {}
         for name in names:
@@ -67,7 +72,14 @@ class Ingest(Construct):
                 ),
             )
             function.grant_stage_data(endpoint_names=sorted(set(model_endpoints.values())))
-            function.consume(self.stage_queues[name].queue)
+            if name in self.stat_queues:
+                function.consume(
+                    self.stage_queues[name].queue,
+                    max_concurrency=function.reserved_concurrency - headroom[name],
+                )
+                function.consume(self.stat_queues[name].queue)
+            else:
+                function.consume(self.stage_queues[name].queue)
             function.acknowledge_grants()
             self.functions[name] = function
 
@@ -80,3 +92,36 @@ class Ingest(Construct):
             function.function.add_environment("SITE_RESULTS_QUEUES", site_queue_urls)
             for queue in site_queues:
                 queue.grant_send_messages(function.function)
+
+
+def _manifest_rule(
+    scope: Construct,
+    construct_id: str,
+    manifest_name: str,
+    bucket_name: str,
+    queues: dict[str, QueueWithDlq],
+) -> events.Rule:
+    """A rule on `manifest_name` objects of the data bucket, to each of `queues`."""
+    rule = events.Rule(
+        scope,
+        construct_id,
+        description="A site's manifest object was written: the study upload is complete",
+        event_pattern=events.EventPattern(
+            source=["aws.s3"],
+            detail_type=["Object Created"],
+            detail={
+                "bucket": {"name": [bucket_name]},
+                "object": {"key": events.Match.wildcard(f"{INCOMING_PREFIX}*/*/{manifest_name}")},
+            },
+        ),
+    )
+    for pair in queues.values():
+        rule.add_target(
+            targets.SqsQueue(
+                pair.queue,
+                dead_letter_queue=pair.dlq,
+                retry_attempts=185,
+                max_event_age=Duration.hours(24),
+            )
+        )
+    return rule

@@ -21,6 +21,7 @@ INFERENCE_FAILURE_PREFIX: Final = "inference-failure/"
 RESULTS_PREFIX: Final = "results/"
 MODELS_PREFIX: Final = "models/"
 MANIFEST_NAME: Final = "manifest.json.enc"  # contracts.MANIFEST_NAME: the commit marker
+STAT_MANIFEST_NAME: Final = "manifest.stat.json.enc"  # contracts.STAT_MANIFEST_NAME
 
 # State table (state.py: PARTITION_KEY, SORT_KEY).
 STATE_PARTITION_KEY: Final = "pk"
@@ -65,6 +66,15 @@ METRIC_STUDIES_FAILED: Final = (
 METRIC_END_TO_END_SECONDS: Final = ("postprocess", "EndToEndSeconds")
 # Postprocess also emits seconds to reach each run stage, with an extra `stage` dimension.
 METRIC_STAGE_SECONDS: Final = ("postprocess", "StageSeconds")
+# The value report's figures, live (functions/common/observability.py): every function that
+# ends a run emits RunsEnded (site, model, outcome); postprocess emits TurnaroundSeconds
+# (site, model, stage). Sites and models come and go: the dashboard finds them by SEARCH.
+METRIC_RUNS_ENDED: Final = ("*", "RunsEnded")
+METRIC_TURNAROUND_SECONDS: Final = ("postprocess", "TurnaroundSeconds")
+# The drift function (functions/drift/service.py): a score per feature and a verdict per
+# site and model; DriftDetected without site or model counts them all (the alarm's).
+METRIC_DRIFT_SCORE: Final = ("drift", "DriftScore")
+METRIC_DRIFT_DETECTED: Final = ("drift", "DriftDetected")
 
 
 STAGE_TABLE: Final = Path(__file__).resolve().parents[2] / "imaging_ai" / "lambda_stages.toml"
@@ -84,6 +94,8 @@ class LambdaStageEntry(TypedDict, total=False):
     writes: list[str]
     invokes_endpoint: bool
     reads_manifests: bool
+    stat_headroom: int  # > 0: a STAT queue, and this many reserved instances kept for it
+    schedule_minutes: int
 
 
 def lambda_stages(trigger: str | None = None) -> list[LambdaStageEntry]:

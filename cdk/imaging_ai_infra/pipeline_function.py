@@ -24,6 +24,7 @@ from imaging_ai_infra.names import (
     INCOMING_PREFIX,
     MANIFEST_NAME,
     METRICS_NAMESPACE,
+    STAT_MANIFEST_NAME,
     LambdaStageEntry,
     lambda_stage,
     resource_prefix,
@@ -31,8 +32,9 @@ from imaging_ai_infra.names import (
 from imaging_ai_infra.platform import Platform
 from imaging_ai_infra.queues import QueueWithDlq
 
-# The commit markers: the only objects of incoming/ a `reads_manifests` stage may read.
-MANIFESTS = f"{INCOMING_PREFIX}*/{MANIFEST_NAME}"
+# The commit markers (routine and STAT): the only objects of incoming/ a `reads_manifests`
+# stage may read.
+MANIFESTS = [f"{INCOMING_PREFIX}*/{name}" for name in (MANIFEST_NAME, STAT_MANIFEST_NAME)]
 
 
 def stage_timeout(name: str) -> Duration:
@@ -45,14 +47,18 @@ def construct_id(name: str) -> str:
     return name.title().replace("-", "")
 
 
-def stage_queues(scope: Construct, platform: Platform, name: str) -> QueueWithDlq:
-    """The work queue (+DLQ) of the stage `name`, named as the local runtime names it."""
+def stage_queues(
+    scope: Construct, platform: Platform, name: str, *, stat: bool = False
+) -> QueueWithDlq:
+    """The work queue (+DLQ) of the stage `name`, or its STAT queue, named as the local runtime
+    names them."""
+    suffix = "-stat" if stat else ""
     return QueueWithDlq(
         scope,
-        f"{construct_id(name)}Queue",
+        f"{construct_id(name)}{'Stat' if stat else ''}Queue",
         config=platform.config,
         key=platform.data_key,
-        queue_name=f"{resource_prefix(platform.config.stage)}-{name}",
+        queue_name=f"{resource_prefix(platform.config.stage)}-{name}{suffix}",
         # Lambda wants a source queue's visibility timeout at six times the function's.
         visibility_timeout=Duration.seconds(stage_timeout(name).to_seconds() * 6),
     )
@@ -76,6 +82,7 @@ class PipelineFunction(Construct):
         config, network = platform.config, platform.network
         data_key, audit_key = platform.data_key, platform.audit_key
         prod_concurrency, other_concurrency = self.stage["reserved_concurrency"]
+        self.reserved_concurrency = prod_concurrency if config.is_prod else other_concurrency
         function_name = f"{resource_prefix(config.stage)}-{name}"
         self.log_group = config.log_group(
             self, "Logs", audit_key, name=f"/aws/lambda/{function_name}"
@@ -129,9 +136,7 @@ class PipelineFunction(Construct):
             role=self.role,
             timeout=stage_timeout(name),
             memory_size=self.stage["memory_mb"],
-            reserved_concurrent_executions=prod_concurrency
-            if config.is_prod
-            else other_concurrency,
+            reserved_concurrent_executions=self.reserved_concurrency,
             environment={
                 **environment,
                 "POWERTOOLS_SERVICE_NAME": name,
@@ -177,7 +182,8 @@ class PipelineFunction(Construct):
         if self.stage.get("reads_manifests"):
             fn.add_to_role_policy(
                 iam.PolicyStatement(
-                    actions=["s3:GetObject"], resources=[bucket.arn_for_objects(MANIFESTS)]
+                    actions=["s3:GetObject"],
+                    resources=[bucket.arn_for_objects(pattern) for pattern in MANIFESTS],
                 )
             )
         self.platform.data_key.grant_encrypt_decrypt(fn)
@@ -197,12 +203,16 @@ class PipelineFunction(Construct):
                 )
             )
 
-    def consume(self, *queues: sqs.IQueue) -> None:
-        """Lambda's event source mapping from each queue, in the table's batch size."""
+    def consume(self, *queues: sqs.IQueue, max_concurrency: int | None = None) -> None:
+        """Lambda's event source mapping from each queue, in the table's batch size;
+        `max_concurrency` caps how many instances the mapping may hold at once."""
         for queue in queues:
             self.function.add_event_source(
                 sources.SqsEventSource(
-                    queue, batch_size=self.stage["batch_size"], report_batch_item_failures=True
+                    queue,
+                    batch_size=self.stage["batch_size"],
+                    report_batch_item_failures=True,
+                    max_concurrency=max_concurrency,
                 )
             )
 
@@ -211,7 +221,7 @@ class PipelineFunction(Construct):
         after every grant."""
         bucket = self.platform.data_bucket
         reads, writes = self.stage.get("reads", []), self.stage.get("writes", [])
-        manifests = [MANIFESTS] if self.stage.get("reads_manifests") else []
+        manifests = MANIFESTS if self.stage.get("reads_manifests") else []
         actions = (
             (GRANT_READ_ACTIONS if reads else ())
             + (GRANT_PUT_ACTIONS if writes else ())

@@ -15,6 +15,7 @@ from imaging_ai_infra.ingest import Ingest
 from imaging_ai_infra.network import Network
 from imaging_ai_infra.pipeline_function import stage_timeout
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.quality_monitoring import QualityMonitoring
 from imaging_ai_infra.results import Results
 from imaging_ai_infra.state import State
 from imaging_ai_infra.storage import Storage
@@ -47,26 +48,36 @@ class ImagingAiStage(Stack):
             platform=platform,
             success_topic=inference.success_topic,
             error_topic=inference.error_topic,
-            upstream_dlqs=[queues.dlq for queues in ingest.stage_queues.values()],
+            upstream_dlqs=[
+                queues.dlq
+                for queues in [*ingest.stage_queues.values(), *ingest.stat_queues.values()]
+            ],
         )
         ingest.tell_sites(results.site_queue_urls, [q.queue for q in results.site_queues.values()])
         site_queues = {site: q.queue for site, q in results.site_queues.items()}
         edge = EdgeAccess(self, "EdgeAccess", platform=platform, site_queues=site_queues)
         stage_queues = {**ingest.stage_queues, **results.stage_queues}
-        functions = {**ingest.functions, **results.functions}
-        AuditMonitoring(
+        quality = QualityMonitoring(self, "QualityMonitoring", platform=platform)
+        functions = {**ingest.functions, **results.functions, **quality.functions}
+        audit = AuditMonitoring(
             self,
             "AuditMonitoring",
             platform=platform,
             access_logs_bucket=storage.access_logs_bucket,
             dlqs={
                 **{name: q.dlq for name, q in stage_queues.items()},
+                **{f"{name}-stat": q.dlq for name, q in ingest.stat_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
             },
             functions={name: function.function for name, function in functions.items()},
             timeouts={name: stage_timeout(name) for name in functions},
             endpoint_names=inference.model_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
+        )
+        quality.report_to(
+            audit.alarm_topic,
+            audit.dashboard,
+            [function.log_group for function in functions.values()],
         )
 
         CfnOutput(self, "DataBucketName", value=storage.data_bucket.bucket_name)

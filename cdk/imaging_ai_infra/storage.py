@@ -37,14 +37,21 @@ class Storage(Construct):
         # One key for pipeline data (S3, SQS, SNS, DynamoDB, SageMaker output, envelope
         # encryption) and one for audit data (logs, trail), so log readers never hold the
         # key to the studies.
-        self.data_key = kms.Key(
-            self,
+        def rotated_key(construct_id: str, alias: str, description: str) -> kms.Key:
+            return kms.Key(
+                self,
+                construct_id,
+                alias=f"alias/{prefix}-{alias}",
+                description=description,
+                enable_key_rotation=True,
+                removal_policy=config.removal_policy,
+                pending_window=Duration.days(30 if config.is_prod else 7),
+            )
+
+        self.data_key = rotated_key(
             "DataKey",
-            alias=f"alias/{prefix}-data",
-            description="Imaging AI pipeline data: S3, SQS, SNS, DynamoDB, SageMaker, envelopes",
-            enable_key_rotation=True,
-            removal_policy=config.removal_policy,
-            pending_window=Duration.days(30 if config.is_prod else 7),
+            "data",
+            "Imaging AI pipeline data: S3, SQS, SNS, DynamoDB, SageMaker, envelopes",
         )
         # EventBridge (manifest events) and SNS (inference notifications) write into queues
         # encrypted with this key; they must be able to use it, for this account only.
@@ -70,14 +77,8 @@ class Storage(Construct):
             )
         )
 
-        self.audit_key = kms.Key(
-            self,
-            "AuditKey",
-            alias=f"alias/{prefix}-audit",
-            description="Imaging AI pipeline audit data: CloudWatch Logs and CloudTrail",
-            enable_key_rotation=True,
-            removal_policy=config.removal_policy,
-            pending_window=Duration.days(30 if config.is_prod else 7),
+        self.audit_key = rotated_key(
+            "AuditKey", "audit", "Imaging AI pipeline audit data: CloudWatch Logs and CloudTrail"
         )
         self.audit_key.add_to_resource_policy(
             iam.PolicyStatement(
@@ -138,6 +139,26 @@ class Storage(Construct):
         )
 
         day = Duration.days
+        # (rule id, prefix, days, days a replaced version stays). De-identified inputs and
+        # intermediates are transient: once a run is reported they only cost money and widen
+        # the blast radius.
+        expiring = (
+            ("expire-deidentified-inputs", INCOMING_PREFIX, config.incoming_expiry_days, 1),
+            ("expire-preprocessed", PREPROCESSED_PREFIX, config.intermediate_expiry_days, 1),
+            (
+                "expire-inference-output",
+                INFERENCE_OUTPUT_PREFIX,
+                config.intermediate_expiry_days,
+                1,
+            ),
+            (
+                "expire-inference-failure",
+                INFERENCE_FAILURE_PREFIX,
+                config.intermediate_expiry_days,
+                1,
+            ),
+            ("expire-delivered-results", RESULTS_PREFIX, config.results_expiry_days, 7),
+        )
         self.data_bucket = s3.Bucket(
             self,
             "DataBucket",
@@ -154,37 +175,14 @@ class Storage(Construct):
             server_access_logs_prefix="data-bucket/",
             removal_policy=config.removal_policy,
             lifecycle_rules=[
-                # De-identified inputs and intermediates are transient: once a run is
-                # reported they only cost money and widen the blast radius.
-                s3.LifecycleRule(
-                    id="expire-deidentified-inputs",
-                    prefix=INCOMING_PREFIX,
-                    expiration=day(config.incoming_expiry_days),
-                    noncurrent_version_expiration=day(1),
-                ),
-                s3.LifecycleRule(
-                    id="expire-preprocessed",
-                    prefix=PREPROCESSED_PREFIX,
-                    expiration=day(config.intermediate_expiry_days),
-                    noncurrent_version_expiration=day(1),
-                ),
-                s3.LifecycleRule(
-                    id="expire-inference-output",
-                    prefix=INFERENCE_OUTPUT_PREFIX,
-                    expiration=day(config.intermediate_expiry_days),
-                    noncurrent_version_expiration=day(1),
-                ),
-                s3.LifecycleRule(
-                    id="expire-inference-failure",
-                    prefix=INFERENCE_FAILURE_PREFIX,
-                    expiration=day(config.intermediate_expiry_days),
-                    noncurrent_version_expiration=day(1),
-                ),
-                s3.LifecycleRule(
-                    id="expire-delivered-results",
-                    prefix=RESULTS_PREFIX,
-                    expiration=day(config.results_expiry_days),
-                    noncurrent_version_expiration=day(7),
+                *(
+                    s3.LifecycleRule(
+                        id=rule_id,
+                        prefix=prefix,
+                        expiration=day(days),
+                        noncurrent_version_expiration=day(noncurrent_days),
+                    )
+                    for rule_id, prefix, days, noncurrent_days in expiring
                 ),
                 s3.LifecycleRule(
                     id="abort-incomplete-uploads",

@@ -22,12 +22,11 @@ from imaging_ai.contracts import (
     INFERENCE_OUTPUT_PREFIX,
     LOCAL_NAMES,
     MODELS_PREFIX,
-    model_card_key,
 )
 from imaging_ai.errors import ContractError
 from imaging_ai.inference.bundle import is_bundle, is_model_dir, model_versions, read_model_card
 from imaging_ai.logs import configure_json_logging, get_logger
-from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard
+from imaging_ai.model_card import MODEL_CARD_NAME, ModelCard, store_model_cards
 from imaging_ai.model_registry import DEMO_MODEL_DIR
 
 logger = get_logger(__name__)
@@ -89,16 +88,7 @@ def upload_cards(cards: list[ModelCard], bucket: str) -> None:
     a run pins); the newest is also the current models/NAME/model.json."""
     import boto3
 
-    s3 = boto3.client("s3")
-    for card in cards:
-        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=card.model_dump_json(indent=2).encode(),
-                ContentType="application/json",
-                ServerSideEncryption="aws:kms",
-            )
+    store_model_cards(boto3.client("s3"), bucket, cards, ServerSideEncryption="aws:kms")
 
 
 def resource_name(card: ModelCard) -> str:

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from imaging_ai.errors import ContractError
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.inference.bundle import model_versions
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.logs import configure_json_logging, get_logger
@@ -128,19 +129,13 @@ class InferenceService:
 
 
 def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    # Quiet: http.server's access log is unstructured; our own lines carry the fields.
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.1"
         server_version = "imaging-ai-inference/1"
 
-        def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def _send_json(self, status: HTTPStatus, document: dict[str, Any]) -> None:
-            self._send(status, json.dumps(document).encode(), "application/json")
+            self.reply(status, json.dumps(document).encode(), "application/json")
 
         def _reject(self, status: HTTPStatus, reason: str) -> None:
             logger.warning("request_rejected", path=self.path, status=int(status), reason=reason)
@@ -193,12 +188,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                     {"error": "Internal Server Error", "reason": type(error).__name__},
                 )
                 return
-            self._send(HTTPStatus.OK, body, NPZ_CONTENT_TYPE)
+            self.reply(HTTPStatus.OK, body, NPZ_CONTENT_TYPE)
             logger.info("invocation", status=200, seconds=round(time.perf_counter() - started, 3))
-
-        def log_message(self, format: str, *args: Any) -> None:
-            # http.server's access log is unstructured; our own lines above carry the fields.
-            return
 
     return Handler
 

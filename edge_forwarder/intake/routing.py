@@ -6,9 +6,25 @@ import re
 
 from edge_forwarder.intake.journal import SeriesSummary
 from edge_forwarder.intake.settings import RoutingRule, SeriesMatch
+from imaging_ai.contracts import Priority
+
+# Where an ordering system says a study is urgent. (0040,1003) Requested Procedure Priority
+# (defined terms STAT, HIGH, ROUTINE, MEDIUM, LOW) is the one modalities copy from the
+# worklist into the image header; only STAT counts (HIGH is not STAT). Read at the top level
+# only: the intake's header walk skips sequences, and the Request Attributes Sequence does not
+# define a priority. The retired (0032,000C) Study Priority ID has no STAT term, and the DIMSE
+# C-STORE Priority is set by the sending software, not by the order: neither is read.
+PRIORITY_ATTRIBUTE = "RequestedProcedurePriority"
+STAT_VALUE = "STAT"
 
 # Attributes kept per instance for rules; more come from the `tags` of configured rules.
-BASE_ATTRIBUTES = ("Modality", "SOPClassUID", "BodyPartExamined", "SeriesDescription")
+BASE_ATTRIBUTES = (
+    "Modality",
+    "SOPClassUID",
+    "BodyPartExamined",
+    "SeriesDescription",
+    PRIORITY_ATTRIBUTE,
+)
 
 
 def rule_attributes(rules: list[SeriesMatch]) -> tuple[str, ...]:
@@ -49,3 +65,14 @@ def choose_models(rules: list[RoutingRule], series: list[SeriesSummary]) -> list
             for model in rule.models:
                 chosen.setdefault(model, index)
     return [(index, model) for model, index in chosen.items()]
+
+
+def study_priority(matched: list[RoutingRule], series: list[SeriesSummary]) -> Priority:
+    """STAT when a rule the study matched says so or any series' order says STAT; else
+    ROUTINE. One priority for the study: every run of its upload shares it."""
+    if any(rule.priority is Priority.STAT for rule in matched):
+        return Priority.STAT
+    ordered_stat = any(
+        s.attrs.get(PRIORITY_ATTRIBUTE, "").strip().upper() == STAT_VALUE for s in series
+    )
+    return Priority.STAT if ordered_stat else Priority.ROUTINE

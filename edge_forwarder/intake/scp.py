@@ -25,9 +25,15 @@ from edge_forwarder.intake.association import IntakeServer, start_intake_server
 from edge_forwarder.intake.commit import GroupCommit
 from edge_forwarder.intake.header import HeaderError, read_header, tags_for
 from edge_forwarder.intake.journal import Journal, JournalBatch
-from edge_forwarder.intake.routing import choose_models, rule_attributes, series_matches
+from edge_forwarder.intake.routing import (
+    choose_models,
+    rule_attributes,
+    series_matches,
+    study_priority,
+)
 from edge_forwarder.intake.settings import IntakeSettings
 from edge_forwarder.intake.spool import IncomingFile, Spool, fsync_directory, part10_prefix
+from imaging_ai.contracts import Priority
 from imaging_ai.dicom_policy import (
     ACCEPTED_TRANSFER_SYNTAXES,
     BURNED_IN_RISK_SOP_CLASSES,
@@ -93,6 +99,7 @@ class CompletedStudy:
     run_number: int  # 1; late instances after forwarding give 2, 3 ... (a revision run)
     models: tuple[str, ...]  # every model the routing rules chose (one run each), rule order
     series: dict[str, list[Path]]  # original SeriesInstanceUID -> spooled files: PHI keys
+    priority: Priority = Priority.ROUTINE  # STAT goes first at every stage
     # An operator's re-run (`edge-forwarder rerun`) pins versions: model name -> version.
     pinned_versions: Mapping[str, str] = field(default_factory=dict)
 
@@ -473,6 +480,7 @@ class Intake:
             models = tuple(model for _, model in chosen)
             if not self.journal.claim(study.study_key, study.run_number, models):
                 continue
+            priority = study_priority([s.routing[index] for index, _ in chosen], series)
             for rule_index, model in chosen:
                 log.info(
                     "route_decision",
@@ -481,6 +489,7 @@ class Intake:
                     name=model,
                     status=f"rule_{rule_index}",
                     series_count=len(series),
+                    priority=priority,
                 )
             completed.append(
                 CompletedStudy(
@@ -488,6 +497,7 @@ class Intake:
                     run_number=study.run_number,
                     models=models,
                     series=self.journal.instance_paths(study.study_key),
+                    priority=priority,
                 )
             )
         return completed

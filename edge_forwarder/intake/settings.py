@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from imaging_ai.contracts import MODEL_NAME_PATTERN
+from imaging_ai.contracts import MODEL_NAME_PATTERN, Priority
 
 
 class _Model(BaseModel):
@@ -43,6 +43,11 @@ class SeriesMatch(_Model):
         return value
 
 
+def _priority_in_any_case(value: Any) -> Any:
+    # The config file says "stat" or "STAT"; the contract's enum spells it one way.
+    return value.upper() if isinstance(value, str) else value
+
+
 class RoutingRule(SeriesMatch):
     """A study goes to every model of every rule one of its series matches (fan-out).
 
@@ -51,8 +56,14 @@ class RoutingRule(SeriesMatch):
     """
 
     models: list[Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]] = Field(min_length=1)
+    # "stat": every study this rule routes goes first at every stage (e.g. a rule for the
+    # emergency department's scanner). Routine studies still turn STAT when their own
+    # Requested Procedure Priority says so (routing.study_priority).
+    priority: Priority = Priority.ROUTINE
     # A site that has checked its secondary captures / ultrasound lets them through here.
     allow_burned_in_risk_sop_classes: list[str] = Field(default_factory=list)
+
+    _priority = field_validator("priority", mode="before")(_priority_in_any_case)
 
     @model_validator(mode="before")
     @classmethod

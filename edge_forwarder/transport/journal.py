@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_forwarder.durable_db import open_durable_db, transaction
+from imaging_ai.contracts import Priority
 from imaging_ai.edge_stage import EdgeStage, check_edge_move
 
 
@@ -18,6 +19,8 @@ class DeliveryTarget(StrEnum):
     PACS = "pacs"
     EHR = "ehr"
     HL7 = "hl7"  # the ORU^R01 to the interface engine (optional)
+    # The notice of a critical finding (FHIR Communication or webhook); sent before the rest.
+    CRITICAL = "critical"
 
 
 class DeliveryState(StrEnum):
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     updated_at TEXT NOT NULL,
     model_name TEXT NOT NULL DEFAULT '',  -- one run per model of a study's upload
     shadow INTEGER NOT NULL DEFAULT 0,    -- results kept on the edge, never delivered
+    priority TEXT NOT NULL DEFAULT 'ROUTINE',  -- STAT runs go first (journals before it: ALTER)
     UNIQUE (study_key, run_number, model_name)
 );
 CREATE TABLE IF NOT EXISTS timeline (
@@ -93,7 +97,7 @@ _REBUILD_RUNS_FOR_FAN_OUT = (
 # RunRow's fields, in its order: queries name them rather than rely on the table's layout.
 _RUN_COLUMNS = (
     "run_id, study_key, run_number, pseudo_study_uid, stage, reason, spool_dir, updated_at,"
-    " model_name, shadow"
+    " model_name, shadow, priority"
 )
 
 
@@ -113,11 +117,12 @@ class RunRow:
     updated_at: str
     model_name: str
     shadow: bool
+    priority: Priority = Priority.ROUTINE
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> RunRow:
         run_id, study_key, run_number, pseudo, stage, reason, spool_dir, updated_at = row[:8]
-        model_name, shadow = row[8:]
+        model_name, shadow, priority = row[8:]
         return cls(
             run_id,
             study_key,
@@ -129,6 +134,7 @@ class RunRow:
             updated_at,
             model_name,
             bool(shadow),
+            Priority(priority),
         )
 
 
@@ -190,6 +196,9 @@ class Journal:
             with transaction(self._db, self._lock) as db:
                 for statement in _REBUILD_RUNS_FOR_FAN_OUT:
                     db.execute(statement)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        if "priority" not in columns:  # a journal written before runs had a priority
+            self._db.execute("ALTER TABLE runs ADD COLUMN priority TEXT NOT NULL DEFAULT 'ROUTINE'")
 
     def close(self) -> None:
         self._db.close()
@@ -210,13 +219,15 @@ class Journal:
         detail: str | None = None,
         model_name: str = "",
         shadow: bool = False,
+        priority: Priority = Priority.ROUTINE,
     ) -> RunRow:
         """Open a run in `stage` (recorded in its timeline); an open run is returned as it is."""
         now = _now()
         with transaction(self._db, self._lock) as db:
             opened = db.execute(
                 "INSERT OR IGNORE INTO runs (run_id, study_key, run_number, pseudo_study_uid,"
-                " stage, updated_at, model_name, shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " stage, updated_at, model_name, shadow, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     study_key,
@@ -226,6 +237,7 @@ class Journal:
                     now,
                     model_name,
                     int(shadow),
+                    priority.value,
                 ),
             ).rowcount
             if opened:
@@ -251,8 +263,11 @@ class Journal:
         return [RunRow.from_row(row) for row in rows]
 
     def runs(self, *stages: EdgeStage) -> list[RunRow]:
-        """Every run, or those in one of `stages`, least recently updated first."""
-        rows = self._execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY updated_at")  # noqa: S608
+        """Every run, or those in one of `stages`: STAT first, then least recently updated."""
+        rows = self._execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY priority = ? DESC, updated_at",  # noqa: S608
+            (Priority.STAT.value,),
+        )
         runs = [RunRow.from_row(row) for row in rows]
         return [r for r in runs if r.stage in stages] if stages else runs
 
@@ -400,12 +415,16 @@ class Journal:
     def deliveries(
         self, run_id: str | None = None, state: DeliveryState | None = None
     ) -> list[DeliveryRow]:
-        sql, args = "SELECT * FROM deliveries WHERE 1 = 1", list[Any]()
+        """STAT runs' deliveries first, then least recently updated first."""
+        sql = "SELECT d.* FROM deliveries d LEFT JOIN runs r ON r.run_id = d.run_id WHERE 1 = 1"
+        args = list[Any]()
         if run_id is not None:
-            sql, args = sql + " AND run_id = ?", [*args, run_id]
+            sql, args = sql + " AND d.run_id = ?", [*args, run_id]
         if state is not None:
-            sql, args = sql + " AND state = ?", [*args, DeliveryState(state).value]
-        rows = self._execute(sql + " ORDER BY updated_at", tuple(args))
+            sql, args = sql + " AND d.state = ?", [*args, DeliveryState(state).value]
+        rows = self._execute(
+            sql + " ORDER BY r.priority = ? DESC, d.updated_at", (*args, Priority.STAT.value)
+        )
         return [DeliveryRow.from_row(row) for row in rows]
 
     # ---- results refused at the inbound boundary (the edge's dead letters for results) -----

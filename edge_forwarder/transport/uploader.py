@@ -27,6 +27,7 @@ from imaging_ai.contracts import (
     ManifestInstance,
     ManifestSeries,
     ModelRun,
+    Priority,
     encryption_context,
     manifest_key,
     series_key,
@@ -148,6 +149,7 @@ class Uploader:
         series: list[SeriesTar],
         deidentification: DeidRecord,
         runs: list[ModelRun],
+        priority: Priority = Priority.ROUTINE,
     ) -> Manifest:
         """Encrypt every series tar and the manifest, journal them under `run_id`; plaintext
         tars are removed. The manifest names `runs`: one per model the study goes to."""
@@ -177,6 +179,7 @@ class Uploader:
             series=entries,
             deidentification=deidentification,
             forwarder_version=s.forwarder_version,
+            priority=priority,
         )
         spool = series[0].tar_path.parent if series else Path(".")
         manifest_path = spool / "manifest.json.enc"
@@ -184,7 +187,7 @@ class Uploader:
             envelope.encrypt_bytes(manifest.model_dump_json().encode(), s.kms_key_arn, context)
         )
         self.journal.add_object(
-            manifest_key(s.site, pseudo_study_uid),
+            manifest_key(s.site, pseudo_study_uid, priority),
             run_id,
             "manifest",
             manifest_path,

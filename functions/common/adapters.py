@@ -11,6 +11,7 @@ from typing import IO, Any
 from botocore.exceptions import ClientError
 
 from functions.common.keys import split_s3_uri
+from functions.common.observability import record_run_ended
 from imaging_ai import envelope
 from imaging_ai.contracts import SiteMessageKind, SiteResultMessage, encryption_context
 from imaging_ai.errors import ContractError, IntegrityError
@@ -190,6 +191,7 @@ class SiteNotifier:
     def _tell(
         self, kind: SiteMessageKind, run: RunKey, reason: str, model_name: str | None
     ) -> None:
+        record_run_ended(run.site, model_name, kind.value.lower(), reason)
         self.send(
             SiteResultMessage(
                 kind=kind,

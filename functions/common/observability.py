@@ -23,6 +23,17 @@ def add_metric_with_dimension(
     name: str, unit: MetricUnit, value: float, dimension: str, dimension_value: str
 ) -> None:
     """A metric with one extra dimension besides `service` (it needs its own EMF record)."""
+    add_metric_with_dimensions(name, unit, value, {dimension: dimension_value})
+
+
+def add_metric_with_dimensions(
+    name: str, unit: MetricUnit, value: float, dimensions: dict[str, str]
+) -> None:
+    """A metric with extra dimensions besides `service`, in its own EMF record.
+
+    Dimension values are site codes, model names, stage names and drift features: never a
+    value read from a study (no PHI in any metric).
+    """
     if is_metrics_disabled():  # single_metric ignores POWERTOOLS_METRICS_DISABLED itself
         return
     with single_metric(
@@ -32,7 +43,25 @@ def add_metric_with_dimension(
         namespace=metrics.namespace,
         default_dimensions=metrics.default_dimensions,
     ) as metric:
-        metric.add_dimension(name=dimension, value=dimension_value)
+        for dimension, dimension_value in dimensions.items():
+            metric.add_dimension(name=dimension, value=dimension_value)
+
+
+RUNS_ENDED_METRIC = "RunsEnded"  # dimensions site, model, outcome: studies per day
+TURNAROUND_METRIC = "TurnaroundSeconds"  # dimensions site, model, stage: p50 / p95
+
+
+def record_run_ended(site: str, model_name: str | None, outcome: str, reason: str = "") -> None:
+    """One run ended (delivered, failed, not analyzed): the value report's counts, live.
+
+    The reason goes to the log line (Logs Insights counts reasons), not into a dimension:
+    free text would make a metric per wording.
+    """
+    model = model_name or "unknown"
+    add_metric_with_dimensions(
+        RUNS_ENDED_METRIC, MetricUnit.Count, 1, {"site": site, "model": model, "outcome": outcome}
+    )
+    logger.info("run ended", run_outcome=outcome, reason=reason, site=site, model=model)
 
 
 class StepSeconds:

@@ -22,3 +22,8 @@ class PreprocessSettings(CommonSettings):
     # JSON {model name: async endpoint name}: each model has its own endpoint; a run whose
     # model is absent here is refused (FAILED), the others go on.
     model_endpoints: dict[str, str] = Field(default_factory=dict)
+
+
+class DriftSettings(CommonSettings):
+    # The recent window compared with the validation baseline (imaging_ai.drift).
+    drift_window_days: float = Field(default=7.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -16,10 +17,13 @@ from functions.common.adapters import ObjectMissing, SiteNotifier, StudyObjectSt
 from functions.common.keys import parse_input_location, source_headers_key
 from functions.common.model_cards import read_stored_card
 from functions.common.observability import (
+    TURNAROUND_METRIC,
     StepSeconds,
     add_metric_with_dimension,
+    add_metric_with_dimensions,
     logger,
     metrics,
+    record_run_ended,
     tracer,
 )
 from functions.common.source_headers import unpack_source_headers
@@ -38,6 +42,7 @@ from imaging_ai.contracts import (
     Stage,
     result_key,
 )
+from imaging_ai.drift import FINDING_VOLUMES_ATTRIBUTE, FINDINGS_ATTRIBUTE
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.model_io import ModelOutputMeta, unpack_model_output
 from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
@@ -137,9 +142,14 @@ class PostprocessService:
             seconds = max(0.0, (end - started).total_seconds())
             metrics.add_metric(name=END_TO_END_METRIC, unit=MetricUnit.Seconds, value=seconds)
             logger.info("run delivered", end_to_end_seconds=round(seconds, 3))
+        record_run_ended(run.site, delivered.model_name, Stage.DELIVERED.value.lower())
+        group = {"site": run.site, "model": delivered.model_name or "unknown"}
         for stage, seconds in delivered.stage_latencies_s().items():
             add_metric_with_dimension(
                 STAGE_METRIC, MetricUnit.Seconds, seconds, "stage", stage.value
+            )
+            add_metric_with_dimensions(
+                TURNAROUND_METRIC, MetricUnit.Seconds, seconds, {**group, "stage": stage.value}
             )
 
     @tracer.capture_method
@@ -185,17 +195,24 @@ class PostprocessService:
             {
                 "model_version": output.model_version,
                 "weights_sha256": output.weights_sha256,
-                "findings": str(len(output.findings)),
+                FINDINGS_ATTRIBUTE: str(len(output.findings)),
                 "findings_reported": str(len(reported.findings)),
+                FINDING_VOLUMES_ATTRIBUTE: json.dumps(
+                    [round(f.volume_mm3, 1) for f in output.findings]
+                ),
             },
         )
         metrics.add_metric(name="Findings", unit=MetricUnit.Count, value=len(output.findings))
         if unreported:
             metrics.add_metric(name="FindingsNotReported", unit=MetricUnit.Count, value=unreported)
+        if output.critical:
+            # The report carries the critical mark; the edge notifies the site on it.
+            metrics.add_metric(name="CriticalFindings", unit=MetricUnit.Count, value=1)
         logger.info(
             "results written",
             findings=len(output.findings),
             not_reported=unreported,
+            critical=output.critical,
             step_seconds=steps.seconds,
         )
         return output.model_version

@@ -31,6 +31,7 @@ from imaging_ai.contracts import (
     parse_manifest_key,
     preprocessed_key,
 )
+from imaging_ai.drift import DRIFT_INPUT_ATTRIBUTE, RunProfile, input_profile
 from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.intended_use import Skip, SkipReason, screen_headers, screen_volume
 from imaging_ai.model_card import ModelCard
@@ -98,7 +99,7 @@ class PreprocessService:
             run = RunKey(site, pseudo_study_uid, model_run.run_id)
             logger.append_keys(
                 site=site, pseudo_study_uid=pseudo_study_uid, run_id=run.run_id,
-                model_name=model_run.model_name,
+                model_name=model_run.model_name, priority=manifest.priority.value,
             )  # fmt: skip
             try:
                 outcomes[run.run_id] = self._handle_run(ref, manifest, model_run, run, lease_s)
@@ -121,6 +122,7 @@ class PreprocessService:
             "manifest_key": ref.key,
             # Postprocess measures end-to-end latency from here (EndToEndSeconds).
             "manifest_created_at": manifest.created_at.isoformat(),
+            "priority": manifest.priority.value,
         }
         if model_run.revises_run_id:
             attributes["revises_run_id"] = model_run.revises_run_id
@@ -141,10 +143,13 @@ class PreprocessService:
             if claimed.stage == Stage.PREPROCESSED:
                 logger.info("resuming a run left unfinished", stage=str(claimed.stage))
             else:
-                outside = self._preprocess(manifest, model_run, run)
-                if outside is not None:
-                    return self._not_analyzed(run, model_run.model_name, str(outside))
-                self._state.advance(run, Stage.PREPROCESSED)
+                prepared = self._preprocess(manifest, model_run, run)
+                if isinstance(prepared, NotAnalyzed):
+                    return self._not_analyzed(run, model_run.model_name, str(prepared))
+                # The acquisition's profile rides on the run: the drift monitor reads it.
+                self._state.advance(
+                    run, Stage.PREPROCESSED, {DRIFT_INPUT_ATTRIBUTE: prepared.model_dump_json()}
+                )
             location = self._store.uri(preprocessed_key(run.site, run.pseudo_study_uid, run.run_id))
             run_prefix = inference_output_prefix(run.site, run.pseudo_study_uid, run.run_id)
             output_location = self._endpoint.invoke(
@@ -152,6 +157,7 @@ class PreprocessService:
                 location,
                 inference_id(run.run_id),
                 run_prefix.removeprefix(INFERENCE_OUTPUT_PREFIX),
+                manifest.priority,
             )
             self._state.advance(
                 run,
@@ -183,9 +189,10 @@ class PreprocessService:
     @tracer.capture_method
     def _preprocess(
         self, manifest: Manifest, model_run: ModelRun, run: RunKey
-    ) -> NotAnalyzed | None:
-        """Write the model input of the chosen series; NotAnalyzed (returned: it is an outcome,
-        not an error) when no series is within the model's intended use.
+    ) -> NotAnalyzed | RunProfile:
+        """Write the model input of the chosen series and return its acquisition profile;
+        NotAnalyzed (returned: it is an outcome, not an error) when no series is within the
+        model's intended use.
 
         The input names the card's version: the endpoint runs exactly that version, the one
         a re-run pins or the current one."""
@@ -196,6 +203,7 @@ class PreprocessService:
         if isinstance(selected, NotAnalyzed):
             return selected
         series, volume = selected
+        profile = input_profile(volume.headers[0], volume.voxels)
         with steps.step("resample_normalize"):
             image, grid = prepare_model_input(volume, card)
         meta = ModelInputMeta(
@@ -229,7 +237,7 @@ class PreprocessService:
         metrics.add_metric(
             name="PreprocessedSlices", unit=MetricUnit.Count, value=len(meta.sop_instance_uids)
         )
-        return None
+        return profile
 
     def _select(
         self,

@@ -12,13 +12,15 @@ CHANNELS = (16, 32, 64, 128)
 STRIDES = (2, 2, 2)
 
 
-def build_network(out_channels: int = 2) -> torch.nn.Module:
+def build_network(
+    out_channels: int = 2, channels: tuple[int, ...] | None = None
+) -> torch.nn.Module:
     """Background plus one channel per label, softmax over channels."""
     return UNet(
         spatial_dims=3,
         in_channels=1,
         out_channels=out_channels,
-        channels=CHANNELS,
+        channels=channels or CHANNELS,
         strides=STRIDES,
         num_res_units=1,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from imaging_ai.errors import ContractError, PipelineError
 from imaging_ai.inference.bundle import Bundle, Reorientation, is_bundle, read_bundle
 from imaging_ai.inference.findings import extract_findings
 from imaging_ai.inference.grid import resample_linear, source_box_for
-from imaging_ai.model_card import ModelCard, load_model_card
-from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_card import ModelCard, TriageFlag, load_model_card
+from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta, TriageResult, VolumeGeometry
 
 # Model-grid voxels whose foreground probability stays below this cannot reach 0.5 after
 # linear interpolation, so only boxes around the rest are resampled to the source grid.
@@ -57,6 +58,36 @@ def normalise_hu(image: npt.NDArray[np.float32], window: tuple[float, float]) ->
     low, high = window
     scaled = (np.clip(image, low, high) - low) / (high - low)
     return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))
+
+
+def triage_probability(
+    foreground: npt.NDArray[np.float32], voxel_mm3: float, flag: TriageFlag
+) -> float:
+    """Mean probability of the label's most likely voxels that make up `flag.min_volume_mm3`."""
+    count = max(1, min(foreground.size, math.ceil(flag.min_volume_mm3 / voxel_mm3)))
+    flat = foreground.ravel()
+    top = np.partition(flat, flat.size - count)[flat.size - count :]
+    return float(np.clip(top.mean(dtype=np.float64), 0.0, 1.0))
+
+
+def answer_triage(
+    card: ModelCard, probabilities: npt.NDArray[np.float32], model: VolumeGeometry
+) -> TriageResult | None:
+    """The card's per-study flag from the model-grid class probabilities (None: no flag)."""
+    flag = card.triage
+    if flag is None:
+        return None
+    channel = 1 + [label.value for label in card.labels].index(flag.label_value)
+    probability = round(
+        triage_probability(probabilities[channel], float(np.prod(model.spacing_mm)), flag), 4
+    )
+    suspected = probability >= flag.threshold
+    return TriageResult(
+        name=flag.name,
+        probability=probability,
+        suspected=suspected,
+        critical=suspected and card.is_critical(flag.finding),
+    )
 
 
 class Predictor:
@@ -208,6 +239,7 @@ class Predictor:
             raise ModelLoadError("network output channels do not match the model card's labels")
         labels = self.to_source_labels(probabilities, meta.model_geometry, meta.source_geometry)
         labels, findings = extract_findings(labels, meta.source_geometry, self.card)
+        triage = answer_triage(self.card, probabilities, meta.model_geometry)
         output = ModelOutputMeta(
             input=meta,
             model_name=self.card.name,
@@ -216,5 +248,6 @@ class Predictor:
             device=str(self.device),
             inference_seconds=round(time.perf_counter() - started, 3),
             findings=findings,
+            triage=triage,
         )
         return labels, output

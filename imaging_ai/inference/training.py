@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,13 +95,34 @@ def make_training_case(seed: int) -> TrainingCase:
     return TrainingCase(image, fraction, [(c[0], c[1], c[2]) for c in centres])
 
 
+ModelDirWriter = Callable[[torch.nn.Module, Path, dict[str, float | int | str]], ModelCard]
+
+
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """What differs between the demo models: their phantoms, window, network and card."""
+
+    make_case: Callable[[int], TrainingCase]
+    intensity_window_hu: tuple[float, float]
+    write_model_dir: ModelDirWriter
+    seed_base: int
+    channels: tuple[int, ...] | None = None  # None: the network module's default
+    hu_offset: float = 25.0  # augmentation: a global HU shift of up to this, either way
+    extra_noise_hu: float = 8.0  # augmentation: added noise of a random sigma up to this
+    learning_rate: float = 2e-3
+    patch_size: tuple[int, int, int] = PATCH_SIZE
+    script: str = "python -m imaging_ai.inference.training"
+
+
 def _crop(
-    volume: npt.NDArray[np.float32], start: tuple[int, ...], fill: float
+    volume: npt.NDArray[np.float32],
+    start: tuple[int, ...],
+    fill: float,
+    size: tuple[int, int, int] = PATCH_SIZE,
 ) -> npt.NDArray[np.float32]:
-    patch = np.full(PATCH_SIZE, fill, dtype=np.float32)
+    patch = np.full(size, fill, dtype=np.float32)
     src = tuple(
-        slice(max(0, s), min(n, s + p))
-        for s, n, p in zip(start, volume.shape, PATCH_SIZE, strict=True)
+        slice(max(0, s), min(n, s + p)) for s, n, p in zip(start, volume.shape, size, strict=True)
     )
     dst = tuple(slice(r.start - s, r.stop - s) for r, s in zip(src, start, strict=True))
     patch[dst] = volume[src]
@@ -109,27 +130,34 @@ def _crop(
 
 
 def sample_patches(
-    case: TrainingCase, count: int, rng: np.random.Generator
+    case: TrainingCase,
+    count: int,
+    rng: np.random.Generator,
+    fill_hu: float = INTENSITY_WINDOW_HU[0],
+    hu_offset: float = 25.0,
+    size: tuple[int, int, int] = PATCH_SIZE,
+    extra_noise_hu: float = 8.0,
 ) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]]:
-    """Half the patches around nodules, half anywhere: the chest wall and mediastinum are the
-    same HU as a nodule, so the network must see plenty of them as negatives."""
+    """Half the patches around lesions, half anywhere: the chest wall and mediastinum are the
+    same HU as a nodule (the skull's inner edge blurs to the HU of blood), so the network must
+    see plenty of them as negatives."""
     for index in range(count):
         if case.nodule_voxels and index % 2 == 0:
             centre = case.nodule_voxels[int(rng.integers(len(case.nodule_voxels)))]
-            jitter = rng.integers(-PATCH_SIZE[0] // 3, PATCH_SIZE[0] // 3 + 1, size=3)
-            start = tuple(
-                int(c + j - p // 2) for c, j, p in zip(centre, jitter, PATCH_SIZE, strict=True)
-            )
+            jitter = rng.integers(-size[0] // 3, size[0] // 3 + 1, size=3)
+            start = tuple(int(c + j - p // 2) for c, j, p in zip(centre, jitter, size, strict=True))
         else:
             start = tuple(
                 int(rng.integers(0, max(1, n - p + 1)))
-                for n, p in zip(case.image.shape, PATCH_SIZE, strict=True)
+                for n, p in zip(case.image.shape, size, strict=True)
             )
-        image = _crop(case.image, start, INTENSITY_WINDOW_HU[0])
-        target = _crop(case.nodule_fraction, start, 0.0)
+        image = _crop(case.image, start, fill_hu, size)
+        target = _crop(case.nodule_fraction, start, 0.0, size)
         # Augment what varies between scanners: noise, a small HU offset, left-right/AP flips.
-        image = image + rng.normal(0.0, rng.uniform(0.0, 8.0), size=image.shape).astype(np.float32)
-        image = image + np.float32(rng.uniform(-25.0, 25.0))
+        image = image + rng.normal(0.0, rng.uniform(0.0, extra_noise_hu), size=image.shape).astype(
+            np.float32
+        )
+        image = image + np.float32(rng.uniform(-hu_offset, hu_offset))
         for axis in (1, 2):
             if rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis)
@@ -142,34 +170,59 @@ def train(
     max_minutes: float,
     batch_size: int = 2,
     patches_per_case: int = 8,
-    learning_rate: float = 2e-3,
+    learning_rate: float | None = None,
     threads: int = 2,
-    seed_base: int = TRAINING_SEED_BASE,
+    recipe: TrainingRecipe | None = None,
+    max_cpu_minutes: float | None = None,
 ) -> dict[str, float | int | str]:
-    """Train until `max_steps` or `max_minutes`, whichever comes first; write the model dir."""
+    """Train until `max_steps`, `max_minutes` of wall time or `max_cpu_minutes` of this
+    process's CPU time, whichever comes first; write the model dir.
+
+    On a shared machine wall time says little: the CPU budget is what makes a run repeatable.
+    """
+    recipe = recipe or LUNG_NODULE_RECIPE
+    window = recipe.intensity_window_hu
+    learning_rate = learning_rate or recipe.learning_rate
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
-    network = build_network(out_channels=2)
+    network = build_network(out_channels=2, channels=recipe.channels)
     optimiser = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     loss_function = DiceCELoss(softmax=True, lambda_dice=0.5, lambda_ce=1.0)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     budget_s = max_minutes * 60.0
+    cpu_budget_s = math.inf if max_cpu_minutes is None else max_cpu_minutes * 60.0
     step, cases, running = 0, 0, 0.0
     pending: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]] = []
-    while step < max_steps and time.monotonic() - started < budget_s:
+    while (
+        step < max_steps
+        and time.monotonic() - started < budget_s
+        and time.process_time() - cpu_started < cpu_budget_s
+    ):
         if len(pending) < batch_size:
-            case = make_training_case(seed_base + cases)
+            case = recipe.make_case(recipe.seed_base + cases)
             cases += 1
-            pending.extend(sample_patches(case, patches_per_case, rng))
+            pending.extend(
+                sample_patches(
+                    case,
+                    patches_per_case,
+                    rng,
+                    window[0],
+                    recipe.hu_offset,
+                    recipe.patch_size,
+                    recipe.extra_noise_hu,
+                )
+            )
             continue
         batch, pending = pending[:batch_size], pending[batch_size:]
-        images = torch.stack(
-            [normalise_hu(np.ascontiguousarray(i), INTENSITY_WINDOW_HU) for i, _ in batch]
-        )
+        images = torch.stack([normalise_hu(np.ascontiguousarray(i), window) for i, _ in batch])
         fractions = torch.stack([torch.from_numpy(np.ascontiguousarray(t)) for _, t in batch])
         targets = torch.stack([1.0 - fractions, fractions], dim=1)
-        progress = max(step / max_steps, (time.monotonic() - started) / budget_s)
+        progress = max(
+            step / max_steps,
+            (time.monotonic() - started) / budget_s,
+            (time.process_time() - cpu_started) / cpu_budget_s,
+        )
         for group in optimiser.param_groups:
             group["lr"] = learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         network.train()
@@ -186,17 +239,21 @@ def train(
                 phantoms=cases,
                 loss=round(running, 4),
                 minutes=round((time.monotonic() - started) / 60, 2),
+                cpu_minutes=round((time.process_time() - cpu_started) / 60, 2),
             )
     minutes = (time.monotonic() - started) / 60.0
     summary: dict[str, float | int | str] = {
         "steps": step,
         "phantoms": cases,
         "minutes": round(minutes, 2),
+        # Wall minutes on a shared machine; CPU minutes are what the training itself took.
+        "cpu_minutes": round((time.process_time() - cpu_started) / 60.0, 2),
         "final_loss": round(running, 4),
-        "seed_range": f"{seed_base}..{seed_base + cases - 1}",
+        "seed_range": f"{recipe.seed_base}..{recipe.seed_base + cases - 1}",
         "threads": threads,
+        "script": recipe.script,
     }
-    write_model_dir(network, out_dir, summary)
+    recipe.write_model_dir(network, out_dir, summary)
     return summary
 
 
@@ -228,6 +285,14 @@ def write_model_dir(
     document["training"] = {**training, "script": "python -m imaging_ai.inference.training"}
     (out_dir / MODEL_CARD_NAME).write_text(json.dumps(document, indent=2) + "\n")
     return card
+
+
+LUNG_NODULE_RECIPE = TrainingRecipe(
+    make_case=make_training_case,
+    intensity_window_hu=INTENSITY_WINDOW_HU,
+    write_model_dir=write_model_dir,
+    seed_base=TRAINING_SEED_BASE,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

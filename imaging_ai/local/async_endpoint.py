@@ -13,6 +13,7 @@ one model's queue never waits behind another's.
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -33,6 +34,7 @@ from imaging_ai.async_inference import (
     AsyncResponseParameters,
 )
 from imaging_ai.aws import Credentials, acting_as, client
+from imaging_ai.contracts import Priority, priority_from_custom_attributes, priority_rank
 from imaging_ai.logs import get_logger
 
 logger = get_logger(__name__)
@@ -62,6 +64,7 @@ class _Job:
     failure_location: str
     content_type: str
     received_time: str
+    priority: Priority = Priority.ROUTINE
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -75,8 +78,16 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+# After every queued job: the worker's stop sentinel.
+_STOP_RANK = 2
+
+
 class AsyncEndpoint:
-    """The sagemaker-runtime REST protocol over HTTP, plus one worker per endpoint."""
+    """The sagemaker-runtime REST protocol over HTTP, plus one worker per endpoint.
+
+    Each endpoint serves its queue STAT first, then in arrival order (the priority rides in
+    CustomAttributes; see docs/priority.md for what orders requests in AWS).
+    """
 
     def __init__(
         self,
@@ -87,17 +98,17 @@ class AsyncEndpoint:
     ):
         self.endpoints = {config.endpoint_name: config for config in endpoints}
         self._on_result = on_result  # (inference_id, "Completed" | "Failed"), for timelines
-        self._jobs: dict[str, queue.Queue[_Job | None]] = {
-            name: queue.Queue() for name in self.endpoints
+        # Per endpoint, (priority rank, arrival number, job): STAT first, FIFO within a priority.
+        self._jobs: dict[str, queue.PriorityQueue[tuple[int, int, _Job | None]]] = {
+            name: queue.PriorityQueue() for name in self.endpoints
         }
+        self._arrivals = itertools.count()
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="async-endpoint-http"),
-            *(
-                threading.Thread(target=self._work, args=(jobs,), name=f"async-endpoint-{name}")
-                for name, jobs in self._jobs.items()
-            ),
+        self._http = threading.Thread(target=self._server.serve_forever, name="async-endpoint-http")
+        self._workers = [
+            threading.Thread(target=self._work, args=(jobs,), name=f"async-endpoint-{name}")
+            for name, jobs in self._jobs.items()
         ]
         self.completed = 0
         self.failed = 0
@@ -108,19 +119,28 @@ class AsyncEndpoint:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def start(self) -> AsyncEndpoint:
-        for thread in self._threads:
-            thread.daemon = True
-            thread.start()
+    def start(self, *, hold_work: bool = False) -> AsyncEndpoint:
+        """Serve requests; `hold_work` queues them until `release_work` (an instance that is
+        still starting, as a scaled-to-zero endpoint's first requests wait)."""
+        self._http.daemon = True
+        self._http.start()
+        if not hold_work:
+            self.release_work()
         return self
+
+    def release_work(self) -> None:
+        for worker in self._workers:
+            worker.daemon = True
+            worker.start()
 
     def stop(self) -> None:
         for jobs in self._jobs.values():
-            jobs.put(None)
+            jobs.put((_STOP_RANK, next(self._arrivals), None))
         self._server.shutdown()
         self._server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        for thread in (self._http, *self._workers):
+            if thread.is_alive():
+                thread.join(timeout=30)
 
     # -- request side ------------------------------------------------------------------------
 
@@ -149,9 +169,17 @@ class AsyncEndpoint:
             failure_location=f"{fail_base}/{inference_id}-error.out",
             content_type=headers.get("x-amzn-sagemaker-content-type", "application/octet-stream"),
             received_time=_now(),
+            priority=priority_from_custom_attributes(
+                headers.get("x-amzn-sagemaker-custom-attributes", "")
+            ),
         )
-        self._jobs[endpoint_name].put(job)
-        logger.info("async_invocation_queued", inference_id=inference_id, endpoint=endpoint_name)
+        self._jobs[endpoint_name].put((priority_rank(job.priority), next(self._arrivals), job))
+        logger.info(
+            "async_invocation_queued",
+            inference_id=inference_id,
+            endpoint=endpoint_name,
+            priority=job.priority,
+        )
         reply_headers = {
             "X-Amzn-SageMaker-OutputLocation": job.output_location,
             "X-Amzn-SageMaker-FailureLocation": job.failure_location,
@@ -193,8 +221,8 @@ class AsyncEndpoint:
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _work(self, jobs: queue.Queue[_Job | None]) -> None:
-        while (job := jobs.get()) is not None:
+    def _work(self, jobs: queue.PriorityQueue[tuple[int, int, _Job | None]]) -> None:
+        while (job := jobs.get()[2]) is not None:
             # SageMaker reads inputs, writes outputs and notifies as the execution role.
             with acting_as(job.endpoint.execution_role):
                 try:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from imaging_ai.errors import PipelineError
+from imaging_ai.local.node_packages import npm_ci_once
+from imaging_ai.local.processes import first_on_path
 
 PACKAGE_DIR = Path(__file__).with_name("browser")
 PACKAGE_FILES = ("package.json", "package-lock.json", "open_study.mjs")
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 _CHROMIUM = ("chromium", "/usr/bin/chromium")
 
 
@@ -34,48 +33,13 @@ class ViewedStudy:
 
 def chromium_binary() -> str | None:
     """Debian's chromium, or None when it is not installed."""
-    for name in _CHROMIUM:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def install_dir() -> Path:
-    """Where `npm ci` installs playwright-core: one cache directory per package-lock content."""
-    lock = (PACKAGE_DIR / "package-lock.json").read_bytes()
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
-    return root / f"viewer-check-{hashlib.sha256(lock).hexdigest()[:16]}"
+    return first_on_path(_CHROMIUM)
 
 
 def ensure_installed(timeout_s: float = 300.0) -> Path:
-    """Run `npm ci` into the cache directory once (playwright-core only: no browser download).
-
-    Returns
-    -------
-    pathlib.Path
-        The directory holding open_study.mjs and its node_modules.
-    """
-    target = install_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGE_FILES:
-        shutil.copyfile(PACKAGE_DIR / name, target / name)
-    if (target / "node_modules" / ".package-lock.json").is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BrowserError("npm is not installed (Debian packages 'nodejs' and 'npm')")
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=target,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
-    if result.returncode != 0:
-        shutil.rmtree(target / "node_modules", ignore_errors=True)
-        raise BrowserError(f"npm ci failed: {result.stderr[-2000:]}")
-    return target
+    """The directory of open_study.mjs and its node_modules: `npm ci` runs once, installing
+    playwright-core only (no browser download)."""
+    return npm_ci_once(PACKAGE_DIR, PACKAGE_FILES, "viewer-check", timeout_s, BrowserError)
 
 
 def view_study(

@@ -19,13 +19,24 @@ import pydicom
 
 from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder, send_instances
 from imaging_ai.local.fhir_server import ensure_installed
+from imaging_ai.local.head_demo import (
+    HEAD_PATIENT,
+    HEMORRHAGE_MODEL_DIR,
+    collect_head_summary,
+    ehr_communications,
+    head_phi,
+    print_head_summary,
+    wait_for_runs,
+)
 from imaging_ai.local.ohif import ensure_installed as ensure_viewer_installed
 from imaging_ai.local.ohif import start_viewer
 from imaging_ai.local.orthanc import SENDER_AE_TITLE, Orthanc
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
-from imaging_ai.local.runtime import INFERENCE_LOG_PREFIX, LocalPipeline
+from imaging_ai.local.runtime import INFERENCE_LOG_PREFIX, LocalModel, LocalPipeline
 from imaging_ai.local.timeline import STAGES
+from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from imaging_ai.synthetic_head import write_head_ct_study
 
 SR_COMPREHENSIVE_3D = "1.2.840.10008.5.1.4.1.1.88.34"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -87,9 +98,14 @@ def phi_to_search(study: SyntheticStudy) -> dict[str, str]:
 
 
 def collect_summary(
-    pipeline: LocalPipeline, study: SyntheticStudy, delivered: bool, started: float
+    pipeline: LocalPipeline,
+    study: SyntheticStudy,
+    delivered: bool,
+    started: float,
+    more_phi: dict[str, str] | None = None,
 ) -> DemoSummary:
-    """Ask the real PACS and EHR what arrived, and audit every cloud object for PHI."""
+    """Ask the real PACS and EHR what arrived, and audit every cloud object for PHI (the
+    chest study's, and `more_phi`: another study's sent in the same run)."""
     assert pipeline.pacs and pipeline.ehr and pipeline.resources
     summary = DemoSummary(
         delivered=delivered,
@@ -147,7 +163,7 @@ def collect_summary(
                     str(quantity.get("unit", "")),
                 )
             )
-    phi = phi_to_search(study)
+    phi = {**phi_to_search(study), **(more_phi or {})}
     bucket_report = audit_bucket(
         pipeline.resources.data_bucket, pipeline.resources.kms_key_arn, phi
     )
@@ -291,24 +307,45 @@ def run(args: argparse.Namespace) -> int:
     )
     size_mb = sum(path.stat().st_size for path in study.paths) / 1e6
     say(f"  {len(study.paths)} instances, {size_mb:.0f} MB, {len(study.phantom.nodules)} nodule(s)")
+    say(f"Generating a synthetic trauma head CT (gantry tilt {args.head_tilt:g} deg), fake PHI")
+    head = write_head_ct_study(
+        work_dir / "head-study", tilt_deg=args.head_tilt, patient=HEAD_PATIENT
+    )
+    bleeds = ", ".join(f"{b.volume_ml:.1f} mL" for b in head.head.bleeds) or "none"
+    say(f"  {len(head.paths)} instances, bleed(s): {bleeds}")
+    # Each study goes only to its model: the routing rules follow each card's intended use.
+    models = (LocalModel(DEMO_MODEL_DIR), LocalModel(HEMORRHAGE_MODEL_DIR))
     with LocalPipeline(
-        work_dir=work_dir, quiet_seconds=args.quiet_seconds, printer=say, pacs_dicomweb=args.view
+        work_dir=work_dir,
+        quiet_seconds=args.quiet_seconds,
+        printer=say,
+        pacs_dicomweb=args.view,
+        models=models,
     ) as pipeline:
         port = pipeline.forwarder_port
-        say(f"Sending the study by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
-        say("Timeline:")
+        say(f"Sending both studies by C-STORE (DCMTK storescu) to 127.0.0.1:{port}")
+        say("Timeline (each stage when the first study reaches it):")
         started = time.monotonic()
         pipeline.timeline.started = started
         pipeline.send_study(work_dir / "study")
+        pipeline.send_study(work_dir / "head-study")
         delivered = pipeline.wait_until_delivered(args.timeout)
-        summary = collect_summary(pipeline, study, delivered, started)
+        remaining = max(1.0, args.timeout - (time.monotonic() - started))
+        both = delivered and wait_for_runs(pipeline, count=len(models), timeout_s=remaining)
+        summary = collect_summary(pipeline, study, both, started, more_phi=head_phi(head))
+        head_summary = collect_head_summary(
+            pipeline, head, ehr_communications(pipeline, HEAD_PATIENT.patient_id)
+        )
         print_summary(summary, pipeline, study, out=say)
-        (work_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2, default=str))
+        print_head_summary(head_summary, out=say)
+        (work_dir / "summary.json").write_text(
+            json.dumps({**asdict(summary), "head": asdict(head_summary)}, indent=2, default=str)
+        )
         if args.view and pipeline.pacs is not None:
             keep_viewing(
                 pipeline.pacs, say, scan_folder(work_dir / "study"), study.study_instance_uid
             )
-    return 0 if summary.ok else 1
+    return 0 if summary.ok and head_summary.critical and head_summary.notified else 1
 
 
 def keep_viewing(
@@ -524,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="rows = columns of each slice")
     # Seed 2026 gives three nodules (8.7, 12.3 and 12.9 mm) in the default 200 x 512^2 study.
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--head-tilt", type=float, default=15.0, help="gantry tilt of the head CT (degrees)"
+    )
     parser.add_argument("--quiet-seconds", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for delivery")
     parser.add_argument("--work-dir", type=Path, default=None)

@@ -128,31 +128,39 @@ class SqsDispatcher:
     role: Credentials | None = None
     # Runs the handler instead of importing it here (a `FunctionProcess`, say).
     invoker: Handler | None = None
-    _queue_arn: str | None = None
+    # A queue drained before `queue_url` (a stage's STAT queue): while it holds messages, the
+    # routine queue waits. The local stand-in for AWS's two event source mappings with the
+    # routine one capped (docs/priority.md).
+    priority_queue_url: str | None = None
+    _queue_arns: dict[str, str] = field(default_factory=dict)
 
     def poll_once(self) -> BatchOutcome:
         with acting_as(self.role):
-            return self._poll_once()
+            if self.priority_queue_url is not None:
+                outcome = self._poll_once(self.priority_queue_url, wait_time_s=0)
+                if outcome.received:
+                    return outcome
+            return self._poll_once(self.queue_url, self.wait_time_s)
 
-    def _poll_once(self) -> BatchOutcome:
+    def _poll_once(self, queue_url: str, wait_time_s: int) -> BatchOutcome:
         sqs = client("sqs")
         messages = sqs.receive_message(
-            QueueUrl=self.queue_url,
+            QueueUrl=queue_url,
             MaxNumberOfMessages=self.batch_size,
-            WaitTimeSeconds=self.wait_time_s,
+            WaitTimeSeconds=wait_time_s,
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])
         if not messages:
             return BatchOutcome()
-        event = sqs_event(messages, self.queue_arn, sqs.meta.region_name)
+        event = sqs_event(messages, self.queue_arn(queue_url), sqs.meta.region_name)
         failed_ids = self._invoke(event)
         by_id = {message["MessageId"]: message for message in messages}
         succeeded = [m for m in messages if m["MessageId"] not in failed_ids]
         for start in range(0, len(succeeded), 10):
             chunk = succeeded[start : start + 10]
             sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
+                QueueUrl=queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)
                 ],
@@ -160,7 +168,7 @@ class SqsDispatcher:
         if self.retry_delay_s is not None:
             for message_id in failed_ids:
                 sqs.change_message_visibility(
-                    QueueUrl=self.queue_url,
+                    QueueUrl=queue_url,
                     ReceiptHandle=by_id[message_id]["ReceiptHandle"],
                     VisibilityTimeout=self.retry_delay_s,
                 )
@@ -168,14 +176,13 @@ class SqsDispatcher:
             received=len(messages), succeeded=len(succeeded), failed=len(failed_ids)
         )
 
-    @property
-    def queue_arn(self) -> str:
-        if self._queue_arn is None:
+    def queue_arn(self, queue_url: str) -> str:
+        if queue_url not in self._queue_arns:
             attributes = client("sqs").get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["QueueArn"]
+                QueueUrl=queue_url, AttributeNames=["QueueArn"]
             )
-            self._queue_arn = str(attributes["Attributes"]["QueueArn"])
-        return self._queue_arn
+            self._queue_arns[queue_url] = str(attributes["Attributes"]["QueueArn"])
+        return self._queue_arns[queue_url]
 
     def _invoke(self, event: dict[str, Any]) -> set[str]:
         all_ids = {record["messageId"] for record in event["Records"]}
@@ -250,8 +257,10 @@ def event_sources(
     roles: Mapping[str, Credentials] | None = None,
     invokers: Mapping[str, Handler] | None = None,
     stages: Iterable[LambdaStage] = LAMBDA_STAGES,
+    stat_queues: Mapping[str, QueuePair] | None = None,
 ) -> LocalEventSources:
-    """One mapping per stage on its own queue; a dead-letter stage on every stage's DLQ.
+    """One mapping per stage on its own queue (its STAT queue first, where `stat_queues` names
+    one); a dead-letter stage on every stage's DLQs.
 
     `queues` maps a stage name to its queues (`LocalResources.queues`); `roles` maps a stage
     name to the credentials of its execution role; `invokers` maps a stage name to what runs
@@ -260,23 +269,40 @@ def event_sources(
     stages = tuple(stages)
     roles = roles or {}
     invokers = invokers or {}
+    stat_queues = stat_queues or {}
 
-    def mapping(queue_url: str, stage: LambdaStage) -> SqsDispatcher:
+    def mapping(queue_url: str, stage: LambdaStage, **extra: Any) -> SqsDispatcher:
         return SqsDispatcher(
             queue_url,
             stage.handler,
             stage.name,
+            # The table's batch size, as the CDK mapping: preprocess takes one study a call,
+            # so a STAT study waits for at most one routine study, never for a batch of them.
+            batch_size=stage.batch_size,
             wait_time_s=wait_time_s,
             role=roles.get(stage.name),
             invoker=invokers.get(stage.name),
+            **extra,
         )
 
-    own = [mapping(queues[stage.name].url, stage) for stage in stages if stage.has_queue]
+    own = [
+        mapping(
+            queues[stage.name].url,
+            stage,
+            priority_queue_url=stat.url if (stat := stat_queues.get(stage.name)) else None,
+        )
+        for stage in stages
+        if stage.has_queue
+    ]
+    dlq_urls = {name: [pair.dlq_url] for name, pair in queues.items()}
+    for name, pair in stat_queues.items():
+        dlq_urls.setdefault(name, []).append(pair.dlq_url)
     dead_letters = [
-        mapping(queues[source.name].dlq_url, stage)
+        mapping(dlq_url, stage)
         for stage in stages
         if stage.trigger is Trigger.DEAD_LETTERS
         for source in stages
         if source.has_queue
+        for dlq_url in dlq_urls[source.name]
     ]
     return LocalEventSources([*own, *dead_letters])

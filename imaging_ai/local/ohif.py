@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import os
 import shutil
 import subprocess
 import tarfile
@@ -15,10 +14,11 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from imaging_ai.errors import PipelineError
+from imaging_ai.http_handler import QuietHandler
+from imaging_ai.local.node_packages import cache_root, npm
 from imaging_ai.local.orthanc import DICOMWEB_ROOT, Orthanc
 
 # @ohif/app ships its production build in dist/: no webpack run, only the tarball. The
@@ -29,7 +29,6 @@ OHIF_INTEGRITY = (
     "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq"
     "+jd5xXZB9E8EA=="
 )
-CACHE_ENV = "IMAGING_AI_NODE_CACHE"
 _INSTALLED_MARKER = ".installed"
 # Headers that belong to one hop, not to the proxied answer (RFC 9110 section 7.6.1).
 _HOP_BY_HOP = frozenset(
@@ -44,8 +43,7 @@ class ViewerError(PipelineError):
 
 def install_dir() -> Path:
     """Where the OHIF bundle is unpacked: one cache directory per pinned version."""
-    root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "imaging-ai" / "node"))
-    return root / f"ohif-app-{OHIF_VERSION}"
+    return cache_root() / f"ohif-app-{OHIF_VERSION}"
 
 
 def _integrity(tarball: Path) -> str:
@@ -65,13 +63,11 @@ def ensure_installed(timeout_s: float = 600.0) -> Path:
     dist = target / "dist"
     if (target / _INSTALLED_MARKER).is_file():
         return dist
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ViewerError("npm is not installed (Debian packages 'nodejs' and 'npm')")
+    npm_path = npm(ViewerError)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         packed = subprocess.run(
-            [npm, "pack", f"{OHIF_PACKAGE}@{OHIF_VERSION}", "--pack-destination", scratch,
+            [npm_path, "pack", f"{OHIF_PACKAGE}@{OHIF_VERSION}", "--pack-destination", scratch,
              "--loglevel=error", "--json"],
             cwd=scratch, capture_output=True, text=True, timeout=timeout_s,
         )  # fmt: skip
@@ -131,7 +127,8 @@ def app_config() -> str:
 """
 
 
-class _ViewerHandler(SimpleHTTPRequestHandler):
+# Quiet: request lines carry study UIDs, and a viewer makes hundreds of them.
+class _ViewerHandler(QuietHandler, SimpleHTTPRequestHandler):
     """OHIF's static files, its single-page routes, and DICOMweb passed through to Orthanc.
 
     GET only (other methods answer 501): nothing can be stored in or deleted from the PACS
@@ -146,23 +143,16 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
         if path.startswith(DICOMWEB_ROOT):
             self._proxy()
         elif path == "/app-config.js":
-            self._send(200, "text/javascript", self.config_script)
+            self.reply(200, self.config_script, "text/javascript")
         elif path == "/sw.js":
             # No service worker: a cached viewer must never outlive the server it came from.
-            self._send(404, "text/plain", b"no service worker\n")
+            self.reply(404, b"no service worker\n", "text/plain")
         elif "." not in path.rsplit("/", 1)[-1]:
             # A viewer route (/viewer?StudyInstanceUIDs=...): the app itself answers it.
             self.path = "/index.html"
             super().do_GET()
         else:
             super().do_GET()
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _proxy(self) -> None:
         connection = http.client.HTTPConnection(self.orthanc_netloc, timeout=60)
@@ -176,7 +166,7 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
             answer = connection.getresponse()
             body = answer.read()
         except OSError as error:
-            self._send(502, "text/plain", f"Orthanc did not answer: {error}\n".encode())
+            self.reply(502, f"Orthanc did not answer: {error}\n".encode(), "text/plain")
             return
         finally:
             connection.close()
@@ -187,9 +177,6 @@ class _ViewerHandler(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silent: request lines carry study UIDs, and a viewer makes hundreds of them."""
 
 
 @dataclass

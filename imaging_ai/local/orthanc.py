@@ -17,7 +17,7 @@ import requests
 
 from imaging_ai.errors import PipelineError
 from imaging_ai.local.moto_server import free_port
-from imaging_ai.local.processes import end_process
+from imaging_ai.local.processes import end_process, first_on_path
 
 ORTHANC_AE_TITLE = "ORTHANC"
 # The only calling AE title Orthanc accepts C-STORE from (and only from 127.0.0.1).
@@ -34,11 +34,7 @@ class OrthancError(PipelineError):
 
 def orthanc_binary() -> str | None:
     """Path of the Orthanc executable, or None when it is not installed."""
-    for name in _BINARIES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    return first_on_path(_BINARIES)
 
 
 @dataclass

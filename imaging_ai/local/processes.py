@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +105,11 @@ class ManagedProcess:
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.process is not None:
             end_process(self.process, timeout_s)
+
+
+def first_on_path(names: Iterable[str]) -> str | None:
+    """The path of the first of `names` found on PATH (packages name a tool differently)."""
+    return next((found for name in names if (found := shutil.which(name))), None)
 
 
 def dcmtk_tool(name: str) -> str | None:

@@ -17,18 +17,21 @@ from imaging_ai.contracts import (
     INCOMING_PREFIX,
     LOCAL_NAMES,
     MANIFEST_NAME,
-    model_card_key,
+    STAT_MANIFEST_NAME,
     site_results_queue_name,
 )
 from imaging_ai.lambda_stages import LAMBDA_STAGES, LambdaStage, Trigger
-from imaging_ai.model_card import ModelCard
+from imaging_ai.model_card import ModelCard, store_model_cards
 
 KMS_ALIAS = "alias/imaging-ai-data"
 MANIFEST_RULE_NAME = "imaging-ai-manifest-created"
+STAT_MANIFEST_RULE_NAME = "imaging-ai-stat-manifest-created"
 MAX_RECEIVE_COUNT = 3
 QUEUE_VISIBILITY_TIMEOUT_S = 60
 # One rule pattern for the local stack and the CDK stack: only a study's commit marker counts.
 MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{MANIFEST_NAME}"
+# A STAT study's commit marker goes to the stage's STAT queue, which it drains first.
+STAT_MANIFEST_KEY_WILDCARD = f"{INCOMING_PREFIX}*/*/{STAT_MANIFEST_NAME}"
 _BUCKET_EXISTS = ("BucketAlreadyOwnedByYou", "BucketAlreadyExists")
 
 
@@ -58,10 +61,16 @@ class LocalResources:
     # One async endpoint per model: model name -> endpoint name.
     model_endpoints: dict[str, str] = field(default_factory=dict)
     site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
+    # Lambda stage name -> the queue STAT studies reach it on (stages with `stat_headroom`)
+    stat_queues: dict[str, QueuePair] = field(default_factory=dict)
 
     @property
     def preprocess(self) -> QueuePair:
         return self.queues["preprocess"]
+
+    @property
+    def preprocess_stat(self) -> QueuePair:
+        return self.stat_queues["preprocess"]
 
     @property
     def postprocess(self) -> QueuePair:
@@ -96,29 +105,30 @@ def provision(
         for stage in stages
         if stage.has_queue
     }
+    stat_queues = {
+        stage.name: _queue_pair(stage.stat_queue_name, stage.stat_dlq_name, max_receive_count)
+        for stage in stages
+        if stage.has_stat_queue
+    }
     success_arn = _topic(LOCAL_NAMES["inference_success_topic"])
     error_arn = _topic(LOCAL_NAMES["inference_error_topic"])
     rule_arn = ""
     for stage in stages:
         if stage.trigger is Trigger.MANIFEST_CREATED:
-            rule_arn = _manifest_rule(bucket, queues[stage.name])
+            rule_arn = _manifest_rule(
+                MANIFEST_RULE_NAME, MANIFEST_KEY_WILDCARD, bucket, queues[stage.name]
+            )
+        if stage.has_stat_queue:
+            _manifest_rule(
+                STAT_MANIFEST_RULE_NAME, STAT_MANIFEST_KEY_WILDCARD, bucket, stat_queues[stage.name]
+            )
         elif stage.trigger is Trigger.INFERENCE_NOTIFICATIONS:
             for topic_arn in (success_arn, error_arn):
                 _subscribe(topic_arn, queues[stage.name])
     table = LOCAL_NAMES["state_table"]
     _state_table(table)
     site_queues = {site: _queue(site_results_queue_name(site))[0] for site in sorted(set(sites))}
-    s3 = client("s3")
-    # Every version stays readable (a re-run pins one); a model's last card is its current one,
-    # so callers list a model's versions oldest first.
-    for card in model_cards:
-        for key in (model_card_key(card.name, card.version), model_card_key(card.name)):
-            s3.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=card.model_dump_json(indent=2).encode(),
-                ContentType="application/json",
-            )
+    store_model_cards(client("s3"), bucket, model_cards)
     return LocalResources(
         region=region,
         kms_key_arn=key_arn,
@@ -131,6 +141,7 @@ def provision(
         inference_error_topic_arn=error_arn,
         model_endpoints={card.name: model_endpoint_name(card.name) for card in model_cards},
         site_results_queues=site_queues,
+        stat_queues=stat_queues,
     )
 
 
@@ -245,24 +256,20 @@ def _allow_send(queue: QueuePair, principal: str, source_arn: str) -> None:
     )
 
 
-def _manifest_rule(bucket: str, target: QueuePair) -> str:
+def _manifest_rule(name: str, key_wildcard: str, bucket: str, target: QueuePair) -> str:
     events = client("events")
     pattern: dict[str, Any] = {
         "source": ["aws.s3"],
         "detail-type": ["Object Created"],
         "detail": {
             "bucket": {"name": [bucket]},
-            "object": {"key": [{"wildcard": MANIFEST_KEY_WILDCARD}]},
+            "object": {"key": [{"wildcard": key_wildcard}]},
         },
     }
     rule_arn = str(
-        events.put_rule(Name=MANIFEST_RULE_NAME, EventPattern=json.dumps(pattern), State="ENABLED")[
-            "RuleArn"
-        ]
+        events.put_rule(Name=name, EventPattern=json.dumps(pattern), State="ENABLED")["RuleArn"]
     )
-    events.put_targets(
-        Rule=MANIFEST_RULE_NAME, Targets=[{"Id": "preprocess-queue", "Arn": target.arn}]
-    )
+    events.put_targets(Rule=name, Targets=[{"Id": "preprocess-queue", "Arn": target.arn}])
     _allow_send(target, "events.amazonaws.com", rule_arn)
     return rule_arn
 

@@ -31,7 +31,7 @@ from imaging_ai.contracts import INFERENCE_FAILURE_PREFIX, INFERENCE_OUTPUT_PREF
 from imaging_ai.dicom_folder import SendReport, StudyFolder, send_instances
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.errors import PipelineError
-from imaging_ai.lambda_stages import LAMBDA_STAGES
+from imaging_ai.lambda_stages import LAMBDA_STAGES, Trigger
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 from imaging_ai.local.dispatcher import LocalEventSources, event_sources
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
@@ -222,6 +222,7 @@ class LocalPipeline:
             self._functions = {
                 stage.name: FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
                 for stage in LAMBDA_STAGES
+                if stage.trigger is not Trigger.SCHEDULE  # nothing feeds it here
             }
         self._sources = event_sources(
             self.resources.queues,
@@ -232,6 +233,7 @@ class LocalPipeline:
                 if (role := self._role(function_role(stage.name))) is not None
             },
             invokers=self._functions,
+            stat_queues=self.resources.stat_queues,
         )
         self._redirect_function_logs(logs / "lambda.log")
         self._spawn("lambda-dispatcher", self._sources.run_forever, self._stop)
@@ -468,7 +470,7 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
-        if event in EDGE_TIMELINE_STAGES or event in SHADOW_STAGES:
+        if event in (*EDGE_TIMELINE_STAGES, *SHADOW_STAGES, EdgeStage.NOTIFIED_CRITICAL):
             self.timeline.record(str(event), _detail(entry))
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)

@@ -46,6 +46,8 @@ DESCRIPTIONS = {
     EdgeStage.DELIVERED_PACS: "re-identified SR + SEG stored in the PACS",
     EdgeStage.DELIVERED_EHR: "re-identified FHIR Bundle accepted by the EHR",
     EdgeStage.SHADOW_STORED: "shadow-mode model's results kept on the edge, not delivered",
+    # Not a stage every study reaches: only a result the model card calls critical.
+    EdgeStage.NOTIFIED_CRITICAL: "CRITICAL finding: the site was notified (FHIR Communication)",
     FAILED: "FAILED",
     NOT_ANALYZED: "NOT ANALYZED: outside the model's intended use, no findings delivered",
     NOT_ROUTED: "no routing rule matched: the study stays on site",

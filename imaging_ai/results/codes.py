@@ -22,7 +22,11 @@ FHIR_SYSTEMS: Final[dict[str, str]] = {
 SCHEMES_BY_SYSTEM: Final[dict[str, str]] = {uri: scheme for scheme, uri in FHIR_SYSTEMS.items()}
 
 # The UCUM units our measurements may carry, with their DICOM code meanings.
-UCUM_UNITS: Final[dict[str, str]] = {"mm3": "cubic millimeter", "mm": "millimeter"}
+UCUM_UNITS: Final[dict[str, str]] = {
+    "mm3": "cubic millimeter",
+    "mm": "millimeter",
+    "%": "percent",  # a triage flag's probability in the FHIR report
+}
 
 # ---- Concepts ------------------------------------------------------------------------------
 
@@ -46,9 +50,26 @@ ARTIFICIAL_INTELLIGENCE: Final = Code("123110", "DCM", "Artificial Intelligence"
 
 RADIOLOGY_CATEGORY: Final = Code("LP29684-5", "LN", "Radiology")
 CT_CHEST: Final = Code("24627-2", "LN", "CT Chest")
+CT_HEAD: Final = Code("30799-1", "LN", "CT Head WO contrast")
 CT_PROCEDURE: Final = Code("77477000", "SCT", "Computerized axial tomography")
 # Imaging procedure reported, by (Modality, BodyPartExamined) of the source series.
-PROCEDURES: Final[dict[tuple[str, str], Code]] = {("CT", "CHEST"): CT_CHEST}
+PROCEDURES: Final[dict[tuple[str, str], Code]] = {
+    ("CT", "CHEST"): CT_CHEST,
+    ("CT", "HEAD"): CT_HEAD,
+    ("CT", "BRAIN"): CT_HEAD,
+}
+# A triage flag's answer (SR qualitative evaluation value, FHIR Observation value).
+PRESENT: Final = Code("52101004", "SCT", "Present")
+ABSENT: Final = Code("2667000", "SCT", "Absent")
+# FHIR Observation.interpretation of a triage answer: critical when the card says so.
+INTERPRETATION_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+CRITICAL_ABNORMAL: Final = {
+    "system": INTERPRETATION_SYSTEM,
+    "code": "AA",
+    "display": "Critical abnormal",
+}
+ABNORMAL: Final = {"system": INTERPRETATION_SYSTEM, "code": "A", "display": "Abnormal"}
+NORMAL: Final = {"system": INTERPRETATION_SYSTEM, "code": "N", "display": "Normal"}
 PROCEDURES_BY_MODALITY: Final[dict[str, Code]] = {"CT": CT_PROCEDURE}
 
 OBSERVATION_CATEGORY_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -133,16 +154,18 @@ _VERHOEFF_D = (
     (8, 7, 6, 5, 9, 3, 2, 1, 0, 4),
     (9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
 )
-_VERHOEFF_P = (
-    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-    (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
-    (5, 8, 0, 3, 7, 9, 6, 1, 4, 2),
-    (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
-    (9, 4, 5, 3, 1, 2, 6, 8, 7, 0),
-    (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
-    (2, 7, 9, 3, 8, 0, 6, 4, 1, 5),
-    (7, 0, 4, 6, 9, 1, 3, 2, 5, 8),
-)
+# Verhoeff's position permutations: row i applies the base permutation i times.
+_VERHOEFF_BASE = (1, 5, 7, 6, 2, 8, 3, 0, 9, 4)
+
+
+def _permutation_powers(base: tuple[int, ...], count: int) -> tuple[tuple[int, ...], ...]:
+    rows = [tuple(range(len(base)))]
+    while len(rows) < count:
+        rows.append(tuple(base[digit] for digit in rows[-1]))
+    return tuple(rows)
+
+
+_VERHOEFF_P = _permutation_powers(_VERHOEFF_BASE, 8)
 
 
 def verhoeff_valid(digits: str) -> bool:

@@ -22,8 +22,10 @@ from imaging_ai.results.sr import (
     procedure_reported,
     tracking_identifier,
     tracking_uid,
+    triage_note,
     unreported_findings_note,
 )
+from imaging_ai.results.uids import result_uid
 
 PSEUDO_PATIENT_SYSTEM: Final = "urn:imaging-ai:pseudo-patient-id"
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
@@ -218,6 +220,17 @@ def build_bundle(
         if output.findings
         else f"{card.name} {card.version} reports no finding."
     )
+    conclusion_codes = []
+    if output.triage is not None and card.triage is not None:
+        triage = _triage_observation(
+            output, card, (study_uid, str(sr.SOPInstanceUID)), subject, study_ref, device_ref
+        )
+        triage["effectiveDateTime"] = _effective(first, issued)
+        triage["issued"] = issued.strftime("%Y-%m-%dT%H:%M:%SZ")
+        observations.append((_urn(study_uid, run_id, "Observation", "triage"), triage))
+        conclusion = f"{conclusion} {triage_note(output.triage, card)}"
+        if output.triage.suspected:
+            conclusion_codes.append(_concept(codes.check_card_code(card.triage.finding)))
     if unreported_findings:
         conclusion = f"{conclusion} {unreported_findings_note(unreported_findings)}"
     if card.not_for_clinical_use:
@@ -245,6 +258,7 @@ def build_bundle(
         "imagingStudy": [study_ref],
         "result": [{"reference": url} for url, _ in observations],
         "conclusion": conclusion,
+        "conclusionCode": conclusion_codes,
     }
 
     entries: list[tuple[str, dict[str, Any]]] = [
@@ -269,6 +283,59 @@ def build_bundle(
     }
     check_bundle(bundle)
     return bundle
+
+
+def _triage_observation(
+    output: ModelOutputMeta,
+    card: ModelCard,
+    study_and_sr_uids: tuple[str, str],
+    subject: dict[str, str],
+    study_ref: dict[str, str],
+    device_ref: dict[str, str],
+) -> dict[str, Any]:
+    """The per-study flag: finding present / absent, its probability, and whether it is
+    critical (interpretation AA), which is what the EHR's worklist and the edge act on."""
+    assert output.triage is not None and card.triage is not None
+    triage = output.triage
+    if triage.critical:
+        interpretation = codes.CRITICAL_ABNORMAL
+    else:
+        interpretation = codes.ABNORMAL if triage.suspected else codes.NORMAL
+    answer = codes.PRESENT if triage.suspected else codes.ABSENT
+    study_uid, sr_uid = study_and_sr_uids
+    return {
+        "resourceType": "Observation",
+        "identifier": [
+            {
+                "system": TRACKING_UID_SYSTEM,
+                "value": f"urn:oid:{result_uid(study_uid, 'triage', card.name)}",
+            },
+            # As every measurement: a re-sent report finds its triage answer again.
+            {"system": SR_MEASUREMENT_SYSTEM, "value": f"urn:oid:{sr_uid}/triage"},
+        ],
+        "status": "final",
+        "category": [
+            {"coding": [{"system": codes.OBSERVATION_CATEGORY_SYSTEM, "code": "imaging"}]}
+        ],
+        "code": _concept(codes.check_card_code(card.triage.finding)),
+        "subject": subject,
+        "valueCodeableConcept": _concept(answer),
+        "interpretation": [{"coding": [interpretation]}],
+        "derivedFrom": [study_ref],
+        "device": device_ref,
+        "note": [{"text": triage_note(triage, card)}],
+        "component": [
+            {
+                "code": {"text": "Probability"},
+                "valueQuantity": {
+                    "value": round(triage.probability * 100.0, 1),
+                    "unit": "%",
+                    "system": codes.FHIR_SYSTEMS["UCUM"],
+                    "code": "%",
+                },
+            }
+        ],
+    }
 
 
 def check_bundle(bundle: dict[str, Any]) -> None:

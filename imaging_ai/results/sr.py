@@ -14,7 +14,7 @@ from pydicom.sr.coding import Code
 
 from imaging_ai.errors import ContractError
 from imaging_ai.model_card import ModelCard
-from imaging_ai.model_io import Finding, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import Finding, ModelOutputMeta, TriageResult, VolumeGeometry
 from imaging_ai.results import codes
 from imaging_ai.results.positions import in_plane_index, slice_index
 from imaging_ai.results.seg import segment_number
@@ -201,29 +201,51 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     comments = []
+    items: list[hd.sr.ContentItem] = []
+    if output.triage is not None and card.triage is not None:
+        # The per-study answer as a coded evaluation (finding: present / absent), and in words
+        # with its probability, which a CODE item cannot carry.
+        answer = codes.PRESENT if output.triage.suspected else codes.ABSENT
+        items.append(
+            hd.sr.CodeContentItem(
+                name=codes.check_card_code(card.triage.finding),
+                value=answer,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+        comments.append(triage_note(output.triage, card))
     if unreported_findings:
         comments.append(unreported_findings_note(unreported_findings))
     if card.not_for_clinical_use:
         comments.append(codes.NOT_FOR_CLINICAL_USE)
     if comments:
-        # TID 1500 row "Qualitative Evaluations" holds free TEXT items: the disclaimer, and
-        # how many findings the model card's limit left out.
+        # TID 1500 row "Qualitative Evaluations" holds the triage answer and free TEXT items:
+        # the disclaimer, and how many findings the model card's limit left out.
         evaluations = hd.sr.ContainerContentItem(
             name=codes.QUALITATIVE_EVALUATIONS,
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
-        evaluations.ContentSequence = hd.sr.ContentSequence(
-            [
-                hd.sr.TextContentItem(
-                    name=codes.COMMENT,
-                    value=comment,
-                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-                )
-                for comment in comments
-            ]
+        items.extend(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=comment,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for comment in comments
         )
+        evaluations.ContentSequence = hd.sr.ContentSequence(items)
         report[0].ContentSequence.append(evaluations)
     return report
+
+
+def triage_note(triage: TriageResult, card: ModelCard) -> str:
+    """What the SR, the FHIR report and the site's notification say about the study's flag."""
+    threshold = f", threshold {card.triage.threshold:g}" if card.triage is not None else ""
+    answer = "yes" if triage.suspected else "no"
+    note = f"{triage.name}: {answer} (probability {triage.probability:.2f}{threshold})."
+    if triage.critical:
+        note = f"{note} CRITICAL FINDING: the site is notified at once."
+    return note
 
 
 def unreported_findings_note(count: int) -> str:

@@ -42,7 +42,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, An
     bootstrap.reset()
     work_dir = tmp_path_factory.mktemp("user-study")
     _write_folder(work_dir / "cd", FakePatient())
-    args = argparse.Namespace(study=work_dir / "cd", quiet_seconds=2.0, timeout=240.0)
+    args = argparse.Namespace(study=work_dir / "cd", quiet_seconds=2.0, timeout=240.0, view=False)
     code = run_user_study(args, say=lambda *_: None, work_dir=work_dir / "run")
     bootstrap.reset()
     summary = json.loads((work_dir / "run" / "summary.json").read_text())

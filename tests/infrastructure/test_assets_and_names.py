@@ -80,6 +80,7 @@ def test_copied_names_match_the_runtime_contracts() -> None:
 
     for copied in (
         "MANIFEST_NAME",
+        "STAT_MANIFEST_NAME",
         "INCOMING_PREFIX",
         "PREPROCESSED_PREFIX",
         "INFERENCE_OUTPUT_PREFIX",

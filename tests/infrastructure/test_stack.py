@@ -25,7 +25,8 @@ DATA_ACTION_PREFIXES = (
 )
 
 # The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
-_WORK_QUEUES = sum(stage.has_queue for stage in LAMBDA_STAGES)
+# A stage's own queue, and its STAT queue where it has one (docs/priority.md).
+_WORK_QUEUES = sum(stage.has_queue + stage.has_stat_queue for stage in LAMBDA_STAGES)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -46,6 +47,19 @@ def _statements(synthesized: Synthesized) -> list[tuple[str, dict[str, Any]]]:
         for document in documents:
             found += [(logical_id, s) for s in _as_list(document["Statement"])]
     return found
+
+
+def _granted(synthesized: Synthesized, function: dict[str, Any], action: str) -> str:
+    """The resources the function's role is granted `action` on, as JSON text to search."""
+    role = json.dumps({"Ref": function["Role"]["Fn::GetAtt"][0]})
+    return json.dumps(
+        [
+            statement["Resource"]
+            for logical_id, statement in _statements(synthesized)
+            if action in _as_list(statement["Action"])
+            and role in json.dumps(synthesized.template["Resources"][logical_id]["Properties"])
+        ]
+    )
 
 
 def _tls_only(document: dict[str, Any]) -> bool:
@@ -143,14 +157,55 @@ def test_topics_are_kms_encrypted_and_tls_only(dev: Synthesized) -> None:
         assert covered and _tls_only(covered[0]["PolicyDocument"]), logical_id
 
 
-def test_only_manifest_objects_start_a_run(dev: Synthesized) -> None:
-    rule = dev.one("AWS::Events::Rule")
-    pattern = rule["EventPattern"]
-    assert pattern["source"] == ["aws.s3"]
-    assert pattern["detail-type"] == ["Object Created"]
-    assert pattern["detail"]["object"]["key"] == [{"wildcard": "incoming/*/*/manifest.json.enc"}]
-    target = rule["Targets"][0]
-    assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+def test_only_manifest_objects_start_a_run_and_stat_ones_have_their_own_queue(
+    dev: Synthesized,
+) -> None:
+    rules = [
+        r["Properties"]
+        for r in dev.resources("AWS::Events::Rule").values()
+        if "EventPattern" in r["Properties"]  # not the drift check's schedule
+    ]
+    queue_of = {}
+    for rule in rules:
+        pattern = rule["EventPattern"]
+        assert pattern["source"] == ["aws.s3"]
+        assert pattern["detail-type"] == ["Object Created"]
+        (target,) = rule["Targets"]
+        assert "DeadLetterConfig" in target  # undeliverable events are kept, not dropped
+        (key,) = pattern["detail"]["object"]["key"]
+        queue_of[key["wildcard"]] = target["Arn"]["Fn::GetAtt"][0]
+    assert sorted(queue_of) == [
+        "incoming/*/*/manifest.json.enc",
+        "incoming/*/*/manifest.stat.json.enc",
+    ]
+    routine, stat = (
+        queue_of["incoming/*/*/manifest.json.enc"],
+        queue_of["incoming/*/*/manifest.stat.json.enc"],
+    )
+    assert routine != stat and "Stat" in stat
+
+
+def test_routine_studies_cannot_take_the_preprocess_instances_stat_studies_need(
+    dev: Synthesized,
+) -> None:
+    preprocess = next(
+        f["Properties"]
+        for logical_id, f in dev.resources("AWS::Lambda::Function").items()
+        if logical_id.startswith("IngestPreprocess")
+    )
+    mappings = [
+        m["Properties"]
+        for m in dev.resources("AWS::Lambda::EventSourceMapping").values()
+        if "IngestPreprocess" in m["Properties"]["FunctionName"]["Ref"]
+    ]
+    by_queue = {m["EventSourceArn"]["Fn::GetAtt"][0]: m for m in mappings}
+    (stat,) = [m for queue, m in by_queue.items() if "Stat" in queue]
+    (routine,) = [m for queue, m in by_queue.items() if "Stat" not in queue]
+    # The routine mapping is capped below the function's reserved concurrency; STAT is not.
+    reserved = preprocess["ReservedConcurrentExecutions"]
+    assert routine["ScalingConfig"]["MaximumConcurrency"] < reserved
+    assert "ScalingConfig" not in stat
+    assert routine["BatchSize"] == stat["BatchSize"] == 1
 
 
 def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
@@ -408,16 +463,50 @@ def test_preprocess_can_tell_every_site_that_its_study_was_refused(dev: Synthesi
     }
     assert len(queue_ids) == len(SITES)
     # and its role may send to each of those queues (and only by name, never "*")
-    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
-    sendable = json.dumps(
-        [
-            statement["Resource"]
-            for logical_id, statement in _statements(dev)
-            if "sqs:SendMessage" in _as_list(statement["Action"])
-            and role in json.dumps(dev.template["Resources"][logical_id]["Properties"])
-        ]
-    )
+    sendable = _granted(dev, preprocess, "sqs:SendMessage")
     assert all(f'"{queue_id}"' in sendable for queue_id in queue_ids)
+
+
+def test_drift_is_checked_hourly_alarms_and_touches_no_study_object(dev: Synthesized) -> None:
+    logical_id, _ = _function(dev, "drift")
+    rules = [
+        r["Properties"]
+        for r in dev.resources("AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    assert [r["ScheduleExpression"] for r in rules] == ["rate(1 hour)"]
+    assert logical_id in json.dumps(rules[0]["Targets"])
+    (alarm,) = [
+        a["Properties"]
+        for a in dev.resources("AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "DriftDetected"
+    ]
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "drift"}]
+    assert alarm["Threshold"] == 1 and alarm.get("AlarmActions")
+    # Its role: the state table, the data key, X-Ray and its own logs; no S3, queue, endpoint
+    drift_role = _function(dev, "drift")[1]["Role"]["Fn::GetAtt"][0]
+    actions = set()
+    for policy in dev.resources("AWS::IAM::Policy").values():
+        if {"Ref": drift_role} in policy["Properties"]["Roles"]:
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                actions.update(_as_list(statement["Action"]))
+    assert {"dynamodb:Scan", "dynamodb:GetItem"} <= actions
+    assert not [a for a in actions if a.startswith(("s3:", "sqs:", "sagemaker:"))]
+
+
+def test_dashboard_shows_the_value_report_and_drift(dev: Synthesized) -> None:
+    body = json.dumps(dev.one("AWS::CloudWatch::Dashboard")["DashboardBody"])
+    for shown in (
+        "SEARCH(",
+        "RunsEnded",
+        "TurnaroundSeconds",
+        "'p50'",
+        "'p95'",
+        "DriftScore",
+        "run ended",
+        "Failed and not analyzed, with reasons",
+    ):
+        assert shown in body, shown
 
 
 def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those(
@@ -463,14 +552,6 @@ def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those
     _, preprocess = _function(prod, "preprocess")
     routes = json.loads(preprocess["Environment"]["Variables"]["MODEL_ENDPOINTS"])
     assert routes == {name: f"imaging-ai-{name}" for name in models}
-    role = json.dumps({"Ref": preprocess["Role"]["Fn::GetAtt"][0]})
-    invocable = json.dumps(
-        [
-            statement["Resource"]
-            for logical_id, statement in _statements(prod)
-            if "sagemaker:InvokeEndpointAsync" in _as_list(statement["Action"])
-            and role in json.dumps(prod.template["Resources"][logical_id]["Properties"])
-        ]
-    )
+    invocable = _granted(prod, preprocess, "sagemaker:InvokeEndpointAsync")
     assert all(f":endpoint/imaging-ai-{name}" in invocable for name in models)
     assert "endpoint/*" not in invocable

@@ -59,19 +59,16 @@ def test_a_stage_added_to_the_table_gets_its_mapping_and_its_dead_letters_handle
     table.write_text(STAGE_TABLE.read_text() + _AUDIT_STAGE)
     stages = load_stages(table)
     # When the local event sources are derived from it
-    sources = event_sources(
-        _queues(["preprocess", "postprocess", "rereading"]), stages=stages
-    ).dispatchers
+    queued = [stage.name for stage in stages if stage.has_queue]
+    sources = event_sources(_queues(queued), stages=stages).dispatchers
     # Then the new stage polls its own queue with its own handler
     polled = [(d.function_name, d.queue_url, d.handler) for d in sources]
     handler = "functions.rereading.handler.lambda_handler"
     assert ("rereading", "url-rereading", handler) in polled
     # And the failure stage drains every work queue's DLQ, the new one's included
-    assert [d.queue_url for d in sources if d.function_name == "failure"] == [
-        "url-preprocess-dlq",
-        "url-postprocess-dlq",
-        "url-rereading-dlq",
-    ]
+    drained = [d.queue_url for d in sources if d.function_name == "failure"]
+    assert drained == [f"url-{name}-dlq" for name in queued]
+    assert "url-rereading-dlq" in drained
 
 
 @pytest.mark.parametrize(
@@ -80,6 +77,9 @@ def test_a_stage_added_to_the_table_gets_its_mapping_and_its_dead_letters_handle
         (('trigger = "dead-letters"', 'trigger = "cron"'), "'cron' is not a valid Trigger"),
         (("memory_mb = 512\n", "memory_mb = 512\nmemroy_mb = 1\n"), "memroy_mb"),
         (('name = "failure"', 'name = "preprocess"'), "appears twice"),
+        # STAT queues come from manifests, and routine work keeps at least two instances
+        (("batch_size = 10\n", "batch_size = 10\nstat_headroom = 1\n"), "stat_headroom"),
+        (("stat_headroom = 2", "stat_headroom = 3"), "stat_headroom"),
     ],
 )
 def test_a_wrong_table_fails_with_the_stage_and_the_field(
@@ -91,3 +91,18 @@ def test_a_wrong_table_fails_with_the_stage_and_the_field(
     # When it is read, Then the error says what is wrong
     with pytest.raises(StageTableError, match=message):
         load_stages(table)
+
+
+def test_a_stage_with_a_stat_queue_polls_it_first_and_its_dead_letters_are_handled() -> None:
+    # Given the shipped table, where preprocess keeps instances for STAT studies
+    (preprocess,) = [stage for stage in LAMBDA_STAGES if stage.has_stat_queue]
+    assert preprocess.stat_queue_name == "imaging-ai-preprocess-stat"
+    # When the local event sources are derived with the STAT queues
+    stat = {"preprocess": QueuePair("url-stat", "arn-stat", "url-stat-dlq", "arn-stat-dlq")}
+    sources = event_sources(_queues(["preprocess", "postprocess"]), stat_queues=stat).dispatchers
+    # Then preprocess polls its STAT queue before its own, one study at a time
+    (mapping,) = [d for d in sources if d.function_name == "preprocess"]
+    assert (mapping.priority_queue_url, mapping.queue_url) == ("url-stat", "url-preprocess")
+    assert mapping.batch_size == 1
+    # And the failure stage drains the STAT queue's DLQ too
+    assert "url-stat-dlq" in [d.queue_url for d in sources if d.function_name == "failure"]

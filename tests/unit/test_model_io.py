@@ -8,26 +8,16 @@ import zipfile
 import numpy as np
 
 from imaging_ai.model_io import (
-    ModelInputMeta,
-    ModelOutputMeta,
     VolumeGeometry,
     pack_model_input,
     pack_model_output,
     unpack_model_input,
     unpack_model_output,
 )
+from tests.model_io_support import input_meta, output_meta
 
 GEOMETRY = VolumeGeometry(shape=(8, 32, 32), spacing_mm=(1.5, 1.5, 1.5), origin_mm=(0, 0, 0))
-META = ModelInputMeta(
-    site="site-a",
-    pseudo_study_uid="1.2.3",
-    pseudo_series_uid="1.2.3.4",
-    run_id="run-1",
-    model_name="lung-nodule-demo",
-    source_geometry=GEOMETRY,
-    model_geometry=GEOMETRY,
-    sop_instance_uids=[f"1.2.3.4.{k}" for k in range(8)],
-)
+META = input_meta(GEOMETRY, sop_instance_uids=[f"1.2.3.4.{k}" for k in range(8)])
 
 
 def test_model_input_round_trips_stored_and_numpy_reads_it() -> None:
@@ -48,15 +38,7 @@ def test_label_map_is_deflated_and_round_trips() -> None:
     # Given a label map that is mostly background, as every study's is
     labels = np.zeros(GEOMETRY.shape, dtype=np.uint8)
     labels[3:5, 10:14, 10:14] = 1
-    output = ModelOutputMeta(
-        input=META,
-        model_name="lung-nodule-demo",
-        model_version="1.0.0",
-        weights_sha256="0" * 64,
-        device="cpu",
-        inference_seconds=0.1,
-        findings=[],
-    )
+    output = output_meta(META, findings=[])
     # When it is packed
     payload = pack_model_output(labels, output)
     # Then it is a fraction of its bytes and comes back voxel for voxel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,7 @@ from imaging_ai.aws import client
 from imaging_ai.contracts import RESULT_NAMES, SiteResultMessage, Stage
 from imaging_ai.lambda_stages import lambda_stage
 from imaging_ai.local.dispatcher import BatchOutcome, SqsDispatcher
-from imaging_ai.state import RunKey, RunStateStore
-from tests.functions_support import SITE, upload_study
+from tests.functions_support import SITE, run_stage, upload_study
 from tests.integration.functions.conftest import Stack
 
 WAIT_S = 60.0
@@ -58,6 +58,37 @@ def _drain(dispatcher: SqsDispatcher) -> None:
         pass
 
 
+@dataclass
+class _ParkedDelivery:
+    """The first copy's delivery, on its own thread, parked inside its first call of an
+    operation: the window the other copies are delivered in."""
+
+    dispatcher: SqsDispatcher
+    release: threading.Event
+    first: threading.Thread
+    outcomes: list[BatchOutcome]
+
+    def deliver_others(self, copies: int) -> None:
+        """Deliver `copies` more concurrently in the window, let the first go on, drain retries."""
+        for thread in [_poll_in_thread(self.dispatcher, self.outcomes) for _ in range(copies)]:
+            thread.join(WAIT_S)
+        self.release.set()
+        self.first.join(WAIT_S)
+        _drain(self.dispatcher)
+
+
+def _park_first_delivery(
+    stack: Stack, queue_url: str, stage: str, operation: str
+) -> _ParkedDelivery:
+    held, release = threading.Event(), threading.Event()
+    _hold_first_call(operation, held, release)
+    dispatcher = _one_at_a_time(stack, queue_url, stage)
+    outcomes: list[BatchOutcome] = []
+    first = _poll_in_thread(dispatcher, outcomes)
+    assert held.wait(WAIT_S)
+    return _ParkedDelivery(dispatcher, release, first, outcomes)
+
+
 def test_a_second_delivery_inside_the_invoke_window_does_not_invoke_again(
     stack: Stack, tmp_path: Path
 ) -> None:
@@ -66,26 +97,19 @@ def test_a_second_delivery_inside_the_invoke_window_does_not_invoke_again(
     resources = stack.resources
     study = upload_study(resources.data_bucket, resources.kms_key_arn, tmp_path)
     _copy_message(resources.preprocess.url, copies=2)
-    held, release = threading.Event(), threading.Event()
-    _hold_first_call("InvokeEndpointAsync", held, release)
-    dispatcher = _one_at_a_time(stack, resources.preprocess.url, "preprocess")
-    outcomes: list[BatchOutcome] = []
-    first = _poll_in_thread(dispatcher, outcomes)
-    assert held.wait(WAIT_S)
+    parked = _park_first_delivery(
+        stack, resources.preprocess.url, "preprocess", "InvokeEndpointAsync"
+    )
 
-    # When the second copy is delivered concurrently, in that window
-    second = _poll_in_thread(dispatcher, outcomes)
-    second.join(WAIT_S)
-    release.set()
-    first.join(WAIT_S)
-    _drain(dispatcher)  # the copy that was told "busy" comes back and finds INFERRING
+    # When the second copy is delivered concurrently, in that window (told "busy", it comes
+    # back once the first went on, and finds INFERRING)
+    parked.deliver_others(1)
 
     # Then the endpoint was called exactly once and the run is INFERRING
     assert len(stack.inference_calls) == 1
-    assert sorted(o.failed for o in outcomes) == [0, 1]  # the second was retried, not dropped
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.INFERRING
+    # ... and the second copy was retried, not dropped
+    assert sorted(o.failed for o in parked.outcomes) == [0, 1]
+    assert run_stage(resources.state_table, study) is Stage.INFERRING
 
 
 def test_three_concurrent_deliveries_of_a_manifest_give_one_inference(
@@ -122,20 +146,10 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
 
     client("s3").meta.events.register("provide-client-params.s3.PutObject", count_results)
     # and the first delivery parked as it tells the site (REPORTED, not yet DELIVERED)
-    held, release = threading.Event(), threading.Event()
-    _hold_first_call("SendMessage", held, release)
-    dispatcher = _one_at_a_time(stack, resources.postprocess.url, "postprocess")
+    parked = _park_first_delivery(stack, resources.postprocess.url, "postprocess", "SendMessage")
 
     # When the other two copies are delivered concurrently in that window, then retries drain
-    outcomes: list[BatchOutcome] = []
-    first = _poll_in_thread(dispatcher, outcomes)
-    assert held.wait(WAIT_S)
-    others = [_poll_in_thread(dispatcher, outcomes) for _ in range(2)]
-    for thread in others:
-        thread.join(WAIT_S)
-    release.set()
-    first.join(WAIT_S)
-    _drain(dispatcher)
+    parked.deliver_others(2)
 
     # Then one set of result objects was written and the site was told once
     assert sorted(result_writes) == sorted(
@@ -144,6 +158,4 @@ def test_one_success_notification_three_times_concurrently_gives_one_result(
     )
     messages = [SiteResultMessage.model_validate_json(body) for body in stack.site_messages()]
     assert [m.kind for m in messages] == ["RESULT_READY"]
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.DELIVERED
+    assert run_stage(resources.state_table, study) is Stage.DELIVERED

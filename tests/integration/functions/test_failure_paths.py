@@ -10,16 +10,9 @@ from botocore.exceptions import ClientError
 
 from imaging_ai.aws import client
 from imaging_ai.contracts import SiteResultMessage, Stage
-from imaging_ai.state import RunKey, RunState, RunStateStore
 from tests.events import load_event
-from tests.functions_support import SITE, emulate_inference, upload_study
+from tests.functions_support import emulate_inference, run_state, upload_study
 from tests.integration.functions.conftest import Stack
-
-
-def _run(stack: Stack, study_uid: str, run_id: str) -> RunState | None:
-    return RunStateStore(client("dynamodb"), stack.resources.state_table).get(
-        RunKey(SITE, study_uid, run_id)
-    )
 
 
 def _site_messages(stack: Stack) -> list[SiteResultMessage]:
@@ -67,7 +60,7 @@ def test_one_event_delivered_three_times_gives_one_inference_and_one_result(
     # Then the endpoint was called once and the site told once
     assert len(stack.inference_calls) == 1
     assert [m.kind for m in _site_messages(stack)] == ["RESULT_READY"]
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.DELIVERED
 
 
@@ -82,7 +75,7 @@ def test_an_error_notification_records_failed_and_tells_the_site(
 
     # Then the run is FAILED with the reason, and the site hears it
     assert (outcome.received, outcome.failed) == (1, 0)
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.FAILED and run.failed_from is Stage.INFERRING
     assert run.reason is not None and "model server returned 500" in run.reason
     (message,) = _site_messages(stack)
@@ -102,7 +95,7 @@ def test_instances_without_deidentification_markers_are_refused(
     # Then nothing reaches the model; the run is FAILED and the site is told why
     assert (outcome.received, outcome.failed) == (1, 0)
     assert stack.inference_calls == []
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.FAILED
     assert "PatientIdentityRemoved" in str(run.reason)
     assert [m.kind for m in _site_messages(stack)] == ["FAILED"]
@@ -116,7 +109,7 @@ def test_a_series_whose_checksum_differs_from_the_manifest_is_refused(
 
     stack.preprocess().poll_once()
 
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.FAILED and "SHA-256" in str(run.reason)
     assert stack.inference_calls == []
     assert [m.kind for m in _site_messages(stack)] == ["FAILED"]
@@ -147,7 +140,7 @@ def test_a_poison_message_is_dead_lettered_then_failed_with_a_site_message(
     assert [o.failed for o in outcomes[:3]] == [1, 1, 1] and outcomes[3].received == 0
     assert (failure.received, failure.failed) == (1, 0)
     assert _queue_depth(resources.preprocess.dlq_url) == 0
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.FAILED
     assert run.failed_from is Stage.PREPROCESSED  # retries resumed, never rebuilt
     (message,) = _site_messages(stack)
@@ -173,5 +166,5 @@ def test_a_sample_sqs_event_runs_through_the_handler(stack: Stack, tmp_path: Pat
 
     # Then the batch succeeds and the run is inferring
     assert response == {"batchItemFailures": []}
-    run = _run(stack, study.pseudo_study_uid, study.run_id)
+    run = run_state(stack.resources.state_table, study)
     assert run is not None and run.stage is Stage.INFERRING

@@ -12,7 +12,6 @@ from pydicom.uid import generate_uid
 from imaging_ai.aws import client
 from imaging_ai.contracts import SiteResultMessage, Stage
 from imaging_ai.model_io import unpack_model_input
-from imaging_ai.state import RunKey, RunStateStore
 from imaging_ai.synthetic import FakePatient, Phantom, make_chest_phantom
 from imaging_ai.synthetic_series import (
     ct_series,
@@ -22,7 +21,7 @@ from imaging_ai.synthetic_series import (
     secondary_capture,
 )
 from tests.events import load_event
-from tests.functions_support import SITE, chest_model_card, upload_series
+from tests.functions_support import chest_model_card, run_stage, upload_series
 from tests.integration.functions.conftest import Stack
 
 CHEST_ONLY = chest_model_card().name
@@ -45,13 +44,6 @@ def _site_study(chest: Phantom, with_chest: bool) -> list[list[Dataset]]:
         series.append(ct_series(chest, patient, study_uid, for_uid, 4, "CHEST", "CHEST"))
     series += [[dose_report(head[0])], [secondary_capture(head[0])]]
     return series
-
-
-def _state(stack: Stack, study_uid: str, run_id: str) -> Stage | None:
-    run = RunStateStore(client("dynamodb"), stack.resources.state_table).get(
-        RunKey(SITE, study_uid, run_id)
-    )
-    return run.stage if run else None
 
 
 def test_a_head_ct_labelled_chest_is_not_analyzed_and_the_site_is_told_why(
@@ -79,7 +71,7 @@ def test_a_head_ct_labelled_chest_is_not_analyzed_and_the_site_is_told_why(
 
     # Then the run ended NOT_ANALYZED, no inference was requested, and the site got one
     # NOT_ANALYZED message naming every series' reason (the lung check caught the head)
-    assert _state(stack, manifest.pseudo_study_uid, manifest.runs[0].run_id) == Stage.NOT_ANALYZED
+    assert run_stage(stack.resources.state_table, manifest) is Stage.NOT_ANALYZED
     assert stack.inference_calls == []
     messages = [SiteResultMessage.model_validate_json(b) for b in stack.site_messages()]
     assert [m.kind for m in messages] == ["NOT_ANALYZED"]
@@ -103,7 +95,7 @@ def test_the_chest_series_is_chosen_among_localizer_head_and_dose_objects(
     stack.preprocess().poll_once()
 
     # Then inference was requested on the chest series' volume, nothing else
-    assert _state(stack, manifest.pseudo_study_uid, manifest.runs[0].run_id) == Stage.INFERRING
+    assert run_stage(stack.resources.state_table, manifest) is Stage.INFERRING
     (call,) = stack.inference_calls
     bucket, key = str(call["InputLocation"]).removeprefix("s3://").split("/", 1)
     image, meta = unpack_model_input(client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())

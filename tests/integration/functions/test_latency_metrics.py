@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from functions.common.observability import metrics
+from tests.functions_support import SITE
 from tests.integration.functions.conftest import Stack
 
 NAMESPACE = "ImagingAI"  # cdk/imaging_ai_infra/names.py METRICS_NAMESPACE
@@ -65,3 +66,10 @@ def test_a_delivered_run_reports_end_to_end_and_per_stage_seconds(
     assert set(stages) == {"PREPROCESSED", "INFERRING", "REPORTED", "DELIVERED"}
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= seconds
     assert all(d["service"] == "postprocess" for d, _ in _values(records, "StageSeconds"))
+    # And the value report's figures go live too: TurnaroundSeconds per site, model and stage,
+    # and one RunsEnded (outcome delivered) for the studies-per-day count
+    turnaround = _values(records, "TurnaroundSeconds")
+    assert {d["stage"] for d, _ in turnaround} == set(stages)
+    assert {(d["site"], d["model"]) for d, _ in turnaround} == {(SITE, "lung-nodule-demo")}
+    ((ended, count),) = _values(records, "RunsEnded")
+    assert (ended["outcome"], ended["site"], count) == ("delivered", SITE, 1)

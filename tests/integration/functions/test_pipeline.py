@@ -11,15 +11,9 @@ import pydicom
 from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import SiteResultMessage, Stage, encryption_context
-from imaging_ai.state import RunKey, RunStateStore
-from tests.functions_support import SITE, emulate_inference, upload_study
+from imaging_ai.state import RunStateStore
+from tests.functions_support import SITE, emulate_inference, run_stage, upload_study
 from tests.integration.functions.conftest import Stack
-
-
-def _state(stack: Stack, study_uid: str, run_id: str) -> Stage | None:
-    store = RunStateStore(client("dynamodb"), stack.resources.state_table)
-    current = store.get(RunKey(SITE, study_uid, run_id))
-    return current.stage if current else None
 
 
 def test_a_committed_study_comes_back_as_encrypted_results(stack: Stack, tmp_path: Path) -> None:
@@ -37,7 +31,7 @@ def test_a_committed_study_comes_back_as_encrypted_results(stack: Stack, tmp_pat
     assert call["EndpointName"] == resources.model_endpoints[study.model_name]
     assert call["ContentType"] == "application/x-npz"
     assert str(call["InputLocation"]).endswith(f"/{study.run_id}/input.npz")
-    assert _state(stack, study.pseudo_study_uid, study.run_id) is Stage.INFERRING
+    assert run_stage(stack.resources.state_table, study) is Stage.INFERRING
 
     # When the endpoint reports success and the postprocess queue is dispatched
     emulate_inference(

@@ -8,7 +8,7 @@ from imaging_ai.aws import client
 from imaging_ai.contracts import Stage
 from imaging_ai.local.moto_server import MotoServer
 from imaging_ai.local.provision import provision
-from imaging_ai.state import RunKey, RunStateStore, StageConflict
+from imaging_ai.state import RunKey, RunState, RunStateStore, StageConflict
 
 RUN = RunKey("site-a", "1.2.826.0.1.3680043.8.498.1", "run-1")
 
@@ -16,6 +16,13 @@ RUN = RunKey("site-a", "1.2.826.0.1.3680043.8.498.1", "run-1")
 @pytest.fixture
 def store(aws: MotoServer) -> RunStateStore:
     return RunStateStore(client("dynamodb"), provision(["site-a"]).state_table)
+
+
+def _recorded(store: RunStateStore, run: RunKey) -> RunState:
+    """The run's item, which must exist."""
+    current = store.get(run)
+    assert current is not None
+    return current
 
 
 def test_a_run_moves_forward_only_from_its_predecessor(store: RunStateStore) -> None:
@@ -27,8 +34,8 @@ def test_a_run_moves_forward_only_from_its_predecessor(store: RunStateStore) -> 
     with pytest.raises(StageConflict):
         store.advance(RUN, Stage.PREPROCESSED)  # a second writer loses
     store.advance(RUN, Stage.INFERRING, {"inference_id": "run-run-1"})
-    current = store.get(RUN)
-    assert current is not None and current.stage is Stage.INFERRING
+    current = _recorded(store, RUN)
+    assert current.stage is Stage.INFERRING
     assert current.attributes == {"inference_id": "run-run-1"}
 
 
@@ -37,10 +44,12 @@ def test_failed_is_recorded_once_with_its_reason_and_origin(store: RunStateStore
     store.advance(RUN, Stage.PREPROCESSED)
     assert store.fail(RUN, "inference failed: timeout") is True
     assert store.fail(RUN, "a later duplicate") is False
-    current = store.get(RUN)
-    assert current is not None and current.stage is Stage.FAILED
-    assert current.reason == "inference failed: timeout"
-    assert current.failed_from is Stage.PREPROCESSED
+    current = _recorded(store, RUN)
+    assert (current.stage, current.reason, current.failed_from) == (
+        Stage.FAILED,
+        "inference failed: timeout",
+        Stage.PREPROCESSED,
+    )
 
 
 def test_a_run_never_received_can_still_be_failed(store: RunStateStore) -> None:
@@ -95,9 +104,8 @@ def test_not_analyzed_is_terminal_recorded_once_and_only_before_inference(
 
     # Then the first is NOT_ANALYZED with the first reason, and no failure can overwrite it
     assert store.fail(RUN, "a late failure") is False
-    current = store.get(RUN)
-    assert current is not None and current.stage is Stage.NOT_ANALYZED
+    current = _recorded(store, RUN)
+    assert (current.stage, current.failed_from) == (Stage.NOT_ANALYZED, Stage.RECEIVED)
     assert current.reason == "no series within the model's intended use: localizer"
-    assert current.failed_from is Stage.RECEIVED
-    later = store.get(inferring)
-    assert later is not None and later.stage is Stage.INFERRING
+    later = _recorded(store, inferring)
+    assert later.stage is Stage.INFERRING

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from functions.common import bootstrap
 from imaging_ai import envelope
 from imaging_ai.aws import Credentials, reset_clients
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.lambda_stages import lambda_stage
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 from imaging_ai.local.dispatcher import SqsDispatcher
@@ -152,19 +153,11 @@ def iam_probe(_shared_iam_stack: IamStack) -> Iterator[IamStack]:
 def _container(study: UploadedStudy) -> type[BaseHTTPRequestHandler]:
     """The inference container's /invocations, answering with the study's true nodule."""
 
-    class Container(BaseHTTPRequestHandler):
+    class Container(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             labels, output = true_nodule_output(study, unpack_model_input(body)[1])
-            answer = pack_model_output(labels, output)
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-npz")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.reply(200, pack_model_output(labels, output), "application/x-npz")
 
     return Container
 

@@ -10,8 +10,7 @@ import pytest
 from imaging_ai import envelope
 from imaging_ai.aws import acting_as, client
 from imaging_ai.contracts import SiteResultMessage, Stage, encryption_context
-from imaging_ai.state import RunKey, RunStateStore
-from tests.functions_support import SITE, upload_study
+from tests.functions_support import SITE, run_stage, upload_study
 from tests.integration.iam.conftest import IamStack, async_endpoint
 
 pytestmark = pytest.mark.integration
@@ -58,9 +57,7 @@ def test_a_study_runs_through_preprocess_inference_and_postprocess_each_as_its_r
         for key in message.result_keys.values():
             body = client("s3").get_object(Bucket=resources.data_bucket, Key=key)["Body"].read()
             assert envelope.decrypt_bytes(body, resources.kms_key_arn, context)
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.DELIVERED
+    assert run_stage(resources.state_table, study) is Stage.DELIVERED
 
 
 def test_a_dead_lettered_manifest_event_becomes_failed_for_the_manifests_run(
@@ -80,8 +77,6 @@ def test_a_dead_lettered_manifest_event_becomes_failed_for_the_manifests_run(
 
     # Then it read the manifest (so it names the manifest's run), recorded FAILED, told the site
     assert (outcome.received, outcome.failed) == (1, 0)
-    store = RunStateStore(client("dynamodb"), resources.state_table)
-    run = store.get(RunKey(SITE, study.pseudo_study_uid, study.run_id))
-    assert run is not None and run.stage is Stage.FAILED
+    assert run_stage(resources.state_table, study) is Stage.FAILED
     (message,) = _site_messages(iam_stack)
     assert message.kind == "FAILED" and message.run_id == study.run_id

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,20 +12,9 @@ from imaging_ai import envelope
 from imaging_ai.aws import Credentials, acting_as, client, reset_clients
 from imaging_ai.contracts import manifest_key
 from tests.integration.iam.conftest import IamStack
-from tests.integration.transport.conftest import (
-    SITE,
-    CloudSide,
-    Ehr,
-    Pacs,
-)
+from tests.integration.transport.conftest import SITE, CloudSide, Ehr, Pacs
 from tests.integration.transport.helpers import completed_study
-from tests.integration.transport.test_upload_faults import (
-    _CHILD,
-    MIB,
-    _prepared_run,
-    _settings,
-    _wait_for,
-)
+from tests.integration.transport.test_upload_faults import _settings, killed_mid_upload
 
 pytestmark = pytest.mark.integration
 OTHER_SITE = "site-b"
@@ -74,17 +58,7 @@ def test_a_killed_upload_resumes_as_the_site_role(
     # Given a 22 MiB series being uploaded, as site-a's role, by a process that is killed
     key_arn = iam_stack.resources.kms_key_arn
     _run_as_site(monkeypatch, iam_stack.site(SITE))
-    journal, run_id = _prepared_run(tmp_path, key_arn)
-    args = {"bucket": "imaging-ai-data", "key": key_arn, "rate": 5 * MIB}
-    args["journal"] = str(tmp_path / "journal.sqlite")
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, json.dumps(args)], env=os.environ.copy()
-    )
-    try:
-        _wait_for(lambda: sum(len(r.parts) for r in journal.objects(run_id)) >= 2)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
+    journal, run_id, _ = killed_mid_upload(tmp_path, "imaging-ai-data", key_arn)
 
     # When a fresh uploader resumes it (ListParts, the remaining parts, Complete, manifest)
     Uploader(_settings(key_arn), journal).upload(run_id)

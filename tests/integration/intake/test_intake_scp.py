@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from edge_forwarder.intake import ExpectedSeriesRule, Intake, RoutingRule
+from edge_forwarder.intake import CompletedStudy, ExpectedSeriesRule, Intake, RoutingRule
 from edge_forwarder.intake.settings import SenderRule
 from tests.integration.intake.conftest import SpooledStudy, send, write_study
 
@@ -33,6 +33,15 @@ def storescu(
     )
 
 
+def _after_quiet_time(intake: Intake) -> list[CompletedStudy]:
+    """The studies the intake hands out once their quiet timers have run out."""
+    return intake.poll_completed(now=time.time() + LATER)
+
+
+def _instance_count(run: CompletedStudy) -> int:
+    return sum(len(files) for files in run.series.values())
+
+
 def test_storescu_multi_series_study_completes_once(
     start_intake: Callable[..., Intake], study: SpooledStudy
 ) -> None:
@@ -42,7 +51,7 @@ def test_storescu_multi_series_study_completes_once(
     # When the quiet timer has not expired yet, nothing is complete
     assert intake.poll_completed() == []
     # Then once it has, the study comes out exactly once, routed, with every series
-    completed = intake.poll_completed(now=time.time() + LATER)
+    completed = _after_quiet_time(intake)
     assert len(completed) == 1
     done = completed[0]
     assert (done.run_number, done.models) == (1, ("lung-nodule-demo",))
@@ -52,7 +61,7 @@ def test_storescu_multi_series_study_completes_once(
     sent = {pydicom.dcmread(p).SOPInstanceUID for p in study.paths}
     spooled = {pydicom.dcmread(p).SOPInstanceUID for files in done.series.values() for p in files}
     assert spooled == sent
-    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert _after_quiet_time(intake) == []
     assert study.study_uid not in done.study_key
 
 
@@ -63,14 +72,14 @@ def test_late_instances_open_a_revision_run(
     study = write_study(tmp_path / "s", series_count=2, slices=3)
     first_series, late_series = list(study.series.values())
     assert storescu(intake.port, first_series).returncode == 0
-    [run1] = intake.poll_completed(now=time.time() + LATER)
+    [run1] = _after_quiet_time(intake)
     intake.mark_forwarded(run1.study_key, run1.run_number)
     # When a series arrives after the study was forwarded
     assert storescu(intake.port, late_series).returncode == 0
     # Then a second run of the same study comes out, with every instance
-    [run2] = intake.poll_completed(now=time.time() + LATER)
+    [run2] = _after_quiet_time(intake)
     assert (run2.study_key, run2.run_number) == (run1.study_key, 2)
-    assert sum(len(f) for f in run2.series.values()) == len(study.paths)
+    assert _instance_count(run2) == len(study.paths)
 
 
 def test_instance_arriving_during_forwarding_opens_the_next_run(
@@ -79,12 +88,12 @@ def test_instance_arriving_during_forwarding_opens_the_next_run(
     intake = start_intake()
     study = write_study(tmp_path / "s", series_count=1, slices=3)
     assert storescu(intake.port, study.paths[:2]).returncode == 0
-    [run1] = intake.poll_completed(now=time.time() + LATER)
+    [run1] = _after_quiet_time(intake)
     assert storescu(intake.port, study.paths[2:]).returncode == 0  # while run 1 is claimed
-    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert _after_quiet_time(intake) == []
     intake.mark_failed(run1.study_key, run1.run_number, "upload_timeout")
-    [run2] = intake.poll_completed(now=time.time() + LATER)
-    assert run2.run_number == 2 and sum(len(f) for f in run2.series.values()) == 3
+    [run2] = _after_quiet_time(intake)
+    assert run2.run_number == 2 and _instance_count(run2) == 3
 
 
 def test_restart_resumes_every_study_where_it_stopped(
@@ -93,14 +102,14 @@ def test_restart_resumes_every_study_where_it_stopped(
     # Given a study received and handed out, but never marked forwarded
     intake = start_intake()
     assert storescu(intake.port, study.paths).returncode == 0
-    [claimed] = intake.poll_completed(now=time.time() + LATER)
+    [claimed] = _after_quiet_time(intake)
     intake.stop()
     # When the intake restarts on the same spool
     restarted = start_intake()
     # Then the unfinished run is handed out again with all its instances
-    [again] = restarted.poll_completed(now=time.time() + LATER)
-    assert (again.study_key, again.run_number) == (claimed.study_key, 1)
-    assert sum(len(f) for f in again.series.values()) == len(study.paths)
+    [again] = _after_quiet_time(restarted)
+    handed_out_again = (again.study_key, again.run_number, _instance_count(again))
+    assert handed_out_again == (claimed.study_key, 1, len(study.paths))
 
 
 def test_routing_rules_choose_the_model_and_unmatched_studies_stay(
@@ -118,7 +127,7 @@ def test_routing_rules_choose_the_model_and_unmatched_studies_stay(
     for path in unmatched.series[next(iter(unmatched.series))]:
         path.unlink()  # leave only the soft-tissue series, which no rule matches
     assert storescu(intake.port, [p for p in unmatched.paths if p.exists()]).returncode == 0
-    completed = intake.poll_completed(now=time.time() + LATER)
+    completed = _after_quiet_time(intake)
     assert [c.models for c in completed] == [("lung-thin",)]
     assert intake.poll_completed(now=time.time() + 2 * LATER) == []
 
@@ -142,7 +151,7 @@ def test_full_disk_answers_out_of_resources_and_keeps_nothing(
     intake = start_intake(min_free_disk_bytes=10**18)
     assert set(send(intake.port, study.paths[:2])) == {0xA700}
     assert list((intake.settings.spool_dir / "objects").rglob("*.dcm")) == []
-    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert _after_quiet_time(intake) == []
 
 
 def test_unwritable_spool_answers_out_of_resources(
@@ -153,7 +162,7 @@ def test_unwritable_spool_answers_out_of_resources(
     shutil.rmtree(objects)
     objects.write_bytes(b"")  # a file where the spool folder should be: every write fails
     assert send(intake.port, study.paths[:1]) == [0xA700]
-    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert _after_quiet_time(intake) == []
 
 
 def test_calling_ae_allow_list(start_intake: Callable[..., Intake]) -> None:
@@ -179,7 +188,7 @@ def test_burned_in_risk_and_missing_pixel_data_are_quarantined(
     assert send(intake.port, [burned, capture, no_pixels]) == [0, 0, 0]
     reasons = sorted(reason for _, _, reason in intake.journal.quarantined())
     assert reasons == ["burned_in_annotation", "burned_in_risk_sop_class", "missing_pixel_data"]
-    assert intake.poll_completed(now=time.time() + LATER) == []
+    assert _after_quiet_time(intake) == []
 
 
 def test_missing_uid_and_garbage_get_failure_statuses(
@@ -223,7 +232,7 @@ def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
         intake_log.setLevel(saved_level)
     # Then `received` is logged once, with the opaque study key and no PHI
     received = [getattr(r, "fields", {}) for r in records.records if r.getMessage() == "received"]
-    [done] = intake.poll_completed(now=time.time() + LATER)
+    [done] = _after_quiet_time(intake)
     assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
     logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
     assert study.study_uid not in logged

@@ -6,18 +6,20 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
 from imaging_ai.aws import client, reset_clients
+from imaging_ai.contracts import Priority, priority_custom_attributes
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.async_endpoint import AsyncEndpoint, AsyncEndpointConfig
 
 BUCKET = "endpoint-test"
 
 
-class _Container(BaseHTTPRequestHandler):
+class _Container(QuietHandler):
     """A stand-in container for the emulator's own contract: it reverses bytes, or fails."""
 
     def do_POST(self) -> None:
@@ -31,9 +33,6 @@ class _Container(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/x-npz")
         self.end_headers()
         self.wfile.write(body[::-1])
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 class _SecondModel(_Container):
@@ -151,3 +150,33 @@ def test_each_endpoint_sends_its_requests_to_its_own_models_server(
     assert notification["requestParameters"]["endpointName"] == "second"
     key = notification["responseParameters"]["outputLocation"].split(f"{BUCKET}/", 1)[1]
     assert client("s3").get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"ABC"
+
+
+def test_a_stat_request_queued_behind_five_routine_ones_is_served_first(
+    endpoint: tuple[AsyncEndpoint, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an endpoint whose instance is still starting (it queues, serves nothing yet)
+    served: list[str] = []
+    held = AsyncEndpoint(
+        list(endpoint[0].endpoints.values()),
+        on_result=lambda inference_id, _: served.append(inference_id),
+    ).start(hold_work=True)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", held.url)
+    reset_clients()
+    try:
+        client("s3").put_object(Bucket=BUCKET, Key="preprocessed/in.npz", Body=b"abc")
+        # ... and five routine requests, then a STAT one, as preprocess sends them
+        for number in range(6):
+            priority = Priority.STAT if number == 5 else Priority.ROUTINE
+            client("sagemaker-runtime").invoke_endpoint_async(
+                EndpointName="demo",
+                InputLocation=f"s3://{BUCKET}/preprocessed/in.npz",
+                InferenceId=f"run-{number}",
+                CustomAttributes=priority_custom_attributes(priority),
+            )
+        # When the instance comes up and works through its queue
+        held.release_work()
+    finally:
+        held.stop()  # the worker ends after every request queued before the stop
+    # Then the STAT request was served first, the routine ones in the order they came
+    assert served == ["run-5", "run-0", "run-1", "run-2", "run-3", "run-4"]

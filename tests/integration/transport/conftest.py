@@ -24,17 +24,21 @@ from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import (
     Manifest,
+    Priority,
     SiteResultMessage,
     encryption_context,
     manifest_key,
     result_key,
     site_results_queue_name,
 )
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.local.moto_server import free_port
-from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import TriageResult
 from imaging_ai.results import build_results
 from imaging_ai.results.key_images import key_slice_indices, stored_to_hu
 from imaging_ai.synthetic import SyntheticStudy
+from tests.model_io_support import input_meta, output_meta
 from tests.unit.results.sample import demo_card
 
 SITE = "site-a"
@@ -97,7 +101,7 @@ class Ehr:
 def ehr() -> Iterator[Ehr]:
     state = Ehr(url="", script=[])
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
             body = self.rfile.read(length)
@@ -118,15 +122,7 @@ def ehr() -> Iterator[Ehr]:
                     if state.script
                     else (200, {"resourceType": "Bundle", "type": "transaction-response"})
                 )
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
+            self.reply(status, json.dumps(answer).encode(), "application/fhir+json")
 
     with loopback_http(Handler) as url:
         state.url = f"{url}/fhir"
@@ -153,8 +149,11 @@ class CloudSide:
     key_arn: str
     queue_url: str
 
-    def read_manifest(self, pseudo_study_uid: str) -> Manifest:
-        body = client("s3").get_object(Bucket=BUCKET, Key=manifest_key(SITE, pseudo_study_uid))
+    def read_manifest(
+        self, pseudo_study_uid: str, priority: Priority = Priority.ROUTINE
+    ) -> Manifest:
+        key = manifest_key(SITE, pseudo_study_uid, priority)
+        body = client("s3").get_object(Bucket=BUCKET, Key=key)
         plain = envelope.decrypt_bytes(
             body["Body"].read(), self.key_arn, encryption_context(SITE, pseudo_study_uid)
         )
@@ -178,33 +177,28 @@ class CloudSide:
         manifest: Manifest,
         study: SyntheticStudy,
         edit_bundle: Callable[[dict[str, Any]], None] | None = None,
+        card: ModelCard | None = None,
+        triage: TriageResult | None = None,
     ) -> SiteResultMessage:
         """Build real SR/SEG/Bundle from the de-identified upload, encrypt, notify the site.
 
-        `edit_bundle` changes the Bundle after it was built: a cloud-side defect."""
+        `edit_bundle` changes the Bundle after it was built: a cloud-side defect. `card` and
+        `triage` stand for a model with a per-study flag (default: the demo card, no flag)."""
         headers = sorted(self.read_series(manifest), key=lambda d: float(d.ImagePositionPatient[2]))
         labels = (study.phantom.nodule_mask > 0).astype(np.uint8)
         geometry = study.phantom.geometry()
-        card = demo_card()
+        card = card or demo_card()
         findings = study.phantom.truth_findings()
-        output = ModelOutputMeta(
-            input=ModelInputMeta(
-                site=SITE,
-                pseudo_study_uid=manifest.pseudo_study_uid,
-                pseudo_series_uid=str(headers[0].SeriesInstanceUID),
-                run_id=manifest.runs[0].run_id,
-                model_name=card.name,
-                source_geometry=geometry,
-                model_geometry=geometry,
-                sop_instance_uids=[str(d.SOPInstanceUID) for d in headers],
-            ),
+        meta = input_meta(
+            geometry,
             model_name=card.name,
-            model_version=card.version,
-            weights_sha256=card.weights_sha256,
-            device="cpu",
-            inference_seconds=0.1,
-            findings=findings,
+            sop_instance_uids=[str(d.SOPInstanceUID) for d in headers],
+            site=SITE,
+            pseudo_study_uid=manifest.pseudo_study_uid,
+            pseudo_series_uid=str(headers[0].SeriesInstanceUID),
+            run_id=manifest.runs[0].run_id,
         )
+        output = output_meta(meta, findings, card, triage=triage)
         # The key images burn the outline into the de-identified slices, as postprocess does.
         key_slices = {k: stored_to_hu(headers[k]) for k in key_slice_indices(labels, output)}
         for d in headers:

@@ -17,19 +17,25 @@ import requests
 from edge_forwarder.config import EhrSection
 from edge_forwarder.delivery import OPERATION_OUTCOME_NAME
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.model_card import Code, TriageFlag
+from imaging_ai.model_io import TriageResult
 from tests.integration.transport.conftest import CloudSide, Pacs, loopback_http
 from tests.integration.transport.helpers import completed_study
+from tests.unit.results.sample import demo_card
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed"),
 ]
 MRN_SYSTEM = EhrSection.model_fields["patient_identifier_system"].default
+HEMORRHAGE = Code(scheme="SCT", value="1386000", meaning="Intracranial hemorrhage")
 
 
-@pytest.fixture(scope="module")
-def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer]:
-    server = start_fhir_server(tmp_path_factory.mktemp("fhir"))
+# One EHR per test: the synthetic studies share one fake patient, and each test counts what
+# the EHR holds for that patient.
+@pytest.fixture
+def fhir(tmp_path: Path) -> Iterator[FhirServer]:
+    server = start_fhir_server(tmp_path / "fhir")
     yield server
     server.stop()
 
@@ -103,7 +109,8 @@ def test_a_report_sent_again_gives_one_patient_and_one_report_per_run(
         r["reference"].split("/")[1] for r in report["result"]
     )
     # When the cloud re-runs the study (a new run) and the edge delivers that report too
-    cloud.answer(manifest.model_copy(update={"run_id": "rerun-1"}), edge.study)
+    rerun = manifest.runs[0].model_copy(update={"run_id": "rerun-1"})
+    cloud.answer(manifest.model_copy(update={"runs": [rerun]}), edge.study)
     edge.forwarder.inbound.tick()
     # Then the same patient and imaging study carry two reports, one per run
     assert [p["id"] for p in fhir.search("Patient", identifier=mrn)] == [patient["id"]]
@@ -139,3 +146,33 @@ def test_a_resource_r4_forbids_is_refused_and_dead_lettered_with_its_outcome(
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["expression"] == ["DiagnosticReport.status"]
     assert fhir.search("DiagnosticReport") == reports_before
+
+
+def test_a_critical_result_reaches_the_ehr_as_a_communication_before_its_report(
+    tmp_path: Path, cloud: CloudSide, pacs: Pacs, fhir: FhirServer
+) -> None:
+    # Given a study whose model answered its critical triage flag "suspected"
+    edge = completed_study(tmp_path, cloud, pacs.port, fhir.base_url, seed=29)
+    edge.forwarder.outbound.tick()
+    (run,) = edge.forwarder.journal.runs()
+    flag = TriageFlag(name="Intracranial hemorrhage suspected", finding=HEMORRHAGE,
+                      label_value=1, min_volume_mm3=500.0)  # fmt: skip
+    card = demo_card().model_copy(update={"triage": flag, "critical_findings": [HEMORRHAGE]})
+    triage = TriageResult(name=flag.name, probability=0.96, suspected=True, critical=True)
+    cloud.answer(cloud.read_manifest(run.pseudo_study_uid), edge.study, card=card, triage=triage)
+    # When the edge takes the result
+    edge.forwarder.inbound.tick()
+    # Then the R4 server accepted a stat Communication about the patient, by the hospital MRN,
+    # and the report with its critical Observation; the notice is in the audit log
+    (notice,) = fhir.search("Communication")
+    assert notice["priority"] == "stat"
+    assert notice["subject"]["identifier"]["value"] == edge.study.patient.patient_id
+    assert "Intracranial hemorrhage suspected: yes" in notice["payload"][0]["contentString"]
+    mrn = _mrn(edge.study.patient.patient_id)
+    (report,) = fhir.search("DiagnosticReport", **{"subject:Patient.identifier": mrn})
+    assert report["conclusionCode"][0]["coding"][0]["code"] == HEMORRHAGE.value
+    rows = {d.target: d for d in edge.forwarder.journal.deliveries(run_id=run.run_id)}
+    assert rows["critical"].state == "DELIVERED"
+    audit_log = edge.forwarder.telemetry.audit.path
+    audit = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    assert [e["outcome"] for e in audit if e["subtype"][0]["code"] == "critical_notice"] == ["0"]

@@ -3,18 +3,17 @@ key images, PDF) and the HL7 ORU, all re-identified into the original study, to 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
-import pydicom
 import pytest
 
 from edge_forwarder.intake import CompletedStudy
 from imaging_ai.results.key_images import MULTIFRAME_GRAYSCALE_BYTE_SC
 from imaging_ai.results.pdf_report import ENCAPSULATED_PDF
 from imaging_ai.synthetic import write_ct_study
+from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.edge_support import ListIntake
 from tests.integration.transport.conftest import (
     CloudSide,
@@ -42,12 +41,6 @@ def viewer_pacs(tmp_path: Path) -> Iterator[Pacs]:
 def listener() -> Iterator[MllpListener]:
     with mllp_listener() as running:
         yield running
-
-
-def _dciodvfy_errors(dataset: pydicom.Dataset, path: Path) -> list[str]:
-    dataset.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in report.stderr.splitlines() if line.startswith("Error")]
 
 
 def test_each_destination_gets_its_objects_in_the_original_study_and_the_ris_an_oru(
@@ -118,7 +111,7 @@ retry_base_s = 0.05
         assert "ANON-" not in str(ds)
         assert ds.ManufacturerModelName == "lung-nodule-demo" and ds.SoftwareVersions == "0.3.1"
         # ... both dciodvfy clean as the PACS stored them
-        assert _dciodvfy_errors(ds, tmp_path / f"{ds.Modality}.dcm") == []
+        assert_dciodvfy_clean(ds, tmp_path / f"{ds.Modality}.dcm")
     # ... the key images reference the original slices, the PDF the SR and the key images
     assert {r.ReferencedSOPInstanceUID for r in key_images.SourceImageSequence} <= set(
         study.sop_instance_uids

@@ -20,13 +20,7 @@ from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context, result_key
 from imaging_ai.edge_stage import EdgeStage
-from tests.integration.transport.conftest import (
-    BUCKET,
-    SITE,
-    CloudSide,
-    Ehr,
-    Pacs,
-)
+from tests.integration.transport.conftest import BUCKET, SITE, CloudSide, Ehr, Pacs
 from tests.integration.transport.helpers import completed_study
 
 pytestmark = pytest.mark.integration

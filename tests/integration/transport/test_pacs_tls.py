@@ -86,6 +86,26 @@ def test_without_client_certificate_the_pacs_lets_nothing_in(
     assert tls_pacs.received() == []
 
 
+def _forwarder_is_refused_by(listener: Pacs, hospital_ca: TestCa) -> None:
+    """Deliver to `listener` with our hospital-issued certificate: the TLS handshake must fail
+    (TransientError) and the listener receive nothing. Stops the listener."""
+    try:
+        ours = hospital_ca.issue("edge-forwarder", server=False)
+        peer = PacsPeer(
+            "127.0.0.1",
+            listener.port,
+            "PACS",
+            timeout_s=10,
+            ssl_context=client_tls_context(hospital_ca.cert, ours.cert, ours.key),
+        )
+        with pytest.raises(TransientError):
+            store(peer, [_sample()])
+        assert listener.received() == []
+    finally:
+        listener.process.terminate()
+        listener.process.wait(10)
+
+
 def test_a_peer_posing_as_pacs_with_another_ca_gets_no_result(
     tmp_path: Path, hospital_ca: TestCa
 ) -> None:
@@ -94,22 +114,8 @@ def test_a_peer_posing_as_pacs_with_another_ca_gets_no_result(
     rogue = _tls_storescp(
         tmp_path / "rogue", rogue_ca.issue("pacs", server=True), trusted_client_ca=hospital_ca.cert
     )
-    try:
-        ours = hospital_ca.issue("edge-forwarder", server=False)
-        peer = PacsPeer(
-            "127.0.0.1",
-            rogue.port,
-            "PACS",
-            timeout_s=10,
-            ssl_context=client_tls_context(hospital_ca.cert, ours.cert, ours.key),
-        )
-        # When we deliver, Then the handshake fails on its certificate: it received nothing
-        with pytest.raises(TransientError):
-            store(peer, [_sample()])
-        assert rogue.received() == []
-    finally:
-        rogue.process.terminate()
-        rogue.process.wait(10)
+    # When we deliver, Then the handshake fails on its certificate: it received nothing
+    _forwarder_is_refused_by(rogue, hospital_ca)
 
 
 def test_pacs_certificate_for_another_name_is_refused(tmp_path: Path, hospital_ca: TestCa) -> None:
@@ -119,19 +125,5 @@ def test_pacs_certificate_for_another_name_is_refused(tmp_path: Path, hospital_c
         hospital_ca.issue("other", server=True, san="other-pacs.hospital.example"),
         hospital_ca.cert,
     )
-    try:
-        ours = hospital_ca.issue("edge-forwarder", server=False)
-        peer = PacsPeer(
-            "127.0.0.1",
-            other.port,
-            "PACS",
-            timeout_s=10,
-            ssl_context=client_tls_context(hospital_ca.cert, ours.cert, ours.key),
-        )
-        # When we deliver, Then the name check refuses it
-        with pytest.raises(TransientError):
-            store(peer, [_sample()])
-        assert other.received() == []
-    finally:
-        other.process.terminate()
-        other.process.wait(10)
+    # When we deliver, Then the name check refuses it: it received nothing
+    _forwarder_is_refused_by(other, hospital_ca)

@@ -13,13 +13,7 @@ import pytest
 from imaging_ai import envelope
 from imaging_ai.aws import client
 from imaging_ai.contracts import encryption_context
-from tests.integration.transport.conftest import (
-    BUCKET,
-    SITE,
-    CloudSide,
-    Ehr,
-    Pacs,
-)
+from tests.integration.transport.conftest import BUCKET, SITE, CloudSide, Ehr, Pacs
 from tests.integration.transport.helpers import completed_study
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ import requests
 
 from edge_forwarder.transport.ehr import EhrClient
 from edge_forwarder.transport.pacs import PacsPeer, open_association
+from imaging_ai.http_handler import QuietHandler
 from imaging_ai.synthetic import FakePatient, iter_ct_slices, make_chest_phantom
 from tests.integration.transport.conftest import Pacs
 
@@ -36,20 +37,13 @@ def test_the_pacs_association_has_tcp_nodelay(pacs: Pacs) -> None:
         assoc.release()
 
 
-class _FhirStub(http.server.BaseHTTPRequestHandler):
+class _FhirStub(QuietHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: the client's connection goes back to its pool
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         body = json.dumps({"resourceType": "Bundle", "type": "transaction-response"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/fhir+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.reply(200, body, "application/fhir+json")
 
 
 @pytest.fixture

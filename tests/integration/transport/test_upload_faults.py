@@ -169,14 +169,12 @@ Uploader(settings, Journal(Path(a["journal"]))).upload("r1-test")
 """
 
 
-def test_kill_9_mid_upload_resumes_from_journaled_parts(
-    tmp_path: Path, own_moto: MotoServer
-) -> None:
-    # Given a prepared 22 MiB series being uploaded by another process at ~5 MiB/s
-    key_arn = _setup_aws()
+def killed_mid_upload(tmp_path: Path, bucket: str, key_arn: str) -> tuple[Journal, str, int]:
+    """A prepared 22 MiB run uploaded by another process at ~5 MiB/s, SIGKILLed once two parts
+    are journaled: its journal, run id, and the parts journaled by the kill."""
     journal, run_id = _prepared_run(tmp_path, key_arn)
     args = {
-        "bucket": BUCKET,
+        "bucket": bucket,
         "key": key_arn,
         "rate": 5 * MIB,
         "journal": str(tmp_path / "journal.sqlite"),
@@ -187,10 +185,18 @@ def test_kill_9_mid_upload_resumes_from_journaled_parts(
     try:
         _wait_for(lambda: sum(len(r.parts) for r in journal.objects(run_id)) >= 2)
     finally:
-        # When the uploader is killed with SIGKILL mid-object
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-    parts_before = sum(len(r.parts) for r in journal.objects(run_id))
+    return journal, run_id, sum(len(r.parts) for r in journal.objects(run_id))
+
+
+def test_kill_9_mid_upload_resumes_from_journaled_parts(
+    tmp_path: Path, own_moto: MotoServer
+) -> None:
+    # Given a prepared 22 MiB series being uploaded by another process at ~5 MiB/s
+    # When the uploader is killed with SIGKILL mid-object
+    key_arn = _setup_aws()
+    journal, run_id, parts_before = killed_mid_upload(tmp_path, BUCKET, key_arn)
     assert parts_before < 5, "the upload finished before the kill; slow it down"
 
     # Then a fresh uploader resumes the same multipart upload and sends only what is missing

@@ -17,7 +17,7 @@ from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
 from edge_forwarder.transport.results import ReceivedMessage
 from edge_forwarder.transport.uploader import SeriesTar
-from imaging_ai.contracts import DeidRecord, ModelRun, SiteResultMessage
+from imaging_ai.contracts import DeidRecord, ModelRun, Priority, SiteResultMessage
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Prepared:
     deidentification: DeidRecord
     runs: list[ModelRun]
     members: dict[str, list[str]]  # tar name -> member names, read while preparing
+    priority: Priority = Priority.ROUTINE
 
     @property
     def revises_run_id(self) -> str | None:
@@ -47,7 +48,8 @@ class FakeUploader:
     fail_uploads: int = 0
 
     def prepare(self, run_id: str, pseudo_study_uid: str, series: list[SeriesTar],
-                deidentification: DeidRecord, runs: list[ModelRun]) -> None:  # fmt: skip
+                deidentification: DeidRecord, runs: list[ModelRun],
+                priority: Priority = Priority.ROUTINE) -> None:  # fmt: skip
         members = {}
         for item in series:
             with tarfile.open(item.tar_path) as archive:
@@ -60,6 +62,7 @@ class FakeUploader:
                 deidentification,
                 runs,
                 members,
+                priority,
             )
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +19,14 @@ from edge_forwarder.observability import Telemetry
 from edge_forwarder.transport.journal import Journal
 from imaging_ai.contracts import BUNDLE_NAME, SR_NAME, SiteResultMessage, result_key
 from imaging_ai.edge_stage import EdgeStage
+from tests.edge_support import JANE_DOE
 from tests.unit.edge.conftest import FakeEhr, FakePacs, FakeResults, make_delivery
 
 PSEUDO_STUDY, PSEUDO_SERIES, PSEUDO_PATIENT = "2.25.101", "2.25.102", "ANON-TESTPATIENT"
-IDENTITY = StudyIdentity(
+IDENTITY = replace(
+    JANE_DOE,
     pseudo_study_uid=PSEUDO_STUDY,
-    study_instance_uid="1.2.3.4.1",
     pseudo_patient_id=PSEUDO_PATIENT,
-    patient_id="MRN-0042",
-    patient_name="DOE^JANE",
-    patient_birth_date="19700101",
-    patient_sex="F",
-    accession_number="ACC-77",
-    study_date="20240102",
-    study_time="101500",
-    date_shift_days=-10,
     series={PSEUDO_SERIES: "1.2.3.4.2"},
 )
 RUN_ID = "r1-abcdef0123"
@@ -106,20 +100,29 @@ def _failed(reason: str) -> SiteResultMessage:
     )
 
 
-@pytest.fixture
-def parts(tmp_path: Path, journal: Journal, telemetry: Telemetry):  # type: ignore[no-untyped-def]
+def _inbound(
+    folder: Path, journal: Journal, telemetry: Telemetry, vault: Vault, notice: bool = False
+) -> tuple[Inbound, FakeResults, FakePacs, FakeEhr]:
+    """The inbound part on fakes at its adapter boundary; `notice`: the optional PACS notice."""
     results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    folder = tmp_path / "deliveries"
     inbound = Inbound(
         journal=journal,
         results=results,
-        identities=Vault(IDENTITY),
+        identities=vault,
         identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
         delivery=make_delivery(journal, telemetry, pacs, ehr, folder),
         telemetry=telemetry,
         deliveries_dir=folder,
+        not_analyzed_notice=notice,
     )
     return inbound, results, pacs, ehr
+
+
+@pytest.fixture
+def parts(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> tuple[Inbound, FakeResults, FakePacs, FakeEhr]:
+    return _inbound(tmp_path / "deliveries", journal, telemetry, Vault(IDENTITY))
 
 
 def _uploaded_run(journal: Journal) -> None:
@@ -185,16 +188,7 @@ def test_a_result_without_a_crosswalk_entry_fails_the_run_and_is_acknowledged(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given a vault that does not know the study
-    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    inbound = Inbound(
-        journal=journal,
-        results=results,
-        identities=Vault(),
-        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
-        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
-        telemetry=telemetry,
-        deliveries_dir=tmp_path / "d",
-    )
+    inbound, results, pacs, _ehr = _inbound(tmp_path / "d", journal, telemetry, Vault())
     _uploaded_run(journal)
     results.send(_ready(), {SR_NAME: _sr()})
     # When the inbound loop runs
@@ -267,16 +261,8 @@ def test_the_optional_pacs_notice_tells_the_original_study_why(
     tmp_path: Path, journal: Journal, telemetry: Telemetry
 ) -> None:
     # Given a site that asked for the notice
-    results, pacs, ehr = FakeResults(), FakePacs(), FakeEhr()
-    inbound = Inbound(
-        journal=journal,
-        results=results,
-        identities=Vault(IDENTITY),
-        identifier_systems=IdentifierSystems(patient="urn:mrn", accession="urn:acc"),
-        delivery=make_delivery(journal, telemetry, pacs, ehr, tmp_path / "d"),
-        telemetry=telemetry,
-        deliveries_dir=tmp_path / "d",
-        not_analyzed_notice=True,
+    inbound, results, pacs, ehr = _inbound(
+        tmp_path / "d", journal, telemetry, Vault(IDENTITY), notice=True
     )
     _uploaded_run(journal)
     results.send(_not_analyzed())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
-from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.oru import InvalidOru, OruParties, build_oru, control_id, escape, validate
 from imaging_ai.results import codes
 from imaging_ai.results.report_content import (
@@ -17,16 +17,15 @@ from imaging_ai.results.report_content import (
     ReportedFinding,
     ReportedMeasurement,
 )
+from tests.edge_support import JANE_DOE
 
 WHEN = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
-IDENTITY = StudyIdentity(
+IDENTITY = replace(
+    JANE_DOE,
     pseudo_study_uid="2.25.1",
     study_instance_uid="1.2.3.4",
     pseudo_patient_id="ANON-1",
-    patient_id="MRN-0042",
     patient_name="DOE^JANE^Q^DR",
-    patient_birth_date="19700101",
-    patient_sex="F",
     accession_number="ACC|77^X",  # delimiters in a value must be escaped
     study_date="20261201",
     study_time="101500.25",

@@ -14,6 +14,7 @@ from edge_forwarder.observability import Telemetry
 from edge_forwarder.outbound import Outbound, make_run_id
 from edge_forwarder.transport.errors import TransientError
 from edge_forwarder.transport.journal import Journal
+from imaging_ai.contracts import Priority
 from imaging_ai.edge_stage import OUTBOUND_ORDER, EdgeStage
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
 from tests.edge_support import ListIntake
@@ -216,3 +217,28 @@ def test_a_revision_revises_the_same_models_earlier_run(
     first, second = uploader.prepared
     earlier = {run.model_name: run.run_id for run in first.runs}
     assert {run.model_name: run.revises_run_id for run in second.runs} == earlier
+
+
+def test_a_stat_study_listed_last_is_prepared_and_uploaded_first(
+    tmp_path: Path, journal: Journal, telemetry: Telemetry
+) -> None:
+    # Given the intake lists two routine studies, then a STAT one
+    studies = [
+        write_ct_study(tmp_path / f"ct-{n}", seed=n, shape=(2, 16, 16), spacing_mm=(2.0, 2.0, 2.0))
+        for n in range(3)
+    ]
+    priorities = [Priority.ROUTINE, Priority.ROUTINE, Priority.STAT]
+    intake = ListIntake(
+        [
+            CompletedStudy(f"key-{n}", 1, ("m",), {"s": list(s.paths)}, priority)
+            for n, (s, priority) in enumerate(zip(studies, priorities, strict=True))
+        ]
+    )
+    outbound, uploader, _ = _outbound(tmp_path, journal, telemetry, intake)
+    # When the outbound loop runs once
+    outbound.tick()
+    # Then the STAT study was de-identified, prepared (as STAT) and uploaded before the others
+    assert [p.priority for p in uploader.prepared] == [Priority.STAT, *priorities[:2]]
+    assert uploader.uploaded == [p.run_id for p in uploader.prepared]
+    assert intake.forwarded[0] == ("key-2", 1)
+    assert journal.run(uploader.prepared[0].run_id).priority is Priority.STAT  # type: ignore[union-attr]

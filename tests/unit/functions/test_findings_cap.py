@@ -11,7 +11,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from functions.postprocess.results import build_result_objects, cap_findings
-from imaging_ai.model_io import Finding, ModelInputMeta, ModelOutputMeta, VolumeGeometry
+from imaging_ai.model_io import Finding, ModelOutputMeta, VolumeGeometry
+from tests.model_io_support import finding, input_meta, output_meta
 from tests.unit.results.sample import make_sample_run
 
 TRACKING_IDENTIFIER = "112039"  # DCM: one per TID 1500 measurement group
@@ -74,30 +75,5 @@ def test_a_run_within_the_limit_is_reported_whole() -> None:
 
 def make_output_with(count: int) -> ModelOutputMeta:
     geometry = VolumeGeometry(shape=(2, 2, 2), spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0, 0, 0))
-    meta = ModelInputMeta(
-        site="site-a",
-        pseudo_study_uid="1.2.3",
-        pseudo_series_uid="1.2.3.4",
-        run_id="run-1",
-        model_name="m",
-        source_geometry=geometry,
-        model_geometry=geometry,
-        sop_instance_uids=[],
-    )
-    finding = Finding(
-        label_value=1,
-        component=1,
-        voxel_count=1,
-        volume_mm3=1.0,
-        longest_diameter_mm=1.0,
-        centroid_mm=(0.0, 0.0, 0.0),
-    )
-    return ModelOutputMeta(
-        input=meta,
-        model_name="m",
-        model_version="1",
-        weights_sha256="0" * 64,
-        device="cpu",
-        inference_seconds=0.1,
-        findings=[finding.model_copy(update={"component": i}) for i in range(1, count + 1)],
-    )
+    findings = [finding((0.0, 0.0, 0.0), component=i) for i in range(1, count + 1)]
+    return output_meta(input_meta(geometry, model_name="m"), findings)

@@ -13,9 +13,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
 from scipy import ndimage
 
-from imaging_ai.model_io import ModelInputMeta, pack_model_input
+from imaging_ai.model_io import pack_model_input
 from imaging_ai.synthetic import FakePatient, Phantom, iter_ct_slices, make_chest_phantom
 from imaging_ai.volume import GeometryError, build_volume, resample_normalize, target_grid
+from tests.model_io_support import input_meta
 
 
 @pytest.fixture(scope="module")
@@ -175,16 +176,7 @@ def test_preprocess_memory_stays_within_three_times_the_volume() -> None:
     volume = build_volume(slices)
     del slices
     image, grid = resample_normalize(volume.voxels, volume.geometry, (2.0, 1.0, 1.0), (-1e3, 4e2))
-    meta = ModelInputMeta(
-        site="site-a",
-        pseudo_study_uid="1.2.3",
-        pseudo_series_uid="1.2.3.4",
-        run_id="run-1",
-        model_name="lung-nodule-demo",
-        source_geometry=volume.geometry,
-        model_geometry=grid,
-        sop_instance_uids=volume.sop_instance_uids,
-    )
+    meta = input_meta(volume.geometry, grid, sop_instance_uids=volume.sop_instance_uids)
     payload = pack_model_input(image, meta)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -15,6 +15,7 @@ from imaging_ai.inference.network import build_network
 from imaging_ai.inference.predictor import ModelLoadError, Predictor, PredictorSettings
 from imaging_ai.inference.training import MODEL_NAME, write_model_dir
 from imaging_ai.model_io import ModelInputMeta, VolumeGeometry
+from tests.model_io_support import input_meta
 
 SOURCE = VolumeGeometry(shape=(24, 60, 60), spacing_mm=(1.5, 0.7, 0.7), origin_mm=(-20, -20, -18))
 CPU = PredictorSettings(device="cpu", cpu_threads=1)
@@ -38,15 +39,14 @@ def _request(name: str = MODEL_NAME) -> tuple[np.ndarray, ModelInputMeta]:
     model = model_geometry_for(SOURCE, (1.5, 1.5, 1.5))
     hu = np.random.default_rng(5).normal(-850, 15, size=model.shape)
     image = ((np.clip(hu, -1000, 400) + 1000) / 1400).astype(np.float32)  # as preprocessed
-    meta = ModelInputMeta(
+    meta = input_meta(
+        SOURCE,
+        model,
+        model_name=name,
         site="unit-site",
         pseudo_study_uid="2.25.1",
         pseudo_series_uid="2.25.2",
         run_id="r1",
-        model_name=name,
-        source_geometry=SOURCE,
-        model_geometry=model,
-        sop_instance_uids=[],
     )
     return image, meta
 

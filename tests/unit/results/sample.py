@@ -9,9 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from imaging_ai.model_card import Code, Label, ModelCard
-from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta
+from imaging_ai.model_card import Code, ModelCard
+from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.synthetic import write_ct_study
+from tests.functions_support import lung_label, mark_deidentified, strip_phi
+from tests.model_io_support import input_meta, output_meta
 
 SHAPE = (24, 128, 128)
 SPACING = (2.5, 2.5, 2.5)
@@ -35,24 +37,8 @@ def demo_card() -> ModelCard:
         weights_file="model.ts",
         weights_sha256="ab" * 32,
         labels=[
-            Label(
-                value=1,
-                name="Nodule",
-                category=Code(
-                    scheme="SCT", value="49755003", meaning="Morphologically Abnormal Structure"
-                ),
-                type=Code(scheme="SCT", value="27925004", meaning="Nodule"),
-                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung"),
-            ),
-            Label(
-                value=2,
-                name="Mass",
-                category=Code(
-                    scheme="SCT", value="49755003", meaning="Morphologically Abnormal Structure"
-                ),
-                type=Code(scheme="SCT", value="4147007", meaning="Mass"),
-                finding_site=Code(scheme="SCT", value="39607008", meaning="Lung"),
-            ),
+            lung_label(1, "Nodule", Code(scheme="SCT", value="27925004", meaning="Nodule")),
+            lung_label(2, "Mass", Code(scheme="SCT", value="4147007", meaning="Mass")),
         ],
         input_spacing_mm=(1.5, 0.7, 0.7),
         intensity_window_hu=(-1000.0, 400.0),
@@ -62,32 +48,10 @@ def demo_card() -> ModelCard:
 
 def _pseudonymize(ds: pydicom.Dataset) -> pydicom.Dataset:
     """Stand-in for the edge de-identification: enough that no fake PHI reaches the results."""
-    ds.PatientName = "PSEUDO^7F3A9C"
-    ds.PatientID = PSEUDO_PATIENT_ID
-    ds.PatientBirthDate = ""
-    ds.AccessionNumber = ""
-    ds.StudyID = ""
-    ds.PatientIdentityRemoved = "YES"
+    strip_phi(ds, patient_name="PSEUDO^7F3A9C", patient_id=PSEUDO_PATIENT_ID)
+    mark_deidentified(ds)
     ds.DeidentificationMethod = "PS3.15 Annex E Basic Profile (test stand-in)"
-    method = pydicom.Dataset()
-    method.CodeValue, method.CodingSchemeDesignator = "113100", "DCM"
-    method.CodeMeaning = "Basic Application Confidentiality Profile"
-    ds.DeidentificationMethodCodeSequence = [method]
     ds.TimezoneOffsetFromUTC = "+0000"
-    for keyword in (
-        "ReferringPhysicianName",
-        "PerformingPhysicianName",
-        "OperatorsName",
-        "InstitutionName",
-        "InstitutionAddress",
-        "StationName",
-        "OtherPatientIDsSequence",
-        "RequestAttributesSequence",
-    ):
-        if keyword in ds:
-            delattr(ds, keyword)
-    ds.ReferringPhysicianName = ""
-    ds.remove_private_tags()
     return ds
 
 
@@ -107,23 +71,13 @@ def make_sample_run(tmp: Path, run_id: str = "run-1", nodules: int = 2) -> Sampl
     geometry = study.phantom.geometry()
     findings = study.phantom.truth_findings()
     card = demo_card()
-    meta_in = ModelInputMeta(
-        site="site-a",
+    meta_in = input_meta(
+        geometry,
+        model_name=card.name,
+        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
         pseudo_study_uid=str(headers[0].StudyInstanceUID),
         pseudo_series_uid=str(headers[0].SeriesInstanceUID),
         run_id=run_id,
-        model_name=card.name,
-        source_geometry=geometry,
-        model_geometry=geometry,
-        sop_instance_uids=[str(ds.SOPInstanceUID) for ds in headers],
     )
-    output = ModelOutputMeta(
-        input=meta_in,
-        model_name=card.name,
-        model_version=card.version,
-        weights_sha256=card.weights_sha256,
-        device="cpu",
-        inference_seconds=1.0,
-        findings=findings,
-    )
+    output = output_meta(meta_in, findings, card, inference_seconds=1.0)
     return SampleRun(paths=study.paths, headers=headers, labels=labels, output=output, card=card)

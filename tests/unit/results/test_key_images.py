@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ from imaging_ai.results.key_images import (
     stored_to_hu,
 )
 from imaging_ai.results.positions import in_plane_index
+from tests.dciodvfy_support import assert_dciodvfy_clean
+from tests.model_io_support import finding
 from tests.unit.results.sample import SampleRun
 
 
@@ -36,13 +37,9 @@ def two_slices(sample_run: SampleRun) -> tuple[ResultObjects, np.ndarray, list[i
     labels = sample_run.labels.copy()
     labels[16, 60:66, 60:66] = 1
     geometry = sample_run.output.input.source_geometry
-    third = Finding(
-        label_value=1,
-        component=3,
-        voxel_count=36,
-        volume_mm3=562.5,
-        longest_diameter_mm=17.68,
-        centroid_mm=geometry.voxel_to_patient((16, 62.5, 62.5)),
+    centroid = geometry.voxel_to_patient((16, 62.5, 62.5))
+    third = finding(
+        centroid, component=3, voxel_count=36, volume_mm3=562.5, longest_diameter_mm=17.68
     )
     findings = [*sample_run.output.findings, third]
     objects = _build(sample_run, labels, findings)
@@ -110,10 +107,7 @@ def test_passes_dciodvfy_and_round_trips(
     key = two_slices[0].key_images
     assert key is not None
     path = tmp_path / "key.dcm"
-    key.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
-    assert errors == [], report.stderr
+    assert_dciodvfy_clean(key, path)
     again = pydicom.dcmread(io.BytesIO(path.read_bytes()))
     assert np.array_equal(again.pixel_array, key.pixel_array)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import subprocess
 import zlib
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from imaging_ai.results.build import result_source_headers
 from imaging_ai.results.key_images import build_key_images, key_slice_indices, stored_to_hu
 from imaging_ai.results.pdf_report import ENCAPSULATED_PDF, build_encapsulated_pdf
 from imaging_ai.results.report_content import read_report
+from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.unit.results.sample import SampleRun
 
 
@@ -73,9 +73,7 @@ def test_encapsulated_pdf_is_dciodvfy_clean_and_in_the_srs_study(
     path = tmp_path / "report.dcm"
     path.write_bytes(data)
     # Then dciodvfy finds no error
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
-    assert errors == [], report.stderr
+    assert_dciodvfy_clean(None, path)
     # ... it sits in the SR's study with the SR's patient, and references the SR
     pdf_ds = pydicom.dcmread(path)
     sr = pydicom.dcmread(io.BytesIO(identified_sr))

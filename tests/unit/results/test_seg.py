@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -14,6 +13,7 @@ import pytest
 from imaging_ai.errors import ContractError
 from imaging_ai.results import ResultObjects, build_results
 from imaging_ai.results.seg import build_segmentation
+from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.unit.results.sample import SampleRun
 
 
@@ -63,12 +63,7 @@ def test_bytesio_round_trip_keeps_the_mask(results: ResultObjects, sample_run: S
 
 
 def test_passes_dciodvfy(results: ResultObjects, tmp_path: Path) -> None:
-    path = tmp_path / "seg.dcm"
-    results.seg.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
-    assert errors == []
-    assert report.returncode == 0
+    assert_dciodvfy_clean(results.seg, tmp_path / "seg.dcm")
 
 
 def test_label_value_unknown_to_the_card_is_refused(sample_run: SampleRun) -> None:

@@ -13,6 +13,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from imaging_ai.results import ResultObjects, build_results, codes
 from imaging_ai.results.positions import in_plane_index, slice_index
 from imaging_ai.results.report_content import read_report
+from tests.dciodvfy_support import assert_dciodvfy_clean
 from tests.unit.results.sample import SampleRun
 
 
@@ -106,12 +107,7 @@ def test_dsrdump_shows_the_tid1500_tree(results: ResultObjects, tmp_path: Path) 
 
 
 def test_passes_dciodvfy(results: ResultObjects, tmp_path: Path) -> None:
-    path = tmp_path / "sr.dcm"
-    results.sr.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    errors = [line for line in report.stderr.splitlines() if line.startswith("Error")]
-    assert errors == []
-    assert report.returncode == 0
+    assert_dciodvfy_clean(results.sr, tmp_path / "sr.dcm")
 
 
 def test_rerun_is_a_revision_naming_its_predecessor(
@@ -136,10 +132,7 @@ def test_rerun_is_a_revision_naming_its_predecessor(
     before = _reread(results.sr).content.get_volumetric_roi_measurement_groups()
     after = _reread(revised.sr).content.get_volumetric_roi_measurement_groups()
     assert [g.tracking_uid for g in before] == [g.tracking_uid for g in after]
-    path = tmp_path / "revised.dcm"
-    revised.sr.save_as(path, enforce_file_format=True)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    assert [line for line in report.stderr.splitlines() if line.startswith("Error")] == []
+    assert_dciodvfy_clean(revised.sr, tmp_path / "revised.dcm")
 
 
 def test_no_finding_run_still_reports(sample_run: SampleRun, tmp_path: Path) -> None:
@@ -150,9 +143,7 @@ def test_no_finding_run_still_reports(sample_run: SampleRun, tmp_path: Path) -> 
     assert _reread(empty.sr).content.get_volumetric_roi_measurement_groups() == []
     assert "no finding" in empty.bundle["entry"][-1]["resource"]["conclusion"]
     for name, dataset in (("sr.dcm", empty.sr), ("seg.dcm", empty.seg)):
-        dataset.save_as(tmp_path / name, enforce_file_format=True)
-        report = subprocess.run(["dciodvfy", str(tmp_path / name)], capture_output=True, text=True)
-        assert [line for line in report.stderr.splitlines() if line.startswith("Error")] == []
+        assert_dciodvfy_clean(dataset, tmp_path / name)
 
 
 def test_each_finding_is_also_a_point_at_its_centroid_for_viewers(

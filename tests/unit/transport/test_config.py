@@ -41,16 +41,35 @@ def test_errors_name_the_field(tmp_path: Path, replace: str, by: str, expected: 
     assert expected in str(caught.value)
 
 
-def test_secret_needs_exactly_one_source(tmp_path: Path) -> None:
+def _example_with(tmp_path: Path, line: str, replacement: str) -> Path:
+    """The example config with one line replaced, written to a file."""
     path = tmp_path / "c.toml"
-    path.write_text(
-        EXAMPLE.read_text().replace(
+    path.write_text(EXAMPLE.read_text().replace(line, replacement))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("line", "replacement", "reason"),
+    [
+        pytest.param(
             'site_secret = { file = "/etc/edge-forwarder/site-secret.hex" }',
             'site_secret = { file = "a", env = "B" }',
-        )
-    )
-    with pytest.raises(ConfigError, match=r"deid\.site_secret: Value error, give exactly one"):
-        load_config(path)
+            r"deid\.site_secret: Value error, give exactly one",
+            id="a secret needs exactly one source",
+        ),
+        pytest.param(
+            'bucket = "imaging-ai-data"',
+            'bucket = "imaging-ai-data"\nmodel_name = "lung-nodule-demo"',
+            r"aws: Value error, aws.model_name is gone",
+            id="the retired default model setting says what replaced it",
+        ),
+    ],
+)
+def test_a_wrong_setting_is_refused_with_its_reason(
+    tmp_path: Path, line: str, replacement: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        load_config(_example_with(tmp_path, line, replacement))
 
 
 def test_not_toml_is_reported(tmp_path: Path) -> None:
@@ -96,8 +115,7 @@ def test_the_examples_hl7_and_extra_pacs_blocks_are_valid_when_switched_on(tmp_p
     ],
 )
 def test_a_destinations_objects_are_checked(tmp_path: Path, objects: str, expected: str) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text(EXAMPLE.read_text().replace('objects = ["sr", "seg"]', f"objects = {objects}"))
+    path = _example_with(tmp_path, 'objects = ["sr", "seg"]', f"objects = {objects}")
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert expected in str(caught.value)
@@ -134,16 +152,4 @@ def test_a_misspelt_shadow_model_is_refused_rather_than_left_live(tmp_path: Path
     )
     # When it is loaded, Then it is an error naming the model, not a silently live model
     with pytest.raises(ConfigError, match=r"\[models\] names models no routing rule.*dmeo"):
-        load_config(path)
-
-
-def test_the_retired_default_model_setting_says_what_replaced_it(tmp_path: Path) -> None:
-    path = tmp_path / "c.toml"
-    path.write_text(
-        EXAMPLE.read_text().replace(
-            'bucket = "imaging-ai-data"',
-            'bucket = "imaging-ai-data"\nmodel_name = "lung-nodule-demo"',
-        )
-    )
-    with pytest.raises(ConfigError, match=r"aws: Value error, aws.model_name is gone"):
         load_config(path)

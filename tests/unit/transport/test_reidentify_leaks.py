@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pydicom
 import pytest
@@ -13,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from edge_forwarder.identity import StudyIdentity
 from edge_forwarder.transport.errors import ReidentificationError
 from edge_forwarder.transport.reidentify import reidentify_bundle, reidentify_dicom
+from tests.edge_support import JANE_DOE
 
 PSEUDO_STUDY = "2.25.219873487120938471209384712093847120"
 PSEUDO_SERIES = "2.25.118273645091827364509182736450918273"
@@ -25,14 +27,12 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 
 def _identity() -> StudyIdentity:
     # As the crosswalk gives it back: no pseudo patient name, no pseudo accession stored.
-    return StudyIdentity(
+    return replace(
+        JANE_DOE,
         pseudo_study_uid=PSEUDO_STUDY,
         study_instance_uid=ORIGINAL_STUDY,
         pseudo_patient_id=PSEUDO_PATIENT,
         patient_id="MRN0042",
-        patient_name="DOE^JANE",
-        patient_birth_date="19700101",
-        patient_sex="F",
         accession_number="ACC-REAL-1",
         study_date="",
         study_time="",
