@@ -10,6 +10,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -332,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         delivered = pipeline.wait_until_delivered(args.timeout)
         remaining = max(1.0, args.timeout - (time.monotonic() - started))
         both = delivered and wait_for_runs(pipeline, count=len(models), timeout_s=remaining)
+        _say_run_ends(pipeline, say)
         summary = collect_summary(pipeline, study, both, started, more_phi=head_phi(head))
         head_summary = collect_head_summary(
             pipeline, head, ehr_communications(pipeline, HEAD_PATIENT.patient_id)
@@ -393,6 +395,12 @@ class UserStudySummary:
         (instances the forwarder does not accept, e.g. dose SRs, are reported, not fatal)."""
         finished = self.outcome in ("DELIVERED", "NOT_ANALYZED", "NOT_ROUTED")
         return finished and bool(self.privacy.get("clean")) and self.sent > 0
+
+
+def _say_run_ends(pipeline: LocalPipeline, say: Callable[[str], None]) -> None:
+    """One line per run of the study (one per model): how it ended."""
+    for run_id, end in sorted(pipeline.timeline.run_ends().items()):
+        say(f"  run {run_id}: {end}")
 
 
 def _outcome(pipeline: LocalPipeline, delivered: bool) -> tuple[str, str]:
@@ -523,6 +531,7 @@ def run_user_study(args: argparse.Namespace, say: Any, work_dir: Path) -> int:
         pipeline.timeline.started = started
         report = pipeline.send_folder(found)
         delivered = pipeline.wait_until_delivered(args.timeout)
+        _say_run_ends(pipeline, say)
         summary = collect_user_summary(pipeline, found, report, delivered, started)
         print_user_summary(summary, out=say)
         say(f"Logs and spool: {pipeline.work_dir}")

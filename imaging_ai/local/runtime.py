@@ -76,7 +76,8 @@ FORWARDER_AE_TITLE = "EDGE_FWD"
 MODALITY_AE_TITLE = "CT_MODALITY"
 
 # Edge events after which the study cannot arrive without someone acting on it.
-_EDGE_FAILURES = {"failed", "dead_letter", "cloud_failed"}
+_EDGE_STUDY_FAILURE = "failed"
+_EDGE_FAILURES = {_EDGE_STUDY_FAILURE, "dead_letter", "cloud_failed"}
 _CLOUD_STAGES = {Stage.PREPROCESSED: "preprocessed", Stage.REPORTED: "reported"}
 # Which stand-in serves the cloud's AWS APIs (README: `make demo BACKEND=localstack`).
 BACKEND_ENV = "IMAGING_AI_BACKEND"
@@ -442,8 +443,8 @@ class LocalPipeline:
         return peaks
 
     def wait_until_delivered(self, timeout_s: float) -> bool:
-        """Until the live results reached PACS and EHR and, where a model runs in shadow mode,
-        its results were kept on the edge (the first of each a study's runs reach)."""
+        """Until every run of the study is over and the live results reached PACS and EHR and,
+        where a model runs in shadow mode, its results were kept on the edge."""
         stages: tuple[str, ...] = (EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR)
         if any(model.shadow for model in self.models):
             stages += (EdgeStage.SHADOW_STORED,)
@@ -470,18 +471,21 @@ class LocalPipeline:
         event = entry.get("event")
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
+        run_id = str(entry["run_id"]) if entry.get("run_id") else None
         if event in (*EDGE_TIMELINE_STAGES, *SHADOW_STAGES, EdgeStage.NOTIFIED_CRITICAL):
-            self.timeline.record(str(event), _detail(entry))
+            self.timeline.record(str(event), _detail(entry), run_id)
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)
         elif event == EdgeStage.NOT_ANALYZED:
             # Recorded when the site has it (status, metric, audit), not when the cloud
             # decides: the run is over for the user only then.
-            self.timeline.record(NOT_ANALYZED, str(entry.get("reason", "")))
+            self.timeline.record(NOT_ANALYZED, str(entry.get("reason", "")), run_id)
         elif event in _EDGE_FAILURES or entry.get("level") == "ERROR":
             self.failures.append(entry)
             if event in _EDGE_FAILURES:
-                self.timeline.record(FAILED, f"{event}: {entry.get('reason', '')}")
+                # The edge's own "failed" (de-identification) fails every run of the study.
+                scope = None if event == _EDGE_STUDY_FAILURE else run_id
+                self.timeline.record(FAILED, f"{event}: {entry.get('reason', '')}", scope)
 
     def _on_inference_result(self, inference_id: str, status: str) -> None:
         if status == "Completed":
@@ -504,7 +508,7 @@ class LocalPipeline:
                         if stage in run.stage_times:
                             self.timeline.record(name)
                     if run.stage == Stage.FAILED:
-                        self.timeline.record(FAILED, run.reason or "")
+                        self.timeline.record(FAILED, run.reason or "", run.key.run_id)
 
     # -- helpers -----------------------------------------------------------------------------
 

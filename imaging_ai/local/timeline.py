@@ -54,6 +54,14 @@ DESCRIPTIONS = {
 }
 # Ends of a study's road other than delivery.
 TERMINAL = (FAILED, NOT_ANALYZED, NOT_ROUTED)
+# A run is over once it reached one of these sets: live results in PACS and EHR, or a shadow
+# model's results kept on the edge.
+RUN_DELIVERED = (
+    frozenset({EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR}),
+    frozenset({EdgeStage.SHADOW_STORED}),
+)
+# Where stages recorded without a run go: they belong to the study as a whole.
+_STUDY = ""
 
 
 @dataclass
@@ -61,6 +69,8 @@ class Timeline:
     started: float = field(default_factory=time.monotonic)
     events: dict[str, float] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
+    # Stages each run of the study reached: a study fans out to one run per model.
+    runs: dict[str, set[str]] = field(default_factory=dict)
     printer: Callable[[str], None] | None = print
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)
@@ -68,29 +78,50 @@ class Timeline:
     def __post_init__(self) -> None:
         self._changed = threading.Condition(self._lock)
 
-    def record(self, stage: str, detail: str = "") -> None:
+    def record(self, stage: str, detail: str = "", run_id: str | None = None) -> None:
+        """Record `stage` for the study (printed the first time) and, given `run_id`, for that
+        run; a TERMINAL stage without a run ends the whole study."""
         with self._changed:
+            if run_id is not None:
+                self.runs.setdefault(run_id, set()).add(stage)
+            else:
+                self.runs.setdefault(_STUDY, set()).add(stage)
+            self._changed.notify_all()
             if stage in self.events:
                 return
             self.events[stage] = time.monotonic() - self.started
             self.details[stage] = detail
-            self._changed.notify_all()
         if self.printer:
             text = DESCRIPTIONS.get(stage, stage)
             suffix = f"  ({detail})" if detail else ""
             self.printer(f"  {self.events[stage]:7.1f} s  {stage:<17} {text}{suffix}")
 
     def wait_for(self, stages: tuple[str, ...], timeout_s: float) -> bool:
-        """Block until every stage is recorded, or a TERMINAL one is, or the time is up;
-        True only when every stage was reached."""
+        """Block until every run of the study is over (delivered or TERMINAL) and every stage
+        is recorded, or the whole study ended, or the time is up; True only when every stage
+        was reached. One model rejecting the study does not end the wait for another."""
         deadline = time.monotonic() + timeout_s
         with self._changed:
-            while not all(s in self.events for s in stages) and not self.ended():
+            while not self._over(stages):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._changed.wait(remaining)
             return all(s in self.events for s in stages)
+
+    def _over(self, stages: tuple[str, ...]) -> bool:
+        if any(stage in TERMINAL for stage in self.runs.get(_STUDY, ())):
+            return True
+        runs = [reached for run_id, reached in self.runs.items() if run_id != _STUDY]
+        if not runs:
+            return all(s in self.events for s in stages)
+        return all(_run_end(reached) is not None for reached in runs)
+
+    def run_ends(self) -> dict[str, str]:
+        """How each run that is over ended: a TERMINAL stage, or its delivery stages."""
+        with self._lock:
+            ends = {run_id: _run_end(reached) for run_id, reached in self.runs.items()}
+        return {run_id: end for run_id, end in ends.items() if run_id != _STUDY and end}
 
     def ended(self) -> str | None:
         """The terminal stage recorded, if any (callers hold no lock: reads one dict)."""
@@ -104,3 +135,12 @@ class Timeline:
             rows.append((stage, at - previous))
             previous = at
         return rows
+
+
+def _run_end(reached: set[str]) -> str | None:
+    """How a run ended (a TERMINAL stage, or its delivery stages joined by '+'), or None."""
+    terminal = next((stage for stage in TERMINAL if stage in reached), None)
+    if terminal is not None:
+        return terminal
+    delivered = next((ends for ends in RUN_DELIVERED if ends <= reached), None)
+    return "+".join(sorted(delivered)) if delivered else None

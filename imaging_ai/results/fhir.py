@@ -30,6 +30,9 @@ from imaging_ai.results.uids import result_uid
 PSEUDO_PATIENT_SYSTEM: Final = "urn:imaging-ai:pseudo-patient-id"
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
 WEIGHTS_SYSTEM: Final = "urn:imaging-ai:weights-sha256"
+# One model run's algorithm: name, version and weights together, since two models (or two
+# versions of one) may ship identical weights and must still be two Devices.
+MODEL_DEVICE_SYSTEM: Final = "urn:imaging-ai:model-device"
 TRACKING_UID_SYSTEM: Final = "urn:imaging-ai:tracking-uid"
 # One measurement of one SR: a report re-sent by the edge finds its Observations again.
 SR_MEASUREMENT_SYSTEM: Final = "urn:imaging-ai:sr-measurement"
@@ -49,14 +52,19 @@ def identifier_search(system: str, value: str) -> str:
 
 
 # The identifier a conditional create finds a resource by when the edge sends the same report
-# again: a run's report and measurements by its SR, the algorithm by its weights. Patient and
-# ImagingStudy go by the hospital's own identifiers, which only the edge knows: it adds theirs
-# after re-identification.
+# again: a run's report and measurements by its SR, the algorithm by model name + version +
+# weights. Patient and ImagingStudy go by the hospital's own identifiers, which only the edge
+# knows: it adds theirs after re-identification.
 _CONDITIONAL_CREATE_SYSTEMS: Final = {
     "DiagnosticReport": DICOM_UID_SYSTEM,
     "Observation": SR_MEASUREMENT_SYSTEM,
-    "Device": WEIGHTS_SYSTEM,
+    "Device": MODEL_DEVICE_SYSTEM,
 }
+
+
+def model_device_identifier(card: ModelCard) -> str:
+    """The value under MODEL_DEVICE_SYSTEM naming one model version with its weights."""
+    return f"{card.name}/{card.version}/{card.weights_sha256}"
 
 
 def _request(resource: dict[str, Any]) -> dict[str, str]:
@@ -160,7 +168,10 @@ def build_bundle(
     organization = {"resourceType": "Organization", "active": True, "name": card.manufacturer}
     device = {
         "resourceType": "Device",
-        "identifier": [{"system": WEIGHTS_SYSTEM, "value": card.weights_sha256}],
+        "identifier": [
+            {"system": WEIGHTS_SYSTEM, "value": card.weights_sha256},
+            {"system": MODEL_DEVICE_SYSTEM, "value": model_device_identifier(card)},
+        ],
         "status": "active",
         "manufacturer": card.manufacturer,
         "deviceName": [{"name": card.name, "type": "model-name"}],

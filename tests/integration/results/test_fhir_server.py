@@ -12,6 +12,8 @@ import pytest
 import requests
 
 from imaging_ai.local.fhir_server import FhirServer, start_fhir_server
+from imaging_ai.model_card import ModelCard
+from imaging_ai.model_io import ModelOutputMeta
 from imaging_ai.results import build_results
 from tests.unit.results.sample import make_sample_run
 
@@ -151,3 +153,50 @@ def test_a_communication_is_created_and_found(fhir: FhirServer) -> None:
     assert response.headers["Location"].startswith(f"{fhir.base_url}/Communication/")
     (found,) = fhir.search("Communication", identifier="urn:imaging-ai:notice|run-critical-1")
     assert found["priority"] == "stat"
+
+
+def _made_by(output: ModelOutputMeta, card: ModelCard) -> ModelOutputMeta:
+    """The same findings as if `card`'s model had made them."""
+    return output.model_copy(
+        update={
+            "model_name": card.name,
+            "model_version": card.version,
+            "weights_sha256": card.weights_sha256,
+        }
+    )
+
+
+def test_models_sharing_weights_get_one_device_each_and_a_resent_report_reuses_it(
+    fhir: FhirServer, tmp_path: Path
+) -> None:
+    # Given two models that differ only by name and ship the very same weights
+    run = make_sample_run(tmp_path)
+    weights = "cd" * 32  # not the sample model's, which other tests here post
+    first = run.card.model_copy(update={"name": "same-weights-a", "weights_sha256": weights})
+    second = first.model_copy(update={"name": "same-weights-b"})
+    report_a, report_b = (
+        _reidentify(
+            build_results(run.headers, run.labels, _made_by(run.output, card), card, run_id).bundle,
+            "MRN-WEIGHTS-1",
+        )
+        for card, run_id in ((first, "run-weights-a"), (second, "run-weights-b"))
+    )
+    # When each model's report is posted, and the first one is sent again
+    for bundle in (report_a, report_b, report_a):
+        response = _post(fhir, bundle)
+        assert response.status_code == 200, response.text
+    # Then each model is its own Device, stored once,
+    found = fhir.search("Device", identifier=f"urn:imaging-ai:weights-sha256|{weights}")
+    assert sorted(device["deviceName"][0]["name"] for device in found) == [
+        "same-weights-a",
+        "same-weights-b",
+    ]
+    # and the second model's measurements name the second model, not the first
+    report_uid = next(
+        e["resource"]["identifier"][0]["value"]
+        for e in report_b["entry"]
+        if e["resource"]["resourceType"] == "DiagnosticReport"
+    )
+    (stored,) = fhir.search("DiagnosticReport", identifier=f"urn:dicom:uid|{report_uid}")
+    devices = {fhir.read(r["reference"])["device"]["reference"] for r in stored["result"]}
+    assert [fhir.read(d)["deviceName"][0]["name"] for d in devices] == ["same-weights-b"]
