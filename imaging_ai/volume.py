@@ -261,8 +261,13 @@ def build_volume(
         slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
         target = voxels[k]
-        np.multiply(stored, slope, out=target, casting="unsafe")
-        target += intercept
+        if slope == 1.0:
+            # One pass instead of two (CT stores slope 1): int16 -> float32 is exact, and
+            # the sum is the same float32 addition the second pass did.
+            np.add(stored, np.float32(intercept), out=target, casting="unsafe")
+        else:
+            np.multiply(stored, slope, out=target, casting="unsafe")
+            target += intercept
         del stored
         if "PixelData" in ds:
             del ds.PixelData
@@ -348,9 +353,13 @@ def resample_normalize(
 
     output = np.empty(grid.shape, dtype=np.float32)
     for k in range(depth):
-        plane = voxels[slice_lo[k]] * (1.0 - slice_w[k])
         if slice_w[k] > 0.0:
+            plane = voxels[slice_lo[k]] * (1.0 - slice_w[k])
             plane += voxels[slice_hi[k]] * slice_w[k]
+        else:
+            # On a source slice (every slice when the model keeps the slice spacing): x * 1.0
+            # is x, so read the slice itself; it is never written, only gathered or clipped out.
+            plane = voxels[slice_lo[k]]
         if not same_rows:
             upper = plane[row_hi]
             plane = plane[row_lo]
@@ -359,10 +368,10 @@ def resample_normalize(
             upper = plane[:, col_hi]
             plane = plane[:, col_lo]
             plane += (upper - plane) * col_w_row
-        np.clip(plane, low, high, out=plane)
-        plane -= low
-        plane *= scale
-        output[k] = plane
+        target = output[k]
+        np.clip(plane, low, high, out=target)
+        target -= low
+        target *= scale
     return output, grid
 
 

@@ -281,7 +281,8 @@ class PreprocessService:
                 except GeometryError as error:
                     skip = Skip(series.pseudo_series_uid, SkipReason.GEOMETRY, str(error))
                 else:
-                    skip = screen_volume(series.pseudo_series_uid, volume, use)
+                    with steps.step("screen_volume"):
+                        skip = screen_volume(series.pseudo_series_uid, volume, use)
             del datasets
             if skip is None:
                 chosen = (series, volume)

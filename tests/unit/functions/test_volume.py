@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+from scipy import ndimage
 
 from imaging_ai.model_io import pack_model_input
 from imaging_ai.synthetic import FakePatient, Phantom, iter_ct_slices, make_chest_phantom
@@ -125,6 +126,42 @@ def test_resampling_keeps_the_first_voxel_and_covers_the_source_extent(phantom: 
     assert grid.origin_mm == volume.geometry.origin_mm
     assert grid.shape == (7, 36, 36)  # floor((n - 1) * source / target) + 1
     assert image[0, 0, 0] == pytest.approx((volume.voxels[0, 0, 0] + 1e4) / 2e4, abs=1e-6)
+
+
+@pytest.mark.parametrize("spacing_mm", [(2.5, 2.0, 2.0), (4.0, 1.0, 2.0), (2.5, 1.5, 1.5)])
+def test_resampling_is_trilinear_interpolation_as_scipy_computes_it(
+    phantom: Phantom, spacing_mm: tuple[float, float, float]
+) -> None:
+    """Given a volume, when it is resampled keeping or changing the slice spacing, then every
+    voxel is scipy's trilinear interpolation (float64) of the source, windowed: the fast
+    paths (a source slice read without a copy) change no value beyond float32 rounding."""
+    volume = build_volume(_slices(phantom))
+    image, grid = resample_normalize(volume.voxels, volume.geometry, spacing_mm, (-1000.0, 400.0))
+    axes = [
+        np.arange(n) * target / source
+        for n, target, source in zip(
+            grid.shape, spacing_mm, volume.geometry.spacing_mm, strict=True
+        )
+    ]
+    points = np.meshgrid(*axes, indexing="ij")
+    reference = ndimage.map_coordinates(volume.voxels.astype(np.float64), points, order=1)
+    expected = (np.clip(reference, -1000.0, 400.0) + 1000.0) / 1400.0
+    np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("slope", "intercept"), [(1.0, -1024.0), (2.5, -1024.0), (1.0, 0.0)])
+def test_rescale_gives_stored_times_slope_plus_intercept(
+    phantom: Phantom, slope: float, intercept: float
+) -> None:
+    """Given slices with a rescale slope and intercept, the volume holds stored * slope +
+    intercept as float32, whichever path (one pass for slope 1) computed it."""
+    slices = _slices(phantom)
+    for ds in slices:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    volume = build_volume(slices)
+    stored = np.stack([np.asarray(ds.pixel_array) for ds in _slices(phantom)])
+    expected = (stored.astype(np.float64) * slope).astype(np.float32) + np.float32(intercept)
+    assert np.array_equal(volume.voxels, expected)
 
 
 def test_preprocess_memory_stays_within_three_times_the_volume() -> None:
