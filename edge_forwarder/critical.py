@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from edge_forwarder.peers import Ehr
 from edge_forwarder.transport.errors import PermanentError
 
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
@@ -103,7 +104,7 @@ class EhrCommunication:
     """The EHR as the notifier: the Communication in a one-entry transaction Bundle, through
     the same client (and OAuth token) the reports go with."""
 
-    ehr: Any  # delivery.Ehr: post_transaction(bundle)
+    ehr: Ehr
 
     @property
     def destination(self) -> str:

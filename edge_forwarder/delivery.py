@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
 
 from edge_forwarder.critical import CriticalNotifier, EhrCommunication, communication
 from edge_forwarder.critical import critical_findings as find_critical
 from edge_forwarder.observability import Telemetry, log_event
+from edge_forwarder.peers import Ehr, Hl7, Pacs
 from edge_forwarder.result_objects import (
     DEFAULT_PACS_OBJECTS,
     FILE_NAMES,
@@ -51,26 +51,6 @@ HL7_NAK_NAME = "hl7-nak.txt"
 MAIN_PACS = "pacs"
 # Timeline note of one PACS destination served: a retried PACS delivery skips it.
 PACS_DESTINATION_DONE = "pacs_destination_delivered"
-
-
-class Pacs(Protocol):
-    """The hospital PACS (`transport.pacs.PacsPeer`)."""
-
-    @property
-    def ae_title(self) -> str: ...
-    def store(self, objects: list[bytes]) -> list[int]: ...
-
-
-class Hl7(Protocol):
-    """The HL7 v2 interface engine (`transport.hl7.MllpPeer`)."""
-
-    def send(self, message: str, control_id: str) -> object: ...
-
-
-class Ehr(Protocol):
-    """The hospital EHR's FHIR endpoint (`transport.ehr.EhrClient`)."""
-
-    def post_transaction(self, bundle: dict[str, Any]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
