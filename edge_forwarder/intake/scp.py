@@ -234,7 +234,11 @@ class Intake:
             server.pdu_timeout_s = s.network_timeout_s
             server.handshake_timeout_s = s.acse_timeout_s
 
-        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
         self._server = start_intake_server(self._ae, (s.host, s.port), handlers, configure)
         log.info(
             "intake_listening",
@@ -259,6 +263,11 @@ class Intake:
 
     def _on_echo(self, event: Any) -> int:
         return STATUS_SUCCESS
+
+    def _on_aborted(self, event: Any) -> None:
+        # A sender that gives up (its DIMSE timeout, a dropped link) says so only on its own
+        # side: the site needs our record of it too. What was acknowledged before is kept.
+        log.warning("association_aborted", name=getattr(event.assoc.acse, "sender", None))
 
     def _on_store(self, event: Any) -> int:
         # A handler that raises makes pynetdicom answer a generic failure; we answer the

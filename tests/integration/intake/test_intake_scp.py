@@ -13,6 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
+from pynetdicom import AE
 
 from edge_forwarder.intake import CompletedStudy, ExpectedSeriesRule, Intake, RoutingRule
 from edge_forwarder.intake.settings import SenderRule
@@ -236,6 +237,42 @@ def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
     assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
     logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
     assert study.study_uid not in logged
+
+
+def test_an_association_the_sender_aborts_is_logged_and_keeps_what_was_acknowledged(
+    start_intake: Callable[..., Intake], study: SpooledStudy
+) -> None:
+    # Given the intake logging at INFO, and a sender that stores one instance, then aborts
+    intake = start_intake()
+    intake_log, records = logging.getLogger("edge_forwarder.intake"), _Records()
+    saved_level = intake_log.level
+    intake_log.setLevel(logging.INFO)
+    intake_log.addHandler(records)
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(str(pydicom.dcmread(study.paths[0]).SOPClassUID))
+        assoc = ae.associate("127.0.0.1", intake.port, ae_title="EDGE_FWD")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(study.paths[0]).Status) == 0
+        assoc.abort()
+        # When the intake has handled the abort (its own thread: wait for the record)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _messages(records, "association_aborted"):
+            time.sleep(0.05)
+    finally:
+        intake_log.removeHandler(records)
+        intake_log.setLevel(saved_level)
+    # Then the abort is on the site's record, naming the sender's rule and no PHI
+    assert _messages(records, "association_aborted") == [{"name": "modality"}]
+    logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
+    assert study.study_uid not in logged
+    # ... and the instance acknowledged before it is still on the edge
+    [done] = _after_quiet_time(intake)
+    assert _instance_count(done) == 1
+
+
+def _messages(records: _Records, message: str) -> list[dict[str, object]]:
+    return [getattr(r, "fields", {}) for r in records.records if r.getMessage() == message]
 
 
 def test_a_restart_sweeps_files_no_journal_row_names(
