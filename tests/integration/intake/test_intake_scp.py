@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
@@ -214,29 +215,41 @@ class _Records(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
+    def fields_of(self, message: str) -> list[dict[str, object]]:
+        return [getattr(r, "fields", {}) for r in self.records if r.getMessage() == message]
+
+    def everything(self) -> str:
+        return repr([(r.getMessage(), getattr(r, "fields", {})) for r in self.records])
+
+
+@contextlib.contextmanager
+def _intake_log_records() -> Iterator[_Records]:
+    """What the intake logs at INFO while the block runs."""
+    intake_log, records = logging.getLogger("edge_forwarder.intake"), _Records()
+    saved_level = intake_log.level
+    intake_log.setLevel(logging.INFO)
+    intake_log.addHandler(records)
+    try:
+        yield records
+    finally:
+        intake_log.removeHandler(records)
+        intake_log.setLevel(saved_level)
+
 
 def test_received_is_logged_once_per_study_when_its_first_instance_is_stored(
     start_intake: Callable[..., Intake], study: SpooledStudy
 ) -> None:
     # Given the intake logging at INFO
     intake = start_intake()
-    intake_log, records = logging.getLogger("edge_forwarder.intake"), _Records()
-    saved_level = intake_log.level
-    intake_log.setLevel(logging.INFO)
-    intake_log.addHandler(records)
-    try:
+    with _intake_log_records() as records:
         # When a study arrives over two associations, one instance sent twice
         assert set(send(intake.port, study.paths[:1])) == {0}
         assert set(send(intake.port, study.paths)) == {0}
-    finally:
-        intake_log.removeHandler(records)
-        intake_log.setLevel(saved_level)
     # Then `received` is logged once, with the opaque study key and no PHI
-    received = [getattr(r, "fields", {}) for r in records.records if r.getMessage() == "received"]
     [done] = _after_quiet_time(intake)
-    assert received == [{"stage": "received", "study_key": done.study_key, "count": 1}]
-    logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
-    assert study.study_uid not in logged
+    expected = [{"stage": "received", "study_key": done.study_key, "count": 1}]
+    assert records.fields_of("received") == expected
+    assert study.study_uid not in records.everything()
 
 
 def test_an_association_the_sender_aborts_is_logged_and_keeps_what_was_acknowledged(
@@ -244,11 +257,7 @@ def test_an_association_the_sender_aborts_is_logged_and_keeps_what_was_acknowled
 ) -> None:
     # Given the intake logging at INFO, and a sender that stores one instance, then aborts
     intake = start_intake()
-    intake_log, records = logging.getLogger("edge_forwarder.intake"), _Records()
-    saved_level = intake_log.level
-    intake_log.setLevel(logging.INFO)
-    intake_log.addHandler(records)
-    try:
+    with _intake_log_records() as records:
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(str(pydicom.dcmread(study.paths[0]).SOPClassUID))
         assoc = ae.associate("127.0.0.1", intake.port, ae_title="EDGE_FWD")
@@ -257,22 +266,14 @@ def test_an_association_the_sender_aborts_is_logged_and_keeps_what_was_acknowled
         assoc.abort()
         # When the intake has handled the abort (its own thread: wait for the record)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _messages(records, "association_aborted"):
+        while time.monotonic() < deadline and not records.fields_of("association_aborted"):
             time.sleep(0.05)
-    finally:
-        intake_log.removeHandler(records)
-        intake_log.setLevel(saved_level)
     # Then the abort is on the site's record, naming the sender's rule and no PHI
-    assert _messages(records, "association_aborted") == [{"name": "modality"}]
-    logged = repr([(r.getMessage(), getattr(r, "fields", {})) for r in records.records])
-    assert study.study_uid not in logged
+    assert records.fields_of("association_aborted") == [{"name": "modality"}]
+    assert study.study_uid not in records.everything()
     # ... and the instance acknowledged before it is still on the edge
     [done] = _after_quiet_time(intake)
     assert _instance_count(done) == 1
-
-
-def _messages(records: _Records, message: str) -> list[dict[str, object]]:
-    return [getattr(r, "fields", {}) for r in records.records if r.getMessage() == message]
 
 
 def test_a_restart_sweeps_files_no_journal_row_names(
