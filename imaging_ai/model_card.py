@@ -135,7 +135,7 @@ class ModelCard(BaseModel):
     intended_use: IntendedUse = IntendedUse()
     measurements: list[str] = Field(default_factory=lambda: ["volume_mm3", "longest_diameter_mm"])
     # Findings reported per run, largest first: a noisy model's dozens of components would
-    # push the FHIR transaction past what EHR servers accept (FHIR Works refuses > 100 entries).
+    # push the FHIR transaction past what EHR servers accept (100 entries is a common limit).
     max_findings: int = Field(default=20, ge=1)
     not_for_clinical_use: bool = True
     manufacturer: str = "imaging-ai-pipeline project"
