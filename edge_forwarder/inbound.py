@@ -194,9 +194,8 @@ class Inbound:
     def _keep_shadow(self, run: RunRow, folder: Path) -> None:
         """A shadow-mode model's results stay in the delivery folder: no PACS, EHR or HL7."""
         self.journal.advance(run.run_id, EdgeStage.SHADOW_STORED, detail=run.model_name)
-        log_event(
+        log_stage(
             EdgeStage.SHADOW_STORED,
-            stage=EdgeStage.SHADOW_STORED,
             run_id=run.run_id,
             pseudo_study_uid=run.pseudo_study_uid,
             name=run.model_name,
