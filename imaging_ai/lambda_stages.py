@@ -45,6 +45,7 @@ class LambdaStage:
     reads_manifests: bool = False
     stat_headroom: int = 0  # > 0: a STAT queue of its own, and this many instances kept for it
     schedule_minutes: int = 0
+    writes_state: bool = True  # False: reads the state table only, no data key, no bucket
 
     @property
     def handler(self) -> str:

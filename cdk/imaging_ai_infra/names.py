@@ -96,6 +96,7 @@ class LambdaStageEntry(TypedDict, total=False):
     reads_manifests: bool
     stat_headroom: int  # > 0: a STAT queue, and this many reserved instances kept for it
     schedule_minutes: int
+    writes_state: bool  # absent: True
 
 
 def lambda_stages(trigger: str | None = None) -> list[LambdaStageEntry]:

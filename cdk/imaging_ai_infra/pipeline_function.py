@@ -150,19 +150,21 @@ class PipelineFunction(Construct):
             vpc_subnets=network.isolated_subnets,
             security_groups=[self.security_group],
         )
-        acknowledge(
-            self.function,
-            "SQS invokes this function through an event-source mapping (synchronous poll);"
-            " a Lambda async DLQ would never receive anything. Failed messages go to the source"
-            " queue's redrive DLQ, which the failure function turns into a FAILED state.",
-            "HIPAA.Security-LambdaDLQ",
-        )
-        checkov_skip(
-            self.function,
-            "SQS invokes this function through an event-source mapping; an async-invocation DLQ"
-            " would never receive anything. The source queue's redrive DLQ catches failures.",
-            "CKV_AWS_116",
-        )
+        if self.stage["trigger"] == "schedule":
+            no_function_dlq = (
+                "EventBridge invokes this function on a schedule: its rule target has an"
+                " encrypted DLQ and a retry policy; a failed pass raises the function-errors"
+                " alarm and the next scheduled pass redoes it (it keeps no state of its own)."
+            )
+        else:
+            no_function_dlq = (
+                "SQS invokes this function through an event-source mapping (synchronous poll);"
+                " a Lambda async DLQ would never receive anything. Failed messages go to the"
+                " source queue's redrive DLQ, which the failure function turns into a FAILED"
+                " state."
+            )
+        acknowledge(self.function, no_function_dlq, "HIPAA.Security-LambdaDLQ")
+        checkov_skip(self.function, no_function_dlq, "CKV_AWS_116")
         acknowledge(
             self.function,
             "The Lambda runtime is pinned to Python 3.12, the runtime the functions' contract and"
@@ -172,8 +174,9 @@ class PipelineFunction(Construct):
 
     def grant_stage_data(self, endpoint_names: list[str] | None = None) -> None:
         """What the table says the stage reads and writes in the data bucket and whether it
-        invokes the endpoints (`endpoint_names`: one per model), plus what every stage needs:
-        the data key and the state table."""
+        invokes the endpoints (`endpoint_names`: one per model), plus the state table: read and
+        written with the data key, or (`writes_state = false`) only read, the key only to
+        decrypt it."""
         fn, bucket = self.function, self.platform.data_bucket
         for prefix in self.stage.get("reads", []):
             bucket.grant_read(fn, f"{prefix}*")
@@ -186,8 +189,12 @@ class PipelineFunction(Construct):
                     resources=[bucket.arn_for_objects(pattern) for pattern in MANIFESTS],
                 )
             )
-        self.platform.data_key.grant_encrypt_decrypt(fn)
-        self.platform.state_table.grant_read_write_data(fn)
+        if self._encrypts:
+            self.platform.data_key.grant_encrypt_decrypt(fn)
+        if self.stage.get("writes_state", True):
+            self.platform.state_table.grant_read_write_data(fn)
+        else:
+            self.platform.state_table.grant_read_data(fn)  # with kms:Decrypt on its key
         if self.stage.get("invokes_endpoint"):
             if not endpoint_names:
                 raise ValueError(f"{self.stage['name']} invokes the endpoints: name them")
@@ -202,6 +209,14 @@ class PipelineFunction(Construct):
                     ],
                 )
             )
+
+    @property
+    def _encrypts(self) -> bool:
+        """Whether the stage uses the data key beyond reading the state table: it touches the
+        data bucket's envelopes or writes state."""
+        stage = self.stage
+        touches_bucket = stage.get("reads") or stage.get("writes") or stage.get("reads_manifests")
+        return bool(touches_bucket) or stage.get("writes_state", True)
 
     def consume(self, *queues: sqs.IQueue, max_concurrency: int | None = None) -> None:
         """Lambda's event source mapping from each queue, in the table's batch size;
@@ -225,7 +240,7 @@ class PipelineFunction(Construct):
         actions = (
             (GRANT_READ_ACTIONS if reads else ())
             + (GRANT_PUT_ACTIONS if writes else ())
-            + GRANT_KEY_ACTIONS
+            + (GRANT_KEY_ACTIONS if self._encrypts else ())
         )
         bucket_resources = bucket_prefix_resources(
             bucket, [*reads, *writes]

@@ -11,8 +11,10 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from imaging_ai_infra.nag import acknowledge
 from imaging_ai_infra.names import (
     METRIC_DRIFT_DETECTED,
     METRIC_DRIFT_SCORE,
@@ -20,9 +22,15 @@ from imaging_ai_infra.names import (
     METRIC_TURNAROUND_SECONDS,
     METRICS_NAMESPACE,
     lambda_stages,
+    resource_prefix,
 )
 from imaging_ai_infra.pipeline_function import PipelineFunction
+from imaging_ai_infra.pipeline_function import construct_id as function_id
 from imaging_ai_infra.platform import Platform
+from imaging_ai_infra.queues import dead_letter_queue
+
+# Attempts after the first failed delivery (EventBridge) or failed pass (Lambda).
+SCHEDULE_RETRY_ATTEMPTS = 2
 
 
 def _search(metric_name: str, dimensions: tuple[str, ...], statistic: str, period: Duration,
@@ -45,6 +53,8 @@ class QualityMonitoring(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, platform: Platform) -> None:
         super().__init__(scope, construct_id)
         self.functions: dict[str, PipelineFunction] = {}
+        # Stage name -> the DLQ of its schedule's target.
+        self.dead_letter_queues: dict[str, sqs.Queue] = {}
         for entry in lambda_stages("schedule"):
             name = entry["name"]
             function = PipelineFunction(
@@ -52,13 +62,42 @@ class QualityMonitoring(Construct):
             )
             function.grant_stage_data()
             function.acknowledge_grants()
+            period = Duration.minutes(entry["schedule_minutes"])
+            # Invocations EventBridge could not deliver (throttled, refused) after its retries;
+            # the DLQ-depth alarm watches it, the failure function does not (no run in it).
+            self.dead_letter_queues[name] = dead_letter_queue(
+                self,
+                f"{function_id(name)}ScheduleDlq",
+                config=platform.config,
+                key=platform.data_key,
+                queue_name=f"{resource_prefix(platform.config.stage)}-{name}-schedule-dlq",
+            )
+            acknowledge(
+                self.dead_letter_queues[name],
+                "This queue is the dead-letter queue of the schedule's EventBridge target (rules"
+                " name a DLQ on the target, not through an SQS redrive policy, which is all this"
+                " rule sees); its depth alarm is the end of the line.",
+                "AwsSolutions-SQS3",
+            )
             events.Rule(
                 self,
                 f"{name.title()}Schedule",
                 description=f"Runs {name} every {entry['schedule_minutes']} minutes; a missed run"
                 " is covered by the next one",
-                schedule=events.Schedule.rate(Duration.minutes(entry["schedule_minutes"])),
-                targets=[targets.LambdaFunction(function.function, retry_attempts=2)],
+                schedule=events.Schedule.rate(period),
+                targets=[
+                    targets.LambdaFunction(
+                        function.function,
+                        dead_letter_queue=self.dead_letter_queues[name],
+                        # Retried within one period: an older event is the next run's job.
+                        retry_attempts=SCHEDULE_RETRY_ATTEMPTS,
+                        max_event_age=period,
+                    )
+                ],
+            )
+            # Lambda's own retries of a failed pass, bounded the same way.
+            function.function.configure_async_invoke(
+                retry_attempts=SCHEDULE_RETRY_ATTEMPTS, max_event_age=period
             )
             self.functions[name] = function
         service, name = METRIC_DRIFT_DETECTED

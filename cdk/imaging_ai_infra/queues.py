@@ -29,17 +29,8 @@ class QueueWithDlq(Construct):
         visibility_timeout: Duration,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.dlq = sqs.Queue(
-            self,
-            "Dlq",
-            queue_name=f"{queue_name}-dlq",
-            encryption=sqs.QueueEncryption.KMS,
-            encryption_master_key=key,
-            data_key_reuse=Duration.hours(1),
-            enforce_ssl=True,
-            retention_period=config.dlq_retention,
-            visibility_timeout=DLQ_VISIBILITY_TIMEOUT,
-            removal_policy=config.removal_policy,
+        self.dlq = dead_letter_queue(
+            self, "Dlq", config=config, key=key, queue_name=f"{queue_name}-dlq"
         )
         self.queue = sqs.Queue(
             self,
@@ -56,3 +47,22 @@ class QueueWithDlq(Construct):
             ),
             removal_policy=config.removal_policy,
         )
+
+
+def dead_letter_queue(
+    scope: Construct, construct_id: str, *, config: StageConfig, key: kms.IKey, queue_name: str
+) -> sqs.Queue:
+    """A dead-letter queue as every one of the stack's: KMS-encrypted, TLS-only, kept for the
+    stage's DLQ retention."""
+    return sqs.Queue(
+        scope,
+        construct_id,
+        queue_name=queue_name,
+        encryption=sqs.QueueEncryption.KMS,
+        encryption_master_key=key,
+        data_key_reuse=Duration.hours(1),
+        enforce_ssl=True,
+        retention_period=config.dlq_retention,
+        visibility_timeout=DLQ_VISIBILITY_TIMEOUT,
+        removal_policy=config.removal_policy,
+    )

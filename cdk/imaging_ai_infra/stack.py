@@ -68,6 +68,7 @@ class ImagingAiStage(Stack):
                 **{name: q.dlq for name, q in stage_queues.items()},
                 **{f"{name}-stat": q.dlq for name, q in ingest.stat_queues.items()},
                 **{f"results-{site}": q.dlq for site, q in results.site_queues.items()},
+                **{f"{name}-schedule": dlq for name, dlq in quality.dead_letter_queues.items()},
             },
             functions={name: function.function for name, function in functions.items()},
             timeouts={name: stage_timeout(name) for name in functions},

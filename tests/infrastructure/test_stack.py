@@ -492,6 +492,57 @@ def test_drift_is_checked_hourly_alarms_and_touches_no_study_object(dev: Synthes
                 actions.update(_as_list(statement["Action"]))
     assert {"dynamodb:Scan", "dynamodb:GetItem"} <= actions
     assert not [a for a in actions if a.startswith(("s3:", "sqs:", "sagemaker:"))]
+    # and it only reads the state table: no write, and the data key only to decrypt it
+    writes = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Batch")
+    assert not [a for a in actions if a.startswith(writes) and a != "dynamodb:BatchGetItem"]
+    assert not [
+        a for a in actions if a.startswith(("kms:Encrypt", "kms:GenerateDataKey", "kms:Re"))
+    ]
+    assert "kms:Decrypt" in actions
+
+
+def test_drift_schedule_dead_letters_to_an_encrypted_queue_after_bounded_retries(
+    dev: Synthesized,
+) -> None:
+    logical_id, _ = _function(dev, "drift")
+    (rule,) = [
+        r["Properties"]
+        for r in dev.resources("AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    (target,) = rule["Targets"]
+    # Then a delivery EventBridge gives up on lands in a queue, after bounded retries within
+    # one period (an older event is the next scheduled run's job)
+    assert target["RetryPolicy"] == {"MaximumRetryAttempts": 2, "MaximumEventAgeInSeconds": 3600}
+    dlq_id = target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+    dlq = dev.template["Resources"][dlq_id]["Properties"]
+    # ... encrypted with the data key, as every other DLQ, and TLS-only
+    assert "DataKey" in json.dumps(dlq["KmsMasterKeyId"])
+    (queue_policy,) = [
+        p["Properties"]
+        for p in dev.resources("AWS::SQS::QueuePolicy").values()
+        if {"Ref": dlq_id} in p["Properties"]["Queues"]
+    ]
+    statements = queue_policy["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+        for s in statements
+    )
+    # ... only this rule may send to it
+    (send,) = [s for s in statements if s["Effect"] == "Allow"]
+    assert send["Principal"] == {"Service": "events.amazonaws.com"}
+    assert "aws:SourceArn" in json.dumps(send["Condition"])
+    # ... and the operators hear of it: a DLQ-depth alarm on that queue
+    assert any(
+        a["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        and dlq_id in json.dumps(a["Properties"]["Dimensions"])
+        for a in dev.resources("AWS::CloudWatch::Alarm").values()
+    )
+    # And Lambda's own retries of a failed pass are bounded the same way
+    (invoke_config,) = dev.resources("AWS::Lambda::EventInvokeConfig").values()
+    assert invoke_config["Properties"]["MaximumRetryAttempts"] == 2
+    assert invoke_config["Properties"]["MaximumEventAgeInSeconds"] == 3600
+    assert logical_id in json.dumps(invoke_config["Properties"]["FunctionName"])
 
 
 def test_dashboard_shows_the_value_report_and_drift(dev: Synthesized) -> None:

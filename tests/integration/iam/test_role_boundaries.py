@@ -3,11 +3,14 @@ outside its own queues. One stack serves every probe here (they change nothing).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from functions.drift.service import DriftService
 from imaging_ai.aws import acting_as, client
+from imaging_ai.state import RunStateStore
 from tests.cloud_contract import role_specs, site_role
 from tests.integration.iam.conftest import IamStack
 
@@ -91,3 +94,17 @@ def test_a_function_cannot_consume_another_functions_queue(
     # When it tries to receive from that queue, Then it is refused
     with acting_as(iam_probe.function(function)), iam_probe.denied("sqs:ReceiveMessage"):
         client("sqs").receive_message(QueueUrl=queue_url)
+
+
+def test_the_drift_check_reads_the_state_table_as_its_role_and_cannot_write_it(
+    iam_probe: IamStack,
+) -> None:
+    # Given the drift function's role (the schedule's; it only compares runs with baselines)
+    with acting_as(iam_probe.function("drift")):
+        store = RunStateStore(client("dynamodb"), iam_probe.resources.state_table)
+        # When it runs its pass and reads a baseline, Then both reads are allowed
+        assert DriftService(store, window_days=7).check(datetime.now(UTC)) == []
+        assert store.baseline(SITE, "lung-nodule-demo") is None
+        # But writing a baseline (the operator's CLI does that) is refused
+        with iam_probe.denied("dynamodb:PutItem"):
+            store.put_baseline(SITE, "lung-nodule-demo", "{}")
