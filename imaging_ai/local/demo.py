@@ -116,9 +116,11 @@ def collect_summary(
         failures=pipeline.failures,
         peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
         step_seconds=function_steps(pipeline.work_dir / "logs"),
+        # The runs of the studies this pipeline follows (all of a demo's; one test's own).
         edge_runs=[
             EdgeRun(str(r["run_id"]), str(r["model"]), bool(r["shadow"]), str(r["stage"]))
             for r in pipeline.edge_status()
+            if r["pseudo_study_uid"] in pipeline.pseudo_study_uids
         ],
         edge_deliveries=str(pipeline.edge_state_dir / "deliveries"),
     )

@@ -385,6 +385,15 @@ class LocalPipeline:
         self._processes.append(process)
         self._spawn("edge-log-follower", self._follow_edge_log, process.log_path)
 
+    def follow_new_study(self) -> None:
+        """Follow the next study sent from scratch: a fresh timeline, and none of the previous
+        study's pseudo study UIDs or failures (a pipeline kept running for several studies, one
+        after another: each waits for and reports only its own)."""
+        self.timeline = Timeline(printer=self.printer)
+        # Replaced, not cleared: the watcher threads iterate over copies of the old ones.
+        self.pseudo_study_uids = set()
+        self.failures = []
+
     def send_study(self, folder: Path) -> None:
         """C-STORE every file of `folder` to the forwarder with DCMTK storescu, as a modality."""
         storescu = dcmtk_tool("storescu")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
@@ -15,30 +14,28 @@ from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D, DemoSummary
 from imaging_ai.local.runtime import LocalModel, LocalPipeline
 from imaging_ai.model_registry import DEMO_MODEL_DIR
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.e2e.conftest import DeliveredStudy
 from tests.model_support import SHADOW_MODEL, renamed_demo_model
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-# Two backends: moto enforcing the CDK template's IAM policies (every part as its role), and
-# LocalStack as a host process (DynamoDB on moto: docs/local-backends.md says why).
-BACKENDS = ["moto-iam", "localstack"]
+# Two backends: moto enforcing the CDK template's IAM policies (every part as its role: the
+# e2e tier's shared pipeline, tests/e2e/conftest.py), and LocalStack as a host process
+# (DynamoDB on moto: docs/local-backends.md says why).
+BACKENDS = [
+    pytest.param("iam_chest_study", id="moto-iam"),
+    pytest.param("localstack_chest_study", id="localstack"),
+]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def delivered(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    contract_template: dict[str, Any],
-) -> Iterator[tuple[DemoSummary, SyntheticStudy]]:
-    # Lambda handlers cache their settings and clients per process, as in Lambda; the
-    # pipeline points them at its own moto server, so earlier tests' caches must go.
+@pytest.fixture(scope="module")
+def localstack_chest_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeliveredStudy]:
+    """The same chest CT through a pipeline of its own on LocalStack."""
     from functions.common import bootstrap
 
     bootstrap.reset()
     work_dir = tmp_path_factory.mktemp("e2e")
-    # Given a small chest CT (same generator as the demo) carrying fake PHI; the field of
-    # view covers the whole body, as the demo model was trained (a cropped body adds FPs)
     study = write_ct_study(
         work_dir / "study",
         seed=424242,
@@ -46,9 +43,6 @@ def delivered(
         spacing_mm=(2.0, 1.4, 1.4),
         nodule_count=2,
     )
-    from tests.cloud_contract import role_specs
-
-    iam = request.param == "moto-iam"
     # ... and two models deployed for chest CT: the demo model live, a second in shadow mode
     shadow = renamed_demo_model(work_dir / "registry")
     pipeline = LocalPipeline(
@@ -56,20 +50,25 @@ def delivered(
         models=(LocalModel(DEMO_MODEL_DIR), LocalModel(shadow.model_dir, shadow=True)),
         quiet_seconds=2.0,
         printer=None,
-        backend="moto" if iam else "localstack",
-        iam_policies=(lambda resources: role_specs(contract_template, resources)) if iam else None,
+        backend="localstack",
     )
     with pipeline:
-        # When a modality sends it to the edge forwarder by C-STORE
         started = time.monotonic()
         pipeline.send_study(work_dir / "study")
         ok = pipeline.wait_until_delivered(timeout_s=240)
         summary = collect_summary(pipeline, study, ok, started)
-        denials = pipeline.iam_denials()
-    # Then (IAM mode) no part needed a permission its CDK role does not grant
-    assert denials == [], denials
+        pseudo_study_uids = frozenset(pipeline.pseudo_study_uids)
     bootstrap.reset()
-    yield summary, study
+    yield DeliveredStudy(study, summary, pseudo_study_uids)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def delivered(request: pytest.FixtureRequest) -> tuple[DemoSummary, SyntheticStudy]:
+    # Given a small chest CT (same generator as the demo) carrying fake PHI, sent by a modality
+    # by C-STORE to the edge forwarder, with two models deployed for chest CT: the demo model
+    # live, a second in shadow mode
+    chest: DeliveredStudy = request.getfixturevalue(request.param)
+    return chest.summary, chest.study
 
 
 def test_results_reach_pacs_and_ehr(delivered: tuple[DemoSummary, SyntheticStudy]) -> None:

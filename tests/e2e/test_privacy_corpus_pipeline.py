@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D, phi_to_sear
 from imaging_ai.local.privacy import PrivacyReport, audit_bucket, audit_table
 from imaging_ai.local.runtime import FORWARDER_AE_TITLE, MODALITY_AE_TITLE, LocalPipeline
 from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from tests.e2e.conftest import own_patient
 from tests.privacy_corpus import PLANTED, plant
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -70,54 +70,55 @@ def _search(haystack: bytes, needles: dict[str, str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def audit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audit]:
-    from functions.common import bootstrap
-
-    bootstrap.reset()
+def audit(iam_pipeline: LocalPipeline, tmp_path_factory: pytest.TempPathFactory) -> Audit:
     work_dir = tmp_path_factory.mktemp("privacy-e2e")
     # Given a small chest CT within the demo model's intended use (model.json: at least 100 mm
-    # along the slices, pixels of 1.5 mm at most, lungs in the image)
+    # along the slices, pixels of 1.5 mm at most, lungs in the image), of a patient of its own
     study = write_ct_study(
         work_dir / "study", seed=515151, shape=(44, 224, 224), spacing_mm=(2.5, 1.5, 1.5),
-        nodule_count=1,
+        nodule_count=1, patient=own_patient("MRN-E2E-PRIVACY"),
     )  # fmt: skip
-    with LocalPipeline(work_dir=work_dir, quiet_seconds=2.0, printer=None) as pipeline:
-        assert pipeline.resources and pipeline.pacs and pipeline.ehr
-        # When a modality sends it with the privacy corpus planted in every instance
-        _send(pipeline.forwarder_port, work_dir / "study")
-        delivered = pipeline.wait_until_delivered(timeout_s=300)
-        time.sleep(1.0)  # the last audit rows and state writes follow the delivery event
-        resources = pipeline.resources
-        cloud_needles = {**PLANTED, **phi_to_search(study)}
-        result = Audit(
-            delivered=delivered,
-            failures=pipeline.failures,
-            study=study,
-            cloud=audit_bucket(resources.data_bucket, resources.kms_key_arn, cloud_needles),
-            state=audit_table(resources.state_table, cloud_needles),
+    # ... and the e2e tier's shared pipeline, every part as its CDK role
+    pipeline = iam_pipeline
+    assert pipeline.resources and pipeline.pacs and pipeline.ehr
+    pipeline.follow_new_study()
+    log_start = (pipeline.work_dir / "logs" / "edge-forwarder.log").stat().st_size
+    # When a modality sends it with the privacy corpus planted in every instance
+    _send(pipeline.forwarder_port, work_dir / "study")
+    delivered = pipeline.wait_until_delivered(timeout_s=300)
+    time.sleep(1.0)  # the last audit rows and state writes follow the delivery event
+    resources = pipeline.resources
+    cloud_needles = {**PLANTED, **phi_to_search(study)}
+    result = Audit(
+        delivered=delivered,
+        failures=pipeline.failures,
+        study=study,
+        cloud=audit_bucket(resources.data_bucket, resources.kms_key_arn, cloud_needles),
+        state=audit_table(resources.state_table, cloud_needles),
+    )
+    # The SR and SEG the PACS received, as files
+    for instance in pipeline.pacs.study_instances(study.study_instance_uid):
+        if instance["Tags"].get("SOPClassUID") not in (SR_COMPREHENSIVE_3D, SEGMENTATION):
+            continue
+        response = requests.get(
+            f"{pipeline.pacs.rest_url}/instances/{instance['ID']}/file", timeout=10
         )
-        # The SR and SEG the PACS received, as files
-        for instance in pipeline.pacs.study_instances(study.study_instance_uid):
-            if instance["Tags"].get("SOPClassUID") not in (SR_COMPREHENSIVE_3D, SEGMENTATION):
-                continue
-            response = requests.get(
-                f"{pipeline.pacs.rest_url}/instances/{instance['ID']}/file", timeout=10
-            )
-            response.raise_for_status()
-            result.returned_objects += 1
-            result.returned_bytes += len(response.content)
-            result.returned_leaks += [f"pacs:{n}" for n in _search(response.content, PLANTED)]
-        # Every FHIR resource the EHR stored, found by FHIR search
-        for resource in pipeline.ehr.stored_resources():
-            text = json.dumps(resource).encode()
-            result.returned_objects += 1
-            result.returned_bytes += len(text)
-            result.returned_leaks += [f"ehr:{n}" for n in _search(text, PLANTED)]
-        # The forwarder's own log lines (no PHI in logs)
-        log = (work_dir / "logs" / "edge-forwarder.log").read_bytes()
-        result.log_leaks = _search(log, {**PLANTED, **phi_to_search(study)})
-    bootstrap.reset()
-    yield result
+        response.raise_for_status()
+        result.returned_objects += 1
+        result.returned_bytes += len(response.content)
+        result.returned_leaks += [f"pacs:{n}" for n in _search(response.content, PLANTED)]
+    # Every FHIR resource the EHR stored, found by FHIR search
+    for resource in pipeline.ehr.stored_resources():
+        text = json.dumps(resource).encode()
+        result.returned_objects += 1
+        result.returned_bytes += len(text)
+        result.returned_leaks += [f"ehr:{n}" for n in _search(text, PLANTED)]
+    # The forwarder's own log lines since this study was sent (no PHI in logs)
+    with (pipeline.work_dir / "logs" / "edge-forwarder.log").open("rb") as log:
+        log.seek(log_start)
+        result.log_leaks = _search(log.read(), {**PLANTED, **phi_to_search(study)})
+    assert pipeline.iam_denials() == [], pipeline.iam_denials()
+    return result
 
 
 def test_planted_values_never_reach_the_cloud_the_state_or_the_results(audit: Audit) -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,25 +26,13 @@ from edge_forwarder.transport.journal import Journal, RunRow
 from imaging_ai.aws import client
 from imaging_ai.edge_stage import TERMINAL_EDGE_STAGES, EdgeStage
 from imaging_ai.local.demo import SEGMENTATION, SR_COMPREHENSIVE_3D
-from imaging_ai.local.runtime import LocalModel, LocalPipeline
+from imaging_ai.local.runtime import LocalPipeline
 from imaging_ai.model_registry import DEMO_MODEL, DEMO_MODEL_DIR
 from imaging_ai.state import RunKey, RunStateStore
-from imaging_ai.synthetic import SyntheticStudy, write_ct_study
+from imaging_ai.synthetic import SyntheticStudy
+from tests.e2e.conftest import CURRENT, OLD, DeliveredStudy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-OLD, CURRENT = "1.0.0", "1.1.0"
-
-
-def _two_versions(root: Path) -> Path:
-    """The demo model's registry folder with the shipped 1.0.0 and a newer 1.1.0 (same
-    weights, a card of its own): every version is kept, 1.1.0 is current."""
-    folder = root / DEMO_MODEL
-    shutil.copytree(DEMO_MODEL_DIR, folder / OLD)
-    shutil.copytree(DEMO_MODEL_DIR, folder / CURRENT)
-    card = folder / CURRENT / "model.json"
-    card.write_text(json.dumps({**json.loads(card.read_text()), "version": CURRENT}))
-    return folder
 
 
 @dataclass
@@ -60,10 +47,18 @@ class Rerun:
     work_dir: Path
 
 
-def _wait_for_end(journal: Journal, run_number: int, timeout_s: float) -> RunRow:
+def _wait_for_end(
+    journal: Journal, pseudo_study_uid: str, run_number: int, timeout_s: float
+) -> RunRow:
+    """The live model's run `run_number` of the study, once it is over."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        runs = [r for r in journal.runs() if r.run_number == run_number]
+        runs = [
+            r
+            for r in journal.runs()
+            if (r.pseudo_study_uid, r.run_number, r.model_name)
+            == (pseudo_study_uid, run_number, DEMO_MODEL)
+        ]
         if runs and runs[0].stage in TERMINAL_EDGE_STAGES:
             return runs[0]
         time.sleep(0.5)  # polling the forwarder's journal for an outcome, not ordering
@@ -72,59 +67,41 @@ def _wait_for_end(journal: Journal, run_number: int, timeout_s: float) -> RunRow
 
 @pytest.fixture(scope="module")
 def rerun(
-    tmp_path_factory: pytest.TempPathFactory, contract_template: dict[str, Any]
-) -> Iterator[Rerun]:
-    from functions.common import bootstrap
-    from tests.cloud_contract import role_specs
-
-    bootstrap.reset()
-    work_dir = tmp_path_factory.mktemp("rerun")
-    study = write_ct_study(
-        work_dir / "study", seed=515151, shape=(64, 256, 256), spacing_mm=(2.0, 1.4, 1.4),
-        nodule_count=2,
-    )  # fmt: skip
-    pipeline = LocalPipeline(
-        work_dir=work_dir,
-        models=(LocalModel(_two_versions(work_dir / "registry")),),
-        quiet_seconds=2.0,
-        printer=None,
-        backend="moto",
-        # Every part under the exact policies CDK synthesizes: the kept versions' cards
-        # must be readable by the roles that read them.
-        iam_policies=lambda resources: role_specs(contract_template, resources),
+    iam_pipeline: LocalPipeline,
+    iam_chest_study: DeliveredStudy,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Rerun:
+    # Given a study reported by the model's current version, on the shared pipeline (every
+    # part under the exact policies CDK synthesizes: the kept versions' cards must be
+    # readable by the roles that read them)
+    pipeline, study = iam_pipeline, iam_chest_study.study
+    assert iam_chest_study.summary.delivered, iam_chest_study.summary.failures
+    (pseudo_study_uid,) = iam_chest_study.pseudo_study_uids
+    journal = Journal(load_config(_config_path(pipeline)).database_path)
+    first = _wait_for_end(journal, pseudo_study_uid, 1, timeout_s=60)
+    # When the operator re-runs it with the kept older version
+    command = ["--config", str(_config_path(pipeline)), "rerun", first.run_id, "--model"]
+    assert edge_forwarder([*command, f"{DEMO_MODEL}@{OLD}"]) == 0
+    second = _wait_for_end(journal, pseudo_study_uid, 2, timeout_s=240)
+    assert pipeline.pacs and pipeline.ehr and pipeline.resources
+    results = [
+        pydicom.dcmread(io.BytesIO(_instance_file(pipeline.pacs.rest_url, item["ID"])))
+        for item in pipeline.pacs.study_instances(study.study_instance_uid)
+        if item["Tags"].get("SOPClassUID") in (SR_COMPREHENSIVE_3D, SEGMENTATION)
+    ]
+    srs = [ds for ds in results if ds.SOPClassUID == SR_COMPREHENSIVE_3D]
+    seg_versions = sorted(str(ds.SoftwareVersions) for ds in results if ds not in srs)
+    # The first SR revises nothing: it sorts first.
+    srs.sort(key=lambda sr: "PredecessorDocumentsSequence" in sr)
+    store = RunStateStore(client("dynamodb"), pipeline.resources.state_table)
+    item = store.get(RunKey(pipeline.site, second.pseudo_study_uid, second.run_id))
+    assert item is not None
+    # The reports as a clinician's EHR finds them: by FHIR search on the patient's MRN.
+    reports = pipeline.ehr.search(
+        "DiagnosticReport", **{"subject:Patient.identifier": study.patient.patient_id}
     )
-    config_path = work_dir / "edge" / "forwarder.toml"
-    with pipeline:
-        # Given a study reported by the model's current version
-        pipeline.send_study(work_dir / "study")
-        assert pipeline.wait_until_delivered(timeout_s=240), pipeline.failures
-        journal = Journal(load_config(config_path).database_path)
-        first = _wait_for_end(journal, 1, timeout_s=60)
-        # When the operator re-runs it with the kept older version
-        command = ["--config", str(config_path), "rerun", first.run_id, "--model"]
-        assert edge_forwarder([*command, f"{DEMO_MODEL}@{OLD}"]) == 0
-        second = _wait_for_end(journal, 2, timeout_s=240)
-        assert pipeline.pacs and pipeline.ehr and pipeline.resources
-        results = [
-            pydicom.dcmread(io.BytesIO(_instance_file(pipeline.pacs.rest_url, item["ID"])))
-            for item in pipeline.pacs.study_instances(study.study_instance_uid)
-            if item["Tags"].get("SOPClassUID") in (SR_COMPREHENSIVE_3D, SEGMENTATION)
-        ]
-        srs = [ds for ds in results if ds.SOPClassUID == SR_COMPREHENSIVE_3D]
-        seg_versions = sorted(str(ds.SoftwareVersions) for ds in results if ds not in srs)
-        # The first SR revises nothing: it sorts first.
-        srs.sort(key=lambda sr: "PredecessorDocumentsSequence" in sr)
-        store = RunStateStore(client("dynamodb"), pipeline.resources.state_table)
-        item = store.get(RunKey(pipeline.site, second.pseudo_study_uid, second.run_id))
-        assert item is not None
-        # The reports as a clinician's EHR finds them: by FHIR search on the patient's MRN.
-        reports = pipeline.ehr.search(
-            "DiagnosticReport", **{"subject:Patient.identifier": study.patient.patient_id}
-        )
-        denials = pipeline.iam_denials()
-    assert denials == [], denials
-    bootstrap.reset()
-    yield Rerun(
+    assert pipeline.iam_denials() == [], pipeline.iam_denials()
+    return Rerun(
         study=study,
         first=first,
         second=second,
@@ -132,8 +109,12 @@ def rerun(
         seg_versions=seg_versions,
         state={**item.attributes, "model_name": item.model_name, "stage": str(item.stage)},
         reports=reports,
-        work_dir=work_dir,
+        work_dir=tmp_path_factory.mktemp("rerun"),
     )
+
+
+def _config_path(pipeline: LocalPipeline) -> Path:
+    return pipeline.work_dir / "edge" / "forwarder.toml"
 
 
 def _instance_file(rest_url: str, instance_id: str) -> bytes:
