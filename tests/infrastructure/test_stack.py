@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from imaging_ai.lambda_stages import LAMBDA_STAGES
+from imaging_ai.lambda_stages import LAMBDA_STAGES, Trigger
 from tests.infrastructure.conftest import PROD_MODELS, SITES, Synthesized
 
 pytestmark = pytest.mark.infrastructure
@@ -27,6 +27,8 @@ DATA_ACTION_PREFIXES = (
 # The stages of lambda_stages.toml that own a work queue (the dead-letter stage owns none).
 # A stage's own queue, and its STAT queue where it has one (docs/priority.md).
 _WORK_QUEUES = sum(stage.has_queue + stage.has_stat_queue for stage in LAMBDA_STAGES)
+# A scheduled stage's EventBridge target dead-letters to a queue of its own.
+_SCHEDULE_DLQS = sum(stage.trigger is Trigger.SCHEDULE for stage in LAMBDA_STAGES)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -138,9 +140,15 @@ def test_every_queue_is_kms_encrypted_tls_only_and_work_queues_have_dlqs(dev: Sy
         q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
         for q in queues.values()
         if "RedrivePolicy" in q["Properties"]
+    } | {
+        target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0]
+        for rule in dev.resources("AWS::Events::Rule").values()
+        for target in rule["Properties"]["Targets"]
+        if "ScheduleExpression" in rule["Properties"]
     }
-    # each stage's work queue and one results queue per site, each with its own DLQ
-    assert len(queues) == 2 * (_WORK_QUEUES + len(SITES))
+    # each stage's work queue and one results queue per site, each with its own DLQ, and the
+    # DLQ of each scheduled stage's EventBridge target
+    assert len(queues) == 2 * (_WORK_QUEUES + len(SITES)) + _SCHEDULE_DLQS
     for logical_id, queue in queues.items():
         assert "KmsMasterKeyId" in queue["Properties"], logical_id
         covered = [p for p in policies if {"Ref": logical_id} in p["Queues"]]
@@ -215,11 +223,12 @@ def test_dead_letter_queues_feed_the_failure_function(dev: Synthesized) -> None:
         for m in mappings
         if "Failure" in m["Properties"]["FunctionName"]["Ref"]
     ]
-    # Every stage's DLQ; the sites' results DLQs are the forwarders' to drain
+    # Every stage's DLQ; the sites' results DLQs are the forwarders' to drain, and a schedule's
+    # DLQ holds no run to fail (its depth alarm is the end of the line)
     assert sorted(failure_sources) == sorted(
         logical_id
         for logical_id in dev.resources("AWS::SQS::Queue")
-        if "Dlq" in logical_id and "ResultsQueue" not in logical_id
+        if "Dlq" in logical_id and not any(o in logical_id for o in ("ResultsQueue", "Schedule"))
     )
     assert len(failure_sources) == _WORK_QUEUES
 
@@ -412,7 +421,7 @@ def test_every_log_group_has_retention_and_a_kms_key(dev: Synthesized) -> None:
 def test_alarms_watch_dlqs_failures_and_stage_latency(dev: Synthesized) -> None:
     alarms = [a["Properties"] for a in dev.resources("AWS::CloudWatch::Alarm").values()]
     dlq_alarms = [a for a in alarms if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"]
-    assert len(dlq_alarms) == _WORK_QUEUES + len(SITES)
+    assert len(dlq_alarms) == _WORK_QUEUES + len(SITES) + _SCHEDULE_DLQS
     assert any("Failed" in json.dumps(a.get("Metrics", "")) for a in alarms)
     latency = [a for a in alarms if a.get("MetricName") == "Duration"]
     assert len(latency) == len(LAMBDA_STAGES)
