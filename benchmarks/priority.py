@@ -22,6 +22,7 @@ The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -299,11 +300,25 @@ def report(
         f" ({_span(delays)}); one inference: {statistics.mean(inference):.1f} s mean"
         f" ({_span(inference)})"
     )
+    # The endpoint is the bottleneck: time it stood idle while a study was still on its way
+    # would be a defect of the stages before it (polling, batching), not of the order.
+    for mode in MODES:
+        idle = [_endpoint_idle_s(one[mode]) for one in rounds]
+        print(f"endpoint idle after its first request, {mode}: {_span(idle)} s")
+        summary[mode]["endpoint_idle_s"] = [round(s, 2) for s in idle]
     summary["routine_delay_s"] = round(statistics.mean(delays), 2)
     summary["inference_s"] = round(statistics.mean(inference), 2)
     if stages:
         _report_stages(rounds)
     print(json.dumps(summary))
+
+
+def _endpoint_idle_s(marks: dict[str, dict[str, float]]) -> float:
+    """Seconds between one inference's end and the next one's start, summed."""
+    served = sorted(marks.values(), key=lambda study: study["serving"])
+    return sum(
+        after["serving"] - before["inferred"] for before, after in itertools.pairwise(served)
+    )
 
 
 def _report_stages(rounds: list[dict[str, dict[str, dict[str, float]]]]) -> None:
