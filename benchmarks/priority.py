@@ -234,7 +234,7 @@ def main() -> None:
         moto.stop()
         os.environ.clear()
         os.environ.update(saved)
-    report(rounds, args.routine, shape, args.stages)
+    report(rounds, args.routine, shape, args.stages, _server_seconds(work / "inference.log"))
 
 
 def _span(values: list[float]) -> str:
@@ -243,11 +243,25 @@ def _span(values: list[float]) -> str:
     return f"{low:.1f}" if len(values) == 1 else f"{low:.1f}-{high:.1f}"
 
 
+def _server_seconds(log_path: Path) -> dict[str, list[float]]:
+    """The inference server's own seconds per study (its `inference_done` log lines), by the
+    round's label ("priority0", "fifo1", ...): the same model on the same volumes, so a spread
+    here is the machine's load, not the order."""
+    seconds: dict[str, list[float]] = {}
+    for line in log_path.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "inference_done":
+            label = str(event["run_id"]).rpartition("-")[0]
+            seconds.setdefault(label, []).append(float(event["seconds"]))
+    return seconds
+
+
 def report(
     rounds: list[dict[str, dict[str, dict[str, float]]]],
     routine: int,
     shape: tuple[int, ...],
     stages: bool,
+    server_seconds: dict[str, list[float]],
 ) -> None:
     print(
         f"\n{routine} routine studies queued ahead of 1 STAT study ({shape[0]} x {shape[1]}^2,"
@@ -306,6 +320,9 @@ def report(
         idle = [_endpoint_idle_s(one[mode]) for one in rounds]
         print(f"endpoint idle after its first request, {mode}: {_span(idle)} s")
         summary[mode]["endpoint_idle_s"] = [round(s, 2) for s in idle]
+        means = [statistics.mean(server_seconds[f"{mode}{n}"]) for n in range(len(rounds))]
+        print(f"the server's own seconds per inference, {mode}, mean of each round: {_span(means)}")
+        summary[mode]["server_inference_s"] = [round(s, 2) for s in means]
     summary["routine_delay_s"] = round(statistics.mean(delays), 2)
     summary["inference_s"] = round(statistics.mean(inference), 2)
     if stages:
