@@ -91,6 +91,11 @@ INFERENCE_LOG_PREFIX = "inference-"
 # the head model took 5 CPU-seconds spinning (20-26 s wall) against 0.7 (1.4-1.6 s) waiting
 # passively, and the chest model 22-27 s against 11-15 s.
 SHARED_CORES_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Instances per Lambda function. Lambda runs each study's invocation in an instance of its own
+# (reserved concurrency 4 and up, lambda_stages.toml); with one process per function, the
+# demo's head CT waited ~5 s for the chest CT's preprocessing to end before its own began.
+# Two: the demo's two studies; more would only share the same two cores.
+LOCAL_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -154,7 +159,7 @@ class LocalPipeline:
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _endpoint: AsyncEndpoint | None = field(default=None, init=False)  # every model's
     _sources: LocalEventSources | None = field(default=None, init=False)
-    _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
+    _functions: dict[str, list[FunctionProcess]] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
@@ -226,9 +231,13 @@ class LocalPipeline:
         # In IAM mode the handlers run in-process as their roles (`acting_as`) instead: a
         # function process would inherit this process's (the deployer's) credentials.
         if self.identities is None:
-            self._say("starting the Lambda functions, one process each")
+            self._say(f"starting the Lambda functions, up to {LOCAL_CONCURRENCY} processes each")
             self._functions = {
-                stage.name: FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                stage.name: [
+                    FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                    # The dead-letter stage sees failures only: one instance is plenty.
+                    for _ in range(LOCAL_CONCURRENCY if stage.has_queue else 1)
+                ]
                 for stage in LAMBDA_STAGES
                 if stage.trigger is not Trigger.SCHEDULE  # nothing feeds it here
             }
@@ -284,8 +293,9 @@ class LocalPipeline:
             process.stop()
         for thread in self._threads:
             thread.join(timeout=15)
-        for function in self._functions.values():
-            function.stop()
+        for instances in self._functions.values():
+            for function in instances:
+                function.stop()
         if self._endpoint:
             self._endpoint.stop()
         for server in (self.ehr, self.pacs):
@@ -444,7 +454,10 @@ class LocalPipeline:
 
     def peak_rss(self) -> dict[str, int]:
         """Peak resident bytes of each process of the pipeline, by what it runs."""
-        peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
+        peaks = {  # a function's largest instance: what its memory setting must cover
+            name: max(function.peak_rss_bytes() for function in instances)
+            for name, instances in self._functions.items()
+        }
         for process in self._processes:
             if process.process is not None:
                 peaks[process.name] = peak_rss_bytes(process.process.pid)
