@@ -112,7 +112,8 @@ CHECKOV_VENV := .tools/checkov-venv
 CHECKOV_VERSION := 3.3.30
 CDK_ENV := JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION=1
 CDK_CONTEXT ?=
-# The prod gate synthesizes several models (one endpoint each, one kept warm): cdk/models.example.json.
+# The prod gate synthesizes several models (one endpoint each, one kept warm, one with a STAT
+# endpoint too): cdk/models.example.json.
 CDK_PROD_MODELS := cdk/models.example.json
 
 .PHONY: cdk-assets checkov-venv

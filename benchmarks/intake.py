@@ -6,6 +6,12 @@ without it both sides wait ~45 ms per instance for a delayed ACK). storescp runs
 users run it: `--fork`, files into `-od`, max receive PDU 128 KiB. It does not fsync; ours
 acknowledges an instance only once it and its journal row are on disk.
 One association sends the whole study, then 4 parallel associations send a quarter each.
+DCMTK caps the PDU at 128 KiB both ways (storescp refuses a larger --max-pdu, and storescu
+sends 128 KiB PDUs to a receiver that announces 1 MiB), so a larger PDU changes nothing here.
+
+On one association each instance waits for two disk flushes in turn (its file and folder,
+then the journal); the fsync latency of the spool's disk, measured before each of our runs,
+is printed with the ceiling it puts on one association.
 
     python -m benchmarks.intake [--slices 200] [--size 512] [--repeat 3]
 """
@@ -16,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +128,23 @@ def _storescp(folder: Path) -> Iterator[int]:
         process.wait(timeout=30)
 
 
+def _flush_ms(folder: Path, count: int = 20) -> float:
+    """Median milliseconds of one fsync of a 4 KiB append in `folder`: one disk flush, now."""
+    probe = folder / "flush-probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    latencies = []
+    try:
+        for _ in range(count):
+            os.write(fd, bytes(4096))
+            start = time.perf_counter()
+            os.fsync(fd)
+            latencies.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return statistics.median(latencies) * 1000
+
+
 # Starts a DICOM receiver storing into a folder; yields its port.
 Receiver = Callable[[Path], AbstractContextManager[int]]
 
@@ -142,6 +166,7 @@ def main() -> None:
         paths = study.paths
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
         seconds: dict[tuple[str, int], float] = {}
+        flushes: list[float] = []
         receivers = {"ours": _ours, "storescp": _storescp}
         for associations in (1, 4):
             for name, receiver in receivers.items():
@@ -149,6 +174,8 @@ def main() -> None:
                 def store_once(n: int = associations, start: Receiver = receiver) -> float:
                     # A fresh spool each repeat: a resend would be a duplicate, not a store.
                     folder = tmp / f"{start.__name__}-{n}-{time.monotonic_ns()}"
+                    if start is _ours:
+                        flushes.append(_flush_ms(tmp))
                     with start(folder) as port:
                         taken = _send(port, paths, n)
                     shutil.rmtree(folder)
@@ -174,6 +201,13 @@ def main() -> None:
         summary[f"ours_{associations}_mb_s"] = round(megabytes / ours, 1)
         summary[f"storescp_{associations}_mb_s"] = round(megabytes / peer, 1)
         summary[f"ratio_{associations}"] = round(ratio, 2)
+    flush = statistics.median(flushes)
+    ceiling = megabytes / len(paths) / (2 * flush / 1000)
+    print(f"disk flush (fsync of a 4 KiB append) before each of our runs: median {flush:.2f} ms, "
+          f"{min(flushes):.2f}-{max(flushes):.2f}; two per instance cap one association at "
+          f"{ceiling:.0f} MB/s before any receiving")  # fmt: skip
+    summary["flush_ms"] = round(flush, 2)
+    summary["one_association_flush_ceiling_mb_s"] = round(ceiling, 1)
     sys.stdout.flush()
     print(json.dumps(summary))
 

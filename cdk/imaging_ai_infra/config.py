@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,26 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _MODEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 _MODEL_KEYS = frozenset(
     {"name", "version", "artifact", "instance_type", "min_capacity", "max_capacity",
-     "scale_to_zero"}
+     "scale_to_zero", "stat"}
 )  # fmt: skip
+_STAT_KEYS = frozenset({"instance_type", "min_capacity", "max_capacity"})
 # The model deployed when context names none: the repository's demo model.
 DEFAULT_MODEL = {"name": "lung-nodule-demo", "version": "1.0.0"}
+
+
+@dataclass(frozen=True)
+class StatEndpoint:
+    """Context `models[].stat`: a second async endpoint of the model that only STAT runs use.
+
+    SageMaker serves an async endpoint's queue in arrival order, so on the routine endpoint a
+    STAT request waits for every routine request queued before it. This one never scales to
+    zero: a cold start (minutes) would cost more than the routine queue it avoids.
+    """
+
+    instance_type: str
+    # 1 by default: one instance always up. It doubles the model's idle cost (docs/priority.md).
+    min_capacity: int = 1
+    max_capacity: int = 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,9 @@ class ModelDeployment:
     max_capacity: int
     # An idle endpoint goes to zero instances (no GPU cost) and comes back when work waits.
     scale_to_zero: bool
+    # The model's second endpoint, for STAT runs only (docs/priority.md); None: STAT runs go
+    # to the routine endpoint, marked priority=STAT.
+    stat: StatEndpoint | None = None
 
     @property
     def slug(self) -> str:
@@ -61,6 +80,19 @@ class ModelDeployment:
     def volume_kms_supported(self) -> bool:
         family = self.instance_type.split(".")[1] if "." in self.instance_type else ""
         return family not in _INSTANCE_STORE_FAMILIES
+
+    def stat_deployment(self) -> ModelDeployment | None:
+        """The same model version (artifact, card, container) at the STAT endpoint's capacity."""
+        if self.stat is None:
+            return None
+        return replace(
+            self,
+            instance_type=self.stat.instance_type,
+            min_capacity=self.stat.min_capacity,
+            max_capacity=self.stat.max_capacity,
+            scale_to_zero=False,
+            stat=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -187,7 +219,10 @@ def _edge_ca_pems(node: Node, sites: tuple[str, ...]) -> dict[str, str]:
 def _models(node: Node, prod: bool) -> tuple[ModelDeployment, ...]:
     """Context `models`: a list (cdk.json) or its JSON text (`-c models='[...]'`) of objects
     with name, version and optionally artifact, instance_type, min_capacity, max_capacity,
-    scale_to_zero. Omitted fields take `gpu_instance_type` / `max_endpoint_instances`."""
+    scale_to_zero and stat. Omitted fields take `gpu_instance_type` / `max_endpoint_instances`.
+
+    `stat`: true (a STAT endpoint on the model's instance type, 1 instance) or an object with
+    any of instance_type, min_capacity (>= 1, default 1), max_capacity (default the minimum)."""
     value: Any = node.try_get_context("models")
     items = [DEFAULT_MODEL] if value is None else value
     if isinstance(items, str):
@@ -223,6 +258,7 @@ def _model(item: Any, instance_type: str, max_capacity: int) -> ModelDeployment:
         max_capacity=int(item.get("max_capacity", max_capacity)),
         scale_to_zero=scale_to_zero,
     )
+    model = replace(model, stat=_stat_endpoint(name, item.get("stat"), model.instance_type))
     if not 0 <= model.min_capacity <= model.max_capacity or model.max_capacity < 1:
         raise ValueError(
             f"context 'models': {name} needs 0 <= min_capacity <= max_capacity, max >= 1"
@@ -230,6 +266,29 @@ def _model(item: Any, instance_type: str, max_capacity: int) -> ModelDeployment:
     if scale_to_zero != (model.min_capacity == 0):
         raise ValueError(f"context 'models': {name} scales to zero exactly when min_capacity is 0")
     return model
+
+
+def _stat_endpoint(model_name: str, value: Any, instance_type: str) -> StatEndpoint | None:
+    if value is None or value is False:
+        return None
+    item = {} if value is True else value
+    if not isinstance(item, dict) or set(item) - _STAT_KEYS:
+        raise ValueError(
+            f"context 'models': {model_name}'s stat is true or an object with"
+            f" {', '.join(sorted(_STAT_KEYS))}"
+        )
+    min_capacity = int(item.get("min_capacity", 1))
+    stat = StatEndpoint(
+        instance_type=str(item.get("instance_type", instance_type)),
+        min_capacity=min_capacity,
+        max_capacity=int(item.get("max_capacity", max(1, min_capacity))),
+    )
+    if not 1 <= stat.min_capacity <= stat.max_capacity:
+        raise ValueError(
+            f"context 'models': {model_name}'s STAT endpoint needs 1 <= min_capacity <="
+            " max_capacity (it never scales to zero: a cold start is slower than the queue)"
+        )
+    return stat
 
 
 def load_stage_config(node: Node) -> StageConfig:

@@ -1,4 +1,5 @@
-"""Inference: one GPU SageMaker asynchronous endpoint per model, their notifications."""
+"""Inference: one GPU SageMaker asynchronous endpoint per model (and a STAT one where the
+model asks for it), their notifications."""
 
 from __future__ import annotations
 
@@ -27,18 +28,22 @@ from imaging_ai_infra.names import (
 )
 from imaging_ai_infra.platform import Platform
 
+STAT_ENDPOINT_SUFFIX = "-stat"
 
-def endpoint_name_for(config: StageConfig, model: ModelDeployment) -> str:
-    """The model's endpoint: one per model, named after it (SageMaker allows 63 characters)."""
-    name = f"{resource_prefix(config.stage)}-{model.slug}"
+
+def endpoint_name_for(config: StageConfig, model: ModelDeployment, *, stat: bool = False) -> str:
+    """The model's endpoint: one per model, named after it (SageMaker allows 63 characters);
+    `stat`: its STAT endpoint's."""
+    name = f"{resource_prefix(config.stage)}-{model.slug}{STAT_ENDPOINT_SUFFIX if stat else ''}"
     if len(name) > 63:
         raise ValueError(f"endpoint name {name!r} is over 63 characters: shorten the model name")
     return name
 
 
 class Inference(Construct):
-    """One asynchronous endpoint per model (`ModelEndpoint`), sharing the notification
-    topics, the execution role and the security group."""
+    """One asynchronous endpoint per model (`ModelEndpoint`), and a second one for STAT runs
+    of a model with `stat` in its context, sharing the notification topics (so postprocess
+    and the failure path see both alike), the execution role and the security group."""
 
     def __init__(
         self,
@@ -53,9 +58,23 @@ class Inference(Construct):
         stack = Stack.of(self)
         # Model name -> its endpoint's name: what preprocessing invokes (MODEL_ENDPOINTS).
         self.model_endpoints = {m.name: endpoint_name_for(config, m) for m in config.models}
-        log_streams = [
-            f"/aws/sagemaker/Endpoints/{name}:*" for name in self.model_endpoints.values()
-        ]
+        # Model name -> its STAT endpoint's name, for the models that have one
+        # (STAT_MODEL_ENDPOINTS): preprocess sends a STAT run there.
+        self.stat_model_endpoints = {
+            m.name: endpoint_name_for(config, m, stat=True) for m in config.models if m.stat
+        }
+        every_endpoint = [*self.model_endpoints.values(), *self.stat_model_endpoints.values()]
+        if len(set(every_endpoint)) != len(every_endpoint):
+            raise ValueError(
+                "context 'models': two endpoints would have the same name (a model named like"
+                f" another's STAT endpoint, '{STAT_ENDPOINT_SUFFIX}'): rename one"
+            )
+        # What each endpoint serves -> its name, for alarms and dashboards.
+        self.labelled_endpoints = {
+            **self.model_endpoints,
+            **{f"{model} STAT": name for model, name in self.stat_model_endpoints.items()},
+        }
+        log_streams = [f"/aws/sagemaker/Endpoints/{name}:*" for name in every_endpoint]
         prefix = resource_prefix(config.stage)
 
         self.success_topic, self.error_topic = (
@@ -173,20 +192,34 @@ class Inference(Construct):
             self, "SecurityGroup", "SageMaker endpoint: no inbound, HTTPS outbound"
         )
         self.endpoints: dict[str, ModelEndpoint] = {}
+        self.stat_endpoints: dict[str, ModelEndpoint] = {}
         if not config.create_endpoint:
             return
-        for model in config.models:
-            self.endpoints[model.name] = ModelEndpoint(
+        role_ready = [self.role.node.find_child("DefaultPolicy"), platform_policy]
+
+        def endpoint(construct_id: str, model: ModelDeployment, name: str) -> ModelEndpoint:
+            return ModelEndpoint(
                 self,
-                f"Endpoint-{model.slug}",
+                construct_id,
                 platform=platform,
                 model=model,
-                endpoint_name=self.model_endpoints[model.name],
+                endpoint_name=name,
                 role=self.role,
-                role_ready=[self.role.node.find_child("DefaultPolicy"), platform_policy],
+                role_ready=role_ready,
                 security_group=self.security_group,
                 topics=(self.success_topic, self.error_topic),
             )
+
+        for model in config.models:
+            self.endpoints[model.name] = endpoint(
+                f"Endpoint-{model.slug}", model, self.model_endpoints[model.name]
+            )
+            if (stat_model := model.stat_deployment()) is not None:
+                self.stat_endpoints[model.name] = endpoint(
+                    f"StatEndpoint-{model.slug}",
+                    stat_model,
+                    self.stat_model_endpoints[model.name],
+                )
 
     @staticmethod
     def _image_repository_arn(image_uri: str) -> tuple[str, str, str]:

@@ -38,8 +38,10 @@ class Ingest(Construct):
         *,
         platform: Platform,
         model_endpoints: dict[str, str],
+        stat_model_endpoints: dict[str, str] | None = None,
     ) -> None:
-        """`model_endpoints`: model name -> the name of the async endpoint serving it."""
+        """`model_endpoints`: model name -> the name of the async endpoint serving it;
+        `stat_model_endpoints`: the same for the models with a STAT endpoint."""
         super().__init__(scope, construct_id)
         data_bucket = platform.data_bucket
         entries = lambda_stages("manifest-created")
@@ -61,6 +63,8 @@ class Ingest(Construct):
                 data_bucket.bucket_name,
                 self.stat_queues,
             )
+        stat_model_endpoints = stat_model_endpoints or {}
+        endpoint_names = sorted({*model_endpoints.values(), *stat_model_endpoints.values()})
         self.functions: dict[str, PipelineFunction] = {}
         for name in names:
             function = PipelineFunction(
@@ -68,10 +72,11 @@ class Ingest(Construct):
                 name=name,
                 platform=platform,
                 environment=platform.function_environment(
-                    MODEL_ENDPOINTS=json.dumps(model_endpoints, sort_keys=True)
+                    MODEL_ENDPOINTS=json.dumps(model_endpoints, sort_keys=True),
+                    STAT_MODEL_ENDPOINTS=json.dumps(stat_model_endpoints, sort_keys=True),
                 ),
             )
-            function.grant_stage_data(endpoint_names=sorted(set(model_endpoints.values())))
+            function.grant_stage_data(endpoint_names=endpoint_names)
             if name in self.stat_queues:
                 function.consume(
                     self.stage_queues[name].queue,

@@ -40,7 +40,11 @@ class ImagingAiStage(Stack):
         )
         inference = Inference(self, "Inference", platform=platform)
         ingest = Ingest(
-            self, "Ingest", platform=platform, model_endpoints=inference.model_endpoints
+            self,
+            "Ingest",
+            platform=platform,
+            model_endpoints=inference.model_endpoints,
+            stat_model_endpoints=inference.stat_model_endpoints,
         )
         results = Results(
             self,
@@ -71,7 +75,7 @@ class ImagingAiStage(Stack):
             },
             functions={name: function.function for name, function in functions.items()},
             timeouts={name: stage_timeout(name) for name in functions},
-            endpoint_names=inference.model_endpoints,
+            endpoint_names=inference.labelled_endpoints,
             alarm_email=self.node.try_get_context("alarm_email"),
         )
         quality.report_to(
@@ -89,6 +93,13 @@ class ImagingAiStage(Stack):
                 value=inference.model_endpoints[model.name],
                 description=f"The async endpoint serving {model.name}@{model.version}",
             )
+            if model.name in inference.stat_model_endpoints:
+                CfnOutput(
+                    self,
+                    f"StatEndpointName-{model.slug}",
+                    value=inference.stat_model_endpoints[model.name],
+                    description=f"The async endpoint serving STAT runs of {model.name}",
+                )
         CfnOutput(self, "EdgeProfileArn", value=edge.profile.attr_profile_arn)
         for site, role in edge.site_roles.items():
             CfnOutput(self, f"SiteRoleArn-{site}", value=role.role_arn)

@@ -2,9 +2,10 @@
 
 pynetdicom as shipped reads a whole PDU of any announced length into memory, decodes every
 C-STORE data set into a BytesIO, performs the TLS handshake on the thread that accepts
-connections, and checks only a global association count. Each class here replaces one of
-those steps for the intake's acceptor associations, through pynetdicom's own extension points
-(the server's request handler, the association's socket, ACSE and DIMSE providers).
+connections, checks only a global association count, and decodes every P-DATA-TF PDU into
+objects before its bytes reach the DIMSE layer. Each class here replaces one of those steps
+for the intake's acceptor associations, through pynetdicom's own extension points (the
+server's request handler, the association's socket, ACSE, DUL and DIMSE providers).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from copy import deepcopy
 from datetime import datetime
 from io import BytesIO
@@ -31,7 +32,9 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE
 from pynetdicom.dsutils import decode
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import (
     AssociationSocket,
     RequestHandler,
@@ -129,6 +132,10 @@ class IntakeRequestHandler(RequestHandler):
         # association starts (a socket made twice would queue its connect event twice).
         assoc = Association(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
+        assoc.dul = IntakeDUL(assoc)
+        # The timeouts live in the DUL's timers: set again for the new one.
+        assoc.acse_timeout = assoc.acse_timeout
+        assoc.network_timeout = assoc.network_timeout
         assoc.acse = IntakeACSE(assoc, self.server)
         assoc.dimse = SpoolingDIMSE(assoc, self.server.spool, self.server.max_instance_bytes)
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
@@ -179,6 +186,12 @@ class BoundedSocket(AssociationSocket):
         self._max_pdu = max_pdu
         self._timeout_s = timeout_s
         self._body_limit: int | None = None  # None: the next read is a PDU header
+        self._unread: bytearray | None = None  # a PDU header read ahead, see `unread`
+
+    def unread(self, header: bytearray) -> None:
+        """Give back a PDU header read ahead: the next `recv(6)` returns it (its body limit,
+        set when it was read, still applies)."""
+        self._unread = header
 
     @property
     def ready(self) -> bool:
@@ -200,6 +213,11 @@ class BoundedSocket(AssociationSocket):
 
     def recv(self, nr_bytes: int) -> bytearray:
         # pynetdicom reads a PDU as recv(6) for its header, then recv(length) for its body.
+        if self._unread is not None:
+            header, self._unread = self._unread, None
+            if nr_bytes != len(header):
+                raise _ProtocolLimit("a PDU header given back was not read as one")
+            return header
         limit = 6 if self._body_limit is None else self._body_limit
         self._body_limit = None
         if nr_bytes > limit:
@@ -240,6 +258,69 @@ class BoundedSocket(AssociationSocket):
         if read < nr_bytes:
             del buffer[read:]
         return buffer
+
+
+# (presentation context ID, PDV value: the message control header byte, then the fragment)
+Fragment = tuple[int, bytes | memoryview]
+
+
+class IntakeDUL(DULServiceProvider):
+    """pynetdicom's upper layer, with P-DATA-TF PDUs split in place during data transfer.
+
+    In Sta6 a P-DATA-TF PDU changes no state (PS3.8 9.2: Evt10, DT-2, Sta6); pynetdicom still
+    copies it into a PDU object, a primitive and its items and runs the state machine, most of
+    the Python time a received instance costs. Here its PDV items go to the DIMSE provider as
+    views of the received bytes. Other PDUs, and P-DATA-TF in any other state, take
+    pynetdicom's path. (EVT_PDU_RECV and EVT_DATA_RECV, debug logging only, are not triggered
+    for the PDUs taken here.)
+    """
+
+    def _read_pdu_data(self) -> None:
+        sock = self.socket
+        dimse = self.assoc.dimse
+        if (
+            not isinstance(sock, BoundedSocket)
+            or not isinstance(dimse, SpoolingDIMSE)
+            or self.state_machine.current_state != "Sta6"
+        ):
+            super()._read_pdu_data()
+            return
+        try:
+            header = sock.recv(6)
+            if len(header) == 6 and header[0] == _P_DATA_TF:
+                body = sock.recv(struct.unpack_from(">L", header, 2)[0])
+            else:
+                body = None
+        except OSError:
+            self.event_queue.put("Evt17")  # as pynetdicom: closed, or a limit broken
+            return
+        if len(header) < 6:
+            self.event_queue.put("Evt17")
+        elif body is None:
+            sock.unread(header)  # not a P-DATA-TF: pynetdicom decodes it
+            super()._read_pdu_data()
+        elif len(body) != struct.unpack_from(">L", header, 2)[0]:
+            self.event_queue.put("Evt17")  # closed mid-PDU
+        elif (fragments := pdv_items(body)) is None:
+            self.event_queue.put("Evt19")  # invalid PDU: A-ABORT
+        else:
+            dimse.receive_fragments(fragments)
+
+
+def pdv_items(body: bytearray) -> list[Fragment] | None:
+    """The PDV items of a P-DATA-TF PDU body (PS3.8 9.3.5.1) as views, or None if malformed."""
+    view = memoryview(body)
+    fragments: list[Fragment] = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < 6:
+            return None
+        (length,) = struct.unpack_from(">L", body, offset)
+        if length < 2 or length > end - offset - 4:
+            return None
+        fragments.append((body[offset + 4], view[offset + 5 : offset + 4 + length]))
+        offset += 4 + length
+    return fragments
 
 
 class IntakeACSE(ACSE):
@@ -318,9 +399,13 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             return None, None
 
     def receive_primitive(self, primitive: P_DATA) -> None:
+        self.receive_fragments(primitive.presentation_data_value_list)
+
+    def receive_fragments(self, fragments: Sequence[Fragment]) -> None:
+        """The PDV items of one P-DATA-TF PDU, in order."""
         if self._refused:
             return  # the association is being aborted: drop what is still in flight
-        for context_id, data in primitive.presentation_data_value_list:
+        for context_id, data in fragments:
             control = data[0]
             if control & 1:
                 if not self._command_fragment(context_id, data, last=bool(control & 2)):
@@ -328,7 +413,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             elif not self._dataset_fragment(data, last=bool(control & 2)):
                 return
 
-    def _command_fragment(self, context_id: int, data: bytes, last: bool) -> bool:
+    def _command_fragment(self, context_id: int, data: bytes | memoryview, last: bool) -> bool:
         self._command += memoryview(data)[1:]
         if len(self._command) > _MAX_COMMAND_SET:
             return self._abort("command_set_too_large")
@@ -367,7 +452,7 @@ class SpoolingDIMSE(DIMSEServiceProvider):
                 self._incoming = incoming
         return True
 
-    def _dataset_fragment(self, data: bytes, last: bool) -> bool:
+    def _dataset_fragment(self, data: bytes | memoryview, last: bool) -> bool:
         message = self._pending
         if message is None:
             return self._abort("data_set_without_command")
@@ -414,7 +499,26 @@ class SpoolingDIMSE(DIMSEServiceProvider):
             if len(self.cancel_req) < 10:
                 self.cancel_req[cast(int, primitive.MessageIDBeingRespondedTo)] = primitive
             return
+        if incoming is not None and isinstance(primitive, C_STORE):
+            self._serve_store(primitive, context_id, incoming)
+            return
         self.msg_queue.put((context_id, primitive))
+
+    def _serve_store(self, request: C_STORE, context_id: int, incoming: IncomingFile) -> None:
+        """Run the C-STORE service here, on the DUL thread that received the data set.
+
+        Queued, the request goes to the association's reactor thread and its response comes
+        back to this thread to be sent: two thread hand-offs per instance, each a wait for a
+        CPU on a loaded machine. Served here, the response is queued on this thread's own loop
+        and leaves on its next turn, while no PDU can arrive meanwhile (the sender waits for
+        it, no asynchronous operations being negotiated). The store handler never waits for
+        this thread, so it cannot deadlock.
+        """
+        if self.assoc._sent_release:
+            incoming.discard()  # as pynetdicom does, a request during our release is ignored
+            return
+        context = self.assoc._accepted_cx[context_id]  # checked when its command arrived
+        StorageServiceClass(self.assoc).SCP(request, context)
 
     def _abort(self, reason: str) -> bool:
         """Refuse the message in flight: drop its file and abort the association (A-ABORT)."""

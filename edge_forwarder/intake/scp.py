@@ -257,6 +257,7 @@ class Intake:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        self.spool.close()
         self.journal.close()
 
     # ---- DIMSE handlers -------------------------------------------------------------------
@@ -318,6 +319,11 @@ class Intake:
     def _store(self, incoming: IncomingFile, sender: str | None, context_class: str) -> _Placed:
         if self._disk_low():
             raise _Refused(STATUS_OUT_OF_RESOURCES, "spool_disk_low")
+        # Moved, then fsync'ed while its header is read: see IncomingFile.start_sync. Until its
+        # journal row commits the file is unacknowledged; a crash leaves it for the start-up
+        # sweep, and a refusal deletes it.
+        incoming.move_to(self.spool.object_path())
+        incoming.start_sync(self.spool.syncs)
         header, pixel_length = self._read_header(incoming)
         for keyword in _REQUIRED:
             if not _text(header, keyword):
@@ -325,10 +331,7 @@ class Intake:
         sop_class = _text(header, "SOPClassUID")
         if sop_class != context_class:
             raise _Refused(STATUS_DATASET_MISMATCH, "sop_class_mismatch")
-        # Moved first, then fsync'ed: see IncomingFile.move_to. Until its journal row commits
-        # the file is unacknowledged; a crash leaves it for the start-up sweep.
-        incoming.move_to(self.spool.object_path())
-        size = incoming.sync()
+        size = incoming.finish_sync()
         arrival = _Arrival(
             file=incoming.path,
             size=size,
@@ -370,8 +373,9 @@ class Intake:
     def _place_batch(self, batch: list[_Arrival]) -> list[_Placed | BaseException]:
         """Move each fsync'ed file into place and journal it, all in one transaction.
 
-        Order, for kill -9 at any point: moved into objects/ and fsync'ed (by the receiving
-        thread) -> directories fsync'ed -> journal commit -> acknowledged. A crash before the
+        Order, for kill -9 at any point: moved into objects/, the file and its folder fsync'ed
+        (by the receiving thread) -> quarantine folders fsync'ed -> journal commit ->
+        acknowledged. A crash before the
         commit leaves an unjournaled file (swept at start) and an unacknowledged instance;
         never the reverse.
         """
@@ -416,7 +420,7 @@ class Intake:
                 )
                 return _Placed(Outcome.CONFLICT, stored.study_key, False, conflict)
         study_key = journal.study_key_for(arrival.study_uid, arrival.now)
-        folders.add(arrival.file.parent)  # already in place (moved before its fsync)
+        # Its name in objects/ is durable already (IncomingFile.start_sync).
         _, _, first = journal.add_instance(
             study_key,
             arrival.sop_uid,

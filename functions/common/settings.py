@@ -22,6 +22,9 @@ class PreprocessSettings(CommonSettings):
     # JSON {model name: async endpoint name}: each model has its own endpoint; a run whose
     # model is absent here is refused (FAILED), the others go on.
     model_endpoints: dict[str, str] = Field(default_factory=dict)
+    # JSON {model name: its STAT endpoint's name}, for the models that have one: a STAT run
+    # goes there, not behind the routine endpoint's queue (docs/priority.md).
+    stat_model_endpoints: dict[str, str] = Field(default_factory=dict)
 
 
 class DriftSettings(CommonSettings):

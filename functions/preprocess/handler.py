@@ -17,7 +17,9 @@ from imaging_ai.aws import client
 @once
 def service() -> PreprocessService:
     settings = PreprocessSettings()
-    endpoint = ModelEndpoints(client("sagemaker-runtime"), settings.model_endpoints)
+    endpoint = ModelEndpoints(
+        client("sagemaker-runtime"), settings.model_endpoints, settings.stat_model_endpoints
+    )
     return PreprocessService(endpoint=endpoint, **adapters(settings))
 
 

@@ -152,7 +152,7 @@ class PreprocessService:
                 )
             location = self._store.uri(preprocessed_key(run.site, run.pseudo_study_uid, run.run_id))
             run_prefix = inference_output_prefix(run.site, run.pseudo_study_uid, run.run_id)
-            output_location = self._endpoint.invoke(
+            queued = self._endpoint.invoke(
                 model_run.model_name,
                 location,
                 inference_id(run.run_id),
@@ -162,7 +162,12 @@ class PreprocessService:
             self._state.advance(
                 run,
                 Stage.INFERRING,
-                {"inference_id": inference_id(run.run_id), "output_location": output_location},
+                {
+                    "inference_id": inference_id(run.run_id),
+                    "output_location": queued.output_location,
+                    # Which endpoint serves it: the model's STAT one or its routine one.
+                    "endpoint_name": queued.endpoint_name,
+                },
             )
         except StageConflict as conflict:
             # Only after our lease expired mid-run could another delivery have moved it on.

@@ -6,9 +6,9 @@ the S3 InputLocation, POSTs it to the inference container's `/invocations`, writ
 to the endpoint's S3 output path and publishes the async notification to the success or error
 SNS topic. Unmodified boto3 code in the preprocess Lambda cannot tell the difference.
 
-One server answers for every endpoint (one per model), as the regional sagemaker-runtime API
-does; each endpoint has its own container server and its own worker (one instance each), so
-one model's queue never waits behind another's.
+One server answers for every endpoint (one per model, and a model's STAT endpoint where it has
+one), as the regional sagemaker-runtime API does; each endpoint has its own container server
+and its own worker (one instance each), so one endpoint's queue never waits behind another's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -106,10 +106,10 @@ class AsyncEndpoint:
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._http = threading.Thread(target=self._server.serve_forever, name="async-endpoint-http")
-        self._workers = [
-            threading.Thread(target=self._work, args=(jobs,), name=f"async-endpoint-{name}")
+        self._workers = {
+            name: threading.Thread(target=self._work, args=(jobs,), name=f"async-endpoint-{name}")
             for name, jobs in self._jobs.items()
-        ]
+        }
         self.completed = 0
         self.failed = 0
         self._count_lock = threading.Lock()
@@ -128,17 +128,21 @@ class AsyncEndpoint:
             self.release_work()
         return self
 
-    def release_work(self) -> None:
-        for worker in self._workers:
-            worker.daemon = True
-            worker.start()
+    def release_work(self, endpoint_names: Iterable[str] | None = None) -> None:
+        """Start the workers of `endpoint_names` (default: every endpoint's not yet started)."""
+        names = self._workers if endpoint_names is None else endpoint_names
+        for name in names:
+            worker = self._workers[name]
+            if worker.ident is None:  # a thread starts once
+                worker.daemon = True
+                worker.start()
 
     def stop(self) -> None:
         for jobs in self._jobs.values():
             jobs.put((_STOP_RANK, next(self._arrivals), None))
         self._server.shutdown()
         self._server.server_close()
-        for thread in (self._http, *self._workers):
+        for thread in (self._http, *self._workers.values()):
             if thread.is_alive():
                 thread.join(timeout=30)
 

@@ -60,6 +60,8 @@ class LocalResources:
     inference_error_topic_arn: str
     # One async endpoint per model: model name -> endpoint name.
     model_endpoints: dict[str, str] = field(default_factory=dict)
+    # The second endpoint, for STAT runs, of the models that have one: model name -> its name.
+    stat_model_endpoints: dict[str, str] = field(default_factory=dict)
     site_results_queues: dict[str, str] = field(default_factory=dict)  # site -> queue URL
     # Lambda stage name -> the queue STAT studies reach it on (stages with `stat_headroom`)
     stat_queues: dict[str, QueuePair] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class LocalResources:
             "STATE_TABLE": self.state_table,
             "KMS_KEY_ARN": self.kms_key_arn,
             "MODEL_ENDPOINTS": json.dumps(self.model_endpoints, sort_keys=True),
+            "STAT_MODEL_ENDPOINTS": json.dumps(self.stat_model_endpoints, sort_keys=True),
             "SITE_RESULTS_QUEUES": json.dumps(self.site_results_queues, sort_keys=True),
             "POWERTOOLS_SERVICE_NAME": service_name,
             "POWERTOOLS_METRICS_NAMESPACE": "ImagingAI",
@@ -94,8 +97,21 @@ def provision(
     model_cards: Sequence[ModelCard] = (),
     max_receive_count: int = MAX_RECEIVE_COUNT,
     stages: Sequence[LambdaStage] = LAMBDA_STAGES,
+    stat_endpoint_models: Iterable[str] = (),
 ) -> LocalResources:
-    """Make (or find) every resource; safe to call again with more sites or model cards."""
+    """Make (or find) every resource; safe to call again with more sites or model cards.
+
+    `stat_endpoint_models`: the models that also get an endpoint for STAT runs only (the
+    CDK context's `stat`)."""
+    model_endpoints = {card.name: model_endpoint_name(card.name) for card in model_cards}
+    stat_model_endpoints = {name: stat_endpoint_name(name) for name in stat_endpoint_models}
+    unknown = sorted(set(stat_model_endpoints) - set(model_endpoints))
+    every_endpoint = [*model_endpoints.values(), *stat_model_endpoints.values()]
+    if unknown or len(set(every_endpoint)) != len(every_endpoint):
+        raise ValueError(
+            "a STAT endpoint needs a deployed model, and a name no other endpoint has"
+            f" (models without a card: {unknown})"
+        )
     region = client("sts").meta.region_name
     key_arn = _kms_key()
     bucket = LOCAL_NAMES["data_bucket"]
@@ -139,7 +155,8 @@ def provision(
         queues=queues,
         inference_success_topic_arn=success_arn,
         inference_error_topic_arn=error_arn,
-        model_endpoints={card.name: model_endpoint_name(card.name) for card in model_cards},
+        model_endpoints=model_endpoints,
+        stat_model_endpoints=stat_model_endpoints,
         site_results_queues=site_queues,
         stat_queues=stat_queues,
     )
@@ -154,6 +171,11 @@ def model_endpoint_name(model_name: str) -> str:
         return prefix + slug
     digest = hashlib.sha256(model_name.encode()).hexdigest()[:8]
     return f"{prefix}{slug[: 63 - len(prefix) - 9]}-{digest}"
+
+
+def stat_endpoint_name(model_name: str) -> str:
+    """The local endpoint that serves only STAT runs of a model (the CDK's is named alike)."""
+    return model_endpoint_name(f"{model_name}-stat")
 
 
 def _kms_key() -> str:

@@ -107,6 +107,10 @@ class LocalModel:
     model_dir: Path
     # The local hospital runs it in shadow mode: results kept, never delivered.
     shadow: bool = False
+    # A second endpoint serves its STAT runs (the CDK context's `stat`), with its own server
+    # process: in AWS it is another instance, so a STAT request never waits for a routine
+    # inference in progress (one server runs one inference at a time).
+    stat_endpoint: bool = False
 
     def versions(self) -> list[ModelCard]:
         """The cards of every version this model keeps, oldest first."""
@@ -206,18 +210,22 @@ class LocalPipeline:
         bucket = self.resources.data_bucket
         endpoints = []
         for model, card in zip(self.models, self.cards, strict=True):
-            inference_url = self._start_inference_server(model, card, logs)
-            endpoints.append(
-                AsyncEndpointConfig(
-                    endpoint_name=self.resources.model_endpoints[card.name],
-                    inference_url=inference_url,
-                    s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
-                    s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
-                    success_topic_arn=self.resources.inference_success_topic_arn,
-                    error_topic_arn=self.resources.inference_error_topic_arn,
-                    execution_role=self._role(SAGEMAKER_ROLE),
+            # (endpoint, its server's name): the model's, then its STAT one's where it has one
+            served = [(self.resources.model_endpoints[card.name], card.name)]
+            if model.stat_endpoint:
+                served.append((self.resources.stat_model_endpoints[card.name], f"{card.name}-stat"))
+            for endpoint_name, server_name in served:
+                endpoints.append(
+                    AsyncEndpointConfig(
+                        endpoint_name=endpoint_name,
+                        inference_url=self._start_inference_server(model, server_name, logs),
+                        s3_output_path=f"s3://{bucket}/{INFERENCE_OUTPUT_PREFIX.rstrip('/')}",
+                        s3_failure_path=f"s3://{bucket}/{INFERENCE_FAILURE_PREFIX.rstrip('/')}",
+                        success_topic_arn=self.resources.inference_success_topic_arn,
+                        error_topic_arn=self.resources.inference_error_topic_arn,
+                        execution_role=self._role(SAGEMAKER_ROLE),
+                    )
                 )
-            )
         self._endpoint = AsyncEndpoint(endpoints, on_result=self._on_inference_result).start()
         self._set_environ(
             {
@@ -260,13 +268,14 @@ class LocalPipeline:
         self._start_forwarder(logs)
         self._spawn("cloud-state-watcher", self._watch_cloud_state)
 
-    def _start_inference_server(self, model: LocalModel, card: ModelCard, logs: Path) -> str:
-        """The inference container's server for one model, on the CPU; returns its URL."""
+    def _start_inference_server(self, model: LocalModel, server_name: str, logs: Path) -> str:
+        """The inference container's server for one endpoint of a model (`server_name`: the
+        model's name, or its STAT endpoint's), on the CPU; returns its URL."""
         port = free_port()
-        self._say("starting the inference container's server on the CPU", model=card.name)
+        self._say("starting the inference container's server on the CPU", model=server_name)
         self._processes.append(
             ManagedProcess(
-                name=f"inference server {card.name}",
+                name=f"inference server {server_name}",
                 argv=[
                     sys.executable,
                     "-m",
@@ -278,7 +287,7 @@ class LocalPipeline:
                     "--port",
                     str(port),
                 ],
-                log_path=logs / f"{INFERENCE_LOG_PREFIX}{card.name}.log",
+                log_path=logs / f"{INFERENCE_LOG_PREFIX}{server_name}.log",
                 cwd=REPO_ROOT,
                 env=SHARED_CORES_ENVIRONMENT,
             ).start(http_ready(f"http://127.0.0.1:{port}/ping"), timeout_s=120)
@@ -352,7 +361,15 @@ class LocalPipeline:
                 "starting moto server (S3, SQS, SNS, EventBridge, KMS, DynamoDB) on 127.0.0.1"
             )
         self._set_environ(environment)
-        self.resources = provision([self.site], self._kept_cards)
+        self.resources = provision(
+            [self.site],
+            self._kept_cards,
+            stat_endpoint_models=[
+                card.name
+                for model, card in zip(self.models, self.cards, strict=True)
+                if model.stat_endpoint
+            ],
+        )
         if self.iam_policies is not None and self.cloud_moto is not None:
             self.identities = create_roles(
                 self.cloud_moto, deployer, self.iam_policies(self.resources)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aws_cdk import App
-from imaging_ai_infra.config import ModelDeployment, load_stage_config
+from imaging_ai_infra.config import ModelDeployment, StatEndpoint, load_stage_config
 
 from tests.infrastructure.conftest import PROD_MODELS
 
@@ -28,12 +28,20 @@ def test_models_come_from_context_with_stage_defaults_for_what_they_omit() -> No
     ] == [
         ("lung-nodule-demo", "ml.g5.xlarge", 0, 4, True),
         ("lung-nodule-shadow", "ml.g4dn.xlarge", 1, 2, False),
+        ("head-ct-hemorrhage-demo", "ml.g5.xlarge", 0, 2, True),
     ]
+    # ... only the triage model has a STAT endpoint, with its own instance type and capacity
+    assert [m.stat for m in example] == [
+        None, None, StatEndpoint("ml.g4dn.xlarge", min_capacity=1, max_capacity=2),
+    ]  # fmt: skip
     (ich,) = bare
     assert (ich.instance_type, ich.min_capacity, ich.max_capacity, ich.scale_to_zero) == (
         "ml.g5.xlarge", 0, 4, True,
     )  # fmt: skip
     assert ich.artifact is None and ich.artifact_key() == "models/ich-demo/0.1.0/model.tar.gz"
+    # ... `stat: true` is one instance of the model's own type, always up
+    (triage,) = _models({"models": [{"name": "ich", "version": "1", "stat": True}]})
+    assert triage.stat == StatEndpoint("ml.g5.xlarge", min_capacity=1, max_capacity=1)
     # ... and without the context, the demo model is deployed
     assert [(m.name, m.version) for m in _models({})] == [("lung-nodule-demo", "1.0.0")]
 
@@ -49,6 +57,8 @@ def test_models_come_from_context_with_stage_defaults_for_what_they_omit() -> No
         ([{"name": "a", "version": "1"}, {"name": "a", "version": "2"}], "its own name"),
         ([{"name": "a", "version": "1", "min_capacity": 3, "max_capacity": 2}], "min_capacity"),
         ([{"name": "a", "version": "1", "min_capacity": 1}], "scales to zero exactly when"),
+        ([{"name": "a", "version": "1", "stat": {"min_capacity": 0}}], "never scales to zero"),
+        ([{"name": "a", "version": "1", "stat": {"gpu": "x"}}], "stat is true or an object"),
     ],
 )
 def test_a_models_list_that_cannot_be_deployed_is_refused(

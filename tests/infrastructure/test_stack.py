@@ -512,14 +512,17 @@ def test_dashboard_shows_the_value_report_and_drift(dev: Synthesized) -> None:
 def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those(
     prod: Synthesized,
 ) -> None:
-    # Given the prod stage synthesized with the example models list (two models)
+    # Given the prod stage synthesized with the example models list (three models, the
+    # triage one with a STAT endpoint too)
     models = {m["name"]: m for m in json.loads(PROD_MODELS.read_text())}
-    # Then there is one endpoint per model, each with the model's instance type and scaling
+    # Then there is one endpoint per model (and one more per STAT endpoint), each with the
+    # model's instance type and scaling
     endpoints = {
         e["Properties"]["EndpointName"]: e
         for e in prod.resources("AWS::SageMaker::Endpoint").values()
     }
-    assert set(endpoints) == {f"imaging-ai-{name}" for name in models}
+    stat = {f"imaging-ai-{name}-stat" for name, m in models.items() if "stat" in m}
+    assert set(endpoints) == {f"imaging-ai-{name}" for name in models} | stat
     configs = {
         logical_id: resource["Properties"]
         for logical_id, resource in prod.resources("AWS::SageMaker::EndpointConfig").items()
@@ -546,7 +549,9 @@ def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those
     served = sorted(
         (c["Environment"]["MODEL_NAME"], c["Environment"]["MODEL_VERSION"]) for c in containers
     )
-    assert served == sorted((name, m["version"]) for name, m in models.items())
+    assert served == sorted(
+        (name, m["version"]) for name, m in models.items() for _ in range(1 + ("stat" in m))
+    )
     assert any(c["ModelDataUrl"] == models["lung-nodule-shadow"]["artifact"] for c in containers)
     # ... and preprocess knows which endpoint serves which model, and may invoke only those
     _, preprocess = _function(prod, "preprocess")
@@ -555,3 +560,73 @@ def test_each_model_has_its_own_endpoint_and_preprocess_may_invoke_exactly_those
     invocable = _granted(prod, preprocess, "sagemaker:InvokeEndpointAsync")
     assert all(f":endpoint/imaging-ai-{name}" in invocable for name in models)
     assert "endpoint/*" not in invocable
+
+
+def _target(synthesized: Synthesized, endpoint_name: str) -> dict[str, Any]:
+    (target,) = [
+        t["Properties"]
+        for t in synthesized.resources("AWS::ApplicationAutoScaling::ScalableTarget").values()
+        if t["Properties"]["ResourceId"] == f"endpoint/{endpoint_name}/variant/AllTraffic"
+    ]
+    return target
+
+
+def test_a_triage_model_has_a_stat_endpoint_always_up_that_preprocess_sends_stat_runs_to(
+    prod: Synthesized,
+) -> None:
+    # Given the example models: only the hemorrhage triage model asks for a STAT endpoint
+    models = {m["name"]: m for m in json.loads(PROD_MODELS.read_text())}
+    (triage,) = [name for name, m in models.items() if "stat" in m]
+    routine, stat = f"imaging-ai-{triage}", f"imaging-ai-{triage}-stat"
+    # Then its STAT endpoint keeps an instance up (no cold start) on its own type and range,
+    # while its routine endpoint still scales to zero
+    assert (_target(prod, stat)["MinCapacity"], _target(prod, stat)["MaxCapacity"]) == (1, 2)
+    assert _target(prod, routine)["MinCapacity"] == 0
+    endpoint = next(
+        e["Properties"]
+        for e in prod.resources("AWS::SageMaker::Endpoint").values()
+        if e["Properties"]["EndpointName"] == stat
+    )
+    config = prod.template["Resources"][endpoint["EndpointConfigName"]["Fn::GetAtt"][0]]
+    variant = config["Properties"]["ProductionVariants"][0]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 1)
+    # ... its results take the routine endpoint's way: the same output path and topics, so
+    # postprocess and the failure path handle both alike
+    routine_config = next(
+        prod.template["Resources"][e["Properties"]["EndpointConfigName"]["Fn::GetAtt"][0]]
+        for e in prod.resources("AWS::SageMaker::Endpoint").values()
+        if e["Properties"]["EndpointName"] == routine
+    )
+    assert (
+        config["Properties"]["AsyncInferenceConfig"]
+        == routine_config["Properties"]["AsyncInferenceConfig"]
+    )
+    # ... it alarms when requests wait, as every endpoint does
+    backlog_alarms = [
+        a["Properties"]["Dimensions"]
+        for a in prod.resources("AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "TimeInBacklog"
+    ]
+    assert [{"Name": "EndpointName", "Value": stat}] in backlog_alarms
+    # ... and preprocess knows it for STAT runs of that model only, and may invoke it
+    _, preprocess = _function(prod, "preprocess")
+    variables = preprocess["Environment"]["Variables"]
+    assert json.loads(variables["STAT_MODEL_ENDPOINTS"]) == {triage: stat}
+    assert f":endpoint/{stat}" in _granted(prod, preprocess, "sagemaker:InvokeEndpointAsync")
+    # ... and SageMaker may write the STAT endpoint's logs, and no other stage may invoke it
+    invokers = [
+        logical_id
+        for logical_id, statement in _statements(prod)
+        if "sagemaker:InvokeEndpointAsync" in _as_list(statement["Action"])
+    ]
+    assert len(invokers) == 1
+    assert f"/aws/sagemaker/Endpoints/{stat}:*" in json.dumps(prod.template)
+
+
+def test_without_a_stat_block_a_model_has_one_endpoint(dev: Synthesized) -> None:
+    # Given the dev stage's default model, which asks for no STAT endpoint
+    endpoints = [e["Properties"] for e in dev.resources("AWS::SageMaker::Endpoint").values()]
+    # Then it has one endpoint, and preprocess sends STAT runs there (marked STAT)
+    assert len(endpoints) == 1
+    _, preprocess = _function(dev, "preprocess")
+    assert json.loads(preprocess["Environment"]["Variables"]["STAT_MODEL_ENDPOINTS"]) == {}

@@ -29,6 +29,7 @@ from tests.integration.intake.conftest import (
     IntakeProcess,
     SpooledStudy,
     report_rss,
+    send,
     start_intake_process,
     write_study,
 )
@@ -323,3 +324,25 @@ def test_accepted_sockets_have_tcp_nodelay(start_intake: Any) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
     finally:
         assoc.release()
+
+
+def test_a_p_data_pdu_whose_items_do_not_add_up_aborts_the_association(
+    start_intake: Any, study: SpooledStudy
+) -> None:
+    # Given the intake and an association from an allowed sender
+    intake: Intake = start_intake()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CT)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", intake.port, ae_title="EDGE_FWD")
+    assert assoc.is_established
+    # When the sender writes a P-DATA-TF PDU whose one PDV item runs past the PDU's end
+    items = struct.pack(">LBB", 0xFFFF, 1, 0x03) + b"\x00" * 16
+    assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(items)) + items)
+    # Then the SCP aborts the association (A-ABORT), instead of reading past the item
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert assoc.is_aborted
+    # and a new association still stores an instance
+    assert send(intake.port, study.paths[:1]) == [0]

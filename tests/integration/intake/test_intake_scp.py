@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -291,3 +293,38 @@ def test_a_restart_sweeps_files_no_journal_row_names(
     assert not orphan.exists()
     on_disk = {str(p) for p in (restarted.settings.spool_dir / "objects").rglob("*.dcm")}
     assert on_disk == restarted.journal.paths() and len(on_disk) == 2
+
+
+def test_an_instance_is_acknowledged_only_once_its_file_folder_and_journal_row_are_on_disk(
+    start_intake: Callable[..., Intake], study: SpooledStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the intake, with every fsync it completes recorded by the path it made durable
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    intake = start_intake()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(str(pydicom.dcmread(study.paths[0]).SOPClassUID))
+    assoc = ae.associate("127.0.0.1", intake.port, ae_title="EDGE_FWD")
+    assert assoc.is_established
+    try:
+        for path in study.paths[:3]:
+            sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            # When an instance is acknowledged
+            assert int(assoc.send_c_store(path).Status) == 0
+            # Then its journal row is committed (read from another connection)
+            journal = sqlite3.connect(intake.settings.spool_dir / "journal.sqlite3")
+            [(stored,)] = journal.execute(
+                "SELECT path FROM instance WHERE sop_uid = ?", (sop_uid,)
+            ).fetchall()
+            journal.close()
+            # and its file, and the folder that names it, were fsync'ed before the answer
+            assert stored in synced
+            assert str(Path(stored).parent) in synced
+    finally:
+        assoc.release()

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from functions.preprocess.adapters import ModelEndpoints
 from imaging_ai.aws import client, reset_clients
 from imaging_ai.contracts import Priority, priority_custom_attributes
 from imaging_ai.http_handler import QuietHandler
@@ -179,4 +180,51 @@ def test_a_stat_request_queued_behind_five_routine_ones_is_served_first(
     finally:
         held.stop()  # the worker ends after every request queued before the stop
     # Then the STAT request was served first, the routine ones in the order they came
+    assert served == ["run-5", "run-0", "run-1", "run-2", "run-3", "run-4"]
+
+
+def test_a_stat_request_is_served_by_the_stat_endpoint_while_the_routine_one_is_busy(
+    endpoint: tuple[AsyncEndpoint, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a model with a STAT endpoint besides its routine one (the CDK context's `stat`),
+    # preprocess choosing between them, and the routine endpoint's instance held
+    routine_config = endpoint[0].endpoints["demo"]
+    stat_config = replace(routine_config, endpoint_name="demo-stat")
+    served: list[str] = []
+    stat_served = threading.Event()
+
+    def on_result(inference_id: str, _: str) -> None:
+        served.append(inference_id)
+        if inference_id == "run-5":
+            stat_served.set()
+
+    held = AsyncEndpoint([routine_config, stat_config], on_result=on_result).start(hold_work=True)
+    held.release_work(["demo-stat"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", held.url)
+    reset_clients()
+    preprocess = ModelEndpoints(
+        client("sagemaker-runtime"), {"lung": "demo"}, stat_endpoints={"lung": "demo-stat"}
+    )
+    try:
+        client("s3").put_object(Bucket=BUCKET, Key="preprocessed/in.npz", Body=b"abc")
+        # ... busy with five routine requests
+        # When a STAT run's request comes last
+        queued = [
+            preprocess.invoke(
+                "lung",
+                f"s3://{BUCKET}/preprocessed/in.npz",
+                f"run-{number}",
+                f"site-a/run-{number}",
+                Priority.STAT if number == 5 else Priority.ROUTINE,
+            )
+            for number in range(6)
+        ]
+        # Then the STAT endpoint served it while every routine request still waits
+        assert [q.endpoint_name for q in queued] == ["demo"] * 5 + ["demo-stat"]
+        assert stat_served.wait(timeout=10)
+        assert served == ["run-5"]
+        held.release_work(["demo"])
+    finally:
+        held.stop()
+    # ... and the routine endpoint, released, served its own five in the order they came
     assert served == ["run-5", "run-0", "run-1", "run-2", "run-3", "run-4"]
