@@ -124,6 +124,7 @@ class Outbound:
                 log_stage(
                     EdgeStage.COMPLETE,
                     run_id=run.run_id,
+                    study_key=study.study_key,  # ties the run to its study's `received`
                     pseudo_study_uid=run.pseudo_study_uid,
                     run_number=study.run_number,
                     name=run.model_name,

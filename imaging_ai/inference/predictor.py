@@ -25,6 +25,13 @@ from imaging_ai.model_io import ModelInputMeta, ModelOutputMeta, TriageResult, V
 # linear interpolation, so only boxes around the rest are resampled to the source grid.
 _CANDIDATE_PROBABILITY = 0.2
 _SPACING_TOLERANCE_MM = 0.01
+# Windows per forward pass on CPU. PyTorch's CPU convolution takes oneDNN only for a batch of
+# two or more or a large enough input: one small 3-D window falls to its im2col path
+# (slow_conv3d) in every layer. Measured on the 200x512^2 demo study's grid, 2 threads: 64^3
+# windows (the head model) took 0.40x the time two at a time; 112x128x240 windows (the lung
+# model), already on oneDNN in most layers, took 1.05-1.13x (twice the activations).
+CPU_BATCHED_WINDOW_VOXELS = 1_000_000
+CPU_SMALL_WINDOW_BATCH = 2
 
 
 class ModelLoadError(PipelineError):
@@ -36,7 +43,7 @@ class PredictorSettings:
     """Runtime knobs; the model itself is described by model.json, not here."""
 
     device: str = "auto"  # "auto", "cpu" or "cuda[:n]"
-    sw_batch_size: int = 0  # 0: 4 on CUDA, 1 on CPU
+    sw_batch_size: int = 0  # 0: 4 on CUDA; on CPU 2 for small windows, else 1 (see below)
     amp: bool = True  # mixed precision on CUDA; CPU always runs fp32
     cpu_threads: int = 0  # 0: min(4, cpu count); fixed so CPU results are reproducible
 
@@ -127,6 +134,10 @@ class Predictor:
         if device.type == "cpu":
             # Same threads + deterministic kernels: the same input gives the same bytes out.
             torch.use_deterministic_algorithms(True)
+            # ...without also filling every new tensor with NaN first: a debugging aid for
+            # kernels that read memory they never wrote, not part of reproducibility; it was
+            # a third of the CPU time of an inference (aten::fill_, measured).
+            torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
             threads = self.settings.cpu_threads or min(4, os.cpu_count() or 1)
             torch.set_num_threads(threads)
         elif device.type == "cuda":
@@ -139,7 +150,12 @@ class Predictor:
 
     @property
     def sw_batch_size(self) -> int:
-        return self.settings.sw_batch_size or (4 if self.device.type == "cuda" else 1)
+        if self.settings.sw_batch_size:
+            return self.settings.sw_batch_size
+        if self.device.type == "cuda":
+            return 4
+        small = math.prod(self.card.roi_size) <= CPU_BATCHED_WINDOW_VOXELS
+        return CPU_SMALL_WINDOW_BATCH if small else 1
 
     def check_input(self, image: npt.NDArray[np.float32], meta: ModelInputMeta) -> None:
         """Refuse inputs this model was not made for, with a reason a caller can act on."""

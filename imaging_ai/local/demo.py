@@ -19,6 +19,7 @@ from typing import Any
 import pydicom
 
 from imaging_ai.dicom_folder import SendReport, StudyFolder, scan_folder, send_instances
+from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.local.fhir_server import ensure_installed
 from imaging_ai.local.head_demo import (
     HEAD_PATIENT,
@@ -80,6 +81,9 @@ class DemoSummary:
     step_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     # One run per model the study went to, as `edge-forwarder status` reports it.
     edge_runs: list[EdgeRun] = field(default_factory=list)
+    # Each run (one study for one model) on its own clock: stage -> seconds since that
+    # study's first C-STORE, by model name.
+    run_seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     edge_deliveries: str = ""  # the forwarder's delivery folder: one sub-folder per run
 
     @property
@@ -110,8 +114,10 @@ def collect_summary(
     assert pipeline.pacs and pipeline.ehr and pipeline.resources
     summary = DemoSummary(
         delivered=delivered,
-        seconds=time.monotonic() - started,
+        # When the last run ended, not when this summary is written (status polls lag).
+        seconds=pipeline.timeline.runs_ended_at() or time.monotonic() - started,
         stage_seconds=pipeline.timeline.durations(),
+        run_seconds={run.model_name: dict(run.stages) for run in pipeline.timeline.per_run()},
         truth_nodules_mm=[round(n.diameter_mm, 1) for n in study.phantom.nodules],
         failures=pipeline.failures,
         peak_rss_mb={name: round(b / 2**20, 1) for name, b in pipeline.peak_rss().items()},
@@ -212,6 +218,24 @@ def _model_suffix(log: Path, servers: int) -> str:
     return f" {log.stem.removeprefix(INFERENCE_LOG_PREFIX)}" if servers > 1 else ""
 
 
+def _print_run_seconds(run_seconds: dict[str, dict[str, float]], out: Any) -> None:
+    """Each study on its own clock: the timeline above mixes the studies (each stage is
+    printed when the first one reaches it), so the turnaround of each is printed here."""
+    if not run_seconds:
+        return
+    models = list(run_seconds)
+    out("Each study on its own clock (seconds since its first C-STORE; one model each):")
+    out(f"  {'stage':<17} " + " ".join(f"{model[:24]:>24}" for model in models))
+    for stage in (*STAGES, EdgeStage.NOTIFIED_CRITICAL):
+        cells = [run_seconds[model].get(stage) for model in models]
+        if all(cell is None for cell in cells):
+            continue
+        out(
+            f"  {stage:<17} "
+            + " ".join("{:>24}".format("-" if c is None else f"{c:.1f}") for c in cells)
+        )
+
+
 def _privacy_dict(bucket: PrivacyReport, table: PrivacyReport) -> dict[str, Any]:
     return {
         "clean": bucket.clean and table.clean,
@@ -250,6 +274,7 @@ def print_summary(
     missing = [s for s in STAGES if s not in dict(summary.stage_seconds)]
     if missing:
         out(f"  not reached: {', '.join(missing)}")
+    _print_run_seconds(summary.run_seconds, out)
     for function, steps in summary.step_seconds.items():
         out(f"  in {function}: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     out("Peak resident memory per process (MiB):")

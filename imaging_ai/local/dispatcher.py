@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,23 +255,32 @@ def event_sources(
     queues: Mapping[str, QueuePair],
     wait_time_s: int = 0,
     roles: Mapping[str, Credentials] | None = None,
-    invokers: Mapping[str, Handler] | None = None,
+    invokers: Mapping[str, Handler | Sequence[Handler]] | None = None,
     stages: Iterable[LambdaStage] = LAMBDA_STAGES,
     stat_queues: Mapping[str, QueuePair] | None = None,
 ) -> LocalEventSources:
-    """One mapping per stage on its own queue (its STAT queue first, where `stat_queues` names
-    one); a dead-letter stage on every stage's DLQs.
+    """One mapping per stage and instance on its own queue (its STAT queue first, where
+    `stat_queues` names one); a dead-letter stage on every stage's DLQs.
 
     `queues` maps a stage name to its queues (`LocalResources.queues`); `roles` maps a stage
     name to the credentials of its execution role; `invokers` maps a stage name to what runs
-    it (its own process, say); a stage not named there runs in-process.
+    it (its own process, say), or to several: one instance each, polling the same queues as
+    Lambda's concurrent instances do; a stage not named there runs in-process.
     """
     stages = tuple(stages)
     roles = roles or {}
     invokers = invokers or {}
     stat_queues = stat_queues or {}
 
-    def mapping(queue_url: str, stage: LambdaStage, **extra: Any) -> SqsDispatcher:
+    def instances(stage: LambdaStage) -> list[Handler | None]:
+        given = invokers.get(stage.name)
+        if given is None:
+            return [None]
+        return [given] if callable(given) else list(given)
+
+    def mapping(
+        queue_url: str, stage: LambdaStage, invoker: Handler | None, **extra: Any
+    ) -> SqsDispatcher:
         return SqsDispatcher(
             queue_url,
             stage.handler,
@@ -281,7 +290,7 @@ def event_sources(
             batch_size=stage.batch_size,
             wait_time_s=wait_time_s,
             role=roles.get(stage.name),
-            invoker=invokers.get(stage.name),
+            invoker=invoker,
             **extra,
         )
 
@@ -289,16 +298,18 @@ def event_sources(
         mapping(
             queues[stage.name].url,
             stage,
+            invoker,
             priority_queue_url=stat.url if (stat := stat_queues.get(stage.name)) else None,
         )
         for stage in stages
         if stage.has_queue
+        for invoker in instances(stage)
     ]
     dlq_urls = {name: [pair.dlq_url] for name, pair in queues.items()}
     for name, pair in stat_queues.items():
         dlq_urls.setdefault(name, []).append(pair.dlq_url)
     dead_letters = [
-        mapping(dlq_url, stage)
+        mapping(dlq_url, stage, instances(stage)[0])
         for stage in stages
         if stage.trigger is Trigger.DEAD_LETTERS
         for source in stages

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -84,6 +85,17 @@ BACKEND_ENV = "IMAGING_AI_BACKEND"
 BACKENDS = ("moto", "localstack")
 # Each model's inference server logs to `logs/inference-{model name}.log`.
 INFERENCE_LOG_PREFIX = "inference-"
+# Here every model's server shares the machine's cores with the others and with the rest of
+# the pipeline (a SageMaker instance has its own). OpenMP threads that spin while they wait
+# burn the cores another process needs: measured with the two demo models inferring at once,
+# the head model took 5 CPU-seconds spinning (20-26 s wall) against 0.7 (1.4-1.6 s) waiting
+# passively, and the chest model 22-27 s against 11-15 s.
+SHARED_CORES_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Instances per Lambda function. Lambda runs each study's invocation in an instance of its own
+# (reserved concurrency 4 and up, lambda_stages.toml); with one process per function, the
+# demo's head CT waited ~5 s for the chest CT's preprocessing to end before its own began.
+# Two: the demo's two studies; more would only share the same two cores.
+LOCAL_CONCURRENCY = 2
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ class LocalPipeline:
     _processes: list[ManagedProcess] = field(default_factory=list, init=False)
     _endpoint: AsyncEndpoint | None = field(default=None, init=False)  # every model's
     _sources: LocalEventSources | None = field(default=None, init=False)
-    _functions: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
+    _functions: dict[str, list[FunctionProcess]] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False)
     _saved_environ: dict[str, str] = field(default_factory=dict, init=False)
@@ -227,9 +239,13 @@ class LocalPipeline:
         # In IAM mode the handlers run in-process as their roles (`acting_as`) instead: a
         # function process would inherit this process's (the deployer's) credentials.
         if self.identities is None:
-            self._say("starting the Lambda functions, one process each")
+            self._say(f"starting the Lambda functions, up to {LOCAL_CONCURRENCY} processes each")
             self._functions = {
-                stage.name: FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                stage.name: [
+                    FunctionProcess(stage.handler, stage.name, logs / "lambda.log").start()
+                    # The dead-letter stage sees failures only: one instance is plenty.
+                    for _ in range(LOCAL_CONCURRENCY if stage.has_queue else 1)
+                ]
                 for stage in LAMBDA_STAGES
                 if stage.trigger is not Trigger.SCHEDULE  # nothing feeds it here
             }
@@ -273,6 +289,7 @@ class LocalPipeline:
                 ],
                 log_path=logs / f"{INFERENCE_LOG_PREFIX}{server_name}.log",
                 cwd=REPO_ROOT,
+                env=SHARED_CORES_ENVIRONMENT,
             ).start(http_ready(f"http://127.0.0.1:{port}/ping"), timeout_s=120)
         )
         return f"http://127.0.0.1:{port}"
@@ -285,8 +302,9 @@ class LocalPipeline:
             process.stop()
         for thread in self._threads:
             thread.join(timeout=15)
-        for function in self._functions.values():
-            function.stop()
+        for instances in self._functions.values():
+            for function in instances:
+                function.stop()
         if self._endpoint:
             self._endpoint.stop()
         for server in (self.ehr, self.pacs):
@@ -462,7 +480,10 @@ class LocalPipeline:
 
     def peak_rss(self) -> dict[str, int]:
         """Peak resident bytes of each process of the pipeline, by what it runs."""
-        peaks = {name: function.peak_rss_bytes() for name, function in self._functions.items()}
+        peaks = {  # a function's largest instance: what its memory setting must cover
+            name: max(function.peak_rss_bytes() for function in instances)
+            for name, instances in self._functions.items()
+        }
         for process in self._processes:
             if process.process is not None:
                 peaks[process.name] = peak_rss_bytes(process.process.pid)
@@ -498,8 +519,12 @@ class LocalPipeline:
         if entry.get("pseudo_study_uid"):
             self.pseudo_study_uids.add(str(entry["pseudo_study_uid"]))
         run_id = str(entry["run_id"]) if entry.get("run_id") else None
+        study_key = str(entry["study_key"]) if entry.get("study_key") else None
+        if event == EdgeStage.COMPLETE and run_id and study_key:
+            self.timeline.name_run(run_id, study_key, str(entry.get("name", "")))
         if event in (*EDGE_TIMELINE_STAGES, *SHADOW_STAGES, EdgeStage.NOTIFIED_CRITICAL):
-            self.timeline.record(str(event), _detail(entry), run_id)
+            at = _monotonic(entry.get("time"))
+            self.timeline.record(str(event), _detail(entry), run_id, at, study_key)
         elif event == "route_decision" and entry.get("status") == "no_rule_matched":
             self.timeline.record(NOT_ROUTED)
         elif event == EdgeStage.NOT_ANALYZED:
@@ -515,7 +540,9 @@ class LocalPipeline:
 
     def _on_inference_result(self, inference_id: str, status: str) -> None:
         if status == "Completed":
-            self.timeline.record("inferred")
+            # The preprocess function derives each request's InferenceId from its run id.
+            run_id = next((r for r in list(self.timeline.runs) if r and r in inference_id), None)
+            self.timeline.record("inferred", run_id=run_id)
         else:
             self.failures.append({"event": "inference_failed", "inference_id": inference_id})
 
@@ -532,7 +559,8 @@ class LocalPipeline:
                 for run in runs:
                     for stage, name in _CLOUD_STAGES.items():
                         if stage in run.stage_times:
-                            self.timeline.record(name)
+                            at = _monotonic(run.stage_times[stage])
+                            self.timeline.record(name, run_id=run.key.run_id, at=at)
                     if run.stage == Stage.FAILED:
                         self.timeline.record(FAILED, run.reason or "", run.key.run_id)
 
@@ -579,6 +607,17 @@ class LocalPipeline:
 def _forwarder_command() -> list[str]:
     executable = shutil.which("edge-forwarder", path=str(Path(sys.executable).parent))
     return [executable] if executable else [sys.executable, "-m", "edge_forwarder.cli"]
+
+
+def _monotonic(logged: object) -> float | None:
+    """The monotonic instant of a wall-clock time another process logged or stored (an ISO
+    string or a datetime; None: now), so a stage counts from when it happened, not from when
+    its log line was read or its state polled."""
+    try:
+        when = logged if isinstance(logged, datetime) else datetime.fromisoformat(str(logged))
+    except ValueError:
+        return None
+    return time.monotonic() - max(0.0, time.time() - when.timestamp())
 
 
 def _detail(entry: dict[str, Any]) -> str:

@@ -60,6 +60,21 @@ RUN_DELIVERED = (
     frozenset({EdgeStage.DELIVERED_PACS, EdgeStage.DELIVERED_EHR}),
     frozenset({EdgeStage.SHADOW_STORED}),
 )
+
+
+@dataclass(frozen=True)
+class RunTurnaround:
+    """One run (a study for one model) on its own clock: seconds since the study's first
+    instance was stored, per stage reached."""
+
+    run_id: str
+    model_name: str
+    stages: list[tuple[str, float]]
+
+    def seconds_to(self, stage: str) -> float | None:
+        return dict(self.stages).get(stage)
+
+
 # Where stages recorded without a run go: they belong to the study as a whole.
 _STUDY = ""
 
@@ -71,6 +86,12 @@ class Timeline:
     details: dict[str, str] = field(default_factory=dict)
     # Stages each run of the study reached: a study fans out to one run per model.
     runs: dict[str, set[str]] = field(default_factory=dict)
+    # Seconds since the clock started at which each run reached each stage, the study (the
+    # edge's opaque study key) and model of each run, and when each study's first instance
+    # was stored: the first-C-STORE-to-EHR time of each study, when several share the run.
+    run_times: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_studies: dict[str, tuple[str, str]] = field(default_factory=dict)
+    study_received: dict[str, float] = field(default_factory=dict)
     printer: Callable[[str], None] | None = print
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _changed: threading.Condition = field(init=False)
@@ -83,23 +104,57 @@ class Timeline:
         self.started = time.monotonic()
         return self.started
 
-    def record(self, stage: str, detail: str = "", run_id: str | None = None) -> None:
+    def record(
+        self,
+        stage: str,
+        detail: str = "",
+        run_id: str | None = None,
+        at: float | None = None,
+        study_key: str | None = None,
+    ) -> None:
         """Record `stage` for the study (printed the first time) and, given `run_id`, for that
-        run; a TERMINAL stage without a run ends the whole study."""
+        run; a TERMINAL stage without a run ends the whole study. `at` is the monotonic
+        instant it happened, when the report of it came later (a log line read, a table
+        polled); `study_key` names the study of a RECEIVED stage."""
+        seconds = (time.monotonic() if at is None else at) - self.started
         with self._changed:
             if run_id is not None:
                 self.runs.setdefault(run_id, set()).add(stage)
+                self.run_times.setdefault(run_id, {}).setdefault(stage, seconds)
             else:
                 self.runs.setdefault(_STUDY, set()).add(stage)
+            if stage == EdgeStage.RECEIVED and study_key is not None:
+                self.study_received.setdefault(study_key, seconds)
             self._changed.notify_all()
             if stage in self.events:
                 return
-            self.events[stage] = time.monotonic() - self.started
+            self.events[stage] = seconds
             self.details[stage] = detail
         if self.printer:
             text = DESCRIPTIONS.get(stage, stage)
             suffix = f"  ({detail})" if detail else ""
             self.printer(f"  {self.events[stage]:7.1f} s  {stage:<17} {text}{suffix}")
+
+    def name_run(self, run_id: str, study_key: str, model_name: str) -> None:
+        """Which study (the edge's study key) and model a run is."""
+        with self._lock:
+            self.run_studies[run_id] = (study_key, model_name)
+
+    def per_run(self) -> list[RunTurnaround]:
+        """Each run's stages in seconds since its own study's first instance was stored (the
+        C-STORE its turnaround counts from), in the order reached. A run whose study's
+        arrival was not seen is left out."""
+        with self._lock:
+            rows: list[tuple[float, RunTurnaround]] = []
+            for run_id, (study_key, model_name) in self.run_studies.items():
+                received = self.study_received.get(study_key)
+                if received is None:
+                    continue
+                reached = sorted(self.run_times.get(run_id, {}).items(), key=lambda i: i[1])
+                stages = [(stage, round(at - received, 2)) for stage, at in reached]
+                turnaround = RunTurnaround(run_id, model_name, [(EdgeStage.RECEIVED, 0.0), *stages])
+                rows.append((received, turnaround))
+        return [turnaround for _, turnaround in sorted(rows, key=lambda row: row[0])]  # by arrival
 
     def wait_for(self, stages: tuple[str, ...], timeout_s: float) -> bool:
         """Block until every run of the study is over (delivered or TERMINAL) and every stage
@@ -127,6 +182,15 @@ class Timeline:
         with self._lock:
             ends = {run_id: _run_end(reached) for run_id, reached in self.runs.items()}
         return {run_id: end for run_id, end in ends.items() if run_id != _STUDY and end}
+
+    def runs_ended_at(self) -> float | None:
+        """Seconds since the clock started when the last run reached its last stage, once
+        every run is over (None before, or with no run)."""
+        with self._lock:
+            runs = {run_id: r for run_id, r in self.runs.items() if run_id != _STUDY}
+            if not runs or any(_run_end(reached) is None for reached in runs.values()):
+                return None
+            return max((max(t.values()) for t in self.run_times.values() if t), default=None)
 
     def ended(self) -> str | None:
         """The terminal stage recorded, if any (callers hold no lock: reads one dict)."""

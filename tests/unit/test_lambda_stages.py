@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,27 @@ def test_a_stage_with_a_stat_queue_polls_it_first_and_its_dead_letters_are_handl
     assert mapping.batch_size == 1
     # And the failure stage drains the STAT queue's DLQ too
     assert "url-stat-dlq" in [d.queue_url for d in sources if d.function_name == "failure"]
+
+
+def test_each_instance_of_a_function_polls_its_queues_as_lambda_instances_do() -> None:
+    # Given two instances of preprocess (Lambda runs concurrent invocations side by side)
+    def instance(event: dict[str, Any], context: Any) -> None:
+        return None
+
+    def other_instance(event: dict[str, Any], context: Any) -> None:
+        return None
+
+    stat = {"preprocess": QueuePair("url-stat", "arn-stat", "url-stat-dlq", "arn-stat-dlq")}
+    # When the local event sources are derived with both
+    sources = event_sources(
+        _queues(["preprocess", "postprocess"]),
+        invokers={"preprocess": [instance, other_instance]},
+        stat_queues=stat,
+    ).dispatchers
+    # Then each instance has its own mapping on the same queues, STAT first, so a second
+    # study is preprocessed while the first still is
+    mappings = [d for d in sources if d.function_name == "preprocess"]
+    assert [d.invoker for d in mappings] == [instance, other_instance]
+    assert {(d.priority_queue_url, d.queue_url) for d in mappings} == {
+        ("url-stat", "url-preprocess")
+    }

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from imaging_ai.edge_stage import EdgeStage
 from imaging_ai.local.runtime import LocalPipeline
@@ -102,3 +106,36 @@ def test_the_local_runtime_follows_each_run_in_the_forwarder_log(tmp_path: Path)
     # Then the wait ends delivered (the rejection did not end it), the rejection reported
     assert waited == [True]
     assert pipeline.timeline.run_ends()["run-liver"] == NOT_ANALYZED
+
+
+def _logged(event: str, at: datetime, **fields: str) -> str:
+    return json.dumps({"time": at.isoformat(timespec="milliseconds"), "event": event, **fields})
+
+
+def test_each_study_is_timed_from_its_own_first_c_store_as_logged(tmp_path: Path) -> None:
+    # Given the forwarder's log of two studies, the second arriving 2 s after the first and
+    # delivered before it, read late (the log lines carry when each stage happened)
+    pipeline = LocalPipeline(work_dir=tmp_path, printer=None)
+    first = datetime.now(UTC) - timedelta(seconds=30)
+    pipeline.timeline.started = time.monotonic() - 30  # the clock started with the first send
+    lines = [
+        _logged(EdgeStage.RECEIVED, first, study_key="st-chest"),
+        _logged(EdgeStage.RECEIVED, first + timedelta(seconds=2), study_key="st-head"),
+        _logged(EdgeStage.COMPLETE, first + timedelta(seconds=5), study_key="st-chest",
+                run_id="run-chest", name="lung"),
+        _logged(EdgeStage.COMPLETE, first + timedelta(seconds=6), study_key="st-head",
+                run_id="run-head", name="head"),
+        *(_logged(s, first + timedelta(seconds=14), run_id="run-head") for s in DELIVERED),
+        *(_logged(s, first + timedelta(seconds=20), run_id="run-chest") for s in DELIVERED),
+    ]  # fmt: skip
+    # When the runtime reads them
+    for line in lines:
+        pipeline._on_edge_line(line)
+    # Then each study's report is timed from its own first C-STORE, in arrival order
+    turnarounds = pipeline.timeline.per_run()
+    assert [t.model_name for t in turnarounds] == ["lung", "head"]
+    assert turnarounds[0].seconds_to(EdgeStage.DELIVERED_EHR) == pytest.approx(20.0, abs=0.01)
+    assert turnarounds[1].seconds_to(EdgeStage.DELIVERED_EHR) == pytest.approx(12.0, abs=0.01)
+    assert turnarounds[1].seconds_to(EdgeStage.COMPLETE) == pytest.approx(4.0, abs=0.01)
+    # ... and the demo was over when the last run was, not when the log was read
+    assert pipeline.timeline.runs_ended_at() == pytest.approx(20.0, abs=0.5)
