@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
@@ -36,7 +38,7 @@ class ModelEndpoint(Construct):
         model: ModelDeployment,
         endpoint_name: str,
         role: iam.IRole,
-        role_ready: list[IDependable],
+        role_ready: Sequence[IDependable],
         security_group: ec2.ISecurityGroup,
         topics: tuple[sns.ITopic, sns.ITopic],
     ) -> None:
